@@ -1,0 +1,166 @@
+"""The `insilico` command line: each command is one call into a library function.
+
+Heavy modules (torch, transformers, psychopy) are imported inside the commands that need them,
+so `insilico inspect` and `insilico rig ...` start fast and run on a rig PC without torch.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from insilico.console import console
+from insilico.errors import friendly_errors
+
+app = typer.Typer(
+    name="insilico",
+    help="A digital twin of the retina: simulate, train, design, present, record, close the loop.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+@app.command()
+def simulate(
+    out: Path = typer.Option(..., "--out", help="Recording file to write (recording-v1 HDF5)."),
+    cells: int = typer.Option(90, help="Number of simulated ganglion cells."),
+    seed: int = typer.Option(0, help="Seed of the retina and of every stimulus."),
+    size: int = typer.Option(64, help="Screen size in pixels (square)."),
+    fps: float = typer.Option(30.0, help="Frame rate in Hz."),
+    train_seconds: float = typer.Option(120.0, help="Length of the training movie mov1."),
+    test_seconds: float = typer.Option(30.0, help="Length of the test movie mov2."),
+    test_repeats: int = typer.Option(5, help="Repeats of mov2 (noise ceiling needs >= 2)."),
+    noise_seconds: float = typer.Option(120.0, help="Length of the white-noise segment (RF estimates)."),
+) -> None:
+    """Simulate a retina recording: mov1 (train), mov2 (test, repeated), white noise, STA RFs."""
+    with friendly_errors():
+        from insilico.simulate import SimulationConfig, simulate_recording
+
+        config = SimulationConfig(
+            n_cells=cells, seed=seed, size=size, frame_rate=fps, train_seconds=train_seconds,
+            test_seconds=test_seconds, test_repeats=test_repeats, noise_seconds=noise_seconds,
+        )
+        path = simulate_recording(out, config)
+        console.print(f"wrote [bold]{path}[/] ({cells} cells, seed {seed}, {size}x{size} px, {fps:g} Hz)")
+
+
+@app.command()
+def inspect(
+    file: Path = typer.Argument(..., help="A recording-v1 file."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+) -> None:
+    """Frames, size, frame rate, cells, segments with repeats, mean rates, reliability."""
+    with friendly_errors():
+        from insilico.inspect_view import print_summary
+        from stimuli.recording import open_recording
+        from stimuli.recording.summary import summarize
+
+        with open_recording(file) as rec:
+            summary = summarize(rec)
+        if as_json:
+            typer.echo(json.dumps(summary.to_json_dict(), indent=2))
+        else:
+            print_summary(summary)
+
+
+@app.command()
+def train(
+    data: Path = typer.Option(..., "--data", help="Recording-v1 file to train on."),
+    train_segments: str = typer.Option("mov1", "--train", help="Training segments, comma-separated."),
+    model: str = typer.Option("vist", "--model", help="vist, ln or cnn."),
+    out: Path = typer.Option(..., "--out", help="Run folder: model.pt, train.json, loss_curve.png."),
+    backbone: str = typer.Option("tiny", help="Backbone: tiny, pixels, dinov2-small/base/large/giant, or a local folder."),
+    preset: str = typer.Option("cpu", help="Vi-ST preset: vist (published) or cpu."),
+    rf_conditioning: str = typer.Option("sum", help="AdaLN conditioning: sum (published) or per_cell."),
+    epochs: int = typer.Option(60, help="Maximum epochs (early stopping on validation)."),
+    batch_size: int = typer.Option(16, help="Windows per batch."),
+    swa: bool = typer.Option(False, help="Stochastic weight averaging over the last quarter."),
+    seed: int = typer.Option(0),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    noise_segment: str = typer.Option(None, help="White-noise segment for STA RFs when the file has no /cells/rf."),
+) -> None:
+    """Train a twin (Vi-ST or a baseline) on a recording; resumes an interrupted run."""
+    with friendly_errors():
+        from insilico.console import progress
+        from vist_model.fit_twin import TwinSpec, train_twin
+        from vist_model.train import TrainConfig
+
+        spec = TwinSpec(kind=model, preset=preset, backbone=backbone, rf_conditioning=rf_conditioning)
+        cfg = TrainConfig(epochs=epochs, batch_size=batch_size, swa=swa, seed=seed)
+        with progress() as bar:
+            run = train_twin(data, _names(train_segments), out, spec=spec, config=cfg, device=device,
+                             noise_segment=noise_segment, progress=bar)
+        meta = run.twin.metadata
+        console.print(f"backbone: {meta.describe_backbone()}")
+        console.print(f"receptive fields: {run.rf_source}")
+        r = run.result
+        console.print(f"trained {meta.kind} on {meta.n_cells} cells: {r.epochs_run} epochs, best validation "
+                      f"loss {r.best_val_loss:.4f} (epoch {r.best_epoch + 1}), {r.seconds:.0f} s")
+        console.print(f"wrote [bold]{out / 'model.pt'}[/], {out / 'loss_curve.png'}")
+
+
+@app.command()
+def evaluate(
+    model: Path = typer.Option(..., "--model", help="Run folder or model.pt."),
+    data: Path = typer.Option(..., "--data", help="Recording-v1 file."),
+    test: str = typer.Option("mov2", "--test", help="Test segment (repeated for a noise ceiling)."),
+    json_out: Path = typer.Option(None, "--json", help="Write the metrics as JSON here."),
+    csv_out: Path = typer.Option(None, "--csv", help="Write per-cell metrics as CSV here."),
+    png_out: Path = typer.Option(None, "--png", help="Traces figure (default: beside the JSON or model)."),
+    device: str = typer.Option("auto"),
+) -> None:
+    """Per-cell CC, FEVE, noise ceiling and SD-KL of a twin on a test segment."""
+    with friendly_errors():
+        from insilico.report_tables import print_evaluation
+        from vist_model.evaluate import evaluate_twin, write_evaluation
+        from vist_model.fit_twin import resolve_device
+        from vist_model.twin import Twin
+
+        twin = Twin.load(model, device=resolve_device(device))
+        console.print(f"backbone: {twin.metadata.describe_backbone()}")
+        png = png_out or (json_out.with_suffix(".png") if json_out else _run_dir(model) / f"traces_{test}.png")
+        result = evaluate_twin(twin, data, test, traces_png=png)
+        write_evaluation(result, json_path=json_out, csv_path=csv_out)
+        print_evaluation(result)
+        console.print(f"traces: {png}")
+
+
+@app.command()
+def render(
+    stim: Path = typer.Argument(..., help="Stimulus file (recording-v1, stimulus-only or full)."),
+    profile: Path = typer.Option(Path("rigs/default.toml"), "--profile", help="Rig profile (TOML)."),
+    out: Path = typer.Option(..., "--out", help="Where to write the captured frames and flip log."),
+    headless: bool = typer.Option(True, "--headless/--no-headless", help="Render offscreen (Xvfb) and pace flips."),
+    show: bool = typer.Option(False, "--show", help="Open a real window on the lab's own screen."),
+    segment: str = typer.Option(None, help="Present only this segment."),
+) -> None:
+    """Present a stimulus through PsychoPy and capture every frame that was shown."""
+    with friendly_errors():
+        from stimuli.presentation import render_file
+
+        log = render_file(stim, profile, out, headless=headless and not show, show=show, segment=segment)
+        console.print(f"presented {len(log.flip_time)} frames at {log.frame_rate_hz:g} Hz "
+                      f"({log.n_refreshes_per_frame} refreshes each); dropped: {log.n_dropped}")
+        console.print(f"wrote [bold]{out}[/] (captured frames and /presentation flip log)")
+
+
+def _names(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise ValueError("name at least one segment")
+    return names
+
+
+def _run_dir(model: Path) -> Path:
+    return model if model.is_dir() else model.parent
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

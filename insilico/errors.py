@@ -1,0 +1,28 @@
+"""Turn expected failures (bad input, missing files) into one clear line and exit code 2."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import typer
+
+from insilico.console import err_console
+
+
+class InsilicoError(Exception):
+    """A problem the user can fix (bad argument, missing model, wrong data); no traceback."""
+
+
+# Expected failures: what a user can cause and fix. Anything else is a bug and keeps its traceback.
+EXPECTED = (InsilicoError, ValueError, FileNotFoundError, KeyError, FileExistsError, PermissionError)
+
+
+@contextmanager
+def friendly_errors() -> Iterator[None]:
+    try:
+        yield
+    except EXPECTED as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        err_console.print(f"[bold red]error:[/] {message}")
+        raise typer.Exit(code=2) from None

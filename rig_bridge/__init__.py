@@ -1,0 +1,1 @@
+"""rig_bridge package."""

@@ -1,0 +1,144 @@
+"""`insilico rig ...`: serve a rig, make keys, present a stimulus file (no torch anywhere)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+rig_app = typer.Typer(help="The rig bridge: serve a rig, make CurveZMQ keys, present stimuli.",
+                      no_args_is_help=True, add_completion=False)
+
+
+@rig_app.command()
+def serve(
+    backend: Annotated[str, typer.Option(help="sim (simulated retina, no display) or psychopy")] = "sim",
+    port: Annotated[int, typer.Option(help="TCP port for controllers")] = 5555,
+    host: Annotated[str | None, typer.Option(help="address to bind (default 0.0.0.0 with keys, 127.0.0.1 insecure)")] = None,
+    keys: Annotated[Path | None, typer.Option(help="key directory from `insilico rig keys`")] = None,
+    insecure: Annotated[bool, typer.Option(help="plain TCP without CurveZMQ (loopback only)")] = False,
+    force_insecure: Annotated[bool, typer.Option(help="allow plain TCP on a non-loopback address")] = False,
+    sim_seed: Annotated[int, typer.Option(help="seed of the simulated retina and its spikes")] = 0,
+    sim_cells: Annotated[int, typer.Option(help="cells of the simulated retina")] = 90,
+    sim_size: Annotated[int, typer.Option(help="screen side (pixels) the simulated retina sees")] = 64,
+    sim_rate: Annotated[float, typer.Option(help="frame rate (Hz) of the simulated retina")] = 30.0,
+    realtime: Annotated[bool, typer.Option(help="sim: release frames at the pace they would be shown")] = False,
+    spike_format: Annotated[str, typer.Option(help="sim: stream spike 'times' or 'counts' per frame")] = "times",
+    store: Annotated[Path | None, typer.Option(help="rig store directory (stimuli, finished presentations)")] = None,
+    profile: Annotated[Path, typer.Option(help="psychopy: rig profile TOML")] = Path("rigs/default.toml"),
+    headless: Annotated[bool, typer.Option(help="psychopy: offscreen-style window (Xvfb)")] = False,
+    spikes: Annotated[str, typer.Option(help="psychopy: spike source, 'sim' or 'openephys'")] = "sim",
+    openephys: Annotated[str, typer.Option(help="Open Ephys ZMQ interface data address")] = "tcp://127.0.0.1:5556",
+    cell_map: Annotated[Path | None, typer.Option(help="CSV electrode,sorted_id,cell_id for Open Ephys")] = None,
+    photodiode_line: Annotated[int, typer.Option(help="Open Ephys TTL line of the photodiode")] = 0,
+    sample_rate: Annotated[float, typer.Option(help="rig sample clock (Hz)")] = 30_000.0,
+    heartbeat: Annotated[float, typer.Option(help="heartbeat interval (s)")] = 0.5,
+) -> None:
+    """Run a rig server until interrupted."""
+    from rig_bridge.server import RigServer, ServerConfig, default_store_dir
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if backend not in ("sim", "psychopy"):
+        raise typer.BadParameter(f"--backend must be sim or psychopy, got {backend!r}")
+    if not insecure and keys is None:
+        raise typer.BadParameter("give --keys DIR (CurveZMQ) or --insecure (plain TCP, loopback only)")
+    bind = host or ("127.0.0.1" if insecure else "0.0.0.0")
+    rig = _make_backend(backend, sim_seed=sim_seed, sim_cells=sim_cells, sim_size=sim_size, sim_rate=sim_rate,
+                        realtime=realtime, spike_format=spike_format, profile=profile, headless=headless,
+                        spikes=spikes, openephys=openephys, cell_map=cell_map,
+                        photodiode_line=photodiode_line, sample_rate=sample_rate)
+    config = ServerConfig(host=bind, port=port, store_dir=store or default_store_dir(), keys_dir=keys,
+                          insecure=insecure, allow_remote_insecure=force_insecure, heartbeat_s=heartbeat,
+                          rig_seed=sim_seed)
+    server = RigServer(rig, config)
+    # SIGTERM stops cleanly like Ctrl-C; SIGKILL is what the crash tests use.
+    signal.signal(signal.SIGTERM, lambda *_: server.stop_soon())
+    typer.echo(f"rig serving {backend} on tcp://{bind}:{port} ({'plain TCP' if insecure else 'CurveZMQ'})", err=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        rig.close()
+
+
+def _make_backend(backend: str, *, sim_seed: int, sim_cells: int, sim_size: int, sim_rate: float,
+                  realtime: bool, spike_format: str, profile: Path, headless: bool, spikes: str,
+                  openephys: str, cell_map: Path | None, photodiode_line: int, sample_rate: float):  # noqa: ANN202
+    if backend == "sim":
+        from rig_bridge.sim_backend import SimBackend
+
+        return SimBackend(n_cells=sim_cells, size=sim_size, frame_rate=sim_rate, seed=sim_seed,
+                          realtime=realtime, sample_rate=sample_rate, spike_format=spike_format)
+    from rig_bridge.psychopy_backend import OpenEphysSource, PsychopyBackend, SimulatedSource
+
+    if spikes == "sim":
+        source = SimulatedSource(n_cells=sim_cells, size=sim_size, frame_rate=sim_rate, seed=sim_seed,
+                                 sample_rate=sample_rate)
+    elif spikes == "openephys":
+        from rig_bridge.openephys import CellMap, OpenEphysSubscriber
+
+        if cell_map is None:
+            raise typer.BadParameter("--spikes openephys needs --cell-map CSV (electrode,sorted_id,cell_id)")
+        sub = OpenEphysSubscriber(openephys, CellMap.load(cell_map), photodiode_line=photodiode_line).start()
+        source = OpenEphysSource(sub, sample_rate)
+    else:
+        raise typer.BadParameter(f"--spikes must be sim or openephys, got {spikes!r}")
+    return PsychopyBackend(profile, source, headless=headless)
+
+
+@rig_app.command()
+def keys(
+    out: Annotated[Path, typer.Option(help="directory for the key files")],
+    overwrite: Annotated[bool, typer.Option(help="replace existing keys")] = False,
+) -> None:
+    """Generate a rig (server) and a controller (client) CurveZMQ key pair."""
+    from rig_bridge.keys import generate_keys
+
+    try:
+        generate_keys(out, overwrite=overwrite)
+    except FileExistsError as err:
+        typer.echo(str(err), err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"keys written to {out}: rig needs server.key_secret + authorized_clients/, "
+               "controller needs client.key_secret + server.key")
+
+
+@rig_app.command()
+def present(
+    stim: Annotated[Path, typer.Argument(help="stimulus file (recording-v1)")],
+    out: Annotated[Path, typer.Option(help="session recording to append to (created if missing)")],
+    rig: Annotated[str, typer.Option(help="rig address")] = "tcp://127.0.0.1:5555",
+    repeats: Annotated[int, typer.Option(help="times to show the stimulus")] = 1,
+    isi: Annotated[int, typer.Option(help="grey frames between repeats")] = 0,
+    keys: Annotated[Path | None, typer.Option(help="key directory (client.key_secret, server.key)")] = None,
+    insecure: Annotated[bool, typer.Option(help="plain TCP (loopback only)")] = False,
+    timeout: Annotated[float, typer.Option(help="seconds of rig silence before giving up")] = 10.0,
+) -> None:
+    """Present STIM on the rig and append the evoked spike counts to the session recording."""
+    from rig_bridge.client import RigClient, load_stimulus_file
+    from rig_bridge.errors import RigError
+
+    logging.basicConfig(level=logging.WARNING, format="%(name)s %(levelname)s %(message)s")
+    try:
+        frames, rate = load_stimulus_file(stim)
+        with RigClient(rig, keys, insecure=insecure, timeout_s=timeout) as client:
+            counts = client.present(frames, repeats=repeats, isi_grey_frames=isi, session_path=out,
+                                    frame_rate=rate)
+    except (RigError, ValueError, FileNotFoundError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"stored {counts.shape[0]} x {counts.shape[1]} frames x {counts.shape[2]} cells, "
+               f"{int(counts.sum())} spikes, in {out}")
+
+
+def main() -> None:
+    rig_app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""Finished presentations kept on the rig's disk, by session and request id.
+
+When a presentation ends, the rig writes every stream message it produced (flips, spikes,
+done) to one `.npz` file, atomically. A controller that retries the same present after the rig
+restarted then gets the recorded data replayed instead of a second showing of the stimulus.
+Files are deleted once the controller acknowledges that it stored the presentation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rig_bridge.protocol import is_valid_id
+
+
+@dataclass(frozen=True)
+class StreamRecord:
+    """A logged stream message without its sequence number (which is reassigned on replay)."""
+
+    type: str
+    body: dict[str, Any]
+    payload: np.ndarray | None
+
+
+class ResultStore:
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, session: str, request_id: str) -> Path:
+        if not (is_valid_id(session) and is_valid_id(request_id)):
+            raise ValueError(f"bad session/request id {session!r}/{request_id!r}")
+        return self.root / session / f"{request_id}.npz"
+
+    def has(self, session: str, request_id: str) -> bool:
+        return self._path(session, request_id).is_file()
+
+    def put(self, session: str, request_id: str, records: Sequence[StreamRecord]) -> None:
+        path = self._path(session, request_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = [{"type": r.type, "body": r.body, "has_payload": r.payload is not None} for r in records]
+        arrays = {f"p{i}": r.payload for i, r in enumerate(records) if r.payload is not None}
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def get(self, session: str, request_id: str) -> list[StreamRecord]:
+        with np.load(self._path(session, request_id), allow_pickle=False) as z:
+            meta = json.loads(z["meta"].tobytes().decode())
+            return [StreamRecord(m["type"], m["body"], z[f"p{i}"] if m["has_payload"] else None)
+                    for i, m in enumerate(meta)]
+
+    def delete(self, session: str, request_id: str) -> None:
+        self._path(session, request_id).unlink(missing_ok=True)

@@ -1,0 +1,544 @@
+"""The rig server: one ROUTER socket that takes commands and carries the rig's streams back.
+
+Design (docs/bridge-protocol.md): commands and streams share one ROUTER (rig) / DEALER
+(controller) connection. Every stream message goes into a per-session append-only log under a
+gap-free sequence number before it is sent, so a controller that misses one (dropped
+connection, full queue, restarted controller) asks for it again with `fetch`. A present is
+identified by its request id: a retried present is answered from the running or finished
+presentation, never shown twice. Finished presentations are also written to disk so that this
+holds across a rig restart, until the controller acknowledges it stored them.
+
+The server owns its socket in one thread; a presentation runs in a worker thread that only
+appends to the log (under a lock) and pokes the loop through an inproc socket.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+import traceback
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import zmq
+
+from rig_bridge.backend import Backend, PresentJob
+from rig_bridge.protocol import (
+    COMMANDS,
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    PROTOCOL_VERSION,
+    Message,
+    ProtocolError,
+    checked_frames,
+    decode,
+    encode,
+    is_valid_id,
+    peek_request,
+    stimulus_id,
+)
+from rig_bridge.result_store import ResultStore, StreamRecord
+from rig_bridge.sim_spikes import presentation_seed
+from rig_bridge.stimulus_store import StimulusStore
+from rig_bridge.transport import bind_server_socket
+
+log = logging.getLogger("rig_bridge.server")
+
+MAX_REPEATS = 10_000
+MAX_FETCH = 5_000
+SPIKES_PER_MESSAGE = 100_000
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 5555
+    store_dir: Path = Path("rig_store")
+    keys_dir: Path | None = None
+    insecure: bool = False
+    allow_remote_insecure: bool = False
+    heartbeat_s: float = 0.5
+    dead_after_s: float = 3.0
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    rig_seed: int = 0
+
+
+@dataclass
+class _Request:
+    id: str
+    session: str
+    state: str  # running | done | aborted | failed
+    first_seq: int
+    done_seq: int | None = None
+    error: str = ""
+    seqs: list[int] = field(default_factory=list)
+    records: list[StreamRecord] = field(default_factory=list)
+    cancel: threading.Event = field(default_factory=threading.Event)
+    frames_total: int = 0
+    flips_seen: int = 0
+
+
+@dataclass
+class _Session:
+    id: str
+    identity: bytes | None = None
+    last_heard: float = 0.0
+    alive: bool = True
+    next_seq: int = 1
+    sent_upto: int = 0
+    log: dict[int, list[bytes]] = field(default_factory=dict)
+    last_heartbeat_sent: float = 0.0
+
+
+class RigServer:
+    """Serve one backend on `tcp://host:port` until `stop()`.
+
+    Use `serve_forever()` in the foreground, or `start()` to run the loop in a thread.
+    """
+
+    def __init__(self, backend: Backend, config: ServerConfig) -> None:
+        self.backend = backend
+        self.config = config
+        self.instance = uuid.uuid4().hex[:16]
+        store = Path(config.store_dir)
+        self.stimuli = StimulusStore(store / "stimuli")
+        self.results = ResultStore(store / "results")
+        self._lock = threading.Lock()
+        self._sessions: dict[str, _Session] = {}
+        self._requests: dict[tuple[str, str], _Request] = {}
+        self._job: _Request | None = None
+        self._job_thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._sent = 0
+        self._ctx = zmq.Context()
+        self._wake_addr = f"inproc://rig-wake-{self.instance}"
+        self._ready = threading.Event()
+        self._bind_error: BaseException | None = None
+
+    @property
+    def address(self) -> str:
+        return f"tcp://{self.config.host}:{self.config.port}"
+
+    # --- lifecycle ----------------------------------------------------------------------
+    def start(self) -> RigServer:
+        """Run the loop in a daemon thread; return once the socket is bound."""
+        self._thread = threading.Thread(target=self.serve_forever, name="rig-server", daemon=True)
+        self._thread.start()
+        self._ready.wait(10)
+        if self._bind_error is not None:
+            raise self._bind_error
+        return self
+
+    def stop_soon(self) -> None:
+        """Ask the loop to end (safe from a signal handler); the running presentation is cancelled."""
+        self._stop.set()
+        if self._job is not None:
+            self._job.cancel.set()
+
+    def stop(self) -> None:
+        self.stop_soon()
+        if self._thread is not None:
+            self._thread.join(5)
+        if self._job_thread is not None:
+            self._job_thread.join(5)
+
+    def __enter__(self) -> RigServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def serve_forever(self) -> None:
+        router = self._ctx.socket(zmq.ROUTER)
+        router.linger = 0
+        # Mandatory routing turns "peer gone" and "queue full" into errors we can see, so a
+        # stream message is kept in the log and sent later instead of vanishing silently.
+        router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        router.sndhwm = 10_000
+        router.rcvhwm = 1_000
+        # Messages far beyond the payload limit cut the connection instead of filling memory;
+        # those up to twice the limit still get a "too_large" error reply.
+        router.setsockopt(zmq.MAXMSGSIZE, 2 * self.config.max_payload_bytes + (1 << 20))
+        wake = self._ctx.socket(zmq.PULL)
+        wake.bind(self._wake_addr)
+        auth = None
+        try:
+            auth = bind_server_socket(self._ctx, router, self.config.host, self.config.port,
+                                      keys_dir=self.config.keys_dir, insecure=self.config.insecure,
+                                      allow_remote_insecure=self.config.allow_remote_insecure)
+        except BaseException as err:
+            self._bind_error = err
+            self._ready.set()
+            router.close()
+            wake.close()
+            if threading.current_thread() is self._thread:
+                return  # start() re-raises it in the caller's thread
+            raise
+        self._ready.set()
+        log.info("rig %s serving %s backend on %s (%s)", self.instance, self.backend.info.backend,
+                 self.address, "plain TCP" if self.config.insecure else "CurveZMQ")
+        poller = zmq.Poller()
+        poller.register(router, zmq.POLLIN)
+        poller.register(wake, zmq.POLLIN)
+        tick = max(0.01, self.config.heartbeat_s / 4)
+        backlog = False
+        try:
+            while not self._stop.is_set():
+                # With a backlog (controller queue full) come back soon rather than a tick later.
+                events = dict(poller.poll(2 if backlog else int(tick * 1000)))
+                if wake in events:
+                    while wake.poll(0):
+                        wake.recv()
+                if router in events:
+                    for _ in range(100):  # bounded so streams and heartbeats are not starved
+                        try:
+                            frames = router.recv_multipart(zmq.NOBLOCK, copy=True)
+                        except zmq.Again:
+                            break
+                        self._handle(router, frames)
+                backlog = self._flush(router)
+                self._heartbeats(router)
+        finally:
+            router.close()
+            wake.close()
+            if auth is not None:
+                auth.stop()
+            self._ctx.term()
+
+    # --- sending ------------------------------------------------------------------------
+    def _send(self, router: zmq.Socket, identity: bytes, msg: Message) -> str:
+        return self._send_frames(router, identity, encode(msg))
+
+    def _send_frames(self, router: zmq.Socket, identity: bytes, frames: list[bytes]) -> str:
+        """"sent", "full" (the controller's queue is full: retry soon) or "gone" (disconnected)."""
+        try:
+            router.send_multipart([identity, *frames], zmq.NOBLOCK, copy=False)
+            return "sent"
+        except zmq.Again:
+            return "full"
+        except zmq.ZMQError as err:
+            if err.errno == zmq.EHOSTUNREACH:  # it will fetch what it missed when it is back
+                return "gone"
+            raise
+
+    def _reply(self, router: zmq.Socket, identity: bytes, session: str, req: str, mtype: str,
+               body: dict) -> None:
+        self._sent += 1
+        self._send(router, identity, Message(mtype, session, self._sent, req, body))
+
+    def _error(self, router: zmq.Socket, identity: bytes, session: str, req: str, code: str,
+               message: str) -> None:
+        log.info("error reply to %s/%s: %s: %s", session, req, code, message)
+        self._reply(router, identity, session, req, "error", {"code": code, "message": message})
+
+    def _flush(self, router: zmq.Socket) -> bool:
+        """Send each session's unsent stream messages; True if some are still waiting."""
+        backlog = False
+        for sess in list(self._sessions.values()):
+            if sess.identity is None or not sess.alive:
+                continue
+            while True:
+                with self._lock:
+                    nxt = sess.sent_upto + 1
+                    if nxt >= sess.next_seq:
+                        break
+                    frames = sess.log.get(nxt)
+                if frames is not None:
+                    outcome = self._send_frames(router, sess.identity, frames)
+                    if outcome == "full":
+                        backlog = True
+                        break
+                    if outcome == "gone":
+                        sess.alive = False
+                        break
+                sess.sent_upto = nxt
+        return backlog
+
+    def _heartbeats(self, router: zmq.Socket) -> None:
+        now = time.monotonic()
+        for sess in list(self._sessions.values()):
+            if sess.identity is None:
+                continue
+            if sess.alive and now - sess.last_heard > self.config.dead_after_s:
+                sess.alive = False
+                log.warning("controller of session %s silent for %.1f s: presumed dead (its data is kept)",
+                            sess.id, now - sess.last_heard)
+            if sess.alive and now - sess.last_heartbeat_sent >= self.config.heartbeat_s:
+                sess.last_heartbeat_sent = now
+                self._sent += 1
+                self._send(router, sess.identity, Message("heartbeat", sess.id, self._sent, "hb",
+                                                          self._state_body(sess)))
+
+    def _state_body(self, sess: _Session) -> dict:
+        job = self._job
+        running = job.id if job is not None and job.state == "running" else None
+        progress = None
+        if job is not None and job.frames_total:
+            progress = min(1.0, job.flips_seen / job.frames_total)
+        # last_seq counts what was actually sent: a controller fetches anything below it that
+        # it lacks, and the rest is still on its way.
+        return {"instance": self.instance, "last_seq": sess.sent_upto, "state": "presenting" if running else "idle",
+                "running": running, "progress": progress}
+
+    # --- dispatch -----------------------------------------------------------------------
+    def _handle(self, router: zmq.Socket, frames: list[bytes]) -> None:
+        identity, parts = frames[0], frames[1:]
+        try:
+            msg = decode(parts, max_payload_bytes=self.config.max_payload_bytes)
+        except ProtocolError as err:
+            session, req = peek_request(parts)
+            self._error(router, identity, session, req, err.code, err.message)
+            return
+        if msg.type not in COMMANDS:
+            self._error(router, identity, msg.session, msg.request_id, "unknown_type",
+                        f"{msg.type!r} is not a command a controller may send")
+            return
+        try:
+            if msg.type == "hello":
+                body = self._hello(identity, msg)
+            else:
+                sess = self._sessions.get(msg.session)
+                if sess is None:
+                    raise ProtocolError("unknown_session", f"session {msg.session} unknown to rig instance "
+                                        f"{self.instance}: send hello first")
+                self._touch(sess, identity)
+                if msg.type == "heartbeat":
+                    self._sent += 1
+                    self._send(router, identity, Message("heartbeat", sess.id, self._sent, msg.request_id,
+                                                         self._state_body(sess)))
+                    return
+                handler = {"upload": self._upload, "present": self._present, "status": self._status,
+                           "abort": self._abort, "fetch": self._fetch, "ack": self._ack}[msg.type]
+                body = handler(router, sess, msg)
+            self._reply(router, identity, msg.session, msg.request_id, "ok", body)
+        except ProtocolError as err:
+            self._error(router, identity, msg.session, msg.request_id, err.code, err.message)
+        except Exception as err:  # a bug must not take the rig down mid-session
+            log.error("internal error on %s: %s", msg.type, traceback.format_exc())
+            self._error(router, identity, msg.session, msg.request_id, "internal",
+                        f"{type(err).__name__}: {err}")
+
+    def _touch(self, sess: _Session, identity: bytes) -> None:
+        if sess.identity != identity:
+            # A new connection for this session (controller restarted or reconnected):
+            # anything sent to the old one may be lost, the controller fetches it back.
+            sess.identity = identity
+        sess.last_heard = time.monotonic()
+        sess.alive = True
+
+    def _hello(self, identity: bytes, msg: Message) -> dict:
+        proto = msg.body.get("protocol", PROTOCOL_VERSION)
+        if proto != PROTOCOL_VERSION:
+            raise ProtocolError("bad_version", f"controller speaks protocol {proto}, rig speaks {PROTOCOL_VERSION}")
+        sess = self._sessions.get(msg.session)
+        if sess is None:
+            sess = self._sessions[msg.session] = _Session(msg.session)
+        self._touch(sess, identity)
+        info = self.backend.info
+        return {"instance": self.instance, "protocol": PROTOCOL_VERSION, "backend": info.backend,
+                "cell_ids": list(info.cell_ids), "sample_rate": info.sample_rate,
+                "frame_rate": info.frame_rate, "screen": list(info.screen) if info.screen else None,
+                "profile": info.profile, "heartbeat_s": self.config.heartbeat_s,
+                "max_payload_bytes": self.config.max_payload_bytes, "last_seq": sess.sent_upto}
+
+    def _upload(self, router: zmq.Socket, sess: _Session, msg: Message) -> dict:
+        rate = msg.body.get("frame_rate")
+        if not isinstance(rate, int | float) or isinstance(rate, bool) or not math.isfinite(rate) or rate <= 0:
+            raise ProtocolError("bad_request", f"upload needs frame_rate > 0 (Hz), got {rate!r}")
+        claimed = msg.body.get("stimulus_id")
+        if claimed is not None and not is_valid_id(claimed):
+            raise ProtocolError("bad_request", f"bad stimulus_id {claimed!r}")
+        if msg.payload is None:
+            if claimed is not None and claimed in self.stimuli:
+                return {"stimulus_id": claimed, "uploaded": False}
+            raise ProtocolError("unknown_stimulus", f"rig does not hold stimulus {claimed}: send its frames")
+        frames = checked_frames(msg.payload)
+        try:
+            self.backend.check_stimulus(frames, float(rate))
+        except ValueError as err:
+            raise ProtocolError("bad_frames", str(err)) from None
+        sid = stimulus_id(frames, float(rate))
+        if claimed is not None and claimed != sid:
+            raise ProtocolError("checksum", f"frames hash to {sid[:16]}..., not the claimed {claimed[:16]}...")
+        self.stimuli.put(frames, float(rate))
+        return {"stimulus_id": sid, "uploaded": True}
+
+    def _present(self, router: zmq.Socket, sess: _Session, msg: Message) -> dict:
+        rid = msg.request_id
+        known = self._requests.get((sess.id, rid))
+        if known is not None:
+            if known.state == "aborted":
+                raise ProtocolError("aborted", f"presentation {rid} was aborted")
+            if known.state == "failed":
+                raise ProtocolError("internal", f"presentation {rid} failed: {known.error}")
+            return {"state": known.state, "first_seq": known.first_seq, "done_seq": known.done_seq,
+                    "instance": self.instance}
+        if self.results.has(sess.id, rid):
+            req = self._replay(sess, rid)
+            return {"state": "done", "first_seq": req.first_seq, "done_seq": req.done_seq,
+                    "instance": self.instance, "replayed": True}
+        body = msg.body
+        sid, repeats, isi = body.get("stimulus_id"), body.get("repeats"), body.get("isi_grey_frames", 0)
+        if not is_valid_id(sid):
+            raise ProtocolError("bad_request", f"present needs a stimulus_id, got {sid!r}")
+        if not _is_int(repeats) or not 1 <= repeats <= MAX_REPEATS:
+            raise ProtocolError("bad_request", f"repeats must be an integer in [1, {MAX_REPEATS}], got {repeats!r}")
+        if not _is_int(isi) or not 0 <= isi <= 100_000:
+            raise ProtocolError("bad_request", f"isi_grey_frames must be an integer >= 0, got {isi!r}")
+        if self._job is not None and self._job.state == "running":
+            raise ProtocolError("busy", f"presentation {self._job.id} is running; retry when it is done")
+        try:
+            stim = self.stimuli.get(sid)
+        except KeyError:
+            raise ProtocolError("unknown_stimulus", f"rig does not hold stimulus {sid}: upload it first") from None
+        job = PresentJob(session=sess.id, request_id=rid, stimulus_id=sid, frames=stim.frames,
+                         frame_rate=stim.frame_rate, repeats=int(repeats), isi_grey_frames=int(isi),
+                         seed=presentation_seed(self.config.rig_seed, rid))
+        with self._lock:
+            req = _Request(id=rid, session=sess.id, state="running", first_seq=sess.next_seq,
+                           frames_total=job.repeats * (len(stim.frames) + 1))
+        self._requests[(sess.id, rid)] = req
+        self._job = req
+        self._job_thread = threading.Thread(target=self._run_job, args=(sess, req, job),
+                                            name=f"present-{rid}", daemon=True)
+        self._job_thread.start()
+        log.info("presenting %s (stimulus %s, %d repeats) for session %s", rid, sid[:8], repeats, sess.id)
+        return {"state": "started", "first_seq": req.first_seq, "done_seq": None, "instance": self.instance}
+
+    def _replay(self, sess: _Session, rid: str) -> _Request:
+        records = self.results.get(sess.id, rid)
+        req = _Request(id=rid, session=sess.id, state="done", first_seq=sess.next_seq)
+        for rec in records:
+            body = dict(rec.body)
+            if rec.type == "done":
+                body.update(first_seq=req.first_seq, replayed=True)
+            seq = self._append(sess, req, rec.type, body, rec.payload, keep=False)
+        req.done_seq = seq
+        self._requests[(sess.id, rid)] = req
+        return req
+
+    def _append(self, sess: _Session, req: _Request, mtype: str, body: dict,
+                payload: np.ndarray | None, *, keep: bool = True) -> int:
+        with self._lock:
+            seq = sess.next_seq
+            sess.next_seq += 1
+            sess.log[seq] = encode(Message(mtype, sess.id, seq, req.id, body, payload))
+            req.seqs.append(seq)
+            if keep:
+                req.records.append(StreamRecord(mtype, body, payload))
+        return seq
+
+    def _run_job(self, sess: _Session, req: _Request, job: PresentJob) -> None:
+        wake = self._ctx.socket(zmq.PUSH)
+        wake.linger = 0
+        wake.connect(self._wake_addr)
+        emitter = _JobEmitter(self, sess, req, wake)
+        status, error = "ok", ""
+        try:
+            self.backend.run(job, emitter, req.cancel)
+            if req.cancel.is_set():
+                status = "aborted"
+        except Exception as err:
+            log.error("presentation %s failed: %s", req.id, traceback.format_exc())
+            status, error = "failed", f"{type(err).__name__}: {err}"
+        done = {"stimulus_id": job.stimulus_id, "repeats": job.repeats, "n_frames": len(job.frames),
+                "n_spikes": emitter.n_spikes, "first_seq": req.first_seq, "status": status, "error": error,
+                "n_messages": len(req.seqs) + 1}
+        if status == "ok":
+            # On disk before "done" is sent: once the controller may act on it, a rig restart
+            # can replay the presentation instead of showing it again.
+            self.results.put(sess.id, req.id, [*req.records, StreamRecord("done", done, None)])
+        seq = self._append(sess, req, "done", done, None)
+        req.done_seq = seq
+        req.state = {"ok": "done", "aborted": "aborted", "failed": "failed"}[status]
+        req.error = error
+        req.records = []
+        wake.send(b"")
+        wake.close()
+
+    def _status(self, router: zmq.Socket, sess: _Session, msg: Message) -> dict:
+        return {**self._state_body(sess), "backend": self.backend.info.backend}
+
+    def _abort(self, router: zmq.Socket, sess: _Session, msg: Message) -> dict:
+        target = msg.body.get("request_id")
+        job = self._job
+        if job is not None and job.state == "running" and job.session == sess.id and target in (None, job.id):
+            job.cancel.set()
+            return {"aborted": job.id}
+        return {"aborted": None}
+
+    def _fetch(self, router: zmq.Socket, sess: _Session, msg: Message) -> dict:
+        lo, hi = msg.body.get("from_seq"), msg.body.get("to_seq")
+        if not (_is_int(lo) and _is_int(hi)) or not 1 <= lo <= hi:
+            raise ProtocolError("bad_request", f"fetch needs 1 <= from_seq <= to_seq, got {lo!r}..{hi!r}")
+        hi = min(hi, lo + MAX_FETCH - 1, sess.next_seq - 1)
+        resent, missing = 0, []
+        identity = sess.identity
+        assert identity is not None
+        for seq in range(lo, hi + 1):
+            with self._lock:
+                frames = sess.log.get(seq)
+            if frames is None:
+                missing.append(seq)
+            elif self._send_frames(router, identity, frames) == "sent":
+                resent += 1
+            else:
+                break  # queue full: the reply says how far we got, the controller asks again
+        return {"resent": resent, "to_seq": lo + resent + len(missing) - 1, "missing": missing[:1000]}
+
+    def _ack(self, router: zmq.Socket, sess: _Session, msg: Message) -> dict:
+        rid = msg.body.get("request_id")
+        if not is_valid_id(rid):
+            raise ProtocolError("bad_request", f"ack needs a request_id, got {rid!r}")
+        req = self._requests.get((sess.id, rid))
+        if req is not None and req.state == "running":
+            raise ProtocolError("bad_request", f"presentation {rid} is still running")
+        if req is not None:
+            with self._lock:
+                for seq in req.seqs:
+                    sess.log.pop(seq, None)
+            req.records = []
+        self.results.delete(sess.id, rid)
+        return {"acked": rid}
+
+
+class _JobEmitter:
+    """Turns backend callbacks into logged stream messages (runs in the job thread)."""
+
+    def __init__(self, server: RigServer, sess: _Session, req: _Request, wake: zmq.Socket) -> None:
+        self.server, self.sess, self.req, self.wake = server, sess, req, wake
+        self.n_spikes = 0
+
+    def _emit(self, mtype: str, body: dict, payload: np.ndarray) -> None:
+        self.server._append(self.sess, self.req, mtype, body, payload)
+        self.wake.send(b"", zmq.NOBLOCK)
+
+    def flips(self, repeat: int, frame_index: np.ndarray, samples: np.ndarray) -> None:
+        payload = np.stack([np.asarray(frame_index, np.int64), np.asarray(samples, np.int64)], axis=1)
+        self.req.flips_seen += len(payload)
+        self._emit("flips", {"repeat": int(repeat)}, payload)
+
+    def spikes(self, cell_ids: np.ndarray, samples: np.ndarray) -> None:
+        payload = np.stack([np.asarray(cell_ids, np.int64), np.asarray(samples, np.int64)], axis=1)
+        for a in range(0, len(payload), SPIKES_PER_MESSAGE):
+            part = payload[a:a + SPIKES_PER_MESSAGE]
+            self.n_spikes += len(part)
+            self._emit("spikes", {}, part)
+
+    def counts(self, repeat: int, start_frame: int, counts: np.ndarray) -> None:
+        counts = np.asarray(counts, np.uint16)
+        self.n_spikes += int(counts.sum())
+        self._emit("counts", {"repeat": int(repeat), "start_frame": int(start_frame)}, counts)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def default_store_dir() -> Path:
+    return Path(os.environ.get("INSILICO_RIG_STORE", Path.home() / ".insilico" / "rig_store"))

@@ -1,0 +1,71 @@
+"""The session's recording-v1 file: one segment per presentation, repeats along axis 0.
+
+The file is replaced atomically by each commit (RecordingWriter writes a copy and renames it),
+so a crash leaves either the old file or the old file plus the whole new segment.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from rig_bridge.errors import SessionFileError
+from stimuli.recording import RecordingWriter, open_recording
+
+
+def stored_segments(path: str | os.PathLike[str]) -> set[str]:
+    if not Path(path).is_file():
+        return set()
+    with open_recording(path) as rec:
+        return {s.name for s in rec.segments}
+
+
+def read_segment_counts(path: str | os.PathLike[str], segment: str, repeats: int) -> np.ndarray:
+    """Counts `[repeats, T, N]` float32 of a stored presentation."""
+    with open_recording(path) as rec:
+        return rec.counts(segment=segment)[:repeats]
+
+
+def check_compatible(path: str | os.PathLike[str], *, frame_rate: float, height: int, width: int,
+                     cell_ids: np.ndarray, repeats: int) -> None:
+    """Raise SessionFileError when an existing session file cannot take this presentation."""
+    if not Path(path).is_file():
+        return
+    with open_recording(path) as rec:
+        problems = []
+        if not rec.has_responses:
+            problems.append("it is a stimulus-only file (no responses)")
+        else:
+            if not np.array_equal(rec.cell_ids, np.asarray(cell_ids, dtype=np.int64)):
+                problems.append(f"its {rec.n_cells} cell ids differ from the rig's {len(cell_ids)}")
+            if repeats > rec.n_repeats:
+                problems.append(f"it holds at most {rec.n_repeats} repeats per presentation, not {repeats}")
+        if abs(rec.frame_rate - frame_rate) > 1e-9:
+            problems.append(f"its frame rate is {rec.frame_rate} Hz, the stimulus runs at {frame_rate} Hz")
+        if rec.shape[1:] != (height, width):
+            problems.append(f"its frames are {rec.shape[1]}x{rec.shape[2]}, the stimulus is {height}x{width}")
+    if problems:
+        raise SessionFileError(f"{path}: cannot add this presentation: " + "; ".join(problems)
+                               + " (start a new session file)")
+
+
+def store_presentation(path: str | os.PathLike[str], segment: str, frames: np.ndarray, frame_rate: float,
+                       cell_ids: np.ndarray, counts: np.ndarray) -> bool:
+    """Append frames `[T, H, W]` and counts `[R, T, N]` as `segment`; False if it was already there."""
+    if segment in stored_segments(path):
+        return False
+    if Path(path).is_file():
+        writer = RecordingWriter.append_to(path)
+    else:
+        writer = RecordingWriter(path, frame_rate=frame_rate, height=frames.shape[1], width=frames.shape[2],
+                                 cell_ids=np.asarray(cell_ids, dtype=np.int64), n_repeats=counts.shape[0],
+                                 counts_dtype="float32", attrs={"source": "insilico rig bridge"})
+    try:
+        writer.append_segment(segment, frames, counts)
+        writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    return True

@@ -1,0 +1,93 @@
+"""Socket set-up shared by the rig server and the controller: CurveZMQ or explicit plain TCP.
+
+Plain TCP is only ever used when the caller says `insecure=True`, and then only on loopback
+unless `allow_remote_insecure=True` as well: an unencrypted rig port on a lab network would let
+anyone present stimuli.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket as pysocket
+from urllib.parse import urlparse
+
+import zmq
+from zmq.auth.thread import ThreadAuthenticator
+
+from rig_bridge.keys import load_client_keys, load_server_keys
+
+
+class InsecureAddressError(ValueError):
+    """Plain TCP was asked for on an address that is not loopback."""
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def host_of(address: str) -> str:
+    parsed = urlparse(address)
+    if parsed.scheme != "tcp" or not parsed.hostname:
+        raise ValueError(f"rig address must look like tcp://HOST:PORT, got {address!r}")
+    return parsed.hostname
+
+
+def check_insecure(host: str, allow_remote_insecure: bool) -> None:
+    if not is_loopback(host) and not allow_remote_insecure:
+        raise InsecureAddressError(
+            f"refusing plain (unencrypted) TCP on {host}: insecure mode is for loopback only; "
+            "use CurveZMQ keys (--keys DIR), or force it explicitly")
+
+
+def bind_server_socket(ctx: zmq.Context, sock: zmq.Socket, host: str, port: int, *,
+                       keys_dir: str | os.PathLike[str] | None, insecure: bool,
+                       allow_remote_insecure: bool = False) -> ThreadAuthenticator | None:
+    """Configure security on `sock`, bind it, and return the running authenticator (if any)."""
+    auth = None
+    if insecure:
+        check_insecure(host, allow_remote_insecure)
+    else:
+        if keys_dir is None:
+            raise ValueError("the rig needs --keys DIR (CurveZMQ), or --insecure for plain TCP on loopback")
+        keys = load_server_keys(keys_dir)
+        auth = ThreadAuthenticator(ctx)
+        auth.start()
+        auth.configure_curve(domain="*", location=str(keys.authorized_dir))
+        sock.curve_secretkey = keys.secret
+        sock.curve_publickey = keys.public
+        sock.curve_server = True
+    try:
+        sock.bind(f"tcp://{host}:{port}")
+    except zmq.ZMQError:
+        if auth is not None:
+            auth.stop()
+        raise
+    return auth
+
+
+def secure_client_socket(sock: zmq.Socket, address: str, *, keys_dir: str | os.PathLike[str] | None,
+                         insecure: bool, allow_remote_insecure: bool = False) -> None:
+    """Apply the controller's CurveZMQ keys (or check that plain TCP is allowed) before connect."""
+    host = host_of(address)
+    if insecure:
+        check_insecure(host, allow_remote_insecure)
+        return
+    if keys_dir is None:
+        raise ValueError("the controller needs keys_dir (CurveZMQ), or insecure=True for plain TCP on loopback")
+    keys = load_client_keys(keys_dir)
+    sock.curve_secretkey = keys.secret
+    sock.curve_publickey = keys.public
+    sock.curve_serverkey = keys.server_public
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago (for tests and benchmarks)."""
+    with pysocket.socket(pysocket.AF_INET, pysocket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])

@@ -1,0 +1,191 @@
+"""Lazy, validated access to a recording-v1 file.
+
+Nothing is read in bulk when a file is opened: frames and counts are sliced from disk by frame
+range or segment, so a one-hour recording can be trained on piece by piece.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import TracebackType
+
+import h5py
+import numpy as np
+
+from stimuli.recording import layout as L
+from stimuli.recording.errors import RecordingFormatError
+from stimuli.recording.validate import validate
+
+
+class Recording:
+    """An open recording-v1 file. Use as a context manager or call `close()`."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = str(path)
+        if not Path(self.path).is_file():
+            raise FileNotFoundError(f"{self.path}: no such recording file")
+        try:
+            self._file = h5py.File(self.path, "r")
+        except OSError as err:
+            raise RecordingFormatError(self.path, "file", f"not a readable HDF5 file ({err})") from None
+        try:
+            self.layout = validate(self._file, self.path)
+        except BaseException:
+            self._file.close()
+            raise
+
+    # --- metadata -------------------------------------------------------------------------
+    @property
+    def frame_rate(self) -> float:
+        return self.layout.frame_rate
+
+    @property
+    def pixel_size_um(self) -> float | None:
+        return self.layout.pixel_size_um
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """`(T, H, W)` of the stimulus."""
+        return (self.layout.n_frames, self.layout.height, self.layout.width)
+
+    @property
+    def n_frames(self) -> int:
+        return self.layout.n_frames
+
+    @property
+    def n_cells(self) -> int:
+        return self.layout.n_cells
+
+    @property
+    def n_repeats(self) -> int:
+        return self.layout.n_repeats
+
+    @property
+    def has_responses(self) -> bool:
+        return self.layout.has_responses
+
+    @property
+    def segments(self) -> tuple[L.Segment, ...]:
+        return self.layout.segments
+
+    @property
+    def attrs(self) -> dict[str, object]:
+        """Root attributes, the unknown ones included (kept for forward compatibility)."""
+        return {k: _plain(v) for k, v in self._file.attrs.items()}
+
+    def segment(self, name: str) -> L.Segment:
+        for seg in self.layout.segments:
+            if seg.name == name:
+                return seg
+        known = ", ".join(s.name for s in self.layout.segments) or "none"
+        raise KeyError(f"{self.path}: no segment named {name!r} (segments: {known})")
+
+    @property
+    def cell_ids(self) -> np.ndarray:
+        """`[N]` int64 cell ids (empty for a stimulus-only file)."""
+        if not self.has_responses:
+            return np.zeros(0, dtype=np.int64)
+        return self._file[L.CELL_IDS][()]
+
+    def cell_index(self, cell_id: int) -> int:
+        """Position of the cell whose id is `cell_id` along the cell axis."""
+        hits = np.flatnonzero(self.cell_ids == cell_id)
+        if len(hits) == 0:
+            raise KeyError(f"{self.path}: no cell with id {cell_id}")
+        return int(hits[0])
+
+    @property
+    def cell_types(self) -> list[str] | None:
+        if not self.layout.has_types:
+            return None
+        return [_plain(v) for v in self._file[L.CELL_TYPE][()]]
+
+    @property
+    def rf(self) -> np.ndarray | None:
+        """`[N, H, W]` float32 receptive-field maps, or None where the file has none."""
+        return self._file[L.CELL_RF][()] if self.layout.has_rf else None
+
+    # --- bulk data, read by range ---------------------------------------------------------
+    def _range(self, segment: str | None, start: int | None, stop: int | None) -> tuple[int, int]:
+        if segment is not None:
+            if start is not None or stop is not None:
+                raise ValueError("give either a segment or a frame range, not both")
+            seg = self.segment(segment)
+            return seg.start, seg.stop
+        a = 0 if start is None else int(start)
+        b = self.n_frames if stop is None else int(stop)
+        if not 0 <= a < b <= self.n_frames:
+            raise ValueError(f"frame range [{a}, {b}) is not inside [0, {self.n_frames})")
+        return a, b
+
+    def frames(
+        self, segment: str | None = None, start: int | None = None, stop: int | None = None
+    ) -> np.ndarray:
+        """Stimulus frames `[t, H, W]` uint8 of a segment or frame range (default: all)."""
+        a, b = self._range(segment, start, stop)
+        return self._file[L.FRAMES][a:b]
+
+    def counts(
+        self, segment: str | None = None, start: int | None = None, stop: int | None = None
+    ) -> np.ndarray:
+        """Spike counts `[R, t, N]` float32; repeats that were not shown hold NaN."""
+        if not self.has_responses:
+            raise ValueError(f"{self.path}: stimulus-only file has no {L.COUNTS}")
+        a, b = self._range(segment, start, stop)
+        out = self._file[L.COUNTS][:, a:b, :].astype(np.float32)
+        if np.isnan(out[0]).any():
+            raise RecordingFormatError(
+                self.path, L.COUNTS, f"repeat 0 holds NaN in frames [{a}, {b}); only repeats >= 1 may"
+            )
+        if (out[~np.isnan(out)] < 0).any():
+            raise RecordingFormatError(self.path, L.COUNTS, f"negative counts in frames [{a}, {b})")
+        return out
+
+    def repeats_shown(self, segment: str) -> int:
+        """How many repeats of a segment hold data (reads one bin per repeat)."""
+        seg = self.segment(segment)
+        first = self._file[L.COUNTS][:, seg.start, :] if self.has_responses else None
+        if first is None:
+            return 0
+        return int((~np.isnan(first.astype(np.float32)).all(axis=1)).sum())
+
+    def mean_response(self, segment: str | None = None, start: int | None = None,
+                      stop: int | None = None) -> np.ndarray:
+        """Trial-averaged counts `[t, N]` over the repeats that were shown."""
+        return np.nanmean(self.counts(segment, start, stop), axis=0)
+
+    def to_xarray(self):
+        """A lazy `xarray.Dataset`: `frames (time, y, x)`, `spike_counts (repeat, time, cell)`."""
+        from stimuli.recording.xarray_view import open_xarray
+
+        return open_xarray(self)
+
+    # --- lifetime -------------------------------------------------------------------------
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> Recording:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        t, h, w = self.shape
+        return (f"Recording({self.path!r}, T={t}, H={h}, W={w}, N={self.n_cells}, "
+                f"R={self.n_repeats}, {self.frame_rate:g} Hz)")
+
+
+def open_recording(path: str | os.PathLike[str]) -> Recording:
+    """Open and validate a recording-v1 file; raises `RecordingFormatError` naming what is wrong."""
+    return Recording(path)
+
+
+def _plain(value):
+    if isinstance(value, bytes | np.bytes_):
+        return value.decode("utf-8")
+    if isinstance(value, np.generic):
+        return value.item()
+    return value

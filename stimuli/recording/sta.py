@@ -1,0 +1,122 @@
+"""Spike-triggered averages of a population from frames and binned spike counts (no torch).
+
+Used by the simulate command and by the twin to estimate receptive fields; it lives beside the
+recording format because both the rig side and the twin read RFs from recordings. For each lag
+``l`` the STA is ``sum_t n[t] * s[t - l] / sum_t n[t]  -  mean_t s[t]``: the average
+frame ``l`` bins before a spike, relative to the average frame, so a grey-mean stimulus
+gives 0 where a pixel has no influence. Lag 0 is the frame shown in the spike's own bin.
+One ``[N, T] @ [T, H*W]`` matrix multiply per lag does the work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+DEFAULT_LAGS = range(0, 15)
+"""0.5 s of lags at 30 frames/s."""
+
+
+@dataclass(frozen=True, eq=False)
+class StaEstimate:
+    """STAs at every lag and each cell's peak.
+
+    Attributes:
+        lags: ``[K]`` the lags (frames) that were averaged.
+        by_lag: ``[N, K, H, W]`` STA at each lag.
+        peak_lag: ``[N]`` the lag with the largest STA energy (sum of squares) per cell.
+        spatial: ``[N, H, W]`` STA at each cell's peak lag.
+        energy: ``[N, K]`` STA energy per lag (the temporal profile's power).
+        n_spikes: ``[N]`` spikes that went into each average (0 -> all-zero STA).
+    """
+
+    lags: np.ndarray
+    by_lag: np.ndarray
+    peak_lag: np.ndarray
+    spatial: np.ndarray
+    energy: np.ndarray
+    n_spikes: np.ndarray
+
+
+def _check(
+    frames: np.ndarray, counts: np.ndarray, lags: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    frames = np.asarray(frames)
+    counts = np.asarray(counts)
+    if frames.ndim != 3:
+        raise ValueError(f"frames must be [T, H, W], got shape {frames.shape}")
+    if not np.issubdtype(frames.dtype, np.floating):
+        raise ValueError(f"frames must be float (divide uint8 by 255), got dtype {frames.dtype}")
+    if counts.ndim != 2 or counts.shape[0] != frames.shape[0]:
+        raise ValueError(
+            f"counts must be [T, N] with T = {frames.shape[0]} frames, got shape {counts.shape}"
+        )
+    lag_array = np.asarray(list(lags), dtype=np.int64)
+    if lag_array.ndim != 1 or lag_array.size == 0:
+        raise ValueError("lags must be a non-empty sequence of ints")
+    if lag_array.min() < 0 or lag_array.max() >= frames.shape[0]:
+        raise ValueError(f"lags must lie in [0, T-1] = [0, {frames.shape[0] - 1}], got {lags}")
+    return frames, counts.astype(np.float64), lag_array
+
+
+def sta_by_lag(
+    frames: np.ndarray, counts: np.ndarray, lags: Sequence[int] = DEFAULT_LAGS
+) -> StaEstimate:
+    """STAs at several lags and, per cell, the spatial STA at the lag of peak energy.
+
+    Args:
+        frames: ``[T, H, W]`` float stimulus (e.g. luminance in [0, 1]).
+        counts: ``[T, N]`` spike counts in the frames' bins.
+        lags: frames between stimulus and spike bin, each in [0, T-1].
+
+    Returns:
+        :class:`StaEstimate` (``spatial`` is ``[N, H, W]`` in the frames' units).
+    """
+    frames, counts, lag_array = _check(frames, counts, lags)
+    n_frames, height, width = frames.shape
+    flat = frames.reshape(n_frames, height * width)
+    mean_frame = flat.mean(axis=0, dtype=np.float64)
+    n_cells = counts.shape[1]
+    by_lag = np.zeros((n_cells, lag_array.size, height * width))
+    n_spikes = counts.sum(axis=0)
+    for k, lag in enumerate(lag_array):
+        # Spikes in bin t pair with the frame shown at t - lag.
+        weights = counts[lag:]
+        total = weights.sum(axis=0)
+        fired = total > 0
+        if not fired.any():
+            continue
+        summed = weights[:, fired].T @ flat[: n_frames - lag]
+        by_lag[fired, k] = summed / total[fired, None] - mean_frame
+    energy = (by_lag * by_lag).sum(axis=2)
+    peak = np.argmax(energy, axis=1)
+    spatial = by_lag[np.arange(n_cells), peak]
+    return StaEstimate(
+        lags=lag_array,
+        by_lag=by_lag.reshape(n_cells, lag_array.size, height, width),
+        peak_lag=lag_array[peak],
+        spatial=spatial.reshape(n_cells, height, width),
+        energy=energy,
+        n_spikes=n_spikes,
+    )
+
+
+def spike_triggered_average(
+    frames: np.ndarray, counts: np.ndarray, lags: int | Sequence[int] = DEFAULT_LAGS
+) -> np.ndarray:
+    """Spatial STA of each cell.
+
+    Args:
+        frames: ``[T, H, W]`` float stimulus.
+        counts: ``[T, N]`` spike counts.
+        lags: one lag (int) -> the STA at that lag for every cell; a sequence of lags
+            -> for each cell, the STA at its own lag of largest STA energy.
+
+    Returns:
+        ``[N, H, W]`` float64.
+    """
+    if isinstance(lags, int | np.integer):
+        return sta_by_lag(frames, counts, [int(lags)]).spatial
+    return sta_by_lag(frames, counts, lags).spatial

@@ -1,0 +1,1 @@
+"""vist_model package."""

@@ -1,0 +1,70 @@
+"""Time-causal 3D convolution shared by the TCN and the CMST blocks.
+
+Tensors are laid out `[B, C, T, H, W]`. A convolution is causal in time when the
+output at frame t only reads frames <= t: we left-pad time by
+`dilation * (kernel_t - 1)` zeros and pad nothing on the right. Zeros (not
+replicated frames) follow the public Vi-ST code's `CausalConv3d` with
+`pad_mode="constant"`.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["CausalConv3d"]
+
+
+class CausalConv3d(nn.Module):
+    """Conv3d, causal in time, with optional 'same' spatial padding.
+
+    Args:
+        in_channels, out_channels: channel counts.
+        kernel_size: `(kt, kh, kw)`; kh and kw must be odd.
+        dilation: temporal dilation (spatial dilation is 1).
+        groups: as in `nn.Conv3d`.
+        same_spatial: pad space so H, W are kept (True) or shrink them by
+            `kh - 1`, `kw - 1` (False, 'valid').
+
+    Shapes: `[B, in, T, H, W] -> [B, out, T, H', W']`.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: tuple[int, int, int],
+        *,
+        dilation: int = 1,
+        groups: int = 1,
+        same_spatial: bool = True,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        kt, kh, kw = kernel_size
+        if kt < 1 or kh % 2 == 0 or kw % 2 == 0:
+            raise ValueError(f"kernel_size must be (kt>=1, odd, odd), got {kernel_size}")
+        if dilation < 1:
+            raise ValueError(f"dilation must be >= 1, got {dilation}")
+        self.time_pad = dilation * (kt - 1)
+        ph, pw = (kh // 2, kw // 2) if same_spatial else (0, 0)
+        # F.pad order: (W_left, W_right, H_top, H_bottom, T_front, T_back).
+        self._pad = (pw, pw, ph, ph, self.time_pad, 0)
+        self.conv = nn.Conv3d(
+            in_channels,
+            out_channels,
+            kernel_size,
+            dilation=(dilation, 1, 1),
+            groups=groups,
+            bias=bias,
+        )
+
+    @property
+    def receptive_field(self) -> int:
+        """Frames of input seen by one output frame (the current one included)."""
+        return self.time_pad + 1
+
+    def forward(self, x: Tensor) -> Tensor:
+        if any(self._pad):
+            x = F.pad(x, self._pad, mode="constant", value=0.0)
+        return self.conv(x)

@@ -1,0 +1,190 @@
+"""Train, fine-tune and save a twin from recording files: what `insilico train` calls."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.progress import Progress
+from torch import nn
+
+from stimuli.recording import Recording, open_recording
+from vist_model.backbone import load_backbone
+from vist_model.data import Block, DataSplit, FrameRange, make_split, trial_average
+from vist_model.features import FeatureCache
+from vist_model.loss import PoissonLoss, ViSTLoss
+from vist_model.plots import plot_loss_curve
+from vist_model.receptive_fields import receptive_fields
+from vist_model.train import TrainConfig, TrainResult, fit
+from vist_model.twin import MODEL_KINDS, Twin, TwinMetadata, backbone_metadata, build_network
+from vist_model.vist import vist_config
+
+
+@dataclass(frozen=True)
+class TwinSpec:
+    """What to build: model kind, Vi-ST preset and backbone, RF conditioning."""
+
+    kind: str = "vist"
+    preset: str = "cpu"
+    backbone: str = "tiny"
+    rf_conditioning: str = "sum"
+
+    def __post_init__(self) -> None:
+        if self.kind not in MODEL_KINDS:
+            raise ValueError(f"--model must be one of {', '.join(MODEL_KINDS)}, got {self.kind!r}")
+
+
+@dataclass(frozen=True)
+class TrainedRun:
+    twin: Twin
+    result: TrainResult
+    split: DataSplit
+    run_dir: Path
+    rf_source: str
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """`auto` (or None) picks CUDA when present; an unavailable device is refused clearly."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: no CUDA GPU is visible to torch on this machine")
+    return torch.device(device)
+
+
+def loss_for(kind: str) -> nn.Module:
+    # Vi-ST trains on its own composite loss; the LN and CNN baselines on Poisson likelihood,
+    # as in McIntosh et al. 2016.
+    return ViSTLoss() if kind == "vist" else PoissonLoss()
+
+
+def _blocks(twin: Twin, rec: Recording, ranges: tuple[FrameRange, ...], cache: FeatureCache) -> list[Block]:
+    blocks = []
+    for segment in sorted({r.segment for r in ranges}):
+        seg = rec.segment(segment)
+        # Features are cached per whole segment, so train/val cuts and fine-tuning share them.
+        inputs = twin.inputs(rec.frames(segment), cache)
+        for r in (r for r in ranges if r.segment == segment):
+            blocks.append(Block(inputs[r.start - seg.start:r.stop - seg.start], trial_average(rec, r)))
+    return blocks
+
+
+def new_twin(rec: Recording, spec: TwinSpec, rf_maps: np.ndarray, rf_source: str) -> Twin:
+    """An untrained twin shaped for a recording's cells and screen."""
+    _, h, w = rec.shape
+    backbone = load_backbone(spec.backbone) if spec.kind == "vist" else None
+    n = rec.n_cells
+    if spec.kind == "vist":
+        network = vist_config(spec.preset, n, backbone.spec.hidden_size, grid=backbone.spec.grid,
+                              rf_conditioning=spec.rf_conditioning).to_dict()
+    else:
+        from vist_model.baselines import baseline_config
+
+        network = baseline_config(spec.kind, n_cells=n, height=h, width=w)
+    meta = TwinMetadata(
+        kind=spec.kind, cell_ids=tuple(int(i) for i in rec.cell_ids), frame_rate=rec.frame_rate,
+        frame_shape=(h, w), rf=rf_maps, rf_source=rf_source, network=network,
+        pixel_size_um=rec.pixel_size_um,
+        cell_types=tuple(rec.cell_types) if rec.cell_types else None,
+        backbone=backbone_metadata(backbone) if backbone is not None else None,
+    )
+    return Twin(build_network(meta), meta, backbone)
+
+
+def train_twin(
+    data: str | Path,
+    train_segments: list[str],
+    out_dir: str | Path,
+    *,
+    spec: TwinSpec = TwinSpec(),
+    config: TrainConfig = TrainConfig(),
+    device: str | None = None,
+    cache: FeatureCache | None = None,
+    noise_segment: str | None = None,
+    test_segments: list[str] = (),
+    val_fraction: float = 0.1,
+    progress: Progress | None = None,
+) -> TrainedRun:
+    """Train a twin on a recording's training segments and save it to `out_dir/model.pt`.
+
+    Training state is saved after every epoch (`out_dir/train_state.pt`): the same call after an
+    interruption continues where it stopped.
+    """
+    out = Path(out_dir)
+    dev = resolve_device(device)
+    cache = cache or FeatureCache()
+    with open_recording(data) as rec:
+        if not rec.has_responses:
+            raise ValueError(f"{data}: a stimulus-only file has no responses to train on")
+        split = make_split(rec, train_segments, list(test_segments), val_fraction=val_fraction)
+        rfs = receptive_fields(rec, noise_segment)
+        torch.manual_seed(config.seed)  # the network's initial weights follow the run's seed
+        twin = new_twin(rec, spec, rfs.maps, rfs.source).to(dev)
+        train_blocks = _blocks(twin, rec, split.train, cache)
+        val_blocks = _blocks(twin, rec, split.val, cache)
+    result = fit(twin.network, loss_for(spec.kind), train_blocks, val_blocks, config, device=dev,
+                 state_path=out / "train_state.pt", progress=progress)
+    training = {
+        "data": str(data), "train_segments": list(train_segments), "split": asdict(split),
+        "spec": asdict(spec), "config": asdict(config), "result": asdict(result),
+        "device": str(dev), "torch": torch.__version__,
+    }
+    twin.metadata = replace(twin.metadata, training=training)
+    _save_run(twin, result, out)
+    return TrainedRun(twin, result, split, out, rfs.source)
+
+
+def finetune_twin(
+    twin: Twin,
+    recordings: list[tuple[str | Path, list[str]]],
+    out_dir: str | Path,
+    *,
+    config: TrainConfig = TrainConfig(epochs=20, warmup_epochs=2, lr=3e-4, patience=6),
+    cache: FeatureCache | None = None,
+    val_fraction: float = 0.1,
+    progress: Progress | None = None,
+) -> TrainedRun:
+    """Continue training a twin on new recordings (readout only if `config.readout_only`)."""
+    out = Path(out_dir)
+    cache = cache or FeatureCache()
+    train_blocks: list[Block] = []
+    val_blocks: list[Block] = []
+    split = None
+    for path, segments in recordings:
+        with open_recording(path) as rec:
+            ids = tuple(int(i) for i in rec.cell_ids)
+            if ids != twin.metadata.cell_ids:
+                raise ValueError(f"{path}: its cells {ids[:5]}... are not the twin's cells {twin.metadata.cell_ids[:5]}...")
+            split = make_split(rec, segments, val_fraction=val_fraction, min_val_frames=min(32, config.window))
+            train_blocks += _blocks(twin, rec, split.train, cache)
+            val_blocks += _blocks(twin, rec, split.val, cache)
+    result = fit(twin.network, loss_for(twin.metadata.kind), train_blocks, val_blocks, config,
+                 device=twin.device, state_path=out / "train_state.pt", progress=progress)
+    history = list(twin.metadata.training.get("finetune", []))
+    history.append({"recordings": [[str(p), s] for p, s in recordings], "config": asdict(config),
+                    "result": asdict(result)})
+    twin.metadata = replace(twin.metadata, training={**twin.metadata.training, "finetune": history})
+    _save_run(twin, result, out)
+    return TrainedRun(twin, result, split, out, twin.metadata.rf_source)
+
+
+def _save_run(twin: Twin, result: TrainResult, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    twin.save(out / "model.pt")
+    summary: dict[str, Any] = {
+        "kind": twin.metadata.kind, "backbone": twin.metadata.describe_backbone(),
+        "cells": twin.metadata.n_cells, "rf_source": twin.metadata.rf_source,
+        "saved": time.strftime("%Y-%m-%dT%H:%M:%S"), **asdict(result),
+    }
+    tmp = out / ".train.json.part"
+    tmp.write_text(json.dumps(summary, indent=2))
+    os.replace(tmp, out / "train.json")
+    plot_loss_curve(result.train_loss, result.val_loss, result.best_epoch, out / "loss_curve.png",
+                    title=f"{twin.metadata.kind} ({twin.metadata.describe_backbone()})")
+    (out / "train_state.pt").unlink(missing_ok=True)  # finished: a rerun starts afresh

@@ -1,0 +1,53 @@
+"""Receptive-field maps for the twin's AdaLN conditioning, and where they came from.
+
+The recording's `/cells/rf` is used when present; otherwise spike-triggered averages from a
+white-noise segment; otherwise a flat map, and the caller is told which it was.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from stimuli.recording import Recording
+from stimuli.recording.sta import spike_triggered_average
+
+NOISE_SEGMENT_NAMES = ("noise", "white_noise", "whitenoise", "checkerboard")
+
+
+@dataclass(frozen=True)
+class ReceptiveFields:
+    maps: np.ndarray  # [N, H, W] float32, sign free
+    source: str  # said to the user: "/cells/rf", "STA of segment 'noise'", or "flat ..."
+
+
+def receptive_fields(rec: Recording, noise_segment: str | None = None) -> ReceptiveFields:
+    """RF maps `[N, H, W]` of every cell, with the source they came from."""
+    if rec.rf is not None:
+        return ReceptiveFields(rec.rf.astype(np.float32), "/cells/rf")
+    names = [s.name for s in rec.segments]
+    candidates = [noise_segment] if noise_segment else [n for n in names if n.lower() in NOISE_SEGMENT_NAMES]
+    for name in candidates:
+        if name not in names:
+            raise ValueError(f"no segment named {name!r} to estimate receptive fields from")
+        counts = np.nanmean(rec.counts(name), axis=0)
+        spatial = spike_triggered_average(rec.frames(name).astype(np.float32) / 255.0, counts)
+        return ReceptiveFields(spatial.astype(np.float32), f"spike-triggered average of segment {name!r}")
+    _, h, w = rec.shape
+    flat = np.ones((rec.n_cells, h, w), dtype=np.float32)
+    return ReceptiveFields(flat, "flat maps (the file has no /cells/rf and no white-noise segment)")
+
+
+def rf_to_grid(maps: np.ndarray, grid: int = 16) -> torch.Tensor:
+    """Downsample RF maps `[N, H, W]` to the feature grid `[N, grid, grid]`.
+
+    Maps are taken by magnitude (RF sign is free: ON and OFF cells must not cancel when the
+    population map is summed) and scaled to a peak of 1 per cell, then area-averaged.
+    """
+    m = torch.from_numpy(np.abs(np.asarray(maps, dtype=np.float32)))
+    peak = m.flatten(1).amax(dim=1).clamp_min(1e-12)
+    m = m / peak[:, None, None]
+    return F.adaptive_avg_pool2d(m[:, None], grid)[:, 0]

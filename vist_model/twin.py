@@ -1,0 +1,220 @@
+"""A trained twin: the network, its backbone and every fact needed to use it, in one file.
+
+The checkpoint carries copies of its data's metadata (frame rate, pixel size, cell ids and
+types, receptive fields, stimulus shape, backbone and normalisation), so a twin loads with no
+config or recording beside it. `predict` maps frames to rates whatever the model kind.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from vist_model.backbone import Backbone, BackboneSpec, load_backbone
+from vist_model.features import FeatureCache, backbone_fingerprint
+from vist_model.receptive_fields import rf_to_grid
+from vist_model.vist import TwinWithBackbone, ViST, ViSTConfig
+
+CHECKPOINT_FORMAT = "insilico-twin"
+CHECKPOINT_VERSION = 1
+MODEL_KINDS = ("vist", "ln", "cnn")
+NORMALISATION = "grey/255 in [0, 1]; backbone: replicate to RGB, 224 px bilinear, ImageNet mean/std"
+
+
+class CheckpointError(ValueError):
+    """A file is not an insilico twin checkpoint, or was written by an incompatible version."""
+
+
+@dataclass(frozen=True, eq=False)
+class TwinMetadata:
+    """Facts about the data a twin was trained on; arrays are private copies."""
+
+    kind: str
+    cell_ids: tuple[int, ...]
+    frame_rate: float
+    frame_shape: tuple[int, int]  # (H, W) of the stimuli the twin is driven with
+    rf: np.ndarray  # [N, H, W] receptive fields used for conditioning
+    rf_source: str
+    network: dict[str, Any]  # the network's config
+    pixel_size_um: float | None = None
+    cell_types: tuple[str, ...] | None = None
+    backbone: dict[str, Any] | None = None  # BackboneSpec fields plus its weights' fingerprint
+    normalisation: str = NORMALISATION
+    training: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind not in MODEL_KINDS:
+            raise ValueError(f"model kind must be one of {MODEL_KINDS}, got {self.kind!r}")
+        rf = np.array(self.rf, dtype=np.float32, copy=True)
+        if rf.shape != (len(self.cell_ids), *self.frame_shape):
+            raise ValueError(f"rf must be [N, H, W] = {(len(self.cell_ids), *self.frame_shape)}, got {rf.shape}")
+        object.__setattr__(self, "rf", rf)
+
+    @property
+    def n_cells(self) -> int:
+        return len(self.cell_ids)
+
+    def cell_index(self, cell_id: int) -> int:
+        try:
+            return self.cell_ids.index(int(cell_id))
+        except ValueError:
+            raise KeyError(f"the twin has no cell with id {cell_id} (ids {self.cell_ids[0]}..{self.cell_ids[-1]})") from None
+
+    def describe_backbone(self) -> str:
+        if self.backbone is None:
+            return "none (pixel-space baseline)"
+        b = self.backbone
+        weights = "pretrained" if b["pretrained"] else "random (no visual prior)"
+        return f"{b['name']} ({b['source']}; {weights}; {b['hidden_size']} channels)"
+
+
+def build_network(meta: TwinMetadata) -> nn.Module:
+    """An untrained network of the twin's kind and config."""
+    if meta.kind == "vist":
+        config = ViSTConfig.from_dict(meta.network)
+        return ViST(config, rf_to_grid(meta.rf, config.grid))
+    from vist_model.baselines import build_baseline
+
+    return build_baseline(meta.kind, meta.network)
+
+
+class Twin:
+    """A trained model of a population of cells, with its backbone and metadata."""
+
+    def __init__(self, network: nn.Module, metadata: TwinMetadata, backbone: Backbone | None = None) -> None:
+        if (metadata.kind == "vist") != (backbone is not None):
+            raise ValueError("a Vi-ST twin needs a backbone; a baseline takes none")
+        self.network = network
+        self.metadata = metadata
+        self.backbone = backbone
+        self._fingerprint: str | None = metadata.backbone.get("fingerprint") if metadata.backbone else None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.network.parameters()).device
+
+    def to(self, device: str | torch.device) -> Twin:
+        self.network.to(device)
+        if self.backbone is not None:
+            self.backbone.to(device)
+        return self
+
+    @property
+    def receptive_field(self) -> int:
+        return int(self.network.receptive_field)
+
+    # --- inputs and predictions -------------------------------------------------------------
+    def inputs(self, frames: np.ndarray, cache: FeatureCache | None = None) -> np.ndarray:
+        """What the network reads for frames `[T, H, W]` uint8: features `[T, C, h, w]` or pixels."""
+        frames = self._check_frames(frames)
+        if self.backbone is None:
+            return frames.astype(np.float32) / 255.0
+        cache = cache or FeatureCache()
+        return cache.features(self.backbone, frames, device=self.device, fingerprint=self.fingerprint)
+
+    @property
+    def fingerprint(self) -> str | None:
+        if self.backbone is not None and self._fingerprint is None:
+            self._fingerprint = backbone_fingerprint(self.backbone)
+        return self._fingerprint
+
+    @torch.no_grad()
+    def predict_inputs(self, inputs: np.ndarray, chunk: int = 512) -> np.ndarray:
+        """Rates `[T, N]` (clamped at 0) from network inputs `[T, ...]`, in chunks with context."""
+        self.network.eval()
+        context = self.receptive_field - 1
+        out = []
+        for start in range(0, len(inputs), chunk):
+            lo = max(0, start - context)
+            x = torch.from_numpy(np.asarray(inputs[lo:start + chunk], dtype=np.float32))[None].to(self.device)
+            rates = self.network(x)[0, start - lo:].clamp_min(0.0)
+            out.append(rates.float().cpu().numpy())
+        return np.concatenate(out)
+
+    def predict(self, frames: np.ndarray, cache: FeatureCache | None = None) -> np.ndarray:
+        """Predicted spikes per frame bin `[T, N]` for frames `[T, H, W]` uint8."""
+        return self.predict_inputs(self.inputs(frames, cache))
+
+    def differentiable(self) -> nn.Module:
+        """`frames [B, T, H, W] in [0, 1] -> rates [B, T, N]`, differentiable w.r.t. the frames."""
+        if self.backbone is None:
+            return self.network
+        return TwinWithBackbone(self.backbone, self.network, self.metadata.frame_shape)
+
+    def _check_frames(self, frames: np.ndarray) -> np.ndarray:
+        frames = np.asarray(frames)
+        if frames.dtype != np.uint8 or frames.ndim != 3:
+            raise ValueError(f"frames must be uint8 [T, H, W], got {frames.dtype} {list(frames.shape)}")
+        if tuple(frames.shape[1:]) != self.metadata.frame_shape:
+            raise ValueError(f"frames are {frames.shape[1]}x{frames.shape[2]} px; the twin was trained on "
+                             f"{self.metadata.frame_shape[0]}x{self.metadata.frame_shape[1]} px")
+        return frames
+
+    # --- files --------------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write the checkpoint atomically (temporary file, then rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
+            "metadata": asdict(self.metadata),
+            "state_dict": {k: v.detach().cpu().clone() for k, v in self.network.state_dict().items()},
+            # Random backbones are small and must come back bit for bit; pretrained ones are
+            # reloaded by name and checked against the fingerprint.
+            "backbone_state": (
+                {k: v.cpu().clone() for k, v in self.backbone.state_dict().items()}
+                if self.backbone is not None and not self.backbone.spec.pretrained else None
+            ),
+        }
+        tmp = path.with_name(f".{path.name}.part")
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu", backbone_path: str | None = None) -> Twin:
+        """Load a twin saved by `save`; `backbone_path` points at local weights if they moved."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / "model.pt"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no twin checkpoint here (train one with `insilico train`)")
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as err:  # torch raises many types for a corrupt or foreign file
+            raise CheckpointError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from None
+        if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(f"{path}: not an insilico twin checkpoint")
+        if payload.get("version") != CHECKPOINT_VERSION:
+            raise CheckpointError(f"{path}: checkpoint version {payload.get('version')}; this toolkit reads {CHECKPOINT_VERSION}")
+        meta_dict = dict(payload["metadata"])
+        for key in ("cell_ids", "frame_shape", "cell_types"):
+            if meta_dict.get(key) is not None:
+                meta_dict[key] = tuple(meta_dict[key])
+        meta = TwinMetadata(**meta_dict)
+        network = build_network(meta)
+        network.load_state_dict(payload["state_dict"])
+        backbone = None
+        if meta.backbone is not None:
+            spec = BackboneSpec(**{k: meta.backbone[k] for k in ("name", "source", "pretrained", "hidden_size", "grid")})
+            backbone = load_backbone(backbone_path or spec.name)
+            if payload.get("backbone_state") is not None:
+                backbone.load_state_dict(payload["backbone_state"])
+            found = backbone_fingerprint(backbone)
+            if found != meta.backbone.get("fingerprint"):
+                raise CheckpointError(
+                    f"{path}: backbone {spec.name!r} on this machine differs from the one the twin was "
+                    "trained with (weights fingerprint mismatch); pass the original weights with --backbone"
+                )
+        return cls(network, meta, backbone).to(device)
+
+
+def backbone_metadata(backbone: Backbone) -> dict[str, Any]:
+    return {**asdict(backbone.spec), "fingerprint": backbone_fingerprint(backbone)}

@@ -1,0 +1,248 @@
+"""Vi-ST: the retina twin on top of frozen backbone features.
+
+Data flow (Wu et al., ECCV 2024, Fig. 2 and the public code's `ViST.forward`):
+
+    features [B, T, C, 16, 16]                       (backbone patch tokens)
+      -> permute to [B, C, T, 16, 16]
+      -> C3TCN          C -> width -> N              [B, N, T, 16, 16]
+      -> AdaLN-Zero     conditioned on the cells' RF maps on the grid
+      -> 4 CMST blocks  16 -> 14 -> 12 -> 10 -> 8    [B, N, T, 8, 8]
+      -> flatten (N, 8, 8) per time step -> Linear   [B, T, N]
+
+Every stage is causal in time, so the rate at frame t depends on frames
+<= t only; the temporal receptive field is TCN (127) + CMST (56) = 183 frames (the current one included)
+for the published configuration. The output is not forced to be >= 0 (the loss
+penalises negative rates, as in the paper); `predict()` clamps at 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from vist_model.adaln import AdaLNZero3D, rf_conditioning_maps
+from vist_model.backbone import Backbone
+from vist_model.cmst import CMST, PUBLISHED_KERNEL_SETS
+from vist_model.readout import Readout
+from vist_model.tcn import C3TCN
+
+__all__ = ["VIST_PRESETS", "TwinWithBackbone", "ViST", "ViSTConfig", "vist_config"]
+
+
+@dataclass(frozen=True)
+class ViSTConfig:
+    """Architecture of a Vi-ST model.
+
+    Attributes:
+        n_cells: N, recorded cells (the TCN's output channels).
+        in_channels: C, backbone feature channels (1024 for DINOv2-large).
+        grid: feature grid side; CMST shrinks it by 2 per block (16 -> 8).
+        tcn_width: hidden channels of the TCN (256 published).
+        tcn_layers: TCN residual layers, dilations 1, 2, ..., 2**(layers-1).
+        tcn_kernel_t: temporal kernel of the TCN's depthwise convs.
+        dropout: TCN dropout and CMST Dropout3d rate.
+        rf_conditioning: "sum" (published) or "per_cell", see `vist_model.adaln`.
+        cmst_kernel_sets: temporal kernels of each CMST block.
+        leaky_slope: negative slope of the CMST LeakyReLUs.
+    """
+
+    n_cells: int
+    in_channels: int
+    grid: int = 16
+    tcn_width: int = 256
+    tcn_layers: int = 6
+    tcn_kernel_t: int = 3
+    dropout: float = 0.25
+    rf_conditioning: Literal["sum", "per_cell"] = "sum"
+    cmst_kernel_sets: tuple[tuple[int, ...], ...] = PUBLISHED_KERNEL_SETS
+    leaky_slope: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.n_cells < 1 or self.in_channels < 1:
+            raise ValueError(
+                f"n_cells and in_channels must be >= 1, got {self.n_cells}, {self.in_channels}"
+            )
+        if self.readout_grid < 1:
+            raise ValueError(
+                f"grid {self.grid} is too small for {len(self.cmst_kernel_sets)} CMST blocks "
+                f"(each removes 2 pixels per side pair)"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.rf_conditioning not in ("sum", "per_cell"):
+            raise ValueError(
+                f"rf_conditioning must be 'sum' or 'per_cell', got {self.rf_conditioning!r}"
+            )
+
+    @property
+    def readout_grid(self) -> int:
+        """Spatial side after the CMST blocks (8 for the published model)."""
+        return self.grid - 2 * len(self.cmst_kernel_sets)
+
+    @property
+    def receptive_field(self) -> int:
+        """Frames of history that reach one output frame, the current frame included."""
+        tcn = 1 + (self.tcn_kernel_t - 1) * (2**self.tcn_layers - 1)
+        cmst = sum(max(ks) - 1 for ks in self.cmst_kernel_sets)
+        return tcn + cmst
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "n_cells": self.n_cells,
+            "in_channels": self.in_channels,
+            "grid": self.grid,
+            "tcn_width": self.tcn_width,
+            "tcn_layers": self.tcn_layers,
+            "tcn_kernel_t": self.tcn_kernel_t,
+            "dropout": self.dropout,
+            "rf_conditioning": self.rf_conditioning,
+            "cmst_kernel_sets": [list(ks) for ks in self.cmst_kernel_sets],
+            "leaky_slope": self.leaky_slope,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ViSTConfig:
+        fields = dict(data)
+        if "cmst_kernel_sets" in fields:
+            fields["cmst_kernel_sets"] = tuple(tuple(int(k) for k in ks) for ks in fields["cmst_kernel_sets"])
+        return cls(**fields)
+
+
+# Preset overrides on top of the defaults (which are the published model).
+VIST_PRESETS: dict[str, dict[str, Any]] = {
+    # Wu et al. 2024: TCN width 256, 6 layers, published CMST kernels.
+    "vist": {},
+    # Two-core CPU training: narrow TCN with 5 layers (63-frame TCN receptive
+    # field, 119 frames overall); CMST and readout as published since their
+    # size is set by N.
+    "cpu": {"tcn_width": 32, "tcn_layers": 5},
+}
+
+
+def vist_config(preset: str, n_cells: int, in_channels: int, **overrides: Any) -> ViSTConfig:
+    """A `ViSTConfig` from a preset name (`vist` or `cpu`) plus field overrides."""
+    if preset not in VIST_PRESETS:
+        raise ValueError(f"unknown Vi-ST preset {preset!r}: use one of {sorted(VIST_PRESETS)}")
+    base = ViSTConfig(n_cells=n_cells, in_channels=in_channels, **VIST_PRESETS[preset])
+    return replace(base, **overrides) if overrides else base
+
+
+class ViST(nn.Module):
+    """Vi-ST on precomputed backbone features.
+
+    Args:
+        config: architecture.
+        rf_maps: `[N, grid, grid]` each cell's receptive field on the feature grid
+            (kept as a buffer, saved in the state dict).
+
+    `forward(features [B, T, C, grid, grid]) -> rates [B, T, N]` (unclamped).
+    """
+
+    def __init__(self, config: ViSTConfig, rf_maps: Tensor) -> None:
+        super().__init__()
+        n, g = config.n_cells, config.grid
+        if tuple(rf_maps.shape) != (n, g, g):
+            raise ValueError(f"rf_maps must be [{n}, {g}, {g}], got {tuple(rf_maps.shape)}")
+        if not torch.isfinite(rf_maps).all():
+            raise ValueError("rf_maps contain NaN or inf")
+        self.config = config
+        self.register_buffer("rf_maps", rf_maps.detach().to(torch.float32).clone())
+        self.tcn = C3TCN(
+            config.in_channels,
+            n,
+            width=config.tcn_width,
+            num_layers=config.tcn_layers,
+            dropout=config.dropout,
+            kernel_t=config.tcn_kernel_t,
+        )
+        self.adaln = AdaLNZero3D(n)
+        self.cmst = CMST(
+            n, config.cmst_kernel_sets, dropout=config.dropout, negative_slope=config.leaky_slope
+        )
+        self.readout = Readout(n, config.readout_grid, config.readout_grid)
+
+    @property
+    def receptive_field(self) -> int:
+        return self.tcn.receptive_field + self.cmst.receptive_field - 1
+
+    def stimulus_shape(self, n_frames: int) -> tuple[int, int, int, int]:
+        """Input shape of one sample: `(T, C, grid, grid)`."""
+        if n_frames < 1:
+            raise ValueError(f"n_frames must be >= 1, got {n_frames}")
+        c, g = self.config.in_channels, self.config.grid
+        return (n_frames, c, g, g)
+
+    def conditioning(self) -> Tensor:
+        """AdaLN conditioning input from `rf_maps`, `[1, N, 1, grid, grid]`."""
+        return rf_conditioning_maps(self.rf_maps, self.config.rf_conditioning)
+
+    def forward(self, features: Tensor) -> Tensor:
+        """Rates `[B, T, N]` from features `[B, T, C, grid, grid]`."""
+        c, g = self.config.in_channels, self.config.grid
+        if features.ndim != 5 or tuple(features.shape[2:]) != (c, g, g):
+            raise ValueError(
+                f"features must be [B, T, {c}, {g}, {g}], got {tuple(features.shape)}"
+            )
+        x = features.permute(0, 2, 1, 3, 4)
+        x = self.tcn(x)
+        x = self.adaln(x, self.conditioning().to(x.dtype))
+        x = self.cmst(x)
+        return self.readout(x)
+
+    @torch.no_grad()
+    def predict(self, features: Tensor) -> Tensor:
+        """Rates clamped at 0, without autograd; the train/eval mode is left as it is."""
+        return self.forward(features).clamp_min(0.0)
+
+
+class TwinWithBackbone(nn.Module):
+    """Frames to rates end to end: frozen backbone then Vi-ST.
+
+    Args:
+        backbone: a frozen `Backbone` whose `spec.feature_shape` matches the
+            ViST config's `(in_channels, grid, grid)`.
+        vist: the trained model.
+        frame_size: `(H, W)` of the stimuli this twin is driven with (any size
+            works in `forward`; this one is reported by `stimulus_shape`).
+
+    `forward(frames [B, T, H, W] in [0, 1]) -> rates [B, T, N]`, differentiable
+    w.r.t. the frames.
+    """
+
+    def __init__(self, backbone: Backbone, vist: ViST, frame_size: tuple[int, int] = (64, 64)) -> None:
+        super().__init__()
+        cfg = vist.config
+        if backbone.spec.feature_shape != (cfg.in_channels, cfg.grid, cfg.grid):
+            raise ValueError(
+                f"backbone {backbone.spec.name!r} gives features {backbone.spec.feature_shape}, "
+                f"the model expects {(cfg.in_channels, cfg.grid, cfg.grid)}"
+            )
+        self.backbone = backbone
+        self.vist = vist
+        self.frame_size = (int(frame_size[0]), int(frame_size[1]))
+
+    @property
+    def n_cells(self) -> int:
+        return self.vist.config.n_cells
+
+    @property
+    def receptive_field(self) -> int:
+        # The backbone works frame by frame, so it adds no history.
+        return self.vist.receptive_field
+
+    def stimulus_shape(self, n_frames: int) -> tuple[int, int, int]:
+        """Shape of one stimulus: `(T, H, W)`."""
+        if n_frames < 1:
+            raise ValueError(f"n_frames must be >= 1, got {n_frames}")
+        return (n_frames, *self.frame_size)
+
+    def forward(self, frames: Tensor) -> Tensor:
+        return self.vist(self.backbone(frames))
+
+    @torch.no_grad()
+    def predict(self, frames: Tensor) -> Tensor:
+        """Rates `[B, T, N]` clamped at 0, without autograd."""
+        return self.forward(frames).clamp_min(0.0)
