@@ -13,6 +13,7 @@ import typer
 
 from insilico.console import console
 from insilico.errors import friendly_errors
+from rig_bridge.cli import rig_app
 
 app = typer.Typer(
     name="insilico",
@@ -21,6 +22,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+app.add_typer(rig_app, name="rig", help="The rig bridge: serve a rig, make keys, present stimuli.")
 
 
 @app.command()

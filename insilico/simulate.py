@@ -16,10 +16,10 @@ import numpy as np
 
 from insilico.console import progress
 from rig_bridge.simulated_retina import SimulatedRetina
-from stimuli.recording.sta import spike_triggered_average
 from stimuli.families import checkerboard_noise
 from stimuli.natural import disjoint_photo_sets, natural_movie
 from stimuli.recording import RecordingWriter
+from stimuli.recording.sta import spike_triggered_average
 from stimuli.stimulus import Stimulus
 
 PIXEL_SIZE_UM = 25.0
@@ -82,8 +82,9 @@ def simulate_stimuli(config: SimulationConfig) -> dict[str, Stimulus]:
     }
 
 
-def simulate_recording(out: str | Path, config: SimulationConfig = SimulationConfig()) -> Path:
+def simulate_recording(out: str | Path, config: SimulationConfig | None = None) -> Path:
     """Write a recording-v1 file of the simulated retina; returns its path."""
+    config = config or SimulationConfig()
     retina = build_retina(config.seed, config.n_cells, config.size, config.frame_rate)
     rng = np.random.default_rng(config.seed)
     repeats = {"mov1": 1, "mov2": config.test_repeats, "noise": 1}

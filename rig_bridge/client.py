@@ -110,6 +110,7 @@ class RigClient:
         self._replies: dict[str, Message] = {}
         self._stimuli: dict[str, np.ndarray] = {}
         self._instance_changed = False
+        self._progress_check_s = max(2.0, 4 * self.heartbeat_s)
         self._connect()
 
     # --- connection ---------------------------------------------------------------------
@@ -256,8 +257,12 @@ class RigClient:
         resend_on_tick = payload is None or payload.nbytes < (1 << 20)
         self._replies.pop(rid, None)
         self._send(mtype, body, payload, rid)
-        sent_at = time.monotonic()
+        sent_at = first_sent = time.monotonic()
         while True:
+            if time.monotonic() - first_sent > 3 * self.timeout_s:
+                # The rig is alive (heartbeats) but never answers this command.
+                raise RigTimeoutError(f"rig at {self.address} did not answer {mtype} ({rid}) within "
+                                      f"{3 * self.timeout_s:g} s although it is alive")
             try:
                 self._pump(min(0.05, self.heartbeat_s))
             except _PeerSilent:
@@ -404,6 +409,7 @@ class RigClient:
 
     def _run_presentation(self, rid: str, sid: str, frames: np.ndarray, repeats: int, isi: int) -> np.ndarray:
         first, done_seq = self._start(rid, sid, repeats, isi)
+        asked_at = time.monotonic()
         while True:
             try:
                 self._pump(min(0.05, self.heartbeat_s))
@@ -425,6 +431,11 @@ class RigClient:
             self._fetch_gaps(first, done_seq if done_seq is not None else self._server_last_seq)
             if done_seq is not None and all(s in self._inbox for s in range(first, done_seq + 1)):
                 break
+            if done_seq is None and time.monotonic() - asked_at > self._progress_check_s:
+                # Catch-all for a lost tail: ask again (idempotent); a finished presentation
+                # answers with its done_seq, a failed one with an error.
+                asked_at = time.monotonic()
+                first, done_seq = self._start(rid, sid, repeats, isi)
         msgs = [self._inbox[s] for s in range(first, done_seq + 1) if self._inbox[s].request_id == rid]
         for s in range(first, done_seq + 1):
             self._inbox.pop(s, None)

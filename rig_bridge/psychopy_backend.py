@@ -25,7 +25,8 @@ import numpy as np
 
 from rig_bridge.backend import Emitter, PresentJob, RigInfo
 from rig_bridge.openephys import OpenEphysSubscriber
-from rig_bridge.sim_spikes import load_retina_class, repeat_counts, repeat_rng, spike_times
+from rig_bridge.sim_spikes import repeat_counts, repeat_rng, spike_times
+from rig_bridge.simulated_retina import SimulatedRetina
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ class SpikeSource(Protocol):
 class SimulatedSource:
     def __init__(self, *, n_cells: int, size: int, frame_rate: float, seed: int,
                  sample_rate: float = 30_000.0) -> None:
-        self.retina = load_retina_class().create(n_cells=n_cells, height=size, width=size,
+        self.retina = SimulatedRetina.create(n_cells=n_cells, height=size, width=size,
                                                  frame_rate=frame_rate, seed=seed)
         self.sample_rate = sample_rate
         self.cell_ids = tuple(int(c) for c in self.retina.cell_ids)

@@ -365,7 +365,7 @@ class RigServer:
         sid = stimulus_id(frames, float(rate))
         if claimed is not None and claimed != sid:
             raise ProtocolError("checksum", f"frames hash to {sid[:16]}..., not the claimed {claimed[:16]}...")
-        self.stimuli.put(frames, float(rate))
+        self.stimuli.put(frames, float(rate), sid)
         return {"stimulus_id": sid, "uploaded": True}
 
     def _present(self, router: zmq.Socket, sess: _Session, msg: Message) -> dict:

@@ -14,12 +14,12 @@ import numpy as np
 
 from rig_bridge.backend import Emitter, PresentJob, RigInfo
 from rig_bridge.sim_spikes import (
-    load_retina_class,
     repeat_counts,
     repeat_edges,
     repeat_rng,
     spike_times,
 )
+from rig_bridge.simulated_retina import SimulatedRetina
 
 DEFAULT_SAMPLE_RATE = 30_000.0
 
@@ -32,7 +32,7 @@ class SimBackend:
             raise ValueError(f"spike_format must be 'times' or 'counts', got {spike_format!r}")
         if sample_rate <= frame_rate:
             raise ValueError(f"sample_rate ({sample_rate}) must exceed frame_rate ({frame_rate})")
-        self.retina = load_retina_class().create(n_cells=n_cells, height=size, width=size,
+        self.retina = SimulatedRetina.create(n_cells=n_cells, height=size, width=size,
                                                  frame_rate=frame_rate, seed=seed)
         self.info = RigInfo(backend="sim", cell_ids=tuple(int(c) for c in self.retina.cell_ids),
                             sample_rate=float(sample_rate), frame_rate=float(frame_rate),

@@ -12,13 +12,6 @@ import hashlib
 import numpy as np
 
 
-def load_retina_class() -> type:
-    """The simulated retina class (rig_bridge.retina.simulated.SimulatedRetina)."""
-    from rig_bridge.retina.simulated import SimulatedRetina
-
-    return SimulatedRetina
-
-
 def presentation_seed(rig_seed: int, request_id: str) -> int:
     """A 63-bit seed for one presentation, stable across processes (unlike hash())."""
     digest = hashlib.blake2b(f"{int(rig_seed)}:{request_id}".encode(), digest_size=8).digest()

@@ -21,8 +21,8 @@ from rig_bridge.retina.cells import (
 from rig_bridge.retina.movies import smooth_random_movie
 from rig_bridge.retina.optimum import drive, response_at_end, true_optimal_stimulus
 from rig_bridge.retina.population import DEMO_CELL_ID
-from stimuli.recording.reliability import split_half_reliability
 from rig_bridge.retina.simulated import RetinaStream, SimulatedRetina
+from stimuli.recording.reliability import split_half_reliability
 from stimuli.recording.sta import StaEstimate, spike_triggered_average, sta_by_lag
 
 __all__ = [

@@ -41,9 +41,12 @@ class StimulusStore:
         npy, meta = self._paths(sid)
         return npy.is_file() and meta.is_file()
 
-    def put(self, frames: np.ndarray, frame_rate: float) -> str:
-        """Store uint8 frames `[T, H, W]`; return their id (no-op when already stored)."""
-        sid = stimulus_id(frames, frame_rate)
+    def put(self, frames: np.ndarray, frame_rate: float, sid: str | None = None) -> str:
+        """Store uint8 frames `[T, H, W]`; return their id (no-op when already stored).
+
+        `sid` is the id the caller already computed (hashing large stimuli twice is slow).
+        """
+        sid = sid or stimulus_id(frames, frame_rate)
         if sid in self:
             return sid
         npy, meta = self._paths(sid)

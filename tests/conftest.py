@@ -7,3 +7,36 @@ import os
 # Tests never reach a model hub (set before transformers is imported anywhere).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_recording(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small simulated recording: 12 cells on 32 x 32 px; mov1, mov2 (5 repeats), noise."""
+    from insilico.simulate import SimulationConfig, simulate_recording
+
+    path = tmp_path_factory.mktemp("data") / "tiny.h5"
+    config = SimulationConfig(n_cells=12, size=32, train_seconds=20, test_seconds=6, noise_seconds=20)
+    return simulate_recording(path, config)
+
+
+@pytest.fixture(scope="session")
+def feature_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("features")
+
+
+@pytest.fixture(scope="session")
+def tiny_twin_dir(tiny_recording: Path, feature_cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Vi-ST twin (cpu preset, tiny random DINOv2) briefly trained on `tiny_recording`."""
+    from vist_model.features import FeatureCache
+    from vist_model.fit_twin import TwinSpec, train_twin
+    from vist_model.train import TrainConfig
+
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    train_twin(tiny_recording, ["mov1"], out, spec=TwinSpec(kind="vist", preset="cpu", backbone="tiny"),
+               config=TrainConfig(epochs=2, warmup_epochs=1), device="cpu",
+               cache=FeatureCache(feature_cache_dir))
+    return out

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from rig_bridge.journal import SessionJournal
 from rig_bridge.sim_backend import SimBackend
@@ -56,6 +57,7 @@ def _kill(proc: subprocess.Popen) -> None:
     proc.wait(10)
 
 
+@pytest.mark.timeout(150)
 def test_kill_rig_then_controller_mid_presentation(tmp_path: Path) -> None:
     port, store, log = free_port(), tmp_path / "store", tmp_path / "log.txt"
     frames = np.random.default_rng(1).integers(0, 256, (T, SIZE, SIZE), dtype=np.uint8)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from pathlib import Path
@@ -132,7 +131,7 @@ def test_sequence_layout() -> None:
 
 
 @pytest.mark.render
-@pytest.mark.skipif(not os.environ.get("DISPLAY"), reason="needs an X display (run under xvfb-run)")
+@pytest.mark.timeout(90)
 def test_psychopy_backend_session(tmp_path: Path) -> None:
     from rig_bridge.client import RigClient
     from rig_bridge.psychopy_backend import PsychopyBackend, SimulatedSource

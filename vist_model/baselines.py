@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -31,14 +32,14 @@ __all__ = ["CNNConfig", "LNConfig", "LNModel", "McIntoshCNN"]
 GREY = 0.5
 
 
-def _prepare(frames: Tensor, resolution: int, n_lags: int) -> Tensor:
+def _prepare(frames: Tensor, resolution: int, n_lags: int, dtype: torch.dtype) -> Tensor:
     """`[B, T, H, W]` in [0, 1] -> centred, downsampled, left-padded `[B, 1, T + n_lags - 1, r, r]`."""
     if frames.ndim != 4:
         raise ValueError(f"frames must be [B, T, H, W], got shape {tuple(frames.shape)}")
     if not frames.is_floating_point():
         raise ValueError(f"frames must be float in [0, 1], got dtype {frames.dtype}")
     b, t, h, w = frames.shape
-    x = frames.reshape(b * t, 1, h, w)
+    x = frames.to(dtype).reshape(b * t, 1, h, w)
     if (h, w) != (resolution, resolution):
         x = F.interpolate(x, size=(resolution, resolution), mode="area")
     x = (x - GREY).reshape(b, 1, t, resolution, resolution)
@@ -77,7 +78,7 @@ class LNModel(nn.Module):
 
     def forward(self, frames: Tensor) -> Tensor:
         cfg = self.config
-        x = _prepare(frames.to(self.filters.weight.dtype), cfg.resolution, cfg.n_lags)
+        x = _prepare(frames, cfg.resolution, cfg.n_lags, self.filters.weight.dtype)
         drive = self.filters(x)  # [B, N, T, 1, 1]
         return F.softplus(drive.flatten(2).transpose(1, 2))
 
@@ -124,7 +125,7 @@ class McIntoshCNN(nn.Module):
 
     def forward(self, frames: Tensor) -> Tensor:
         cfg = self.config
-        x = _prepare(frames.to(self.conv1.weight.dtype), cfg.resolution, cfg.n_lags)
+        x = _prepare(frames, cfg.resolution, cfg.n_lags, self.conv1.weight.dtype)
         x = F.relu(self.conv1(x))  # [B, c1, T, r', r']
         x = F.relu(self.conv2(x))  # [B, c2, T, s, s]
         b, c, t, s, _ = x.shape

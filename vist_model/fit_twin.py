@@ -22,7 +22,14 @@ from vist_model.loss import PoissonLoss, ViSTLoss
 from vist_model.plots import plot_loss_curve
 from vist_model.receptive_fields import receptive_fields
 from vist_model.train import TrainConfig, TrainResult, fit
-from vist_model.twin import MODEL_KINDS, Twin, TwinMetadata, backbone_metadata, build_network
+from vist_model.twin import (
+    MODEL_KINDS,
+    Twin,
+    TwinMetadata,
+    backbone_metadata,
+    baseline_config,
+    build_network,
+)
 from vist_model.vist import vist_config
 
 
@@ -47,6 +54,12 @@ class TrainedRun:
     split: DataSplit
     run_dir: Path
     rf_source: str
+
+
+DEFAULT_SPEC = TwinSpec()
+DEFAULT_TRAINING = TrainConfig()
+# Fine-tuning starts from a trained twin: a shorter warm-up and a lower peak rate.
+DEFAULT_FINETUNING = TrainConfig(epochs=20, warmup_epochs=2, lr=3e-4, patience=6)
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -84,8 +97,6 @@ def new_twin(rec: Recording, spec: TwinSpec, rf_maps: np.ndarray, rf_source: str
         network = vist_config(spec.preset, n, backbone.spec.hidden_size, grid=backbone.spec.grid,
                               rf_conditioning=spec.rf_conditioning).to_dict()
     else:
-        from vist_model.baselines import baseline_config
-
         network = baseline_config(spec.kind, n_cells=n, height=h, width=w)
     meta = TwinMetadata(
         kind=spec.kind, cell_ids=tuple(int(i) for i in rec.cell_ids), frame_rate=rec.frame_rate,
@@ -102,8 +113,8 @@ def train_twin(
     train_segments: list[str],
     out_dir: str | Path,
     *,
-    spec: TwinSpec = TwinSpec(),
-    config: TrainConfig = TrainConfig(),
+    spec: TwinSpec = DEFAULT_SPEC,
+    config: TrainConfig = DEFAULT_TRAINING,
     device: str | None = None,
     cache: FeatureCache | None = None,
     noise_segment: str | None = None,
@@ -145,7 +156,7 @@ def finetune_twin(
     recordings: list[tuple[str | Path, list[str]]],
     out_dir: str | Path,
     *,
-    config: TrainConfig = TrainConfig(epochs=20, warmup_epochs=2, lr=3e-4, patience=6),
+    config: TrainConfig = DEFAULT_FINETUNING,
     cache: FeatureCache | None = None,
     val_fraction: float = 0.1,
     progress: Progress | None = None,

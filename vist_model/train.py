@@ -96,6 +96,15 @@ def trainable_parameters(model: nn.Module, readout_only: bool) -> list[nn.Parame
     return params
 
 
+def _train_mode(model: nn.Module, readout_only: bool) -> None:
+    model.train()
+    if readout_only:
+        # Frozen layers keep their BatchNorm statistics and dropout off, not only their weights.
+        for name, child in model.named_children():
+            if name != "readout":
+                child.eval()
+
+
 @torch.no_grad()
 def evaluate_loss(model: nn.Module, loss_fn: LossFn, blocks: Sequence[Block], device: torch.device) -> float:
     """Mean loss over whole validation blocks (each run once, start to end)."""
@@ -168,7 +177,7 @@ def fit(
             stopped_early = True
             break
         data.set_epoch(epoch)
-        net.train()
+        _train_mode(model, cfg.readout_only)
         epoch_losses = []
         for x, y in loader:
             for group in optimiser.param_groups:
@@ -180,7 +189,7 @@ def fit(
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
-            epoch_losses.append(float(loss))
+            epoch_losses.append(loss.item())
             step += 1
         history_train.append(float(np.mean(epoch_losses)))
         val_loss = evaluate_loss(model, loss_fn, val, device) if val else history_train[-1]

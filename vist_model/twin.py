@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from vist_model.backbone import Backbone, BackboneSpec, load_backbone
+from vist_model.baselines import CNNConfig, LNConfig, LNModel, McIntoshCNN
 from vist_model.features import FeatureCache, backbone_fingerprint
 from vist_model.receptive_fields import rf_to_grid
 from vist_model.vist import TwinWithBackbone, ViST, ViSTConfig
@@ -24,6 +25,7 @@ from vist_model.vist import TwinWithBackbone, ViST, ViSTConfig
 CHECKPOINT_FORMAT = "insilico-twin"
 CHECKPOINT_VERSION = 1
 MODEL_KINDS = ("vist", "ln", "cnn")
+BASELINES = {"ln": (LNConfig, LNModel), "cnn": (CNNConfig, McIntoshCNN)}
 NORMALISATION = "grey/255 in [0, 1]; backbone: replicate to RGB, 224 px bilinear, ImageNet mean/std"
 
 
@@ -79,9 +81,16 @@ def build_network(meta: TwinMetadata) -> nn.Module:
     if meta.kind == "vist":
         config = ViSTConfig.from_dict(meta.network)
         return ViST(config, rf_to_grid(meta.rf, config.grid))
-    from vist_model.baselines import build_baseline
+    config_cls, model_cls = BASELINES[meta.kind]
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in meta.network.items()}
+    return model_cls(config_cls(**fields))
 
-    return build_baseline(meta.kind, meta.network)
+
+def baseline_config(kind: str, n_cells: int, height: int, width: int) -> dict[str, Any]:
+    """A baseline's config for a screen: LN at 16 px, the CNN at 32 px (fewer if smaller)."""
+    config_cls, _ = BASELINES[kind]
+    resolution = min(height, width, 16 if kind == "ln" else 32)
+    return asdict(config_cls(n_cells=n_cells, resolution=resolution))
 
 
 class Twin:

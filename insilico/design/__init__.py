@@ -1,0 +1,12 @@
+"""Stimulus design through the twin: most exciting inputs by gradient ascent or Optuna search.
+
+`insilico optimize` and `insilico verify` are thin layers over `insilico.design.run`:
+
+    from insilico.design.run import optimize_cells, verify_design
+    results = optimize_cells("runs/m1", [42], "designs/", method="both")
+
+One module per job: `response` (the twin as a differentiable function of a clip, with a grey
+lead-in), `transforms`, `objectives`, `regularisers`, `preconditioners`, `postprocess` (the
+contrast budget), `gradient` (the step loop), `parametric` (Optuna over stimulus families),
+`budget`, `natural_control`, `outputs`, `verify`, `run` and `cli`.
+"""

@@ -1,0 +1,72 @@
+"""The default contrast budget: the RMS contrast of the movies the twin was trained on.
+
+Designs are compared with natural stimuli, and that comparison is only fair at equal
+contrast; the twin is also only trustworthy near the contrasts it was trained on. So unless
+the user states `--rms-contrast`, the budget is the pixel standard deviation (units of full
+range) pooled over every frame of the training segments, read from the recording named in
+the twin's metadata (`training["data"]`, segments `training["train_segments"]`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from insilico.errors import InsilicoError
+from stimuli.recording import open_recording
+from vist_model.twin import TwinMetadata
+
+CHUNK_FRAMES = 1024
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A contrast budget and where it came from."""
+
+    rms: float
+    mean: float
+    source: str  # "--rms-contrast" or "training movies <path> [segments]"
+
+
+def training_data(meta: TwinMetadata) -> tuple[Path, list[str]]:
+    """The recording and training segments named in a twin's metadata."""
+    data = meta.training.get("data")
+    segments = list(meta.training.get("train_segments") or [])
+    if not data or not segments:
+        raise InsilicoError("the twin's checkpoint does not name its training data; pass --rms-contrast")
+    return Path(data), segments
+
+
+def training_rms_contrast(meta: TwinMetadata) -> float:
+    """Pixel std over all training frames (pooled), in units of full range."""
+    path, segments = training_data(meta)
+    if not path.is_file():
+        raise InsilicoError(f"the twin's training data {path} is gone, so the default contrast budget "
+                            "(the training movies' RMS contrast) is unknown: pass --rms-contrast C")
+    total = total_sq = 0.0
+    count = 0
+    with open_recording(path) as rec:
+        for name in segments:
+            seg = rec.segment(name)
+            for start in range(seg.start, seg.stop, CHUNK_FRAMES):
+                x = rec.frames(start=start, stop=min(seg.stop, start + CHUNK_FRAMES)).astype(np.float64) / 255.0
+                total += float(x.sum())
+                total_sq += float((x * x).sum())
+                count += x.size
+    mean = total / count
+    return float(np.sqrt(max(total_sq / count - mean * mean, 0.0)))
+
+
+def resolve_budget(meta: TwinMetadata, rms_contrast: float | None = None, mean: float = 0.5) -> Budget:
+    """`--rms-contrast` when given, else the training movies' RMS contrast."""
+    if rms_contrast is not None:
+        if not 0.0 < rms_contrast < 0.5:
+            raise ValueError(f"--rms-contrast must be in (0, 0.5) at mean grey 0.5, got {rms_contrast}")
+        return Budget(float(rms_contrast), mean, "--rms-contrast")
+    path, segments = training_data(meta)
+    rms = training_rms_contrast(meta)
+    if rms <= 0.0:
+        raise InsilicoError(f"the training movies in {path} have no contrast; pass --rms-contrast")
+    return Budget(rms, mean, f"training movies {path} [{', '.join(segments)}]")

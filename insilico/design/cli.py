@@ -1,0 +1,92 @@
+"""`insilico optimize` and `insilico verify`: thin Typer commands over `insilico.design.run`.
+
+Registered by `insilico/cli.py` as `app.command("optimize")(optimize_command)` and
+`app.command("verify")(verify_command)`. Heavy imports (torch, optuna) happen inside.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from insilico.console import console
+from insilico.errors import friendly_errors
+
+
+def optimize_command(
+    model: list[Path] = typer.Option(..., "--model", help="Run folder or model.pt; repeat for an ensemble."),
+    cells: str = typer.Option(None, "--cells", "--cell", help="Cell id(s): 42, 3,42,77 or all."),
+    out: Path = typer.Option(Path("designs"), "--out", help="Folder for cell<ID>.h5/.json/.png/.gif."),
+    method: str = typer.Option("gradient", "--method", help="gradient, optuna or both."),
+    frames: int = typer.Option(60, "--frames", help="Clip length in frames."),
+    objective: str = typer.Option("increase", "--objective", help="increase, decrease or discriminative."),
+    rms_contrast: float = typer.Option(None, "--rms-contrast",
+                                       help="RMS contrast budget (default: the training movies')."),
+    seeds: int = typer.Option(4, "--seeds", help="Gradient designs per cell, one per seed, in one batch."),
+    storage: str = typer.Option(None, "--storage",
+                                help="Optuna storage URL: journal file (default OUT/optuna.journal), sqlite:///, postgresql://."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    steps: int = typer.Option(12, "--steps", help="Gradient steps."),
+    trials: int = typer.Option(24, "--trials", help="Optuna TPE trials per cell (plus half as many CMA-ES)."),
+    window: int = typer.Option(3, "--window", help="Response window: the clip's last N frames."),
+) -> None:
+    """Design the stimulus that drives a cell hardest (or silences it, or singles it out)."""
+    with friendly_errors():
+        from dataclasses import replace
+
+        from insilico.console import progress
+        from insilico.design.gradient import GradientConfig
+        from insilico.design.run import DesignSettings, load_twins, optimize_cells
+
+        if cells is None:
+            raise ValueError("name the cells with --cell 42, --cells 3,42,77 or --cells all")
+        twins = load_twins(model, device)
+        console.print(f"backbone: {twins[0].metadata.describe_backbone()}"
+                      + (f" (ensemble of {len(twins)} twins)" if len(twins) > 1 else ""))
+        settings = DesignSettings(window_frames=window, trials=trials, cmaes_trials=max(0, trials // 2),
+                                  gradient=replace(GradientConfig(), steps=steps))
+        with progress() as bar:
+            results = optimize_cells(twins, cells, out, method=method, n_frames=frames, objective=objective,
+                                     rms_contrast=rms_contrast, seeds=seeds, storage=storage,
+                                     settings=settings, progress=bar)
+        for r in results:
+            p = r.predicted
+            console.print(
+                f"cell {r.cell_id}: design ({r.method}) {p['design']:.3f}, best natural clip {p['natural']:.3f}, "
+                f"best parametric {p['parametric']:.3f} spikes/bin over frames {r.window[0]}..{r.window[1] - 1} "
+                f"at RMS {r.budget.rms:.3f}; {r.seconds:.1f} s -> [bold]{r.paths['design']}[/]"
+            )
+
+
+def verify_command(
+    design: Path = typer.Option(..., "--design", help="A design file written by `insilico optimize`."),
+    sim: int = typer.Option(None, "--sim", help="Seed of the simulated retina."),
+    data: Path = typer.Option(None, "--data", help="The simulated recording the twin was trained on."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Play a design to the simulated retina and report the true response."""
+    with friendly_errors():
+        import json
+
+        from insilico.design.run import verify_design
+
+        v = verify_design(design, sim_seed=sim, data=data)
+        if as_json:
+            typer.echo(json.dumps(v.to_json_dict(), indent=2))
+            return
+        console.print(f"cell {v.cell_id} ({v.cell_type}), true mean rate over frames {v.window[0]}..{v.window[1] - 1} "
+                      f"at RMS {v.rms_contrast:.3f}:")
+        console.print(f"  design          {v.design:.4f}")
+        if v.natural is not None:
+            console.print(f"  natural clip    {v.natural:.4f}   design / natural = {_ratio(v.vs_natural)}")
+        if v.parametric is not None:
+            console.print(f"  parametric      {v.parametric:.4f}")
+        if v.optimum is not None:
+            console.print(f"  true optimum    {v.optimum:.4f}   design / optimum = {_ratio(v.fraction_of_optimum)}")
+        else:
+            console.print("  true optimum    (not defined: the cell is not linear)")
+
+
+def _ratio(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"

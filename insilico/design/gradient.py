@@ -1,0 +1,245 @@
+"""Gradient-based design: pixel clips optimised through the whole twin, backbone included.
+
+One step is a fixed sequence of small stages (sinzlab/mei, Lucid)::
+
+    transform (jitter, time shift) -> objective -> regularisers -> backward
+      -> precondition (blur / Fourier scaling, then unit RMS) -> optimiser step
+      -> post-process (mean grey, RMS budget, [0, 1])
+
+A batch of clips, one per seed, is optimised in one pass; each member draws its start and
+its transforms from its own generator, so the same seed gives the same clip. An optional
+diversity term rewards batch members for differing from each other. Every step is recorded
+(objective, RMS contrast and gradient norm per seed) and `GradientRun.plot` draws them.
+
+The optimiser is plain SGD on a gradient scaled to unit RMS per clip, so the learning rate
+is the RMS pixel change of one step (before post-processing), falling by a cosine schedule
+from `lr` to `lr / 10`. Because the post-processor projects every step back onto the budget,
+this is projected gradient ascent: for a near-linear cell it turns the clip towards the
+budget-constrained optimum within a few steps, which is what keeps CPU designs short.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from insilico.design.objectives import Objective
+from insilico.design.postprocess import ContrastBudget
+from insilico.design.preconditioners import blur, named_preconditioner, unit_rms
+from insilico.design.regularisers import TemporalSmoothness, TotalVariation
+from insilico.design.transforms import Compose, Jitter, TimeShift
+
+
+@dataclass(frozen=True)
+class GradientConfig:
+    """Settings of a gradient design (defaults sized for a CPU: see `insilico.design.run`).
+
+    Attributes:
+        steps: optimiser steps.
+        lr: RMS pixel change of the first step (cosine-decayed to lr / 10).
+        jitter_px: random spatial shift per step, pixels.
+        time_shift: random temporal shift per step, frames.
+        tv_weight: total-variation penalty weight.
+        smooth_weight: temporal-smoothness penalty weight.
+        preconditioner: "blur", "fourier" or "none".
+        blur_sigma: (start, end) of the annealed blur, pixels.
+        diversity_weight: reward for RMS distance between batch members (0 = off).
+        init_sigma: spatial blur (pixels) of the random start.
+    """
+
+    steps: int = 12
+    lr: float = 0.15
+    jitter_px: int = 1
+    time_shift: int = 1
+    tv_weight: float = 0.0
+    smooth_weight: float = 0.0
+    preconditioner: str = "blur"
+    blur_sigma: tuple[float, float] = (2.0, 0.5)
+    diversity_weight: float = 0.0
+    init_sigma: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.steps < 0:
+            raise ValueError(f"steps must be >= 0, got {self.steps}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        named_preconditioner(self.preconditioner)  # validates the name
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """State after one step; per-seed values are `[B]` tuples."""
+
+    step: int
+    objective: tuple[float, ...]
+    contrast: tuple[float, ...]
+    grad_norm: tuple[float, ...]
+    seconds: float
+
+
+@dataclass(frozen=True, eq=False)
+class GradientRun:
+    """A finished gradient design.
+
+    Attributes:
+        stimuli: `[B, T, H, W]` float32 in [0, 1], one clip per seed, at the budget.
+        objective: `[B]` objective of each final clip (no transforms, no penalties).
+        seeds: the seed of each batch member.
+        history: one record per step (step 0 is the random start).
+        seconds: wall time.
+    """
+
+    stimuli: np.ndarray
+    objective: np.ndarray
+    seeds: tuple[int, ...]
+    history: tuple[StepRecord, ...] = field(default_factory=tuple)
+    seconds: float = 0.0
+
+    @property
+    def best(self) -> int:
+        """Batch position of the best clip."""
+        return int(np.argmax(self.objective))
+
+    def curves(self) -> dict[str, np.ndarray]:
+        """`{"step": [S], "objective" | "contrast" | "grad_norm": [S, B]}` for plotting."""
+        return {
+            "step": np.array([r.step for r in self.history]),
+            "objective": np.array([r.objective for r in self.history]),
+            "contrast": np.array([r.contrast for r in self.history]),
+            "grad_norm": np.array([r.grad_norm for r in self.history]),
+        }
+
+    def plot(self, path: str | Path) -> Path:
+        """Objective, contrast and gradient norm per step, one line per seed, as a PNG."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        c = self.curves()
+        fig, axes = plt.subplots(1, 3, figsize=(11, 3), constrained_layout=True)
+        for ax, key in zip(axes, ("objective", "contrast", "grad_norm"), strict=True):
+            for b, seed in enumerate(self.seeds):
+                ax.plot(c["step"], c[key][:, b], label=f"seed {seed}")
+            ax.set_xlabel("step")
+            ax.set_title(key.replace("_", " "))
+        axes[0].legend(fontsize=7)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.part{path.suffix}")
+        fig.savefig(tmp, dpi=100)
+        plt.close(fig)
+        tmp.replace(path)
+        return path
+
+
+def random_start(shape: tuple[int, int, int], seed: int, sigma: float, budget: ContrastBudget,
+                 device: torch.device) -> Tensor:
+    """A smooth random clip `[T, H, W]` at the budget, fully determined by `seed`."""
+    gen = torch.Generator().manual_seed(int(seed))
+    noise = torch.randn((1, *shape), generator=gen, dtype=torch.float32)
+    return budget(blur(noise, sigma))[0].to(device)
+
+
+def diversity(frames: Tensor) -> Tensor:
+    """`[B]` mean RMS distance of each clip to the others (0 for a batch of one)."""
+    b = frames.shape[0]
+    if b < 2:
+        return frames.new_zeros(b)
+    flat = frames.reshape(b, -1)
+    d = torch.cdist(flat[None], flat[None])[0] / math.sqrt(flat.shape[1])
+    return d.sum(dim=1) / (b - 1)
+
+
+def optimise_gradient(
+    response: Callable[[Tensor], Tensor],
+    objective: Objective,
+    shape: tuple[int, int, int],
+    budget: ContrastBudget,
+    seeds: Sequence[int] = (0,),
+    config: GradientConfig = GradientConfig(),
+    device: torch.device | str = "cpu",
+    on_step: Callable[[StepRecord], None] | None = None,
+) -> GradientRun:
+    """Design one clip per seed that maximises `objective(response(clip))` within `budget`.
+
+    Args:
+        response: `frames [B, T, H, W] -> rates [B, T, N]`, differentiable
+            (`insilico.design.response.TwinResponse`).
+        objective: what to maximise (`insilico.design.objectives`).
+        shape: `(T, H, W)` of a clip.
+        budget: the post-processor every step ends with.
+        seeds: one batch member per seed.
+        config: step settings.
+        device: where the clips live (the twin's device).
+        on_step: called with each step's record (progress display).
+    """
+    if not seeds:
+        raise ValueError("give at least one seed")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must differ, got {list(seeds)}")
+    started = time.perf_counter()
+    device = torch.device(device)
+    gens = [torch.Generator().manual_seed(int(s) + 1_000_003) for s in seeds]
+    x = torch.stack([random_start(shape, s, config.init_sigma, budget, device) for s in seeds])
+    x.requires_grad_(True)
+    transform = Compose((Jitter(config.jitter_px), TimeShift(config.time_shift)))
+    regularisers = (TotalVariation(config.tv_weight), TemporalSmoothness(config.smooth_weight))
+    precondition = named_preconditioner(config.preconditioner, *config.blur_sigma)
+    optimiser = torch.optim.SGD([x], lr=config.lr)
+    history: list[StepRecord] = []
+
+    def record(step: int, value: Tensor, grad_norm: Tensor) -> None:
+        rec = StepRecord(step, _floats(value), _floats(x.detach().std(dim=(1, 2, 3), correction=0)),
+                         _floats(grad_norm), time.perf_counter() - started)
+        history.append(rec)
+        if on_step is not None:
+            on_step(rec)
+
+    for step in range(config.steps):
+        optimiser.zero_grad(set_to_none=True)
+        seen = transform(x, gens)                                   # 1. transform
+        value = objective(response(seen))                           # 2. objective [B]
+        penalty = sum(reg(x) for reg in regularisers)               # 3. regularisers [B]
+        gain = value - penalty
+        if config.diversity_weight:
+            gain = gain + config.diversity_weight * diversity(x)
+        (-gain.sum()).backward()                                    # 4. backward
+        grad = x.grad
+        grad_norm = grad.detach().flatten(1).norm(dim=1)
+        x.grad = unit_rms(precondition(grad, step, config.steps))   # 5. precondition
+        for group in optimiser.param_groups:
+            group["lr"] = _cosine(config.lr, step, config.steps)
+        optimiser.step()                                            # 6. optimiser step
+        with torch.no_grad():
+            x.copy_(budget(x))                                      # 7. post-process
+        record(step, value.detach(), grad_norm)
+
+    with torch.no_grad():
+        final = objective(response(x.detach()))
+    record(config.steps, final, torch.zeros(len(seeds)))
+    return GradientRun(
+        stimuli=x.detach().cpu().numpy().astype(np.float32),
+        objective=final.detach().cpu().numpy().astype(np.float64),
+        seeds=tuple(int(s) for s in seeds),
+        history=tuple(history),
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _cosine(lr: float, step: int, steps: int) -> float:
+    if steps <= 1:
+        return lr
+    frac = step / (steps - 1)
+    return lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * frac)))
+
+
+def _floats(t: Tensor) -> tuple[float, ...]:
+    return tuple(float(v) for v in t.detach().cpu().reshape(-1))

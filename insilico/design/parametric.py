@@ -1,0 +1,234 @@
+"""Parametric design: Optuna searches the stimulus families of `stimuli` for the best clip.
+
+The families and their search spaces (pixels, frames, Hz; `H x W` screen, `T` frames):
+
+* drifting grating in a circular aperture: orientation, spatial period, temporal
+  frequency, contrast, aperture size and centre, phase;
+* spot: centre, radius, polarity, onset and duration;
+* moving bar: direction, width, speed, polarity, contrast;
+* full-field flash: on and off durations, contrast;
+* chirp: which `T`-frame excerpt of the 32 s chirp.
+
+Every candidate is scaled to the same contrast budget as the designs (`ContrastBudget`),
+quantised to grey levels as a screen would show it, and scored by the objective on the
+twin's rates, so the search only chooses *structure*: a family's own contrast parameter
+matters only through saturation.
+
+Two samplers, both define-by-run: TPE over all families at once (the family is a
+categorical parameter), then CMA-ES inside the family TPE found best, started at TPE's best
+parameters. Storage is a URL (`storage_for`): a journal file by default, so a crashed study
+resumes with the same command; `sqlite:///...` or `postgresql://...` for several workers
+(the same command on several machines joins the same study, found by name). Each call adds
+`n_trials` trials to the studies; the best of all trials so far is returned.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import torch
+
+from insilico.design.objectives import Objective
+from insilico.design.postprocess import ContrastBudget
+from insilico.design.response import TwinResponse
+from stimuli.contrast import to_uint8
+from stimuli.families import chirp, drifting_grating, full_field_flash, moving_bar, spot
+
+FAMILY_NAMES = ("drifting_grating", "spot", "moving_bar", "full_field_flash", "chirp")
+RDB_SCHEMES = ("sqlite:", "postgresql:", "postgresql+", "mysql:", "mysql+")
+
+
+def storage_for(url: str | None, default_journal: str | Path) -> optuna.storages.BaseStorage | str:
+    """An Optuna storage from a URL.
+
+    `None` -> a journal file at `default_journal`; `journal:PATH` or any other path -> a
+    journal file there; `sqlite:///...`, `postgresql://...`, `mysql://...` -> passed to
+    Optuna as a relational database URL.
+    """
+    if url is not None and url.startswith(RDB_SCHEMES):
+        return url
+    path = Path(default_journal if url is None else url.removeprefix("journal:"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    from optuna.storages.journal import JournalFileBackend
+
+    return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+
+
+@dataclass(frozen=True)
+class Screen:
+    """What a parametric stimulus is drawn on: `T` frames of `H x W` at `frame_rate`."""
+
+    n_frames: int
+    height: int
+    width: int
+    frame_rate: float
+
+
+@functools.lru_cache(maxsize=4)
+def _chirp_frames(height: int, width: int, frame_rate: float) -> np.ndarray:
+    return chirp(height, width, frame_rate).frames
+
+
+def families(screen: Screen) -> tuple[str, ...]:
+    """Families that fit the screen (the chirp needs a clip shorter than itself)."""
+    chirp_len = round(32 * screen.frame_rate)
+    return tuple(f for f in FAMILY_NAMES if f != "chirp" or screen.n_frames <= chirp_len)
+
+
+def suggest(trial: optuna.Trial, family: str, s: Screen) -> dict[str, Any]:
+    """Parameters of one `family` stimulus (the define-by-run search space)."""
+    t, h, w = s.n_frames, s.height, s.width
+    side = float(max(h, w))
+    if family == "drifting_grating":
+        return {
+            "orientation_deg": trial.suggest_float("orientation_deg", 0.0, 360.0),
+            "spatial_period_px": trial.suggest_float("spatial_period_px", 4.0, 2.0 * side, log=True),
+            "temporal_freq_hz": trial.suggest_float("temporal_freq_hz", 0.0, min(8.0, s.frame_rate / 3.0)),
+            "contrast": trial.suggest_float("contrast", 0.2, 1.0),
+            "size_px": trial.suggest_float("size_px", 4.0, 1.5 * side, log=True),
+            "center": (trial.suggest_float("center_y", 0.0, h - 1.0), trial.suggest_float("center_x", 0.0, w - 1.0)),
+            "phase": trial.suggest_float("phase", 0.0, 2.0 * np.pi),
+        }
+    if family == "spot":
+        onset = trial.suggest_int("onset_frame", 0, t - 1)
+        return {
+            "center_yx": (trial.suggest_float("center_y", 0.0, h - 1.0), trial.suggest_float("center_x", 0.0, w - 1.0)),
+            "radius_px": trial.suggest_float("radius_px", 1.0, side / 2.0, log=True),
+            "polarity": trial.suggest_int("polarity", -1, 1, step=2),
+            "onset_frame": onset,
+            "duration_frames": trial.suggest_int("duration_frames", 1, t),
+        }
+    if family == "moving_bar":
+        return {
+            "orientation_deg": trial.suggest_float("orientation_deg", 0.0, 360.0),
+            "bar_width_px": trial.suggest_float("bar_width_px", 1.0, side / 2.0, log=True),
+            "speed_px_per_frame": trial.suggest_float("speed_px_per_frame", 0.25, 4.0, log=True),
+            "polarity": trial.suggest_int("polarity", -1, 1, step=2),
+            "contrast": trial.suggest_float("contrast", 0.2, 1.0),
+        }
+    if family == "full_field_flash":
+        return {
+            "on_frames": trial.suggest_int("on_frames", 1, t),
+            "off_frames": trial.suggest_int("off_frames", 0, t),
+            "contrast": trial.suggest_float("contrast", 0.2, 1.0),
+        }
+    if family == "chirp":
+        return {"start_frame": trial.suggest_int("start_frame", 0, round(32 * s.frame_rate) - t)}
+    raise ValueError(f"unknown stimulus family {family!r}: use one of {', '.join(FAMILY_NAMES)}")
+
+
+def render(family: str, params: dict[str, Any], s: Screen) -> np.ndarray:
+    """uint8 `[T, H, W]` of one family stimulus (before the budget)."""
+    t, h, w, fps = s.n_frames, s.height, s.width, s.frame_rate
+    if family == "drifting_grating":
+        return drifting_grating(t, h, w, frame_rate=fps, **params).frames
+    if family == "spot":
+        return spot(t, h, w, frame_rate=fps, **params).frames
+    if family == "moving_bar":
+        return moving_bar(t, h, w, frame_rate=fps, **params).frames
+    if family == "full_field_flash":
+        return full_field_flash(t, h, w, frame_rate=fps, **params).frames
+    if family == "chirp":
+        start = int(params["start_frame"])
+        return _chirp_frames(h, w, fps)[start:start + t]
+    raise ValueError(f"unknown stimulus family {family!r}: use one of {', '.join(FAMILY_NAMES)}")
+
+
+@dataclass(frozen=True, eq=False)
+class ParametricResult:
+    """The best parametric stimulus found.
+
+    Attributes:
+        family, params: the recipe (`render(family, params, screen)` rebuilds it).
+        frames: uint8 `[T, H, W]` at the budget.
+        objective: its objective value.
+        n_trials: completed trials in the studies (all workers, all runs).
+        studies: names of the Optuna studies.
+    """
+
+    family: str
+    params: dict[str, Any]
+    frames: np.ndarray
+    objective: float
+    n_trials: int
+    studies: tuple[str, ...]
+
+
+def _scorer(response: TwinResponse, objective: Objective, budget: ContrastBudget,
+            screen: Screen) -> Callable[[str, dict[str, Any]], tuple[float, np.ndarray]]:
+    def score(family: str, params: dict[str, Any]) -> tuple[float, np.ndarray]:
+        frames = to_uint8(budget.apply(render(family, params, screen)))
+        with torch.no_grad():
+            value = objective(torch.from_numpy(response.rates(frames[None])))
+        return float(value[0]), frames
+    return score
+
+
+def search_parametric(
+    response: TwinResponse,
+    objective: Objective,
+    budget: ContrastBudget,
+    screen: Screen,
+    study_name: str,
+    storage: optuna.storages.BaseStorage | str,
+    n_trials: int = 24,
+    cmaes_trials: int = 12,
+    seed: int = 0,
+    on_trial: Callable[[], None] | None = None,
+) -> ParametricResult:
+    """TPE over the families, then CMA-ES in the best family (see module docstring)."""
+    if n_trials < 1 or cmaes_trials < 0:
+        raise ValueError(f"need >= 1 TPE trial and >= 0 CMA-ES trials, got {n_trials}, {cmaes_trials}")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    score = _scorer(response, objective, budget, screen)
+    names = families(screen)
+
+    def run_trial(trial: optuna.Trial, family: str | None) -> float:
+        fam = family or trial.suggest_categorical("family", names)
+        params = suggest(trial, fam, screen)
+        trial.set_user_attr("family", fam)
+        trial.set_user_attr("params", json.dumps(params))
+        value, _ = score(fam, params)
+        if on_trial is not None:
+            on_trial()
+        return value
+
+    with warnings.catch_warnings():
+        # multivariate/group TPE and CMA-ES margins are marked experimental by Optuna.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        tpe = optuna.create_study(
+            study_name=f"{study_name}-tpe", storage=storage, direction="maximize", load_if_exists=True,
+            sampler=optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=8),
+        )
+        tpe.optimize(lambda trial: run_trial(trial, None), n_trials=n_trials)
+        studies = [tpe]
+        family = tpe.best_trial.user_attrs["family"]
+        if cmaes_trials:
+            x0 = {k: v for k, v in tpe.best_trial.params.items() if k != "family"}
+            cma = optuna.create_study(
+                study_name=f"{study_name}-cmaes-{family}", storage=storage, direction="maximize",
+                load_if_exists=True,
+                sampler=optuna.samplers.CmaEsSampler(x0=x0, seed=seed, warn_independent_sampling=False,
+                                                     popsize=6),
+            )
+            cma.optimize(lambda trial: run_trial(trial, family), n_trials=cmaes_trials)
+            studies.append(cma)
+    best = max((s.best_trial for s in studies), key=lambda tr: tr.value)
+    fam = best.user_attrs["family"]
+    params = _from_json(json.loads(best.user_attrs["params"]))
+    value, frames = score(fam, params)
+    done = sum(len(s.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))) for s in studies)
+    return ParametricResult(fam, params, frames, value, done, tuple(s.study_name for s in studies))
+
+
+def _from_json(params: dict[str, Any]) -> dict[str, Any]:
+    # JSON turns the (y, x) tuples into lists; the families want tuples.
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}

@@ -1,0 +1,119 @@
+"""The contrast budget: mean grey, an exact RMS contrast, and the screen's range.
+
+Every designed, parametric or natural clip is compared at one budget: mean intensity 0.5
+and RMS contrast `rms` (pixel standard deviation around the mean over the whole clip, in
+units of the full range, as `stimuli.contrast.rms_contrast`), every value in [0, 1].
+
+`ContrastBudget` maps each clip to `clip(offset + gain * z, 0, 1)` with `z` the clip
+standardised, and finds `gain`, `offset` by fixed-point iteration in float64 until the mean
+and the RMS are within `tolerance` (1e-6) of the request. Clipping can make a request
+infeasible for a given clip (a small spot cannot reach RMS 0.2 on a grey field): then the
+clip gets the highest contrast reachable below the budget, at mean 0.5 — the budget is a
+ceiling. A constant clip has no contrast to scale and becomes uniform grey.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+MEAN_GREY = 0.5
+
+
+@dataclass(frozen=True)
+class ContrastBudget:
+    """Post-processor `frames [B, T, H, W] -> [B, T, H, W]`: mean 0.5, RMS `rms`, in [0, 1]."""
+
+    rms: float
+    mean: float = MEAN_GREY
+    tolerance: float = 1e-6
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.mean < 1.0:
+            raise ValueError(f"mean grey must be in (0, 1), got {self.mean}")
+        bound = math.sqrt(self.mean * (1.0 - self.mean))
+        if not 0.0 < self.rms < bound:
+            raise ValueError(f"RMS contrast {self.rms} is outside (0, {bound:.3f}): a clip in [0, 1] "
+                             f"with mean {self.mean} cannot reach it")
+
+    def __call__(self, frames: Tensor) -> Tensor:
+        if frames.ndim < 2:
+            raise ValueError(f"frames must be [B, ...], got {list(frames.shape)}")
+        # numpy, one clip at a time: these are cheap elementwise passes, and a single thread
+        # is much faster than torch's pool on a busy machine.
+        x = frames.detach().to("cpu", torch.float64).numpy().reshape(frames.shape[0], -1)
+        if not np.isfinite(x).all():
+            raise ValueError("the stimulus holds NaN or inf (the optimisation diverged)")
+        out = np.stack([self._one(row) for row in x]).reshape(frames.shape)
+        return torch.from_numpy(out).to(device=frames.device, dtype=frames.dtype)
+
+    def _one(self, x: np.ndarray) -> np.ndarray:
+        """One flattened clip `[n]` float64 -> `[n]` at the budget."""
+        spread = float(x.std())
+        if spread <= 1e-12:
+            return np.full_like(x, self.mean)
+        z = (x - x.mean()) / spread
+        # Fast path: Newton on the offset (the mean's slope is the unclipped fraction) and a
+        # bounded multiplicative update of the gain; converges in a few steps unless most
+        # pixels saturate.
+        gain, offset = self.rms, self.mean
+        for _ in range(50):
+            y = np.clip(offset + gain * z, 0.0, 1.0)
+            got_mean, got_rms = float(y.mean()), float(y.std())
+            if abs(got_mean - self.mean) <= self.tolerance and abs(got_rms - self.rms) <= self.tolerance:
+                return y
+            free = np.count_nonzero((y > 0.0) & (y < 1.0)) / y.size
+            if free < 0.05:
+                break
+            offset += (self.mean - got_mean) / free
+            gain *= min(2.0, max(0.5, self.rms / max(got_rms, 1e-12)))
+        return self._bisect(z)
+
+    def _bisect(self, z: np.ndarray) -> np.ndarray:
+        """Exact but slower: bisection on the gain, each with the offset solved by bisection."""
+        z_min, z_max = float(z.min()), float(z.max())
+
+        def at_mean(gain: float) -> np.ndarray:
+            lo, hi = -gain * z_max, 1.0 - gain * z_min  # all black .. all white
+            for _ in range(60):
+                mid = 0.5 * (lo + hi)
+                if float(np.clip(mid + gain * z, 0.0, 1.0).mean()) < self.mean:
+                    lo = mid
+                else:
+                    hi = mid
+            return np.clip(0.5 * (lo + hi) + gain * z, 0.0, 1.0)
+
+        # Past this gain every pixel is saturated and the contrast cannot grow any more.
+        g_lo, g_hi = 0.0, 1e3 / max(z_max - z_min, 1e-12)
+        if float(at_mean(g_hi).std()) < self.rms:
+            return at_mean(g_hi)  # infeasible for this clip: the most contrast it can take
+        for _ in range(60):
+            mid = 0.5 * (g_lo + g_hi)
+            y = at_mean(mid)
+            got = float(y.std())
+            if abs(got - self.rms) <= self.tolerance:
+                return y
+            if got < self.rms:
+                g_lo = mid
+            else:
+                g_hi = mid
+        return at_mean(g_lo)
+
+    def apply(self, frames: np.ndarray) -> np.ndarray:
+        """One clip `[T, H, W]` (float in [0, 1] or uint8) -> float64 `[T, H, W]` at the budget."""
+        array = np.asarray(frames)
+        x = array.astype(np.float64) / 255.0 if array.dtype == np.uint8 else array.astype(np.float64)
+        if not np.isfinite(x).all():
+            raise ValueError("the clip holds NaN or inf")
+        return self._one(x.reshape(-1)).reshape(x.shape)
+
+
+def clip_stats(frames: np.ndarray) -> tuple[float, float]:
+    """`(mean, rms)` of a clip in units of the full range (uint8 or float in [0, 1])."""
+    array = np.asarray(frames)
+    x = array.astype(np.float64) / 255.0 if array.dtype == np.uint8 else array.astype(np.float64)
+    return float(x.mean()), float(x.std())

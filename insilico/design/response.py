@@ -1,0 +1,105 @@
+"""The twin (or an ensemble of twins) as a differentiable function of a stimulus clip.
+
+A designed clip is shown after a grey screen, as on the rig and in the simulated retina
+(whose state starts from grey). The twin's causal layers, left to themselves, would pad the
+clip's past with zero *features*, which is not what a grey screen looks like to the backbone.
+So `TwinResponse` prepends `receptive_field - 1` frames of mean grey: the backbone features of
+one grey frame are computed once and repeated, which costs nothing per step, and only the
+clip's own frames pass through the backbone (the expensive, differentiated part).
+
+Several checkpoints of the same recording form an ensemble: their rates are averaged, so an
+ensemble is one model to every objective (`TwinResponse([twin_a, twin_b])`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from vist_model.twin import Twin
+
+GREY = 0.5
+
+
+class TwinResponse(nn.Module):
+    """`frames [B, T, H, W]` float in [0, 1] -> rates `[B, T, N]` (ensemble mean, unclamped).
+
+    Args:
+        twins: one twin or several trained on the same cells and screen (an ensemble).
+        grey_lead_in: prepend grey frames so the clip starts from a grey screen (see module
+            docstring); False feeds the clip alone (zero-padded history).
+
+    Rates are expected spike counts per frame bin. They are not clamped at 0 in `forward`, so
+    gradients flow even where a twin predicts a negative rate; `rates()` clamps like
+    `Twin.predict`.
+    """
+
+    def __init__(self, twins: Twin | Sequence[Twin], grey_lead_in: bool = True) -> None:
+        super().__init__()
+        twins = [twins] if isinstance(twins, Twin) else list(twins)
+        if not twins:
+            raise ValueError("an ensemble needs at least one twin")
+        first = twins[0].metadata
+        for other in twins[1:]:
+            meta = other.metadata
+            if meta.cell_ids != first.cell_ids or meta.frame_shape != first.frame_shape:
+                raise ValueError("every twin of an ensemble must model the same cells on the same screen")
+            if meta.frame_rate != first.frame_rate:
+                raise ValueError(f"ensemble twins disagree on the frame rate ({meta.frame_rate} vs {first.frame_rate} Hz)")
+        self.twins = twins
+        self.metadata = first
+        self.grey_lead_in = grey_lead_in
+        # Plain list on purpose: the twins' networks stay frozen and are not parameters here.
+        self._grey: list[Tensor | None] = [None] * len(twins)
+
+    @property
+    def device(self) -> torch.device:
+        return self.twins[0].device
+
+    @property
+    def n_cells(self) -> int:
+        return self.metadata.n_cells
+
+    def forward(self, frames: Tensor) -> Tensor:
+        if frames.ndim != 4 or tuple(frames.shape[2:]) != self.metadata.frame_shape:
+            h, w = self.metadata.frame_shape
+            raise ValueError(f"frames must be [B, T, {h}, {w}], got {list(frames.shape)}")
+        total = None
+        for k, twin in enumerate(self.twins):
+            rates = self._one(k, twin, frames)
+            total = rates if total is None else total + rates
+        return total / len(self.twins)
+
+    def _one(self, k: int, twin: Twin, frames: Tensor) -> Tensor:
+        twin.network.eval()
+        encode = twin.backbone if twin.backbone is not None else (lambda x: x)
+        x = encode(frames)
+        lead = twin.receptive_field - 1 if self.grey_lead_in else 0
+        if lead > 0:
+            grey = self._grey_input(k, twin, encode, frames)
+            x = torch.cat((grey.expand(x.shape[0], lead, *grey.shape[2:]), x), dim=1)
+        return twin.network(x)[:, lead:]
+
+    def _grey_input(self, k: int, twin: Twin, encode, frames: Tensor) -> Tensor:
+        cached = self._grey[k]
+        if cached is None or cached.device != frames.device or cached.dtype != frames.dtype:
+            with torch.no_grad():
+                grey = torch.full((1, 1, *self.metadata.frame_shape), GREY, dtype=frames.dtype, device=frames.device)
+                cached = encode(grey).detach()
+            self._grey[k] = cached
+        return cached
+
+    @torch.no_grad()
+    def rates(self, frames: np.ndarray | Tensor, batch: int = 8) -> np.ndarray:
+        """Rates `[B, T, N]` clamped at 0 for clips `[B, T, H, W]` (float in [0, 1] or uint8)."""
+        x = torch.as_tensor(np.asarray(frames) if not isinstance(frames, Tensor) else frames)
+        if x.dtype == torch.uint8:
+            x = x.to(torch.float32) / 255.0
+        x = x.to(torch.float32)
+        if x.ndim == 3:
+            x = x[None]
+        out = [self(x[i:i + batch].to(self.device)).clamp_min(0.0).cpu() for i in range(0, len(x), batch)]
+        return torch.cat(out).numpy()

@@ -1,0 +1,114 @@
+"""Play a design to the simulated retina that made the training data: the truth, not the twin.
+
+The retina is rebuilt either from a simulated recording's attributes (`--data`) or from its
+seed (`--sim SEED`, with the cell count, screen and frame rate taken from the design file).
+The design and its siblings (best natural clip and best parametric stimulus, written beside
+it at the same budget) are played from a grey screen, and the true response is the mean
+expected spike count of the cell over the design's time window. For a linear cell the true
+optimum at the same budget (`rig_bridge.simulated_retina.true_optimal_stimulus`, exact for
+the clip's last frame) is played too, giving the fraction of the optimum the design reaches.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from insilico.errors import InsilicoError
+from insilico.simulate import build_retina, retina_of_recording
+from rig_bridge.simulated_retina import SimulatedRetina, true_optimal_stimulus
+from stimuli.recording import open_recording
+
+
+@dataclass(frozen=True)
+class Verification:
+    """True responses (mean expected spikes per bin over the window) of one cell.
+
+    `natural`, `parametric` are None when their files are missing; `optimum` and
+    `fraction_of_optimum` are None for non-linear cells.
+    """
+
+    cell_id: int
+    cell_type: str
+    linear: bool
+    window: tuple[int, int]
+    rms_contrast: float
+    design: float
+    natural: float | None
+    parametric: float | None
+    optimum: float | None
+    design_path: str
+
+    @property
+    def vs_natural(self) -> float | None:
+        return None if self.natural is None or self.natural <= 0 else self.design / self.natural
+
+    @property
+    def fraction_of_optimum(self) -> float | None:
+        return None if self.optimum is None or self.optimum <= 0 else self.design / self.optimum
+
+    def to_json_dict(self) -> dict[str, object]:
+        return {
+            "cell_id": self.cell_id, "cell_type": self.cell_type, "linear": self.linear,
+            "window": list(self.window), "rms_contrast": self.rms_contrast,
+            "true_response": {"design": self.design, "natural": self.natural, "parametric": self.parametric,
+                              "true_optimum": self.optimum},
+            "design_vs_natural": self.vs_natural, "fraction_of_optimum": self.fraction_of_optimum,
+            "design_path": self.design_path,
+        }
+
+
+def true_response(retina: SimulatedRetina, i: int, frames: np.ndarray, window: tuple[int, int]) -> float:
+    """Mean expected count of cell `i` over frames `[start, stop)` of a clip (uint8 or float)."""
+    video = frames.astype(np.float64) / 255.0 if frames.dtype == np.uint8 else np.asarray(frames, np.float64)
+    return float(retina.rate(video)[window[0]:window[1], i].mean())
+
+
+def _read(path: Path) -> tuple[np.ndarray, dict[str, object], float]:
+    with open_recording(path) as rec:
+        return rec.frames(), rec.attrs, rec.frame_rate
+
+
+def retina_for(design_attrs: dict[str, object], shape: tuple[int, int, int], frame_rate: float,
+               sim_seed: int | None, data: str | Path | None) -> SimulatedRetina:
+    if (sim_seed is None) == (data is None):
+        raise ValueError("name the simulated retina with exactly one of --sim SEED or --data RECORDING")
+    if data is not None:
+        with open_recording(data) as rec:
+            return retina_of_recording(rec.attrs)
+    if shape[1] != shape[2]:
+        raise ValueError(f"the simulator's screens are square; this design is {shape[1]}x{shape[2]} px")
+    n_cells = design_attrs.get("n_cells")
+    if n_cells is None:
+        raise InsilicoError("the design file does not state the population size; use --data RECORDING")
+    return build_retina(int(sim_seed), int(n_cells), shape[1], frame_rate)
+
+
+def verify_design(design: str | Path, sim_seed: int | None = None, data: str | Path | None = None) -> Verification:
+    """True responses to a design written by `insilico optimize` and to its siblings."""
+    design = Path(design)
+    frames, attrs, frame_rate = _read(design)
+    if "cell_id" not in attrs:
+        raise InsilicoError(f"{design}: not a design written by `insilico optimize` (no @cell_id)")
+    retina = retina_for(attrs, frames.shape, frame_rate, sim_seed, data)
+    if (retina.height, retina.width) != frames.shape[1:]:
+        raise InsilicoError(f"the retina's screen is {retina.height}x{retina.width} px, the design's "
+                            f"{frames.shape[1]}x{frames.shape[2]} px: not the same setting")
+    cell_id = int(attrs["cell_id"])
+    i = retina.index_of(cell_id)
+    window = tuple(int(v) for v in json.loads(str(attrs["window"])))
+    rms = float(attrs["rms_contrast"])
+    siblings = {}
+    for kind in ("natural", "parametric"):
+        path = design.with_name(f"{design.stem}_{kind}.h5")
+        siblings[kind] = true_response(retina, i, _read(path)[0], window) if path.is_file() else None
+    optimum = None
+    if retina.is_linear(i):
+        best = true_optimal_stimulus(retina, i, frames.shape[0], rms_contrast=rms, mean=0.5)
+        optimum = true_response(retina, i, best, window)
+    return Verification(cell_id, retina.cell_types[i], retina.is_linear(i), window, rms,
+                        true_response(retina, i, frames, window), siblings["natural"], siblings["parametric"],
+                        optimum, str(design))
