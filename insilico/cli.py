@@ -13,6 +13,7 @@ import typer
 
 from insilico.console import console
 from insilico.errors import friendly_errors
+from insilico.design.cli import optimize_command, verify_command
 from rig_bridge.cli import rig_app
 
 app = typer.Typer(
@@ -23,6 +24,8 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(rig_app, name="rig", help="The rig bridge: serve a rig, make keys, present stimuli.")
+app.command("optimize")(optimize_command)
+app.command("verify")(verify_command)
 
 
 @app.command()

@@ -15,7 +15,9 @@ class InsilicoError(Exception):
 
 
 # Expected failures: what a user can cause and fix. Anything else is a bug and keeps its traceback.
-EXPECTED = (InsilicoError, ValueError, FileNotFoundError, KeyError, FileExistsError, PermissionError)
+# ImportError: a twin command on the rig computer, which has no torch (docs/install.md).
+EXPECTED = (InsilicoError, ValueError, FileNotFoundError, KeyError, FileExistsError, PermissionError,
+            ImportError)
 
 
 @contextmanager

@@ -110,9 +110,11 @@ def test_vist_forward_shape_and_predict_clamps() -> None:
     torch.testing.assert_close(pred, rates.clamp_min(0).detach())
 
 
+@pytest.mark.parametrize("maps", [None, 16])  # one map per cell (published), or the cpu preset's 16
 @pytest.mark.parametrize("mode", ["sum", "per_cell"])
-def test_vist_is_causal_for_a_step_input(mode: str) -> None:
-    model = _tiny_vist(rf_conditioning=mode)
+def test_vist_is_causal_for_a_step_input(mode: str, maps: int | None) -> None:
+    model = _tiny_vist(rf_conditioning=mode, map_channels=maps)
+    assert model.readout.in_channels == (N_CELLS if maps is None else maps)
     t, step = 20, 11
     before = torch.zeros(1, t, CHANNELS, GRID, GRID)
     after = before.clone()

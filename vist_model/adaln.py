@@ -38,21 +38,22 @@ __all__ = ["AdaLNZero3D", "RFConditioning", "rf_conditioning_maps"]
 RFConditioning = Literal["sum", "per_cell"]
 
 
-def rf_conditioning_maps(rf_maps: Tensor, mode: RFConditioning) -> Tensor:
+def rf_conditioning_maps(rf_maps: Tensor, mode: RFConditioning, channels: int | None = None) -> Tensor:
     """Conditioning input for AdaLN-Zero from cells' RF maps on the feature grid.
 
     Args:
         rf_maps: `[N, h, w]`, one map per cell.
         mode: "sum" (published: every channel is the sum over cells) or
             "per_cell" (channel k is cell k's map).
+        channels: channels of the summed map (default N, as published); ignored for "per_cell".
 
     Returns:
-        `[1, N, 1, h, w]` (batch and time axes of size 1, broadcast later).
+        `[1, N, 1, h, w]` (`[1, channels, 1, h, w]` for "sum"), broadcast later.
     """
     if rf_maps.ndim != 3:
         raise ValueError(f"rf_maps must be [N, h, w], got shape {tuple(rf_maps.shape)}")
     if mode == "sum":
-        n = rf_maps.shape[0]
+        n = rf_maps.shape[0] if channels is None else channels
         cond = rf_maps.sum(dim=0, keepdim=True).expand(n, -1, -1)
     elif mode == "per_cell":
         cond = rf_maps
@@ -65,17 +66,20 @@ class AdaLNZero3D(nn.Module):
     """Adaptive modulation with a zero-initialised gate (starts as the identity).
 
     Args:
-        channels: N, channels of both x and the conditioning c.
+        channels: M, channels of x (N in the published model).
+        cond_channels: channels of the conditioning c (default: M).
 
-    Shapes: `forward(x [B, N, T, h, w], c [B|1, N, T|1, h, w]) -> [B, N, T, h, w]`.
+    Shapes: `forward(x [B, M, T, h, w], c [B|1, Mc, T|1, h, w]) -> [B, M, T, h, w]`.
     """
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, cond_channels: int | None = None) -> None:
         super().__init__()
-        if channels < 1:
-            raise ValueError(f"channels must be >= 1, got {channels}")
+        cond_channels = channels if cond_channels is None else cond_channels
+        if min(channels, cond_channels) < 1:
+            raise ValueError(f"channels must be >= 1, got {channels}, {cond_channels}")
         self.channels = channels
-        self.modulation = nn.Sequential(nn.SiLU(), nn.Conv3d(channels, 3 * channels, 1))
+        self.cond_channels = cond_channels
+        self.modulation = nn.Sequential(nn.SiLU(), nn.Conv3d(cond_channels, 3 * channels, 1))
         self.net = nn.Sequential(nn.SiLU(), nn.Conv3d(channels, channels, 1))
         self.reset_parameters()
 
@@ -87,9 +91,9 @@ class AdaLNZero3D(nn.Module):
 
     def modulation_params(self, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """`(shift, scale, gate)`, each shaped like c."""
-        if c.ndim != 5 or c.shape[1] != self.channels:
+        if c.ndim != 5 or c.shape[1] != self.cond_channels:
             raise ValueError(
-                f"conditioning must be [B, {self.channels}, T, h, w], got {tuple(c.shape)}"
+                f"conditioning must be [B, {self.cond_channels}, T, h, w], got {tuple(c.shape)}"
             )
         shift, scale, gate = self.modulation(c).chunk(3, dim=1)
         return shift, scale, gate

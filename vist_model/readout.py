@@ -16,22 +16,29 @@ __all__ = ["Readout"]
 
 
 class Readout(nn.Module):
-    """Linear `N * h * w -> N` per time step. Shapes: `[B, N, T, h, w] -> [B, T, N]`."""
+    """Linear `M * h * w -> N` per time step. Shapes: `[B, M, T, h, w] -> [B, T, N]`.
 
-    def __init__(self, n_cells: int, height: int, width: int) -> None:
+    M (`in_channels`) is the number of maps the CMST blocks carry; the published model has
+    one map per cell (M = N, the default).
+    """
+
+    def __init__(self, n_cells: int, height: int, width: int, in_channels: int | None = None) -> None:
         super().__init__()
-        if min(n_cells, height, width) < 1:
+        in_channels = n_cells if in_channels is None else in_channels
+        if min(n_cells, height, width, in_channels) < 1:
             raise ValueError(
-                f"n_cells, height and width must be >= 1, got {n_cells}, {height}, {width}"
+                f"n_cells, height, width and in_channels must be >= 1, got {n_cells}, {height}, "
+                f"{width}, {in_channels}"
             )
         self.n_cells, self.height, self.width = n_cells, height, width
-        self.linear = nn.Linear(n_cells * height * width, n_cells)
+        self.in_channels = in_channels
+        self.linear = nn.Linear(in_channels * height * width, n_cells)
 
     def forward(self, x: Tensor) -> Tensor:
         b, n, t, h, w = x.shape
-        if (n, h, w) != (self.n_cells, self.height, self.width):
+        if (n, h, w) != (self.in_channels, self.height, self.width):
             raise ValueError(
-                f"readout expects [B, {self.n_cells}, T, {self.height}, {self.width}], "
+                f"readout expects [B, {self.in_channels}, T, {self.height}, {self.width}], "
                 f"got {tuple(x.shape)}"
             )
         flat = x.permute(0, 2, 1, 3, 4).reshape(b, t, n * h * w)

@@ -102,7 +102,7 @@ def animation(path: Path, frames: np.ndarray, frame_rate: float, scale: int = 4)
     from PIL import Image
 
     big = np.repeat(np.repeat(frames, scale, axis=1), scale, axis=2)
-    images = [Image.fromarray(f, mode="L") for f in big]
+    images = [Image.fromarray(np.ascontiguousarray(f)) for f in big]  # uint8 2-D -> "L"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.part.gif")
     images[0].save(tmp, save_all=True, append_images=images[1:], duration=round(1000 / frame_rate), loop=0)

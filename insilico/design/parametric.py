@@ -212,13 +212,14 @@ def search_parametric(
         studies = [tpe]
         family = tpe.best_trial.user_attrs["family"]
         if cmaes_trials:
-            x0 = {k: v for k, v in tpe.best_trial.params.items() if k != "family"}
             cma = optuna.create_study(
                 study_name=f"{study_name}-cmaes-{family}", storage=storage, direction="maximize",
                 load_if_exists=True,
-                sampler=optuna.samplers.CmaEsSampler(x0=x0, seed=seed, warn_independent_sampling=False,
-                                                     popsize=6),
+                sampler=optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False, popsize=6),
             )
+            if not cma.trials:
+                # Start from TPE's best (Optuna 4.9 deprecated CMA-ES's x0 for this).
+                cma.enqueue_trial({k: v for k, v in tpe.best_trial.params.items() if k != "family"})
             cma.optimize(lambda trial: run_trial(trial, family), n_trials=cmaes_trials)
             studies.append(cma)
     best = max((s.best_trial for s in studies), key=lambda tr: tr.value)

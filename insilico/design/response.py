@@ -3,9 +3,15 @@
 A designed clip is shown after a grey screen, as on the rig and in the simulated retina
 (whose state starts from grey). The twin's causal layers, left to themselves, would pad the
 clip's past with zero *features*, which is not what a grey screen looks like to the backbone.
-So `TwinResponse` prepends `receptive_field - 1` frames of mean grey: the backbone features of
-one grey frame are computed once and repeated, which costs nothing per step, and only the
-clip's own frames pass through the backbone (the expensive, differentiated part).
+So `TwinResponse` prepends frames of mean grey: the backbone features of one grey frame are
+computed once and repeated, and only the clip's own frames pass through the backbone.
+
+The Vi-ST network itself is the expensive part on a CPU (3-D convolutions over every frame
+it is given), so the lead-in is only as long as the response window needs: a window starting
+at clip frame `s` reads inputs back to `s - (receptive_field - 1)`, so
+`lead_in = max(0, receptive_field - 1 - s)` grey frames make every windowed rate exactly
+what a grey screen before the clip would give (`lead_in_for(twin, window_start)`). Rates
+before the window then see some zero-padded history; objectives never read them.
 
 Several checkpoints of the same recording form an ensemble: their rates are averaged, so an
 ensemble is one model to every objective (`TwinResponse([twin_a, twin_b])`).
@@ -29,15 +35,15 @@ class TwinResponse(nn.Module):
 
     Args:
         twins: one twin or several trained on the same cells and screen (an ensemble).
-        grey_lead_in: prepend grey frames so the clip starts from a grey screen (see module
-            docstring); False feeds the clip alone (zero-padded history).
+        lead_in: grey frames prepended (see module docstring); None for the full receptive
+            field (every output frame exact), 0 feeds the clip alone (zero-padded history).
 
     Rates are expected spike counts per frame bin. They are not clamped at 0 in `forward`, so
     gradients flow even where a twin predicts a negative rate; `rates()` clamps like
     `Twin.predict`.
     """
 
-    def __init__(self, twins: Twin | Sequence[Twin], grey_lead_in: bool = True) -> None:
+    def __init__(self, twins: Twin | Sequence[Twin], lead_in: int | None = None) -> None:
         super().__init__()
         twins = [twins] if isinstance(twins, Twin) else list(twins)
         if not twins:
@@ -51,7 +57,9 @@ class TwinResponse(nn.Module):
                 raise ValueError(f"ensemble twins disagree on the frame rate ({meta.frame_rate} vs {first.frame_rate} Hz)")
         self.twins = twins
         self.metadata = first
-        self.grey_lead_in = grey_lead_in
+        if lead_in is not None and lead_in < 0:
+            raise ValueError(f"lead_in must be >= 0 frames, got {lead_in}")
+        self.lead_in = lead_in
         # Plain list on purpose: the twins' networks stay frozen and are not parameters here.
         self._grey: list[Tensor | None] = [None] * len(twins)
 
@@ -77,7 +85,7 @@ class TwinResponse(nn.Module):
         twin.network.eval()
         encode = twin.backbone if twin.backbone is not None else (lambda x: x)
         x = encode(frames)
-        lead = twin.receptive_field - 1 if self.grey_lead_in else 0
+        lead = twin.receptive_field - 1 if self.lead_in is None else self.lead_in
         if lead > 0:
             grey = self._grey_input(k, twin, encode, frames)
             x = torch.cat((grey.expand(x.shape[0], lead, *grey.shape[2:]), x), dim=1)
@@ -103,3 +111,9 @@ class TwinResponse(nn.Module):
             x = x[None]
         out = [self(x[i:i + batch].to(self.device)).clamp_min(0.0).cpu() for i in range(0, len(x), batch)]
         return torch.cat(out).numpy()
+
+
+def lead_in_for(twins: Twin | Sequence[Twin], window_start: int) -> int:
+    """Grey frames needed so that rates from clip frame `window_start` on are exact."""
+    twins = [twins] if isinstance(twins, Twin) else list(twins)
+    return max(0, max(t.receptive_field for t in twins) - 1 - int(window_start))

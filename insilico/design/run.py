@@ -38,7 +38,7 @@ from insilico.design.objectives import OBJECTIVES, Objective, Window, named_obje
 from insilico.design.outputs import animation, contact_sheet, rf_centre, write_clip, write_json
 from insilico.design.parametric import ParametricResult, Screen, search_parametric, storage_for
 from insilico.design.postprocess import ContrastBudget, clip_stats
-from insilico.design.response import TwinResponse
+from insilico.design.response import TwinResponse, lead_in_for
 from insilico.design.verify import Verification
 from insilico.design.verify import verify_design as _verify_design
 from insilico.errors import InsilicoError
@@ -183,14 +183,14 @@ def optimize_cells(
     base = settings or DesignSettings()
     s = DesignSettings(**{**asdict(base), "gradient": base.gradient, "method": method, "n_frames": n_frames,
                           "objective": objective, "seeds": seed_list})
-    response = TwinResponse(twins)
+    window = Window(s.window_frames)
+    bounds = window.bounds(s.n_frames)
+    response = TwinResponse(twins, lead_in=lead_in_for(twins, bounds[0]))
     meta = response.metadata
     ids = parse_cells(cells, meta.cell_ids) if isinstance(cells, str) else parse_cells(
         ",".join(str(c) for c in cells), meta.cell_ids)
     budget_info = resolve_budget(meta, rms_contrast)
     budget = ContrastBudget(budget_info.rms, budget_info.mean)
-    window = Window(s.window_frames)
-    bounds = window.bounds(s.n_frames)
     h, w = meta.frame_shape
     screen = Screen(s.n_frames, h, w, meta.frame_rate)
     out = Path(out_dir)

@@ -1,0 +1,134 @@
+"""Most exciting inputs against the truth: designs played to the simulated retina.
+
+A twin is trained on `insilico simulate` data; for every reliable cell (split-half
+reliability of the repeated test movie above `--reliability`) the benchmark designs a
+stimulus by gradient ascent and by Optuna, finds the best natural clip of the training movie,
+all at the training movies' RMS contrast, and plays them to the ground-truth retina. For
+linear cells it also plays the true optimum at the same budget. It prints the table, the
+medians, the share of cells meeting the issue's goals, and the seconds per cell.
+
+    python benchmarks/mei.py                       # 90 cells, 64 px, cpu-friendly epochs
+    python benchmarks/mei.py --cells 20 --size 32 --train-seconds 60 --epochs 4 --max-cells 6
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from insilico.design.gradient import GradientConfig  # noqa: E402
+from insilico.design.run import DesignSettings, optimize_cells  # noqa: E402
+from insilico.design.verify import true_response  # noqa: E402
+from insilico.simulate import SimulationConfig, retina_of_recording, simulate_recording  # noqa: E402
+from rig_bridge.simulated_retina import split_half_reliability, true_optimal_stimulus  # noqa: E402
+from stimuli.recording import open_recording  # noqa: E402
+from vist_model.features import FeatureCache  # noqa: E402
+from vist_model.fit_twin import TwinSpec, train_twin  # noqa: E402
+from vist_model.train import TrainConfig  # noqa: E402
+from vist_model.twin import Twin  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--work", type=Path, default=Path("bench_mei"), help="folder for data, twin and designs")
+    p.add_argument("--cells", type=int, default=90)
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--train-seconds", type=float, default=120.0)
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--reliability", type=float, default=0.5, help="split-half reliability threshold")
+    p.add_argument("--max-cells", type=int, default=0, help="design at most this many reliable cells (0: all)")
+    p.add_argument("--frames", type=int, default=60)
+    p.add_argument("--seeds", type=int, default=4)
+    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--trials", type=int, default=24)
+    p.add_argument("--device", default="auto")
+    args = p.parse_args()
+
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    data = work / "sim.h5"
+    if not data.exists():
+        simulate_recording(data, SimulationConfig(n_cells=args.cells, size=args.size,
+                                                  train_seconds=args.train_seconds))
+    cache = FeatureCache(work / "features")
+    run_dir = work / "twin"
+    if not (run_dir / "model.pt").exists() or (run_dir / "train_state.pt").exists():
+        t = time.perf_counter()
+        train_twin(data, ["mov1"], run_dir, spec=TwinSpec(kind="vist", preset="cpu", backbone="tiny"),
+                   config=TrainConfig(epochs=args.epochs, warmup_epochs=min(2, args.epochs)),
+                   device=args.device, cache=cache)
+        print(f"trained the twin in {time.perf_counter() - t:.0f} s")
+    twin = Twin.load(run_dir, device="cpu" if args.device == "auto" else args.device)
+    print(f"backbone: {twin.metadata.describe_backbone()}")
+
+    with open_recording(data) as rec:
+        reliability = split_half_reliability(rec.counts("mov2"))
+        retina = retina_of_recording(rec.attrs)
+        ids = [int(c) for c in rec.cell_ids]
+    reliable = [c for c, r in zip(ids, reliability, strict=True) if r > args.reliability]
+    chosen = reliable[: args.max_cells] if args.max_cells else reliable
+    print(f"{len(reliable)} of {len(ids)} cells reliable (split-half r > {args.reliability}); designing {len(chosen)}")
+
+    settings = DesignSettings(trials=args.trials, cmaes_trials=args.trials // 2,
+                              gradient=replace(GradientConfig(), steps=args.steps))
+    rows = []
+    for cid in chosen:
+        r = optimize_cells(twin, [cid], work / "designs", method="both", n_frames=args.frames,
+                           seeds=args.seeds, settings=settings, cache=cache)[0]
+        i = retina.index_of(cid)
+        window = r.window
+        true = {k: true_response(retina, i, f, window) for k, f in
+                (("gradient", r.design), ("optuna", r.parametric.frames), ("natural", r.natural.frames))}
+        optimum = None
+        if retina.is_linear(i):
+            optimum = true_response(retina, i, true_optimal_stimulus(retina, i, args.frames, r.budget.rms), window)
+        rows.append((cid, retina.cell_types[i], float(reliability[ids.index(cid)]), true, optimum, r.seconds))
+        _print_row(rows[-1])
+    _summary(rows)
+
+
+def _ratio(a: float, b: float | None) -> float:
+    return float("nan") if b is None or b <= 0 else a / b
+
+
+def _print_row(row) -> None:
+    cid, kind, rel, true, optimum, seconds = row
+    opt = "" if optimum is None else f"{optimum:8.3f} {_ratio(true['gradient'], optimum):6.2f}"
+    print(f"{cid:5d} {kind:18s} {rel:5.2f} {true['gradient']:8.3f} {true['optuna']:8.3f} {true['natural']:8.3f} "
+          f"{_ratio(true['gradient'], true['natural']):6.2f} {_ratio(true['optuna'], true['natural']):6.2f} "
+          f"{seconds:6.1f}s {opt}", flush=True)
+
+
+def _summary(rows) -> None:
+    if not rows:
+        print("no reliable cells")
+        return
+    print("\ncell  type               rel   gradient   optuna  natural  g/nat  o/nat   time  optimum  g/opt")
+    for row in rows:
+        _print_row(row)
+    g_nat = [_ratio(r[3]["gradient"], r[3]["natural"]) for r in rows]
+    o_nat = [_ratio(r[3]["optuna"], r[3]["natural"]) for r in rows]
+    g_opt = [_ratio(r[3]["gradient"], r[4]) for r in rows if r[4] is not None]
+    med = lambda xs: statistics.median([x for x in xs if np.isfinite(x)]) if xs else float("nan")  # noqa: E731
+    print(f"\nmedian true response: gradient {med([r[3]['gradient'] for r in rows]):.3f}, optuna "
+          f"{med([r[3]['optuna'] for r in rows]):.3f}, natural {med([r[3]['natural'] for r in rows]):.3f}")
+    print(f"median gradient/natural {med(g_nat):.2f}, optuna/natural {med(o_nat):.2f}, "
+          f"gradient/true optimum (linear cells) {med(g_opt):.2f}")
+    best = [max(a, b) for a, b in zip(g_nat, o_nat, strict=True)]
+    print(f"cells whose gradient design >= 1.5x the best natural clip: "
+          f"{sum(x >= 1.5 for x in g_nat)}/{len(rows)}; either design: {sum(x >= 1.5 for x in best)}/{len(rows)}")
+    if g_opt:
+        print(f"linear cells at >= 80% of the true optimum: {sum(x >= 0.8 for x in g_opt)}/{len(g_opt)}")
+    print(f"seconds per cell (design + comparisons, CPU): median {med([r[5] for r in rows]):.1f}")
+
+
+if __name__ == "__main__":
+    main()

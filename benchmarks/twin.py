@@ -1,0 +1,121 @@
+"""Twin benchmark: Vi-ST against the LN and CNN baselines on the same simulated data.
+
+Trains on `mov1`, tests on `mov2` (repeated: FEVE and the noise ceiling come from the repeats):
+Vi-ST (cpu preset, tiny random DINOv2), the paper's `pixels` ablation (no ViT prior), Vi-ST with
+per-cell RF conditioning, LN and the McIntosh CNN, all in one run. Prints CC, FEVE, SD-KL,
+training time and inference frames/s (from cached features; real time is 30 frames/s), then a
+table over population size like the paper's "complementary coding" figure (Vi-ST trained on the
+first n cells only).
+
+    python benchmarks/twin.py [--data F.h5] [--cells 90] [--size 64] [--epochs 30]
+                              [--populations 1,8,16,32,64,90] [--models vist,pixels,per_cell,ln,cnn]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from insilico.simulate import SimulationConfig, simulate_recording  # noqa: E402
+from stimuli.recording import RecordingWriter, open_recording  # noqa: E402
+from vist_model.evaluate import evaluate_twin  # noqa: E402
+from vist_model.features import FeatureCache  # noqa: E402
+from vist_model.fit_twin import TwinSpec, train_twin  # noqa: E402
+from vist_model.train import TrainConfig  # noqa: E402
+
+MODELS = {
+    "vist": TwinSpec(kind="vist", preset="cpu", backbone="tiny"),
+    "pixels": TwinSpec(kind="vist", preset="cpu", backbone="pixels"),
+    "per_cell": TwinSpec(kind="vist", preset="cpu", backbone="tiny", rf_conditioning="per_cell"),
+    "ln": TwinSpec(kind="ln"),
+    "cnn": TwinSpec(kind="cnn"),
+}
+
+
+def subset_recording(src: Path, dst: Path, n_cells: int) -> Path:
+    """A copy of a recording with its first `n_cells` cells only."""
+    with open_recording(src) as rec:
+        ids = rec.cell_ids[:n_cells]
+        with RecordingWriter(dst, frame_rate=rec.frame_rate, height=rec.shape[1], width=rec.shape[2],
+                             cell_ids=ids, n_repeats=rec.n_repeats, pixel_size_um=rec.pixel_size_um,
+                             attrs=rec.attrs) as w:
+            for seg in rec.segments:
+                w.append_segment(seg.name, rec.frames(seg.name), rec.counts(seg.name)[:, :, :n_cells])
+            if rec.rf is not None:
+                w.set_rf(rec.rf[:n_cells])
+    return dst
+
+
+def inference_fps(run, data: Path, cache: FeatureCache) -> float:
+    twin = run.twin
+    with open_recording(data) as rec:
+        frames = rec.frames("mov2")
+    inputs = twin.inputs(frames, cache)  # cached features: what a lab's evaluation reads
+    t0 = time.perf_counter()
+    twin.predict_inputs(inputs)
+    return len(frames) / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, help="recording to use (default: simulate one)")
+    ap.add_argument("--cells", type=int, default=90)
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--train-seconds", type=float, default=120.0)
+    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--models", default="vist,pixels,per_cell,ln,cnn")
+    ap.add_argument("--populations", default="1,8,16,32,64,90")
+    ap.add_argument("--work", type=Path, default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    work = args.work or Path(tempfile.mkdtemp(prefix="twin-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    cache = FeatureCache(work / "features")
+    data = args.data or simulate_recording(
+        work / "sim.h5", SimulationConfig(n_cells=args.cells, size=args.size, train_seconds=args.train_seconds))
+    config = TrainConfig(epochs=args.epochs)
+
+    print(f"data: {data}  (train mov1, test mov2; {args.epochs} epochs max; torch threads {torch.get_num_threads()})")
+    rows = []
+    for name in args.models.split(","):
+        t0 = time.perf_counter()
+        run = train_twin(data, ["mov1"], work / name, spec=MODELS[name], config=config, cache=cache)
+        train_s = time.perf_counter() - t0
+        ev = evaluate_twin(run.twin, data, "mov2", cache=cache).metrics
+        rows.append((name, ev.mean_cc, ev.mean_feve, ev.mean_noise_ceiling, ev.mean_sd_kl,
+                     run.result.epochs_run, train_s, inference_fps(run, data, cache)))
+    print()
+    print(f"{'model':<10}{'CC':>7}{'FEVE':>8}{'ceiling':>9}{'SD-KL':>9}{'epochs':>8}{'train s':>9}{'infer fps':>11}")
+    for name, cc, feve, ceil, sdkl, ep, ts, fps in rows:
+        print(f"{name:<10}{cc:>7.3f}{feve:>8.3f}{ceil:>9.3f}{sdkl:>9.2f}{ep:>8d}{ts:>9.0f}{fps:>11.0f}")
+    base = {r[0]: r[2] for r in rows}
+    if "vist" in base:
+        for other in ("ln", "cnn", "pixels"):
+            if other in base:
+                print(f"FEVE vist - {other}: {base['vist'] - base[other]:+.3f}")
+
+    pops = [int(p) for p in args.populations.split(",") if p]
+    if pops:
+        print()
+        print("population size (Vi-ST trained on the first n cells; metrics over those cells)")
+        print(f"{'cells':>6}{'CC':>8}{'FEVE':>8}{'train s':>9}")
+        with open_recording(data) as rec:
+            n_total = rec.n_cells
+        for n in (p for p in pops if p <= n_total):
+            sub = subset_recording(data, work / f"sub{n}.h5", n)
+            t0 = time.perf_counter()
+            run = train_twin(sub, ["mov1"], work / f"pop{n}", spec=MODELS["vist"], config=config, cache=cache)
+            ev = evaluate_twin(run.twin, sub, "mov2", cache=cache).metrics
+            print(f"{n:>6}{ev.mean_cc:>8.3f}{np.nan_to_num(ev.mean_feve):>8.3f}{time.perf_counter() - t0:>9.0f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""`insilico attribute`: the command function (registered by `insilico.cli`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from insilico.console import console, progress
+from insilico.errors import friendly_errors
+
+
+def attribute_command(
+    model: Path = typer.Option(..., "--model", help="Run folder or model.pt of the twin."),
+    data: Path = typer.Option(..., "--data", help="Recording-v1 file with the test movie."),
+    cell: int = typer.Option(None, "--cell", help="One cell id."),
+    cells: str = typer.Option(None, "--cells", help="'all' or comma-separated ids (3,42)."),
+    out: Path = typer.Option(Path("reports"), "--out", help="Folder for cell<ID>.h5/.html (and index.html)."),
+    clips: int = typer.Option(6, "--clips", help="Clips per cell: top-firing clips plus 2 random ones."),
+    method: str = typer.Option("ig", "--method", help="ig, saliency or occlusion."),
+    noise_tunnel: bool = typer.Option(False, "--noise-tunnel/--no-noise-tunnel", help="Smooth with NoiseTunnel."),
+    test: str = typer.Option("mov2", "--test", help="Test segment to take clips from."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+) -> None:
+    """Per-cell attribution reports (Captum): where and when each cell's twin responds."""
+    with friendly_errors():
+        from insilico.attribution.config import AttributionConfig
+        from insilico.attribution.pipeline import attribute_cells
+
+        if (cell is None) == (cells is None):
+            raise ValueError("give exactly one of --cell ID or --cells all|3,42")
+        selection = str(cell) if cell is not None else cells
+        config = AttributionConfig(method=method, n_clips=clips, n_random=min(2, clips - 1) if clips > 1 else 0,
+                                   noise_tunnel=noise_tunnel)
+        from vist_model.twin import Twin
+
+        meta = Twin.load(model, device="cpu").metadata  # cheap: for the banner only
+        console.print(f"backbone: {meta.describe_backbone()}")
+        with progress() as bar:
+            results = attribute_cells(model, data, selection, out, config=config, device=device,
+                                      test_segment=test, progress=bar)
+        for r in results[:10]:
+            console.print(f"cell {r.cell_id}: CC {r.cc:.2f}, map-RF r {r.rf_correlation:.2f}, "
+                          f"completeness gap {r.completeness_gap:.3g}, sanity rho {r.sanity_similarity:.2f}")
+        if len(results) > 10:
+            console.print(f"... and {len(results) - 10} more")
+        pages = [out / f"cell{r.cell_id}.html" for r in results]
+        console.print(f"wrote [bold]{pages[0] if len(pages) == 1 else out / 'index.html'}[/] "
+                      f"and {len(results)} cell report(s) in {out}")

@@ -1,0 +1,249 @@
+"""`attribute_cells`: attribution reports for some or all cells of a twin (what the CLI calls)."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.progress import Progress
+from torch import nn
+
+from insilico.attribution.clips import Clip, random_clips, select_clips
+from insilico.attribution.config import AttributionConfig
+from insilico.attribution.methods import ClipAttribution, attribute_clip
+from insilico.attribution.response import ClipResponse, frozen
+from insilico.attribution.result import CellAttribution
+from insilico.attribution.sanity import randomised_network
+from insilico.attribution.summaries import (
+    effective_rf,
+    map_correlation,
+    rank_similarity,
+    spatial_map,
+    temporal_profile,
+)
+from insilico.errors import InsilicoError
+from stimuli.recording import open_recording
+from vist_model.fit_twin import resolve_device
+from vist_model.metrics import pearson_per_cell
+from vist_model.twin import Twin
+
+
+@dataclass(frozen=True, eq=False)
+class TestMovie:
+    """The test segment as the attribution needs it.
+
+    Attributes:
+        frames: `[T, H, W]` uint8.
+        recorded: `[T, N]` trial-mean counts, columns in the twin's cell order.
+        predicted: `[T, N]` the twin's rates.
+        recorded_rf: `[N, H, W]` recorded receptive fields, twin's cell order.
+        true_filters: `[N, H, W]` simulator spatial filters, or None on real data.
+        linear: `[N]` bool, or None on real data.
+    """
+
+    frames: np.ndarray
+    recorded: np.ndarray
+    predicted: np.ndarray
+    recorded_rf: np.ndarray
+    true_filters: np.ndarray | None
+    linear: np.ndarray | None
+
+    @property
+    def grey(self) -> float:
+        """The movie's mean luminance in [0, 1]: the baseline's uniform grey."""
+        return float(self.frames.mean()) / 255.0
+
+
+def parse_cells(spec: str | Sequence[int], cell_ids: Sequence[int]) -> list[int]:
+    """`"all"`, `"3,42"` or a list of ids -> ids, checked against the twin's cells."""
+    if isinstance(spec, str):
+        if spec.strip().lower() == "all":
+            return list(cell_ids)
+        try:
+            ids = [int(s) for s in spec.split(",") if s.strip()]
+        except ValueError:
+            raise ValueError(f"--cells must be 'all' or comma-separated ids like 3,42, got {spec!r}") from None
+    else:
+        ids = [int(i) for i in spec]
+    if not ids:
+        raise ValueError("name at least one cell (--cell 42, --cells 3,42 or --cells all)")
+    missing = [i for i in ids if i not in set(cell_ids)]
+    if missing:
+        raise InsilicoError(f"the twin has no cells with ids {missing} (ids {min(cell_ids)}..{max(cell_ids)})")
+    return list(dict.fromkeys(ids))
+
+
+def load_test_movie(twin: Twin, data_path: str | Path, segment: str) -> TestMovie:
+    from insilico.simulate import retina_of_recording
+
+    meta = twin.metadata
+    with open_recording(data_path) as rec:
+        if not rec.has_responses:
+            raise InsilicoError(f"{data_path}: a stimulus-only file has no responses to compare with")
+        frames = rec.frames(segment)
+        counts = rec.counts(segment)
+        rec_ids = [int(i) for i in rec.cell_ids]
+        missing = [i for i in meta.cell_ids if i not in set(rec_ids)]
+        if missing:
+            raise InsilicoError(f"{data_path}: the recording lacks the twin's cells {missing[:5]}")
+        order = [rec_ids.index(i) for i in meta.cell_ids]
+        rf = rec.rf
+        attrs = rec.attrs
+    recorded = np.nanmean(counts, axis=0)[:, order]
+    recorded_rf = rf[order] if rf is not None else meta.rf
+    true_filters = linear = None
+    if "sim_seed" in attrs:
+        retina = retina_of_recording(attrs)
+        idx = [retina.index_of(i) for i in meta.cell_ids]
+        true_filters = np.stack([retina.spatial_filter(i) for i in idx])
+        linear = np.array([retina.is_linear(i) for i in idx])
+    return TestMovie(frames, recorded, twin.predict(frames), recorded_rf, true_filters, linear)
+
+
+def attribute_cells(
+    model_path: str | Path,
+    data_path: str | Path,
+    cells: str | Sequence[int],
+    out_dir: str | Path | None,
+    method: str = "ig",
+    n_clips: int = 6,
+    device: str | None = "auto",
+    test_segment: str = "mov2",
+    config: AttributionConfig | None = None,
+    progress: Progress | None = None,
+) -> list[CellAttribution]:
+    """Attribution reports of a twin's cells on a recording's test movie.
+
+    Writes `out_dir/cell<ID>.h5` and `.html` for each cell and, for more than one cell,
+    `out_dir/index.html` (nothing is written when `out_dir` is None). `config` overrides
+    `method` and `n_clips` when given.
+    """
+    config = config or AttributionConfig(method=method, n_clips=n_clips)
+    twin = Twin.load(model_path, device=resolve_device(device))
+    ids = parse_cells(cells, twin.metadata.cell_ids)
+    movie = load_test_movie(twin, data_path, test_segment)
+    results = attribute_twin(twin, movie, ids, config, test_segment=test_segment, progress=progress)
+    if out_dir is not None:
+        from insilico.attribution.html_report import write_cell_page, write_index
+        from insilico.attribution.report_file import write_cell_file
+
+        out = Path(out_dir)
+        for r in results:
+            write_cell_file(r, out / f"cell{r.cell_id}.h5")
+            write_cell_page(r, out / f"cell{r.cell_id}.html")
+        if len(results) > 1:
+            write_index(results, out / "index.html")
+    return results
+
+
+def attribute_twin(twin: Twin, movie: TestMovie, cell_ids: Sequence[int], config: AttributionConfig,
+                   test_segment: str = "mov2", progress: Progress | None = None) -> list[CellAttribution]:
+    """Attributions, summaries and the sanity check for `cell_ids` (no files written)."""
+    meta = twin.metadata
+    index = {cid: meta.cell_index(cid) for cid in cell_ids}
+    n_frames = len(movie.frames)
+    if n_frames < config.window_frames:
+        raise InsilicoError(f"the test segment has {n_frames} frames, fewer than one "
+                            f"{config.window_frames}-frame clip")
+    shared = random_clips(n_frames, config.window_frames, config.n_random, config.seed)
+    clips = {cid: select_clips(movie.recorded[:, index[cid]], config.window_frames, config.response_frames,
+                               config.n_clips - len(shared), shared) for cid in cell_ids}
+    cc = pearson_per_cell(movie.predicted, movie.recorded)
+
+    started = time.perf_counter()
+    attrs = _run(twin.network, twin, movie, clips, index, config, progress, "attribute")
+    sanity: dict[tuple[int, int], ClipAttribution] = {}
+    if config.sanity_clips:
+        subset = {cid: c[:config.sanity_clips] for cid, c in clips.items()}
+        random_net = randomised_network(twin, config.seed)
+        sanity = _run(random_net, twin, movie, subset, index, config,
+                      progress, "sanity check")
+    seconds = (time.perf_counter() - started) / max(1, len(cell_ids))
+
+    method = config.method + ("+nt" if config.noise_tunnel else "")
+    return [_summarise(cid, index[cid], clips[cid], attrs, sanity, movie, cc, config, method,
+                       meta.describe_backbone(), meta.frame_rate, test_segment, seconds)
+            for cid in cell_ids]
+
+
+def _run(network: nn.Module, twin: Twin, movie: TestMovie, clips: dict[int, list[Clip]],
+         index: dict[int, int], config: AttributionConfig, progress: Progress | None,
+         label: str) -> dict[tuple[int, int], ClipAttribution]:
+    """Attributions of every (cell, clip end) pair; clips shared by cells are run once for all."""
+    by_clip: dict[int, list[int]] = defaultdict(list)
+    for cid, cell_clips in clips.items():
+        for clip in cell_clips:
+            by_clip[clip.end].append(cid)
+    window = config.window_frames
+    context = max(0, twin.receptive_field - 1)
+    device = twin.device
+    frames = torch.from_numpy(movie.frames).to(device=device, dtype=torch.float32).div_(255.0)
+    task = progress.add_task(label, total=len(by_clip), status="") if progress is not None else None
+    out: dict[tuple[int, int], ClipAttribution] = {}
+    verified = False
+    with frozen(network):
+        for end, cids in sorted(by_clip.items()):
+            start = end - window
+            history = frames[max(0, start - context):start]
+            forward = ClipResponse(network, twin.backbone, history, config.response_frames)
+            clip = frames[start:end]
+            if not verified:
+                if not forward.verify(clip[None]):
+                    # Not a network whose history can be cached exactly: pay for the full pass.
+                    forward = ClipResponse(network, twin.backbone, history, config.response_frames, stream=False)
+                verified = True
+            result = attribute_clip(forward, clip, [index[c] for c in cids], movie.grey, config)
+            for j, cid in enumerate(cids):
+                out[(cid, end)] = _row(result, j)
+            if progress is not None and task is not None:
+                progress.update(task, advance=1, status=f"{len(cids)} cells")
+    return out
+
+
+def _row(result: ClipAttribution, j: int) -> ClipAttribution:
+    return ClipAttribution(result.attributions[j], result.response[j:j + 1], result.baseline_response[j:j + 1],
+                           result.captum_delta[j:j + 1], result.gap[j:j + 1])
+
+
+def _summarise(cid: int, i: int, clips: list[Clip], attrs: dict[tuple[int, int], ClipAttribution],
+               sanity: dict[tuple[int, int], ClipAttribution], movie: TestMovie, cc: np.ndarray,
+               config: AttributionConfig, method: str, backbone: str, frame_rate: float,
+               test_segment: str, seconds: float) -> CellAttribution:
+    rows = [attrs[(cid, c.end)] for c in clips]
+    a = np.stack([r.attributions for r in rows]).astype(np.float32)
+    response = np.concatenate([r.response for r in rows])
+    base = np.concatenate([r.baseline_response for r in rows])
+    gap = np.concatenate([r.gap for r in rows])
+    spatial = spatial_map(a)
+    erf = effective_rf(spatial)
+    radius = max(2.0, erf.sigma) if np.isfinite(erf.sigma) else 2.0
+    temporal = temporal_profile(a, spatial, radius)
+    drive = np.abs(response - base).sum()
+    completeness = float(np.abs(gap).sum() / drive) if np.isfinite(gap).all() and drive > 0 else float("nan")
+    similarity, random_spatial = float("nan"), None
+    used = [c for c in clips if (cid, c.end) in sanity]
+    if used:
+        trained = spatial_map(np.stack([attrs[(cid, c.end)].attributions for c in used]))
+        random_spatial = spatial_map(np.stack([sanity[(cid, c.end)].attributions for c in used]))
+        similarity = rank_similarity(trained, random_spatial)
+    true = movie.true_filters[i] if movie.true_filters is not None else None
+    sl = [slice(c.start, c.end) for c in clips]
+    return CellAttribution(
+        cell_id=int(cid), index=i, method=method, clips=tuple(clips),
+        frames=np.stack([movie.frames[s] for s in sl]), attributions=a, spatial=spatial.astype(np.float32),
+        temporal=temporal.astype(np.float32), effective_rf=erf, recorded_rf=movie.recorded_rf[i],
+        true_filter=true, is_linear=bool(movie.linear[i]) if movie.linear is not None else None,
+        rf_correlation=map_correlation(spatial, movie.recorded_rf[i]),
+        truth_correlation=map_correlation(spatial, true), cc=float(cc[i]),
+        response=response, baseline_response=base, completeness_gap=completeness,
+        captum_delta=np.concatenate([r.captum_delta for r in rows]),
+        predicted=np.stack([np.clip(movie.predicted[s, i], 0, None) for s in sl]),
+        recorded=np.stack([movie.recorded[s, i] for s in sl]),
+        sanity_similarity=similarity, random_spatial=random_spatial, frame_rate=frame_rate,
+        backbone=backbone, test_segment=test_segment, seconds=seconds,
+    )

@@ -1,0 +1,53 @@
+"""A cell's attribution report as HDF5: `/spatial [H, W]`, `/temporal [L]`, `/attributions
+[clips, L, H, W]` and what they were computed from. Written to a temporary file, then renamed."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from insilico.attribution.result import CellAttribution
+
+FORMAT = "insilico-attribution-v1"
+
+
+def write_cell_file(result: CellAttribution, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.part")
+    with h5py.File(tmp, "w") as f:
+        f.attrs.update({
+            "format": FORMAT, "cell_id": result.cell_id, "method": result.method,
+            "backbone": result.backbone, "test_segment": result.test_segment,
+            "frame_rate": result.frame_rate, "cc": result.cc,
+            "rf_correlation": result.rf_correlation, "truth_correlation": result.truth_correlation,
+            "completeness_gap": result.completeness_gap, "sanity_similarity": result.sanity_similarity,
+            "effective_rf_centre": np.asarray(result.effective_rf.centre), "effective_rf_sigma": result.effective_rf.sigma,
+            "is_linear": -1 if result.is_linear is None else int(result.is_linear),
+        })
+        spatial = f.create_dataset("spatial", data=result.spatial)
+        spatial.attrs["description"] = "attributions summed over time, mean over clips [H, W]"
+        temporal = f.create_dataset("temporal", data=result.temporal)
+        temporal.attrs["description"] = "attributions summed over a disc around the map's peak [L], lag 0 first"
+        attributions = f.create_dataset("attributions", data=result.attributions, compression="gzip")
+        attributions.attrs["description"] = "per-clip attributions [clips, L, H, W], frames in time order"
+        f.create_dataset("frames", data=result.frames, compression="gzip")
+        clips = f.create_group("clips")
+        clips.create_dataset("end", data=np.array([c.end for c in result.clips], dtype=np.int64))
+        clips.create_dataset("kind", data=json.dumps([c.kind for c in result.clips]))
+        clips.create_dataset("response", data=result.response)
+        clips.create_dataset("baseline_response", data=result.baseline_response)
+        clips.create_dataset("captum_delta", data=result.captum_delta)
+        clips.create_dataset("predicted", data=result.predicted)
+        clips.create_dataset("recorded", data=result.recorded)
+        f.create_dataset("recorded_rf", data=result.recorded_rf)
+        if result.true_filter is not None:
+            f.create_dataset("true_filter", data=result.true_filter)
+        if result.random_spatial is not None:
+            f.create_dataset("random_spatial", data=result.random_spatial)
+    os.replace(tmp, path)
+    return path

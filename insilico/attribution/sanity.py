@@ -1,0 +1,20 @@
+"""Adebayo et al. 2018 ("Sanity Checks for Saliency Maps"): the twin with randomised weights.
+
+A map that survives re-initialising every trained weight explains the input, not the model.
+The backbone is left as it is: the twin never trained it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from vist_model.twin import Twin, build_network
+
+
+def randomised_network(twin: Twin, seed: int = 0) -> nn.Module:
+    """A freshly initialised network of the twin's kind and config, on the twin's device."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        network = build_network(twin.metadata)
+    return network.to(twin.device).eval()

@@ -1,0 +1,84 @@
+"""From per-clip attributions `[clips, L, H, W]` to a cell's spatial map, temporal profile and RF."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.stats import pearsonr, spearmanr
+
+
+@dataclass(frozen=True)
+class EffectiveRF:
+    """Attribution-weighted receptive field: centre `(row, col)` and size, in pixels.
+
+    Weights are the squared spatial map, so the peak dominates and small noise far away does not.
+    `sigma` is the weighted root-mean-square distance from the centre.
+    """
+
+    centre: tuple[float, float]
+    sigma: float
+
+
+def spatial_map(attributions: np.ndarray) -> np.ndarray:
+    """`[H, W]`: attributions `[clips, L, H, W]` summed over time, averaged over clips."""
+    a = _check(attributions)
+    return a.sum(axis=1).mean(axis=0)
+
+
+def temporal_profile(attributions: np.ndarray, spatial: np.ndarray, radius: float) -> np.ndarray:
+    """`[L]`, lag 0 (the clip's last frame) first: attributions summed over a disc of `radius`
+    pixels around the spatial map's peak, averaged over clips."""
+    a = _check(attributions)
+    disc = _disc(spatial.shape, peak(spatial), radius)
+    profile = a[:, :, disc].sum(axis=2).mean(axis=0)
+    return profile[::-1].copy()
+
+
+def peak(spatial: np.ndarray) -> tuple[int, int]:
+    """`(row, col)` of the largest |value|."""
+    r, c = np.unravel_index(int(np.argmax(np.abs(spatial))), spatial.shape)
+    return int(r), int(c)
+
+
+def effective_rf(spatial: np.ndarray) -> EffectiveRF:
+    w = np.asarray(spatial, dtype=np.float64) ** 2
+    total = w.sum()
+    if not np.isfinite(total) or total <= 0:
+        return EffectiveRF((float("nan"), float("nan")), float("nan"))
+    rows, cols = np.indices(w.shape)
+    cy, cx = (w * rows).sum() / total, (w * cols).sum() / total
+    sigma = np.sqrt((w * ((rows - cy) ** 2 + (cols - cx) ** 2)).sum() / total)
+    return EffectiveRF((float(cy), float(cx)), float(sigma))
+
+
+def map_correlation(a: np.ndarray, b: np.ndarray | None) -> float:
+    """Pearson r between two maps of the same shape (NaN if either is constant or missing)."""
+    if b is None:
+        return float("nan")
+    a, b = np.ravel(a).astype(np.float64), np.ravel(b).astype(np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"maps differ in size: {a.size} and {b.size} pixels")
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")
+    return float(pearsonr(a, b)[0])
+
+
+def rank_similarity(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation of |a| and |b| (Adebayo et al. 2018's similarity of maps)."""
+    a, b = np.abs(np.ravel(a)), np.abs(np.ravel(b))
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")
+    return float(spearmanr(a, b)[0])
+
+
+def _disc(shape: tuple[int, int], centre: tuple[int, int], radius: float) -> np.ndarray:
+    rows, cols = np.indices(shape)
+    return (rows - centre[0]) ** 2 + (cols - centre[1]) ** 2 <= max(float(radius), 0.0) ** 2
+
+
+def _check(attributions: np.ndarray) -> np.ndarray:
+    a = np.asarray(attributions, dtype=np.float64)
+    if a.ndim != 4:
+        raise ValueError(f"attributions must be [clips, L, H, W], got shape {a.shape}")
+    return a

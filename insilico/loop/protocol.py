@@ -1,0 +1,350 @@
+"""Experiment protocols: TOML files in `protocols/`, checked on load.
+
+Three kinds, told apart by the top-level `kind` key:
+
+- `characterize`: a list of stimuli (white noise, chirp, moving bars, a natural movie) shown
+  through the rig into one session file;
+- `mei_closed_loop`: rounds of design -> present -> record -> fine-tune -> re-evaluate;
+- `finetune`: fine-tune a twin on a session file and re-evaluate it.
+
+Every table takes only the keys documented here: an unknown key (a typo, usually), a missing
+one or a value of the wrong type is a `ProtocolError` naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from insilico.errors import InsilicoError
+
+KINDS = ("characterize", "mei_closed_loop", "finetune")
+FAMILIES = ("white_noise", "chirp", "moving_bars", "natural_movie")
+OBJECTIVES = ("increase", "discriminative")
+CONTROLS = ("natural", "parametric")
+FINETUNE_MODES = ("readout", "full")
+
+
+class ProtocolError(InsilicoError, ValueError):
+    """A protocol file that cannot be run as written."""
+
+
+# --- tables of the TOML files -------------------------------------------------------------------
+@dataclass(frozen=True)
+class Presentation:
+    """How every stimulus of a protocol is shown."""
+
+    repeats: int = 5
+    isi_grey_frames: int = 15  # grey frames after each repeat (the retina settles to grey)
+
+
+@dataclass(frozen=True)
+class CharacterizeStimulus:
+    """One stimulus of a `characterize` protocol; `seconds` is ignored by the chirp (fixed length)."""
+
+    name: str
+    family: str
+    repeats: int
+    seconds: float = 10.0
+    check_px: int = 4  # white noise
+    contrast: float = 1.0  # white noise, moving bars
+    rms_contrast: float = 0.2  # natural movie
+    directions: int = 8  # moving bars
+    bar_width_px: float = 4.0  # moving bars
+    speed_px_per_frame: float = 1.0  # moving bars
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class DesignPlan:
+    """What a closed-loop round designs for each target cell."""
+
+    cells: tuple[int, ...]
+    objectives: tuple[str, ...] = OBJECTIVES
+    controls: tuple[str, ...] = CONTROLS
+    method: str = "gradient"
+    n_frames: int = 60
+    window_frames: int = 3
+    seeds: int = 4
+    steps: int = 12
+    comparison_trials: int = 16
+    natural_top_k: int = 8
+    rms_contrast: float | None = None  # None: the training movies' RMS contrast
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class FinetunePlan:
+    """How the twin learns from new spikes."""
+
+    mode: str = "readout"  # "readout": train only the per-cell readout; "full": every layer
+    epochs: int = 8
+    window: int = 40  # frames per training window (Vi-ST's loss needs >= 40)
+    lr: float = 3e-4
+    warmup_epochs: int = 1
+    batch_size: int = 16
+    include_training_data: bool = True  # also the recording the twin was trained on
+    seed: int = 0
+
+    @property
+    def readout_only(self) -> bool:
+        return self.mode == "readout"
+
+
+@dataclass(frozen=True)
+class EvaluationPlan:
+    """The held-out natural movie the twin is scored on after each fine-tuning."""
+
+    segment: str = "mov2"
+    data: Path | None = None  # None: the twin's own training recording
+
+
+@dataclass(frozen=True)
+class CharacterizeProtocol:
+    path: Path
+    digest: str
+    description: str
+    presentation: Presentation
+    stimuli: tuple[CharacterizeStimulus, ...]
+    kind: str = "characterize"
+
+
+@dataclass(frozen=True)
+class ClosedLoopProtocol:
+    path: Path
+    digest: str
+    description: str
+    rounds: int
+    presentation: Presentation
+    design: DesignPlan
+    finetune: FinetunePlan
+    evaluation: EvaluationPlan
+    kind: str = "mei_closed_loop"
+
+
+@dataclass(frozen=True)
+class FinetuneProtocol:
+    path: Path
+    digest: str
+    description: str
+    session: Path | None  # None: given on the command line (`--data`)
+    segments: tuple[str, ...]  # empty: every segment of the session
+    finetune: FinetunePlan
+    evaluation: EvaluationPlan
+    kind: str = "finetune"
+
+
+Protocol = CharacterizeProtocol | ClosedLoopProtocol | FinetuneProtocol
+
+
+# --- checking ------------------------------------------------------------------------------------
+@dataclass
+class _Table:
+    """A TOML table being read: every key must be consumed, each with the right type."""
+
+    file: Path
+    where: str
+    data: Mapping[str, Any]
+    used: set[str] = field(default_factory=set)
+
+    def _fail(self, key: str, problem: str) -> ProtocolError:
+        at = f"{self.where}.{key}" if self.where else key
+        return ProtocolError(f"{self.file}: {at}: {problem}")
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any = ..., *, check=None,  # noqa: ANN001
+            rule: str = "") -> Any:
+        self.used.add(key)
+        if key not in self.data:
+            if default is ...:
+                raise self._fail(key, "missing (required)")
+            return default
+        value = self.data[key]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        # TOML integers are fine where a float is asked for; booleans are never numbers here.
+        ok = (not isinstance(value, bool) or bool in kinds) and (
+            isinstance(value, kinds) or (float in kinds and isinstance(value, int) and not isinstance(value, bool)))
+        if not ok:
+            names = " or ".join(k.__name__ for k in kinds)
+            raise self._fail(key, f"must be {names}, got {type(value).__name__} {value!r}")
+        if float in kinds and isinstance(value, int) and not isinstance(value, bool) and int not in kinds:
+            value = float(value)
+        if check is not None and not check(value):
+            raise self._fail(key, f"{rule}, got {value!r}")
+        return value
+
+    def table(self, key: str, required: bool = False) -> _Table:
+        self.used.add(key)
+        where = f"{self.where}.{key}" if self.where else key
+        if key not in self.data:
+            if required:
+                raise self._fail(key, "missing table (required)")
+            return _Table(self.file, where, {})
+        value = self.data[key]
+        if not isinstance(value, Mapping):
+            raise self._fail(key, f"must be a table ([{where}]), got {type(value).__name__}")
+        return _Table(self.file, where, value)
+
+    def tables(self, key: str) -> list[_Table]:
+        self.used.add(key)
+        where = f"{self.where}.{key}" if self.where else key
+        value = self.data.get(key)
+        if not isinstance(value, list) or not value or not all(isinstance(v, Mapping) for v in value):
+            raise self._fail(key, f"needs one or more [[{where}]] tables")
+        return [_Table(self.file, f"{where}[{i}]", v) for i, v in enumerate(value)]
+
+    def str_list(self, key: str, allowed: tuple[str, ...], default: tuple[str, ...]) -> tuple[str, ...]:
+        values = self.get(key, list, list(default))
+        if not values or not all(isinstance(v, str) for v in values):
+            raise self._fail(key, f"must be a non-empty list of strings from {', '.join(allowed)}")
+        bad = [v for v in values if v not in allowed]
+        if bad:
+            raise self._fail(key, f"unknown value {bad[0]!r} (choose from {', '.join(allowed)})")
+        if len(set(values)) != len(values):
+            raise self._fail(key, "lists a value twice")
+        return tuple(values)
+
+    def done(self) -> None:
+        unknown = sorted(set(self.data) - self.used)
+        if unknown:
+            raise self._fail(unknown[0], f"unknown key (known here: {', '.join(sorted(self.used))})")
+
+
+def _positive(x: float) -> bool:
+    return x > 0
+
+
+def _non_negative(x: float) -> bool:
+    return x >= 0
+
+
+def _presentation(t: _Table) -> Presentation:
+    p = Presentation(
+        repeats=t.get("repeats", int, Presentation.repeats, check=_positive, rule="must be >= 1"),
+        isi_grey_frames=t.get("isi_grey_frames", int, Presentation.isi_grey_frames, check=_non_negative,
+                              rule="must be >= 0"),
+    )
+    t.done()
+    return p
+
+
+def _stimulus(t: _Table, default_repeats: int) -> CharacterizeStimulus:
+    d = CharacterizeStimulus
+    family = t.get("family", str, check=lambda f: f in FAMILIES, rule=f"must be one of {', '.join(FAMILIES)}")
+    s = CharacterizeStimulus(
+        name=t.get("name", str, family, check=lambda n: n.isidentifier(), rule="must be a plain name (letters, digits, _)"),
+        family=family,
+        repeats=t.get("repeats", int, default_repeats, check=_positive, rule="must be >= 1"),
+        seconds=t.get("seconds", float, d.seconds, check=_positive, rule="must be > 0"),
+        check_px=t.get("check_px", int, d.check_px, check=_positive, rule="must be >= 1"),
+        contrast=t.get("contrast", float, d.contrast, check=lambda c: 0 < c <= 1, rule="must be in (0, 1]"),
+        rms_contrast=t.get("rms_contrast", float, d.rms_contrast, check=lambda c: 0 < c < 0.5,
+                           rule="must be in (0, 0.5)"),
+        directions=t.get("directions", int, d.directions, check=_positive, rule="must be >= 1"),
+        bar_width_px=t.get("bar_width_px", float, d.bar_width_px, check=_positive, rule="must be > 0"),
+        speed_px_per_frame=t.get("speed_px_per_frame", float, d.speed_px_per_frame, check=_positive,
+                                 rule="must be > 0"),
+        seed=t.get("seed", int, d.seed),
+    )
+    t.done()
+    return s
+
+
+def _design(t: _Table) -> DesignPlan:
+    d = DesignPlan
+    cells = t.get("cells", list)
+    if not cells or not all(isinstance(c, int) and not isinstance(c, bool) for c in cells):
+        raise t._fail("cells", f"must be a non-empty list of cell ids (integers), got {cells!r}")
+    if len(set(cells)) != len(cells):
+        raise t._fail("cells", "lists a cell twice")
+    rms = t.get("rms_contrast", float, None, check=lambda c: 0 < c < 0.5, rule="must be in (0, 0.5)")
+    plan = DesignPlan(
+        cells=tuple(cells),
+        objectives=t.str_list("objectives", OBJECTIVES, d.objectives),
+        controls=t.str_list("controls", CONTROLS, d.controls),
+        method=t.get("method", str, d.method, check=lambda m: m in ("gradient", "optuna", "both"),
+                     rule="must be gradient, optuna or both"),
+        n_frames=t.get("n_frames", int, d.n_frames, check=_positive, rule="must be >= 1"),
+        window_frames=t.get("window_frames", int, d.window_frames, check=_positive, rule="must be >= 1"),
+        seeds=t.get("seeds", int, d.seeds, check=_positive, rule="must be >= 1"),
+        steps=t.get("steps", int, d.steps, check=_non_negative, rule="must be >= 0"),
+        comparison_trials=t.get("comparison_trials", int, d.comparison_trials, check=_positive, rule="must be >= 1"),
+        natural_top_k=t.get("natural_top_k", int, d.natural_top_k, check=_positive, rule="must be >= 1"),
+        rms_contrast=rms,
+        device=t.get("device", str, d.device),
+    )
+    if plan.window_frames > plan.n_frames:
+        raise t._fail("window_frames", f"{plan.window_frames} exceeds n_frames {plan.n_frames}")
+    t.done()
+    return plan
+
+
+def _finetune(t: _Table) -> FinetunePlan:
+    d = FinetunePlan
+    plan = FinetunePlan(
+        mode=t.get("mode", str, d.mode, check=lambda m: m in FINETUNE_MODES, rule="must be readout or full"),
+        epochs=t.get("epochs", int, d.epochs, check=_positive, rule="must be >= 1"),
+        window=t.get("window", int, d.window, check=lambda w: w >= 40, rule="must be >= 40 frames (Vi-ST's loss)"),
+        lr=t.get("lr", float, d.lr, check=_positive, rule="must be > 0"),
+        warmup_epochs=t.get("warmup_epochs", int, d.warmup_epochs, check=_non_negative, rule="must be >= 0"),
+        batch_size=t.get("batch_size", int, d.batch_size, check=_positive, rule="must be >= 1"),
+        include_training_data=t.get("include_training_data", bool, d.include_training_data),
+        seed=t.get("seed", int, d.seed),
+    )
+    t.done()
+    return plan
+
+
+def _evaluation(t: _Table) -> EvaluationPlan:
+    data = t.get("data", str, None)
+    plan = EvaluationPlan(segment=t.get("segment", str, EvaluationPlan.segment), data=Path(data) if data else None)
+    t.done()
+    return plan
+
+
+def load_protocol(path: str | Path) -> Protocol:
+    """Read and check a protocol TOML file; raises `ProtocolError` naming the file and key."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such protocol file")
+    raw = path.read_bytes()
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ProtocolError(f"{path}: not valid TOML: {err}") from None
+    digest = hashlib.sha256(raw).hexdigest()[:16]
+    top = _Table(path, "", data)
+    kind = top.get("kind", str, check=lambda k: k in KINDS, rule=f"must be one of {', '.join(KINDS)}")
+    description = top.get("description", str, "")
+    protocol: Protocol
+    if kind == "characterize":
+        presentation = _presentation(top.table("presentation"))
+        stimuli = tuple(_stimulus(t, presentation.repeats) for t in top.tables("stimulus"))
+        names = [s.name for s in stimuli]
+        if len(set(names)) != len(names):
+            raise ProtocolError(f"{path}: stimulus names must be unique, got {names}")
+        protocol = CharacterizeProtocol(path, digest, description, presentation, stimuli)
+    elif kind == "mei_closed_loop":
+        rounds = top.get("rounds", int, check=_positive, rule="must be >= 1")
+        design = _design(top.table("design", required=True))
+        finetune = _finetune(top.table("finetune"))
+        if design.n_frames < finetune.window:
+            raise ProtocolError(f"{path}: design.n_frames ({design.n_frames}) must be >= finetune.window "
+                                f"({finetune.window}): the twin learns from windows of the presented clips")
+        protocol = ClosedLoopProtocol(path, digest, description, rounds, _presentation(top.table("presentation")),
+                                      design, finetune, _evaluation(top.table("evaluation")))
+    else:
+        data_table = top.table("data")
+        session = data_table.get("session", str, None)
+        segments = data_table.get("segments", list, [])
+        if not all(isinstance(s, str) for s in segments):
+            raise data_table._fail("segments", "must be a list of segment names")
+        data_table.done()
+        protocol = FinetuneProtocol(path, digest, description, Path(session) if session else None,
+                                    tuple(segments), _finetune(top.table("finetune")),
+                                    _evaluation(top.table("evaluation")))
+    top.done()
+    return protocol

@@ -1,0 +1,173 @@
+"""Attribution on toy models whose answer is known: a fixed spatial filter times a temporal filter."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from insilico.attribution.clips import Clip, clip_scores, random_clips, select_clips
+from insilico.attribution.config import AttributionConfig
+from insilico.attribution.methods import attribute_clip
+from insilico.attribution.response import ClipResponse, frozen
+from insilico.attribution.summaries import (
+    effective_rf,
+    map_correlation,
+    rank_similarity,
+    spatial_map,
+    temporal_profile,
+)
+
+H = W = 16
+LAGS = 6
+
+
+class SeparableLN(nn.Module):
+    """`frames [B, T, H, W] -> rates [B, T, N]`: softplus(sum_lag k[lag] <s_n, frame[t - lag] - 0.5>)."""
+
+    def __init__(self, spatial: torch.Tensor, temporal: torch.Tensor) -> None:
+        super().__init__()
+        self.spatial = nn.Parameter(spatial.clone())  # [N, H, W]
+        self.temporal = nn.Parameter(temporal.clone())  # [LAGS]
+
+    @property
+    def receptive_field(self) -> int:
+        return len(self.temporal)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        drive = torch.einsum("bthw,nhw->btn", frames - 0.5, self.spatial)  # [B, T, N]
+        padded = torch.nn.functional.pad(drive.transpose(1, 2), (len(self.temporal) - 1, 0))
+        kernel = self.temporal.flip(0).view(1, 1, -1).expand(drive.shape[2], 1, -1)
+        filtered = torch.nn.functional.conv1d(padded, kernel, groups=drive.shape[2])
+        return torch.nn.functional.softplus(4.0 * filtered.transpose(1, 2))
+
+
+def gaussian(cy: float, cx: float, sigma: float, sign: float = 1.0) -> torch.Tensor:
+    y, x = torch.meshgrid(torch.arange(H, dtype=torch.float32), torch.arange(W, dtype=torch.float32), indexing="ij")
+    g = torch.exp(-((y - cy) ** 2 + (x - cx) ** 2) / (2 * sigma**2))
+    return sign * g / g.norm()
+
+
+@pytest.fixture()
+def toy() -> SeparableLN:
+    spatial = torch.stack([gaussian(5, 6, 1.5), gaussian(10, 11, 2.0, -1.0)])
+    temporal = torch.tensor([0.2, 0.6, 1.0, 0.3, -0.3, -0.2])
+    return SeparableLN(spatial, temporal)
+
+
+def flicker_clip(length: int, seed: int) -> torch.Tensor:
+    """Full-field flicker plus a little pixel noise: `[L, H, W]` in [0, 1]."""
+    g = torch.Generator().manual_seed(seed)
+    field = 0.5 + 0.3 * (torch.rand(length, 1, 1, generator=g) - 0.5) * 2
+    return (field + 0.002 * torch.randn(length, H, W, generator=g)).clamp(0, 1)
+
+
+def noise_clip(length: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(length, H, W, generator=g) > 0.5).float() * 0.6 + 0.2
+
+
+def attribute_toy(model: nn.Module, clips: list[torch.Tensor], targets: list[int], method: str,
+                  history: int = LAGS) -> np.ndarray:
+    """`[len(targets), clips, L, H, W]` attributions."""
+    config = AttributionConfig(method=method, window_frames=clips[0].shape[0], response_frames=2, ig_steps=32,
+                               occlusion_frames=2, occlusion_pixels=2)
+    out = []
+    with frozen(model):
+        for clip in clips:
+            forward = ClipResponse(model, None, torch.full((history, H, W), 0.5), config.response_frames)
+            out.append(attribute_clip(forward, clip, targets, 0.5, config).attributions)
+    return np.stack(out, axis=1)
+
+
+@pytest.mark.parametrize("method, make_clip", [("ig", flicker_clip), ("saliency", noise_clip)])
+def test_spatial_map_recovers_the_known_filter(toy: SeparableLN, method: str, make_clip) -> None:
+    # Saliency is k[lag] s[p] times a gain, on any stimulus. IG is (x - grey) times the path's
+    # gradient, so its map is the filter only where the contrast is uniform in space: full-field
+    # flicker. Each clip's map is checked (clips may drive a cell up or down).
+    clips = [make_clip(12, seed) for seed in range(3)]
+    a = attribute_toy(toy, clips, [0, 1], method)
+    for cell in (0, 1):
+        for k in range(len(clips)):
+            r = map_correlation(spatial_map(a[cell, k:k + 1]), toy.spatial[cell].detach().numpy())
+            assert abs(r) > 0.97, f"{method} cell {cell} clip {k}: r = {r:.3f}"
+
+
+def test_occlusion_map_peaks_on_the_filter(toy: SeparableLN) -> None:
+    a = attribute_toy(toy, [flicker_clip(12, 0)], [0, 1], "occlusion")
+    for cell in (0, 1):
+        erf = effective_rf(spatial_map(a[cell]))
+        truth = effective_rf(toy.spatial[cell].detach().numpy())
+        assert np.hypot(erf.centre[0] - truth.centre[0], erf.centre[1] - truth.centre[1]) < 1.5
+
+
+def test_temporal_profile_follows_the_temporal_filter(toy: SeparableLN) -> None:
+    a = attribute_toy(toy, [noise_clip(12, s) for s in range(3)], [0], "saliency")[0]
+    spatial = spatial_map(a)
+    profile = temporal_profile(a, spatial, radius=3)
+    # Response summed over the last 2 frames: lag l gets k[l] + k[l - 1].
+    k = toy.temporal.detach().numpy()
+    expected = np.convolve(k, [1.0, 1.0])[:LAGS]
+    r = np.corrcoef(profile[:LAGS], expected)[0, 1]
+    assert abs(r) > 0.95
+    assert np.allclose(profile[LAGS + 1:], 0, atol=1e-6 * np.abs(profile).max())  # beyond the filter: nothing
+
+
+def test_integrated_gradients_are_complete(toy: SeparableLN) -> None:
+    config = AttributionConfig(method="ig", window_frames=12, response_frames=2, ig_steps=32)
+    with frozen(toy):
+        forward = ClipResponse(toy, None, torch.full((LAGS, H, W), 0.5), 2)
+        result = attribute_clip(forward, noise_clip(12, 1), [0, 1], 0.5, config)
+    drive = np.abs(result.response - result.baseline_response)
+    assert (drive > 1e-3).all()
+    assert (np.abs(result.gap) < 0.02 * drive).all()
+    assert np.allclose(result.gap, -result.captum_delta, atol=1e-3 * drive.max()) or \
+        np.allclose(result.gap, result.captum_delta, atol=1e-3 * drive.max())
+
+
+def test_sanity_check_tells_trained_from_randomised(toy: SeparableLN) -> None:
+    torch.manual_seed(3)
+    randomised = SeparableLN(torch.randn_like(toy.spatial) * 0.1, torch.randn_like(toy.temporal))
+    clips = [noise_clip(12, s) for s in range(2)]
+    trained = attribute_toy(toy, clips, [0, 1], "saliency")
+    again = attribute_toy(toy, clips, [0, 1], "saliency")
+    random = attribute_toy(randomised, clips, [0, 1], "saliency")
+    for cell in (0, 1):
+        same = rank_similarity(spatial_map(trained[cell]), spatial_map(again[cell]))
+        different = rank_similarity(spatial_map(trained[cell]), spatial_map(random[cell]))
+        assert same > 0.99
+        assert different < 0.5
+
+
+def test_effective_rf_of_a_gaussian() -> None:
+    erf = effective_rf(gaussian(4.0, 9.0, 2.0).numpy())
+    assert erf.centre == pytest.approx((4.0, 9.0), abs=0.05)
+    # Squared Gaussian has sigma / sqrt(2) per axis; RMS radius over two axes = sigma.
+    assert erf.sigma == pytest.approx(2.0, rel=0.05)
+
+
+def test_clip_selection_picks_the_peaks() -> None:
+    response = np.zeros(100)
+    response[[30, 70, 71]] = [5.0, 3.0, 3.0]
+    scores = clip_scores(response, window=10, response_frames=2)
+    assert np.isnan(scores[:10]).all() and scores[72] == 6.0
+    shared = random_clips(100, 10, 2, seed=0)
+    clips = select_clips(response, 10, 2, 2, shared)
+    assert [c.kind for c in clips] == ["top", "top", "random", "random"]
+    assert {clips[0].end, clips[1].end} == {72, 31}
+    assert all(c.start >= 0 and c.end <= 100 for c in clips)
+    assert random_clips(100, 10, 2, seed=0) == shared
+
+
+def test_bad_config_is_refused() -> None:
+    with pytest.raises(ValueError, match="--method"):
+        AttributionConfig(method="gradcam")
+    with pytest.raises(ValueError, match="response_frames"):
+        AttributionConfig(window_frames=4, response_frames=5)
+    with pytest.raises(ValueError, match="fewer than"):
+        select_clips(np.zeros(5), 10, 2, 1, [])
+
+
+def test_clip_type() -> None:
+    assert Clip(end=30, window=10, kind="top").start == 20

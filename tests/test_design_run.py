@@ -1,0 +1,109 @@
+"""`insilico optimize` / `insilico verify` end to end on the tiny twin: files, CLI, truth."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from insilico.design.cli import optimize_command, verify_command
+from insilico.design.postprocess import clip_stats
+from insilico.design.run import optimize_cells, verify_design
+from stimuli.recording import open_recording
+from vist_model.twin import Twin
+
+CELL = 3  # an id of the tiny recording (12 cells)
+
+# One full design (gradient, Optuna, natural clip) through the twin: over 20 s on 2 busy cores.
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def app() -> typer.Typer:
+    app = typer.Typer()
+    app.command("optimize")(optimize_command)
+    app.command("verify")(verify_command)
+    return app
+
+
+@pytest.fixture(scope="module")
+def designs(app: typer.Typer, tiny_twin_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("designs")
+    result = CliRunner().invoke(app, [
+        "optimize", "--model", str(tiny_twin_dir), "--cell", str(CELL), "--out", str(out), "--method", "both",
+        "--frames", "6", "--window", "2", "--seeds", "2", "--steps", "1", "--trials", "2", "--device", "cpu",
+    ])
+    assert result.exit_code == 0, result.output
+    assert "backbone: tiny" in result.output
+    assert f"cell {CELL}:" in result.output
+    return out
+
+
+def test_design_files_are_valid_stimulus_recordings(designs: Path) -> None:
+    for name in (f"cell{CELL}.h5", f"cell{CELL}_natural.h5", f"cell{CELL}_parametric.h5"):
+        with open_recording(designs / name) as rec:
+            assert not rec.has_responses
+            assert rec.shape[0] == 6
+            frames, attrs = rec.frames(), rec.attrs
+        assert attrs["cell_id"] == CELL
+        assert json.loads(attrs["window"]) == [4, 6]
+        mean, rms = clip_stats(frames)
+        budget = float(attrs["rms_contrast"])
+        # Quantising to grey levels moves the budget by well under a grey level; a parametric
+        # stimulus may sit below it (a small spot cannot reach it: the budget is a ceiling).
+        assert abs(mean - 0.5) < 2e-3 and rms < budget + 2e-3
+        if "parametric" not in name:
+            assert abs(rms - budget) < 2e-3
+    with open_recording(designs / f"cell{CELL}.h5") as rec:
+        attrs = rec.attrs
+    assert attrs["method"] == "gradient" and "increase" in attrs["objective"] and "seed" in attrs
+
+
+def test_summary_and_previews(designs: Path) -> None:
+    summary = json.loads((designs / f"cell{CELL}.json").read_text())
+    assert set(summary["predicted_response"]) == {"design", "natural", "parametric"}
+    assert summary["seconds"] > 0 and summary["seed"] in (0, 1)
+    assert summary["settings"]["n_frames"] == 6
+    assert summary["budget"]["source"].startswith("training movies")
+    assert summary["parametric"]["trials"] == 3  # 2 TPE + 1 CMA-ES
+    assert (designs / f"cell{CELL}.png").stat().st_size > 1000
+    assert (designs / f"cell{CELL}.gif").read_bytes()[:3] == b"GIF"
+    assert (designs / "optuna.journal").is_file()
+
+
+def test_verify_reports_true_responses(app: typer.Typer, designs: Path, tiny_recording: Path) -> None:
+    v = verify_design(designs / f"cell{CELL}.h5", data=tiny_recording)
+    assert v.cell_id == CELL and v.window == (4, 6)
+    assert v.design > 0 and v.natural is not None and v.parametric is not None
+    if v.linear:
+        assert v.optimum is not None and v.optimum > 0
+    # --sim SEED rebuilds the same retina from the seed and the design's attributes.
+    with open_recording(tiny_recording) as rec:
+        seed = int(rec.attrs["sim_seed"])
+    assert verify_design(designs / f"cell{CELL}.h5", sim_seed=seed).design == pytest.approx(v.design)
+    result = CliRunner().invoke(app, ["verify", "--design", str(designs / f"cell{CELL}.h5"),
+                                      "--data", str(tiny_recording), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["true_response"]["design"] == pytest.approx(v.design)
+
+
+def test_missing_training_data_needs_an_explicit_budget(tiny_twin_dir: Path, tmp_path: Path) -> None:
+    twin = Twin.load(tiny_twin_dir)
+    twin.metadata = replace(twin.metadata, training={**twin.metadata.training, "data": str(tmp_path / "gone.h5")})
+    with pytest.raises(Exception, match="--rms-contrast"):
+        optimize_cells(twin, [CELL], tmp_path / "d", n_frames=6, seeds=1)
+
+
+def test_cli_refuses_bad_input_clearly(app: typer.Typer, tiny_twin_dir: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    result = runner.invoke(app, ["optimize", "--model", str(tiny_twin_dir), "--cell", "999", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "no cell with id 999" in result.output
+    result = runner.invoke(app, ["optimize", "--model", str(tiny_twin_dir), "--cell", str(CELL), "--out",
+                                 str(tmp_path), "--method", "magic"])
+    assert result.exit_code == 2 and "--method" in result.output
+    assert not np.any([p.suffix == ".h5" for p in tmp_path.iterdir()])
