@@ -13,6 +13,7 @@ import typer
 
 from insilico.console import console
 from insilico.errors import friendly_errors
+from insilico.attribution.cli import attribute_command
 from insilico.design.cli import optimize_command, verify_command
 from rig_bridge.cli import rig_app
 
@@ -24,8 +25,6 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(rig_app, name="rig", help="The rig bridge: serve a rig, make keys, present stimuli.")
-app.command("optimize")(optimize_command)
-app.command("verify")(verify_command)
 
 
 @app.command()
@@ -161,6 +160,12 @@ def _names(text: str) -> list[str]:
 
 def _run_dir(model: Path) -> Path:
     return model if model.is_dir() else model.parent
+
+
+# Commands that live beside their library code, listed after the data and twin commands.
+app.command("optimize")(optimize_command)
+app.command("verify")(verify_command)
+app.command("attribute")(attribute_command)
 
 
 def main() -> None:

@@ -51,7 +51,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 TINY_SEED = 0
 
 
-class BackboneUnavailableError(RuntimeError):
+class BackboneUnavailableError(FileNotFoundError):
     """The requested backbone's weights are not on this machine."""
 
 

@@ -1,0 +1,80 @@
+"""Closed loop on the simulated retina: wall time of each stage of a round, and the loop's figures.
+
+Runs the demo pipeline (simulate -> train -> design for the targets -> present to a simulated
+rig server in a subprocess -> fine-tune -> evaluate) with `--targets` target cells (42 and
+the cells the twin predicts best) over `--rounds` rounds, then prints, per round:
+
+- seconds per stage (design, predict, present, fine-tune, evaluate);
+- the twin's error predicting the measured response to its own designs;
+- the measured response of the targets to the designs and to the controls (best natural
+  clip, best parametric stimulus, same contrast budget);
+- the held-out accuracy (mean CC on the repeated test movie) after fine-tuning.
+
+    python benchmarks/closed_loop.py                          # 10 targets, 3 rounds, CPU
+    python benchmarks/closed_loop.py --targets 3 --rounds 2 --steps 2 --work /tmp/cl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from insilico.loop.demo import DemoConfig, run_demo  # noqa: E402
+from insilico.loop.report import load_rounds  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--work", type=Path, default=Path("/tmp/insilico_closed_loop"))
+    p.add_argument("--targets", type=int, default=10, help="target cells (42 plus the best predicted)")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--cells", type=int, default=20, help="cells of the simulated retina")
+    p.add_argument("--size", type=int, default=32)
+    p.add_argument("--train-seconds", type=float, default=60.0)
+    p.add_argument("--epochs", type=int, default=4, help="training epochs of the twin")
+    p.add_argument("--objectives", default="increase,discriminative")
+    p.add_argument("--frames", type=int, default=45)
+    p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--trials", type=int, default=4, help="parametric comparison trials")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--finetune", choices=("readout", "full"), default="readout")
+    p.add_argument("--finetune-epochs", type=int, default=2)
+    a = p.parse_args()
+    config = DemoConfig(
+        n_cells=a.cells, size=a.size, train_seconds=a.train_seconds, train_epochs=a.epochs, extra_cells=a.targets - 1,
+        objectives=tuple(a.objectives.split(",")), rounds=a.rounds, n_frames=a.frames, seeds=a.seeds,
+        steps=a.steps, comparison_trials=a.trials, repeats=a.repeats, finetune_mode=a.finetune,
+        finetune_epochs=a.finetune_epochs,
+    )
+    outcome = run_demo(a.work, config, live=False)
+    timings = json.loads((a.work / "timings.json").read_text())
+    rounds = load_rounds(outcome.out)
+    state = json.loads((outcome.out / "state.json").read_text())
+    baseline = state["steps"]["0"]["baseline"]["cc_mean"]
+    n_targets = len({r["cell"] for r in rounds[0]["rows"]}) if rounds else 0
+
+    print("\nset-up (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
+    print(f"\nstage wall time per round (s), {n_targets} target cells x {len(config.objectives)} objectives, CPU")
+    stages = ("design", "predict", "present", "finetune", "evaluate")
+    print("round " + " ".join(f"{s:>9}" for s in stages) + "     total")
+    for r in rounds:
+        sec = r["seconds"]
+        print(f"{r['round']:>5} " + " ".join(f"{sec[s]:9.1f}" for s in stages) + f" {sum(sec.values()):9.1f}")
+
+    print(f"\nthe loop's figures (starting twin: held-out CC {baseline:.3f})")
+    print("round  design error  rel.   measured: design  natural  parametric   held-out CC")
+    for r in rounds:
+        m = r["measured_by_role"]
+        print(f"{r['round']:>5}  {r['design_error']['mae']:12.3f}  {r['design_error']['relative']:4.2f}   "
+              f"{m.get('design', float('nan')):16.3f}  {m.get('natural', float('nan')):7.3f}  "
+              f"{m.get('parametric', float('nan')):10.3f}   {r['heldout']['cc_mean']:11.3f}")
+    print(f"\nreport: {outcome.report}")
+
+
+if __name__ == "__main__":
+    main()

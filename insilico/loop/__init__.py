@@ -1,0 +1,1 @@
+"""Closing the loop: protocols, the resumable runner, reports and `insilico demo`."""

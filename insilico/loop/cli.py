@@ -1,0 +1,56 @@
+"""`insilico run` and `insilico demo`: thin Typer commands over `insilico.loop`.
+
+Registered by `insilico/cli.py` as `app.command("run")(run_command)` and
+`app.command("demo")(demo_command)`. Heavy imports (torch) happen inside.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from insilico.console import console
+from insilico.errors import friendly_errors
+
+
+def run_command(
+    protocol: Path = typer.Argument(..., help="Protocol TOML (protocols/characterize.toml, mei_closed_loop.toml, finetune.toml)."),
+    model: Path = typer.Option(None, "--model", help="The twin's run folder (closed loop, fine-tuning)."),
+    rig: str = typer.Option(None, "--rig", help="Rig server address, tcp://HOST:PORT (closed loop, characterize)."),
+    out: Path = typer.Option(Path("exp"), "--out", help="Experiment folder; the same command resumes it."),
+    keys: Path = typer.Option(None, "--keys", help="CurveZMQ key folder (client.key_secret, server.key)."),
+    insecure: bool = typer.Option(False, "--insecure", help="Plain TCP without CurveZMQ (loopback only)."),
+    timeout: float = typer.Option(30.0, "--timeout", help="Seconds of rig silence before giving up."),
+    data: Path = typer.Option(None, "--data", help="finetune: the session file to learn from."),
+    live: bool = typer.Option(True, "--live/--no-live", help="Rich live view (off: one line per step)."),
+) -> None:
+    """Run a protocol against a rig, or resume it where it stopped."""
+    with friendly_errors():
+        from insilico.loop.runner import run_protocol
+
+        if rig is not None and keys is None and not insecure:
+            raise ValueError("give --keys DIR (CurveZMQ) or --insecure (plain TCP, loopback only)")
+        try:
+            outcome = run_protocol(protocol, model, rig, out, keys=keys, insecure=insecure, timeout_s=timeout,
+                                   data=data, live=live)
+        except KeyboardInterrupt:
+            raise typer.Exit(code=130) from None  # the runner said how to resume
+        console.print(f"{outcome.kind}: finished in {outcome.seconds:.0f} s; results in [bold]{outcome.out}[/]")
+        if outcome.report is not None:
+            console.print(f"report: [bold]{outcome.report}[/]")
+
+
+def demo_command(
+    out: Path = typer.Option(Path("demo"), "--out", help="Folder for the demo's data, twin, experiment and report."),
+    live: bool = typer.Option(True, "--live/--no-live", help="Rich live view (off: one line per step)."),
+) -> None:
+    """The closed loop on built-in data: simulate, train, design, present to a simulated rig, report."""
+    with friendly_errors():
+        from insilico.loop.demo import run_demo
+
+        try:
+            run_demo(out, live=live)
+        except KeyboardInterrupt:
+            console.print(f"[yellow]interrupted[/]: run `insilico demo --out {out}` again to continue")
+            raise typer.Exit(code=130) from None

@@ -1,0 +1,193 @@
+"""`insilico demo`: the whole closed loop on built-in data, on one machine, no GPU.
+
+Simulate a small retina recording -> train a twin (cpu preset, tiny backbone) -> pick target
+cells (42 and the two the twin predicts best) -> start a simulated rig server (a subprocess,
+the same retina as the recording) -> two closed-loop rounds through the bridge -> report.
+
+Every stage is resumable: run the same command again after an interruption.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from insilico.console import console, progress
+from insilico.loop.runner import RunOutcome, run_protocol
+from insilico.loop.state import write_json_atomic
+from rig_bridge.transport import free_port
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Sizes of the demo, chosen to finish in minutes on 2 CPU cores."""
+
+    n_cells: int = 20
+    size: int = 32
+    seed: int = 0
+    train_seconds: float = 45.0
+    test_seconds: float = 10.0
+    noise_seconds: float = 30.0
+    train_epochs: int = 3
+    cells: tuple[int, ...] = (42,)  # always designed for; plus `extra_cells` the twin predicts best
+    extra_cells: int = 1
+    objectives: tuple[str, ...] = ("increase", "discriminative")
+    rounds: int = 2
+    n_frames: int = 45
+    seeds: int = 1
+    steps: int = 4
+    comparison_trials: int = 4
+    natural_top_k: int = 4
+    repeats: int = 5
+    finetune_mode: str = "readout"
+    finetune_epochs: int = 2
+    timings: dict[str, float] = field(default_factory=dict, compare=False)
+
+
+PROTOCOL_TEMPLATE = """\
+# Written by `insilico demo`: the closed loop on the simulated retina (see protocols/mei_closed_loop.toml).
+kind = "mei_closed_loop"
+description = "insilico demo: {rounds} rounds on the simulated retina"
+rounds = {rounds}
+
+[design]
+cells = {cells}
+objectives = {objectives}
+controls = ["natural", "parametric"]
+method = "gradient"
+n_frames = {n_frames}
+window_frames = 3
+seeds = {seeds}
+steps = {steps}
+comparison_trials = {comparison_trials}
+natural_top_k = {natural_top_k}
+device = "cpu"
+
+[presentation]
+repeats = {repeats}
+isi_grey_frames = 30
+
+[finetune]
+mode = "{finetune_mode}"
+epochs = {finetune_epochs}
+window = 40
+lr = 1e-3
+warmup_epochs = 0
+include_training_data = true
+
+[evaluation]
+segment = "mov2"
+"""
+
+
+@contextmanager
+def sim_rig(out: Path, seed: int, n_cells: int, size: int) -> Iterator[str]:
+    """A simulated rig server (subprocess) of the same retina as the recording; yields its address."""
+    port = free_port()
+    log = out / "rig.log"
+    cmd = [sys.executable, "-m", "rig_bridge.cli", "serve", "--backend", "sim", "--insecure", "--port", str(port),
+           "--sim-seed", str(seed), "--sim-cells", str(n_cells), "--sim-size", str(size), "--store",
+           str(out / "rig_store")]
+    with open(log, "ab") as sink:
+        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        yield f"tcp://127.0.0.1:{port}"
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+
+
+def _stage(timings: dict[str, float], name: str, t0: float) -> None:
+    timings[name] = round(time.perf_counter() - t0, 1)
+    console.print(f"[green]✓[/] {name}: {timings[name]:.1f} s")
+
+
+def pick_cells(cc: np.ndarray, cell_ids: tuple[int, ...], fixed: tuple[int, ...], extra: int) -> list[int]:
+    """`fixed` cells plus the `extra` others the twin predicts best on the held-out movie."""
+    order = [cell_ids[i] for i in np.argsort(-np.nan_to_num(np.asarray(cc), nan=-2.0))]
+    picked = [c for c in fixed if c in cell_ids]
+    picked += [c for c in order if c not in picked][:extra]
+    return picked
+
+
+def run_demo(out_dir: str | Path = "demo", config: DemoConfig | None = None, *, live: bool = True) -> RunOutcome:
+    """Run the demo into `out_dir`; returns the closed-loop outcome (its report path)."""
+    from insilico.simulate import SimulationConfig, simulate_recording
+    from vist_model.evaluate import evaluate_twin
+    from vist_model.features import FeatureCache
+    from vist_model.fit_twin import TwinSpec, train_twin
+    from vist_model.train import TrainConfig
+    from vist_model.twin import Twin
+
+    c = config or DemoConfig()
+    out = Path(out_dir).resolve()  # the twin records its training data's path: keep it valid from anywhere
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    cache = FeatureCache(out / "features")
+    started = time.perf_counter()
+
+    data = out / "data" / "sim.h5"
+    t0 = time.perf_counter()
+    if not data.is_file():
+        simulate_recording(data, SimulationConfig(
+            n_cells=c.n_cells, size=c.size, seed=c.seed, train_seconds=c.train_seconds,
+            test_seconds=c.test_seconds, noise_seconds=c.noise_seconds))
+    _stage(timings, "simulate the retina recording", t0)
+
+    model = out / "twin"
+    t0 = time.perf_counter()
+    if not (model / "model.pt").is_file():
+        with progress() as bar:
+            train_twin(data, ["mov1"], model, spec=TwinSpec(kind="vist", preset="cpu", backbone="tiny"),
+                       config=TrainConfig(epochs=c.train_epochs, warmup_epochs=1), device="cpu", cache=cache,
+                       progress=bar)
+    _stage(timings, "train the twin", t0)
+
+    t0 = time.perf_counter()
+    twin = Twin.load(model, device="cpu")
+    cc = evaluate_twin(twin, data, "mov2", cache=cache).metrics.cc
+    cells = pick_cells(cc, twin.metadata.cell_ids, c.cells, c.extra_cells)
+    protocol = out / "demo_protocol.toml"
+    text = PROTOCOL_TEMPLATE.format(
+        rounds=c.rounds, cells=list(cells), objectives=list(c.objectives).__repr__().replace("'", '"'),
+        n_frames=c.n_frames, seeds=c.seeds, steps=c.steps, comparison_trials=c.comparison_trials,
+        natural_top_k=c.natural_top_k, repeats=c.repeats, finetune_mode=c.finetune_mode,
+        finetune_epochs=c.finetune_epochs)
+    if not protocol.is_file() or protocol.read_text() != text:
+        if (out / "exp" / "state.json").is_file():
+            console.print(f"[yellow]note[/]: {protocol} changed; the closed loop in {out / 'exp'} starts over")
+            _clear_loop(out / "exp")
+        protocol.write_text(text)
+    console.print(f"target cells: {', '.join(map(str, cells))} (held-out CC "
+                  + ", ".join(f"{cc[twin.metadata.cell_index(x)]:.2f}" for x in cells) + ")")
+    _stage(timings, "pick target cells", t0)
+
+    t0 = time.perf_counter()
+    with sim_rig(out, c.seed, c.n_cells, c.size) as address:
+        console.print(f"simulated rig serving on {address} (log: {out / 'rig.log'})")
+        outcome = run_protocol(protocol, model, address, out / "exp", insecure=True, timeout_s=60.0, live=live,
+                               feature_cache=out / "features")
+    _stage(timings, f"closed loop ({c.rounds} rounds)", t0)
+    timings["total"] = round(time.perf_counter() - started, 1)
+    write_json_atomic(out / "timings.json", timings)
+    console.print(f"\n[bold]report:[/] {outcome.report}")
+    return outcome
+
+
+def _clear_loop(exp: Path) -> None:
+    """Move an outdated closed-loop folder aside (never delete an experiment)."""
+    exp.rename(exp.with_name(f"exp.old-{time.strftime('%Y%m%d-%H%M%S')}"))

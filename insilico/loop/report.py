@@ -1,0 +1,193 @@
+"""`OUT/report.html`: one self-contained page (PNGs inlined) about a closed-loop run.
+
+Top: per round, the twin's error predicting the measured response to its own designs, the
+measured response of the targets to designs and controls, and the held-out accuracy. Then per
+round: predicted against measured response traces of each target to each design, and measured
+design responses next to the controls, cell by cell.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+ROLE_COLOURS = {"design": "#d62728", "natural": "#1f77b4", "parametric": "#2ca02c"}
+
+
+def _png(fig: plt.Figure) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _img(b64: str, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">'
+
+
+def _num(x: float | None, digits: int = 3) -> str:
+    return "–" if x is None or not np.isfinite(x) else f"{x:.{digits}f}"
+
+
+def load_rounds(out: Path) -> list[dict[str, Any]]:
+    """Round summaries of a run folder, in round order."""
+    rounds = []
+    for d in sorted(out.glob("round_*"), key=lambda p: int(p.name.split("_")[1])):
+        path = d / "summary.json"
+        if path.is_file():
+            summary = json.loads(path.read_text())
+            traces = d / "traces.npz"
+            if traces.is_file():
+                with np.load(traces) as z:
+                    summary["traces"] = {k: z[k] for k in z.files}
+            rounds.append(summary)
+    return rounds
+
+
+def overview_figure(rounds: list[dict[str, Any]], baseline_cc: float | None) -> str:
+    ks = [r["round"] for r in rounds]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    axes[0].plot(ks, [r["design_error"]["mae"] for r in rounds], "o-", color="k")
+    axes[0].set_title("twin's error on its own designs")
+    axes[0].set_ylabel("|predicted − measured| (spikes/bin)")
+    for role, colour in ROLE_COLOURS.items():
+        values = [r["measured_by_role"].get(role) for r in rounds]
+        if any(v is not None for v in values):
+            axes[1].plot(ks, [np.nan if v is None else v for v in values], "o-", color=colour, label=role)
+    axes[1].set_title("measured response of the targets")
+    axes[1].set_ylabel("mean rate over window (spikes/bin)")
+    axes[1].legend(fontsize=8)
+    cc = [r["heldout"]["cc_mean"] for r in rounds]
+    axes[2].plot(ks, cc, "o-", color="purple", label="after fine-tuning")
+    if baseline_cc is not None:
+        axes[2].axhline(baseline_cc, color="grey", ls="--", label="starting twin")
+    axes[2].set_title("held-out accuracy")
+    axes[2].set_ylabel("mean CC")
+    axes[2].legend(fontsize=8)
+    for ax in axes:
+        ax.set_xlabel("round")
+        ax.set_xticks(ks)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def traces_figure(summary: dict[str, Any], frame_rate: float | None = None) -> str | None:
+    """Predicted against measured response of each target to each of its designs."""
+    rows = [(n, r) for n, r in enumerate(summary["rows"]) if r["role"] == "design"]
+    traces = summary.get("traces", {})
+    if not rows or not traces:
+        return None
+    cols = min(4, len(rows))
+    nrows = int(np.ceil(len(rows) / cols))
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.2 * cols, 2.4 * nrows), squeeze=False)
+    for ax in axes.flat[len(rows):]:
+        ax.axis("off")
+    for ax, (n, r) in zip(axes.flat, rows, strict=False):
+        pred, meas = traces[f"pred_{n}"], traces[f"meas_{n}"]
+        t = np.arange(len(pred))
+        ax.plot(t, meas, color="k", lw=1, label="measured (trial mean)")
+        ax.plot(t, pred, color=ROLE_COLOURS["design"], lw=1.2, label="predicted")
+        a, b = r["window"]
+        ax.axvspan(a - 0.5, b - 0.5, color="gold", alpha=0.3, lw=0)
+        ax.set_title(f"cell {r['cell']} · {r['objective']}", fontsize=9)
+        ax.set_xlabel("frame")
+    axes.flat[0].set_ylabel("spikes / bin")
+    axes.flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def controls_figure(summary: dict[str, Any]) -> str | None:
+    """Measured (solid) and predicted (hatched) window response: design vs controls, per target."""
+    items = sorted({(r["cell"], r["objective"]) for r in summary["rows"]})
+    if not items:
+        return None
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(items)), 3.2))
+    width = 0.13
+    for j, (role, colour) in enumerate(ROLE_COLOURS.items()):
+        for n, key in enumerate(items):
+            match = [r for r in summary["rows"] if (r["cell"], r["objective"]) == key and r["role"] == role]
+            if not match:
+                continue
+            x = n + (j - 1) * 2 * width
+            ax.bar(x - width / 2, match[0]["measured"] or 0.0, width, color=colour,
+                   label=f"{role} measured" if n == 0 else None)
+            ax.bar(x + width / 2, match[0]["predicted"], width, color="white", edgecolor=colour, hatch="//",
+                   label=f"{role} predicted" if n == 0 else None)
+    ax.set_xticks(range(len(items)), [f"cell {c}\n{o}" for c, o in items], fontsize=8)
+    ax.set_ylabel("mean rate over window (spikes/bin)")
+    ax.legend(fontsize=7, ncol=3)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _table(header: list[str], body: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    rows = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in body)
+    return f"<table><tr>{head}</tr>{rows}</table>"
+
+
+def render_report(out: Path) -> str:
+    rounds = load_rounds(out)
+    state_path = out / "state.json"
+    state = json.loads(state_path.read_text()) if state_path.is_file() else {}
+    baseline = state.get("steps", {}).get("0", {}).get("baseline")
+    baseline_cc = baseline["cc_mean"] if baseline else None
+    parts = [f"<h1>Closed loop: {html.escape(str(out))}</h1>"]
+    if not rounds:
+        parts.append("<p>No round has finished yet.</p>")
+    else:
+        parts.append("<h2>Over rounds</h2>")
+        parts.append(_table(
+            ["round", "twin error on its designs (spikes/bin)", "relative error", "measured: design",
+             "measured: natural", "measured: parametric", "held-out CC", "held-out FEVE"],
+            [[str(r["round"]), _num(r["design_error"]["mae"]), _num(r["design_error"]["relative"], 2),
+              _num(r["measured_by_role"].get("design")), _num(r["measured_by_role"].get("natural")),
+              _num(r["measured_by_role"].get("parametric")), _num(r["heldout"]["cc_mean"]),
+              _num(r["heldout"]["feve_mean"])] for r in rounds]))
+        if baseline_cc is not None:
+            parts.append(f"<p>Starting twin: held-out CC {_num(baseline_cc)} on {html.escape(baseline['segment'])}.</p>")
+        parts.append(_img(overview_figure(rounds, baseline_cc), "over rounds"))
+        parts.append("<p>The error is measured before the twin is fine-tuned on the round's spikes: round k's designs "
+                     "are predicted by the twin fine-tuned on rounds before k.</p>")
+    for r in rounds:
+        parts.append(f"<h2>Round {r['round']}</h2>")
+        parts.append(f"<p>Designed with {html.escape(r['model'])}; spikes in {html.escape(r['session'])}; "
+                     f"fine-tuned twin {html.escape(r['finetuned_model'])} ({html.escape(r['finetune']['mode'])}, "
+                     f"{r['finetune']['epochs_run']} epochs). Held-out CC {_num(r['heldout']['cc_mean'])}.</p>")
+        figure = traces_figure(r)
+        if figure:
+            parts.append("<h3>Predicted against measured response to each design</h3>" + _img(figure, "traces"))
+        figure = controls_figure(r)
+        if figure:
+            parts.append("<h3>Designs against controls (same contrast budget)</h3>" + _img(figure, "controls"))
+        parts.append(_table(["cell", "objective", "stimulus", "predicted", "measured", "file"],
+                            [[str(x["cell"]), x["objective"], x["role"], _num(x["predicted"]), _num(x["measured"]),
+                              html.escape(x["file"])] for x in r["rows"]]))
+        parts.append(_table(["stage", "seconds"], [[k, _num(v, 1)] for k, v in r["seconds"].items()]))
+    style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}"
+             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;"
+             "font-size:13px;text-align:right}img{max-width:100%}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>insilico closed loop</title>"
+            f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
+
+
+def write_report(out: str | Path) -> Path:
+    """Write `OUT/report.html` atomically; returns its path."""
+    out = Path(out)
+    path = out / "report.html"
+    tmp = out / ".report.html.part"
+    tmp.write_text(render_report(out), encoding="utf-8")
+    os.replace(tmp, path)
+    return path

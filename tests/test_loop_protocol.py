@@ -1,0 +1,151 @@
+"""Protocol files: the shipped ones load; bad ones fail naming the file and the key. Run state."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from insilico.errors import InsilicoError
+from insilico.loop.closed_loop import by_role, design_error, response_rows
+from insilico.loop.demo import pick_cells
+from insilico.loop.protocol import (
+    CharacterizeProtocol,
+    ClosedLoopProtocol,
+    FinetuneProtocol,
+    ProtocolError,
+    load_protocol,
+)
+from insilico.loop.state import RunState
+
+PROTOCOLS = Path(__file__).resolve().parents[1] / "protocols"
+
+MINIMAL_LOOP = """
+kind = "mei_closed_loop"
+rounds = 2
+[design]
+cells = [42, 3]
+n_frames = 48
+"""
+
+
+def _write(tmp_path: Path, text: str, name: str = "p.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_shipped_protocols_load() -> None:
+    c = load_protocol(PROTOCOLS / "characterize.toml")
+    assert isinstance(c, CharacterizeProtocol)
+    assert [s.family for s in c.stimuli] == ["white_noise", "chirp", "moving_bars", "natural_movie"]
+    assert c.stimuli[0].repeats == 1 and c.stimuli[1].repeats == 10  # the default and an override
+    loop = load_protocol(PROTOCOLS / "mei_closed_loop.toml")
+    assert isinstance(loop, ClosedLoopProtocol)
+    assert loop.rounds == 3 and loop.design.objectives == ("increase", "discriminative")
+    assert loop.design.controls == ("natural", "parametric") and loop.finetune.readout_only
+    ft = load_protocol(PROTOCOLS / "finetune.toml")
+    assert isinstance(ft, FinetuneProtocol) and ft.session is None and not ft.finetune.readout_only
+
+
+def test_defaults_fill_optional_tables(tmp_path: Path) -> None:
+    p = load_protocol(_write(tmp_path, MINIMAL_LOOP))
+    assert p.design.cells == (42, 3) and p.design.n_frames == 48
+    assert p.presentation.repeats == 5 and p.finetune.window == 40 and p.evaluation.segment == "mov2"
+    assert p.design.rms_contrast is None
+    # The digest identifies the file's content (a resumed run refuses an edited protocol).
+    assert load_protocol(_write(tmp_path, MINIMAL_LOOP + "\n# edit\n", "q.toml")).digest != p.digest
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    (MINIMAL_LOOP + "roundz = 3\n", "roundz: unknown key"),
+    (MINIMAL_LOOP.replace("n_frames = 48", "n_frames = 48\nstepz = 2"), "design.stepz: unknown key"),
+    (MINIMAL_LOOP.replace("rounds = 2\n", ""), "rounds: missing"),
+    (MINIMAL_LOOP.replace("rounds = 2", 'rounds = "two"'), "rounds: must be int, got str"),
+    (MINIMAL_LOOP.replace("rounds = 2", "rounds = 0"), "rounds: must be >= 1"),
+    (MINIMAL_LOOP.replace("cells = [42, 3]", "cells = [42, 42]"), "design.cells: lists a cell twice"),
+    (MINIMAL_LOOP.replace("cells = [42, 3]", 'cells = ["a"]'), "design.cells: must be a non-empty list"),
+    (MINIMAL_LOOP + '[finetune]\nmode = "partial"\n', "finetune.mode: must be readout or full"),
+    (MINIMAL_LOOP + "[finetune]\nwindow = 20\n", "finetune.window: must be >= 40"),
+    (MINIMAL_LOOP + "[finetune]\ninclude_training_data = 1\n", "include_training_data: must be bool"),
+    (MINIMAL_LOOP.replace("n_frames = 48", "n_frames = 30"), "design.n_frames (30) must be >= finetune.window"),
+    (MINIMAL_LOOP.replace("n_frames = 48", 'n_frames = 48\nobjectives = ["wild"]'),
+     "design.objectives: unknown value 'wild'"),
+    (MINIMAL_LOOP.replace('kind = "mei_closed_loop"', 'kind = "loop"'), "kind: must be one of"),
+    ("rounds = 2\n", "kind: missing"),
+    ('kind = "characterize"\n', "stimulus: needs one or more [[stimulus]] tables"),
+    ('kind = "characterize"\n[[stimulus]]\nfamily = "plaid"\n', "stimulus[0].family: must be one of"),
+    ('kind = "characterize"\n[[stimulus]]\nfamily = "chirp"\nspeed = 3\n', "stimulus[0].speed: unknown key"),
+    ('kind = "characterize"\n[[stimulus]]\nfamily = "chirp"\n[[stimulus]]\nfamily = "chirp"\n', "unique"),
+    ("kind = [", "not valid TOML"),
+])
+def test_bad_protocols_name_file_and_key(tmp_path: Path, text: str, message: str) -> None:
+    path = _write(tmp_path, text)
+    with pytest.raises(ProtocolError) as err:
+        load_protocol(path)
+    assert message in str(err.value) and str(path) in str(err.value)
+
+
+def test_missing_protocol_file(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no such protocol"):
+        load_protocol(tmp_path / "none.toml")
+
+
+def test_state_round_trip_and_refusals(tmp_path: Path) -> None:
+    state = RunState.open(tmp_path, "abc", "mei_closed_loop", str(tmp_path / "m"))
+    assert not state.done(1, "design")
+    state.mark(1, "design", [{"cell": 42, "window": np.array([57, 60])}])
+    state.mark(0, "baseline", {"cc_mean": 0.25})
+    again = RunState.open(tmp_path, "abc", "mei_closed_loop", str(tmp_path / "m"))
+    assert again.done(1, "design") and again.record(1, "design") == [{"cell": 42, "window": [57, 60]}]
+    assert again.record(0, "baseline")["cc_mean"] == 0.25 and again.get(2, "present") is None
+    assert not list(tmp_path.glob(".*.part"))  # written through a temporary file
+    with pytest.raises(InsilicoError, match="another protocol"):
+        RunState.open(tmp_path, "other", "mei_closed_loop", str(tmp_path / "m"))
+    with pytest.raises(InsilicoError, match="started from the model"):
+        RunState.open(tmp_path, "abc", "mei_closed_loop", str(tmp_path / "elsewhere"))
+    (tmp_path / "state.json").write_text("{torn")
+    with pytest.raises(InsilicoError, match="damaged"):
+        RunState.load(tmp_path / "state.json")
+
+
+def test_round_figures_from_rows() -> None:
+    items = [{"cell": 42, "cell_index": 1, "objective": "increase", "window": [2, 4]}]
+    plan = [{"index": 0, "file": "d.h5", "uses": [[0, "design"]]},
+            {"index": 1, "file": "n.h5", "uses": [[0, "natural"]]}]
+    predicted = {0: np.array([[0, 0], [0, 0], [0, 3.0], [0, 5.0]]), 1: np.ones((4, 2))}
+    measured = {0: np.array([[0, 9], [0, 9], [0, 1.0], [0, 3.0]])}
+    rows = response_rows(items, plan, predicted, measured)
+    assert [(r["role"], r["predicted"], r["measured"]) for r in rows] == [("design", 4.0, 2.0), ("natural", 1.0, None)]
+    assert design_error(rows) == {"mae": 2.0, "relative": 1.0, "n": 1}
+    assert by_role(rows, "measured") == {"design": 2.0}
+    assert by_role(rows, "predicted") == {"design": 4.0, "natural": 1.0}
+    assert json.dumps(rows)  # plain JSON for the round summary
+
+
+def test_pick_cells_keeps_42_and_adds_the_best_predicted() -> None:
+    ids = (0, 1, 2, 42)
+    assert pick_cells(np.array([0.1, np.nan, 0.5, -0.2]), ids, (42,), 2) == [42, 2, 0]
+    assert pick_cells(np.array([0.1, 0.2, 0.5, 0.9]), ids, (99,), 1) == [42]
+
+
+def test_cli_refuses_bad_input_clearly(tmp_path: Path) -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from insilico.loop.cli import demo_command, run_command
+
+    app = typer.Typer()
+    app.command("run")(run_command)
+    app.command("demo")(demo_command)
+    bad = _write(tmp_path, MINIMAL_LOOP + "roundz = 3\n")
+    result = CliRunner().invoke(app, ["run", str(bad), "--out", str(tmp_path / "exp")])
+    assert result.exit_code == 2 and "roundz: unknown key" in result.output
+    good = _write(tmp_path, MINIMAL_LOOP, "good.toml")
+    result = CliRunner().invoke(app, ["run", str(good), "--rig", "tcp://127.0.0.1:1", "--out", str(tmp_path / "e")])
+    assert result.exit_code == 2 and "--insecure" in result.output
+    result = CliRunner().invoke(app, ["run", str(good), "--rig", "tcp://127.0.0.1:1", "--insecure",
+                                      "--out", str(tmp_path / "e")])
+    assert result.exit_code == 2 and "--model" in result.output
