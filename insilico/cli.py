@@ -11,10 +11,10 @@ from pathlib import Path
 
 import typer
 
-from insilico.console import console
-from insilico.errors import friendly_errors
 from insilico.attribution.cli import attribute_command
+from insilico.console import console
 from insilico.design.cli import optimize_command, verify_command
+from insilico.errors import friendly_errors
 from rig_bridge.cli import rig_app
 
 app = typer.Typer(

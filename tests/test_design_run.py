@@ -102,7 +102,7 @@ def test_missing_training_data_needs_an_explicit_budget(tiny_twin_dir: Path, tmp
 def test_cli_refuses_bad_input_clearly(app: typer.Typer, tiny_twin_dir: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     result = runner.invoke(app, ["optimize", "--model", str(tiny_twin_dir), "--cell", "999", "--out", str(tmp_path)])
-    assert result.exit_code == 2 and "no cell with id 999" in result.output
+    assert result.exit_code == 2 and "no cells with ids [999]" in result.output
     result = runner.invoke(app, ["optimize", "--model", str(tiny_twin_dir), "--cell", str(CELL), "--out",
                                  str(tmp_path), "--method", "magic"])
     assert result.exit_code == 2 and "--method" in result.output

@@ -25,12 +25,12 @@ def test_split_holds_validation_out_of_training_and_never_touches_test(tiny_reco
         mov1 = rec.segment("mov1")
         with pytest.raises(ValueError, match="both training and test"):
             make_split(rec, ["mov1", "mov2"], ["mov2"])
-    train = {r.segment: r for r in split.train}
-    val = {r.segment: r for r in split.val}
+    train = {r.name: r for r in split.train}
+    val = {r.name: r for r in split.val}
     assert train["mov1"].start == mov1.start and train["mov1"].stop == val["mov1"].start
     assert val["mov1"].stop == mov1.stop
-    assert [r.segment for r in split.test] == ["mov2"]
-    assert all(r.segment != "mov2" for r in split.train + split.val)
+    assert [r.name for r in split.test] == ["mov2"]
+    assert all(r.name != "mov2" for r in split.train + split.val)
 
 
 def test_windows_are_reproducible_per_epoch() -> None:

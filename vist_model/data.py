@@ -13,20 +13,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from stimuli.recording import Recording
+from stimuli.recording import Recording, Segment
 
-
-@dataclass(frozen=True)
-class FrameRange:
-    """Half-open frame range `[start, stop)` of the recording, inside segment `segment`."""
-
-    segment: str
-    start: int
-    stop: int
-
-    @property
-    def n_frames(self) -> int:
-        return self.stop - self.start
+# A part of a named segment keeps the segment's name: validation is carved from the end of
+# the training segment it belongs to.
+FrameRange = Segment
 
 
 @dataclass(frozen=True)

@@ -79,11 +79,11 @@ def loss_for(kind: str) -> nn.Module:
 
 def _blocks(twin: Twin, rec: Recording, ranges: tuple[FrameRange, ...], cache: FeatureCache) -> list[Block]:
     blocks = []
-    for segment in sorted({r.segment for r in ranges}):
+    for segment in sorted({r.name for r in ranges}):
         seg = rec.segment(segment)
         # Features are cached per whole segment, so train/val cuts and fine-tuning share them.
         inputs = twin.inputs(rec.frames(segment), cache)
-        for r in (r for r in ranges if r.segment == segment):
+        for r in (r for r in ranges if r.name == segment):
             blocks.append(Block(inputs[r.start - seg.start:r.stop - seg.start], trial_average(rec, r)))
     return blocks
 

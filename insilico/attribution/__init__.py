@@ -14,7 +14,7 @@ _EXPORTS = {
     "Clip": "clips", "random_clips": "clips", "select_clips": "clips",
     "ClipAttribution": "methods", "attribute_clip": "methods",
     "TestMovie": "pipeline", "attribute_cells": "pipeline", "attribute_twin": "pipeline",
-    "load_test_movie": "pipeline", "parse_cells": "pipeline",
+    "load_test_movie": "pipeline",
     "CellAttribution": "result",
     "EffectiveRF": "summaries", "effective_rf": "summaries", "map_correlation": "summaries",
     "rank_similarity": "summaries", "spatial_map": "summaries", "temporal_profile": "summaries",

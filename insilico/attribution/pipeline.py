@@ -26,6 +26,7 @@ from insilico.attribution.summaries import (
     spatial_map,
     temporal_profile,
 )
+from insilico.cells import parse_cells
 from insilico.errors import InsilicoError
 from stimuli.recording import open_recording
 from vist_model.fit_twin import resolve_device
@@ -57,25 +58,6 @@ class TestMovie:
     def grey(self) -> float:
         """The movie's mean luminance in [0, 1]: the baseline's uniform grey."""
         return float(self.frames.mean()) / 255.0
-
-
-def parse_cells(spec: str | Sequence[int], cell_ids: Sequence[int]) -> list[int]:
-    """`"all"`, `"3,42"` or a list of ids -> ids, checked against the twin's cells."""
-    if isinstance(spec, str):
-        if spec.strip().lower() == "all":
-            return list(cell_ids)
-        try:
-            ids = [int(s) for s in spec.split(",") if s.strip()]
-        except ValueError:
-            raise ValueError(f"--cells must be 'all' or comma-separated ids like 3,42, got {spec!r}") from None
-    else:
-        ids = [int(i) for i in spec]
-    if not ids:
-        raise ValueError("name at least one cell (--cell 42, --cells 3,42 or --cells all)")
-    missing = [i for i in ids if i not in set(cell_ids)]
-    if missing:
-        raise InsilicoError(f"the twin has no cells with ids {missing} (ids {min(cell_ids)}..{max(cell_ids)})")
-    return list(dict.fromkeys(ids))
 
 
 def load_test_movie(twin: Twin, data_path: str | Path, segment: str) -> TestMovie:

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from rich.progress import Progress
 
+from insilico.cells import parse_cells
 from insilico.design.budget import Budget, resolve_budget, training_data
 from insilico.design.gradient import GradientConfig, GradientRun, optimise_gradient
 from insilico.design.natural_control import NaturalClip, NaturalScreen, best_natural_clip
@@ -110,22 +111,6 @@ def load_twins(model_path: str | Path | Sequence[str | Path], device: str = "aut
     return [Twin.load(p, device=dev) for p in paths]
 
 
-def parse_cells(text: str, cell_ids: Sequence[int]) -> list[int]:
-    """`"3,42,77"` or `"all"` -> cell ids (checked against the twin's)."""
-    if text.strip().lower() == "all":
-        return list(cell_ids)
-    try:
-        cells = [int(c) for c in text.split(",") if c.strip()]
-    except ValueError:
-        raise ValueError(f"--cells must be ids like 3,42,77 or 'all', got {text!r}") from None
-    if not cells:
-        raise ValueError("name at least one cell")
-    missing = [c for c in cells if c not in cell_ids]
-    if missing:
-        raise ValueError(f"the twin has no cell with id {missing[0]} (ids {min(cell_ids)}..{max(cell_ids)})")
-    return cells
-
-
 def _study_key(twins: Sequence[Twin]) -> str:
     """Short, machine-independent key of the models (their weights), for Optuna study names."""
     h = hashlib.blake2b(digest_size=6)
@@ -187,8 +172,7 @@ def optimize_cells(
     bounds = window.bounds(s.n_frames)
     response = TwinResponse(twins, lead_in=lead_in_for(twins, bounds[0]))
     meta = response.metadata
-    ids = parse_cells(cells, meta.cell_ids) if isinstance(cells, str) else parse_cells(
-        ",".join(str(c) for c in cells), meta.cell_ids)
+    ids = parse_cells(cells, meta.cell_ids)
     budget_info = resolve_budget(meta, rms_contrast)
     budget = ContrastBudget(budget_info.rms, budget_info.mean)
     h, w = meta.frame_shape

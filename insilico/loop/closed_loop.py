@@ -240,7 +240,11 @@ class ClosedLoop:
         self.view.step(f"round {k}/{self.p.rounds}: the twin predicts {len(plan)} clips")
         t0 = time.perf_counter()
         response = TwinResponse([twin], lead_in=None)  # the whole receptive field of grey before each clip
-        out = {e["index"]: response.rates(self._frames(e["file"])[0][None])[0] for e in plan}
+        clips = {e["index"]: self._frames(e["file"])[0] for e in plan}
+        out: dict[int, np.ndarray] = {}
+        for length in sorted({len(c) for c in clips.values()}):
+            same = [i for i, c in clips.items() if len(c) == length]  # one batched pass per clip length
+            out.update(zip(same, response.rates(np.stack([clips[i] for i in same])), strict=True))
         tmp = path.with_name(".predicted.part.npz")
         np.savez(tmp, **{f"p{i}": v for i, v in out.items()})
         tmp.replace(path)

@@ -1,0 +1,27 @@
+"""Which cells a command works on: `--cell 42`, `--cells 3,42,77` or `--cells all`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from insilico.errors import InsilicoError
+
+
+def parse_cells(spec: str | Sequence[int], cell_ids: Sequence[int]) -> list[int]:
+    """`"all"`, `"3,42"` or a list of ids -> ids (deduplicated, in order), checked against the twin's."""
+    if isinstance(spec, str):
+        if spec.strip().lower() == "all":
+            return list(cell_ids)
+        try:
+            ids = [int(s) for s in spec.split(",") if s.strip()]
+        except ValueError:
+            raise ValueError(f"--cells must be 'all' or comma-separated ids like 3,42, got {spec!r}") from None
+    else:
+        ids = [int(i) for i in spec]
+    if not ids:
+        raise ValueError("name at least one cell (--cell 42, --cells 3,42 or --cells all)")
+    known = set(cell_ids)
+    missing = [i for i in ids if i not in known]
+    if missing:
+        raise InsilicoError(f"the twin has no cells with ids {missing} (ids {min(cell_ids)}..{max(cell_ids)})")
+    return list(dict.fromkeys(ids))
