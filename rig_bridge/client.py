@@ -99,6 +99,9 @@ class RigClient:
         self.dead_after_s = float(dead_after_s) if dead_after_s else min(3.0, self.timeout_s / 2)
         self.session_id = session_id or f"s-{uuid.uuid4().hex[:20]}"
         self._ctx = zmq.Context()
+        # Every socket of this context (monitor sockets included) drops unsent messages on close,
+        # so neither close() nor the garbage collector can block in zmq_ctx_term.
+        self._ctx.setsockopt(zmq.LINGER, 0)
         self._sock: zmq.Socket | None = None
         self._monitor: zmq.Socket | None = None
         self._out_seq = 0
@@ -111,7 +114,11 @@ class RigClient:
         self._stimuli: dict[str, np.ndarray] = {}
         self._instance_changed = False
         self._progress_check_s = max(2.0, 4 * self.heartbeat_s)
-        self._connect()
+        try:
+            self._connect()
+        except BaseException:
+            self._ctx.destroy(linger=0)
+            raise
 
     # --- connection ---------------------------------------------------------------------
     def _connect(self) -> None:

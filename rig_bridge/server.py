@@ -116,6 +116,7 @@ class RigServer:
         self._thread: threading.Thread | None = None
         self._sent = 0
         self._ctx = zmq.Context()
+        self._ctx.setsockopt(zmq.LINGER, 0)  # a stopped rig never waits on undelivered messages
         self._wake_addr = f"inproc://rig-wake-{self.instance}"
         self._ready = threading.Event()
         self._bind_error: BaseException | None = None

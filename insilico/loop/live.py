@@ -52,6 +52,8 @@ class LiveView:
             self._live.update(self._render(), refresh=True)
             self._live.__exit__(*exc)
             self._live = None
+            if not console.is_terminal:
+                console.print()  # a non-terminal Live leaves its last line open
 
     @property
     def progress(self) -> Progress | None:
