@@ -48,7 +48,9 @@ def subset_recording(src: Path, dst: Path, n_cells: int) -> Path:
                              cell_ids=ids, n_repeats=rec.n_repeats, pixel_size_um=rec.pixel_size_um,
                              attrs=rec.attrs) as w:
             for seg in rec.segments:
-                w.append_segment(seg.name, rec.frames(seg.name), rec.counts(seg.name)[:, :, :n_cells])
+                counts = rec.counts(seg.name)[:, :, :n_cells]
+                shown = ~np.isnan(counts).all(axis=(1, 2))  # the writer pads unshown repeats itself
+                w.append_segment(seg.name, rec.frames(seg.name), counts[shown])
             if rec.rf is not None:
                 w.set_rf(rec.rf[:n_cells])
     return dst

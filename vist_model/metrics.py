@@ -170,6 +170,9 @@ def noise_ceiling(responses: np.ndarray) -> np.ndarray:
     return out
 
 
+KDE_FLOOR = 1e-12
+
+
 def spike_durations(trace: np.ndarray) -> np.ndarray:
     """Widths (frames) at the base of every peak of a rate trace `[T]` (steps 1-2 above)."""
     x = np.asarray(trace, dtype=np.float64)
@@ -203,9 +206,11 @@ def sd_kl(
         return SD_KL_MISSING
     both = np.concatenate([d_pred, d_true])
     grid = np.linspace(both.min() - cut * bandwidth, both.max() + cut * bandwidth, grid_size)
-    p, q = _kde(d_pred, grid, bandwidth), _kde(d_true, grid, bandwidth)
-    if p.sum() <= 0 or q.sum() <= 0:
-        return SD_KL_MISSING
+    # With a 0.3-frame bandwidth the Gaussians underflow to exactly 0 between far-apart
+    # durations, and one empty grid point would make the KL infinite (and the score 1000) for
+    # nearly every cell; a density floor far below any real grid value keeps it finite.
+    p = _kde(d_pred, grid, bandwidth) + KDE_FLOOR
+    q = _kde(d_true, grid, bandwidth) + KDE_FLOOR
     with np.errstate(divide="ignore", invalid="ignore"):
         value = float(rel_entr(p / p.sum(), q / q.sum()).sum())
     return value if np.isfinite(value) else SD_KL_MISSING
