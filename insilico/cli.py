@@ -15,6 +15,7 @@ from insilico.attribution.cli import attribute_command
 from insilico.console import console
 from insilico.design.cli import optimize_command, verify_command
 from insilico.errors import friendly_errors
+from insilico.loop.cli import demo_command, run_command
 from rig_bridge.cli import rig_app
 
 app = typer.Typer(
@@ -166,6 +167,8 @@ def _run_dir(model: Path) -> Path:
 app.command("optimize")(optimize_command)
 app.command("verify")(verify_command)
 app.command("attribute")(attribute_command)
+app.command("run")(run_command)
+app.command("demo")(demo_command)
 
 
 def main() -> None:
