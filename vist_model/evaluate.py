@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ import numpy as np
 
 from stimuli.recording import open_recording
 from vist_model.features import FeatureCache
+from vist_model.files import atomic_write_text
 from vist_model.metrics import EvaluationResult, evaluate
 from vist_model.plots import plot_traces
 from vist_model.twin import Twin
@@ -80,17 +80,10 @@ def write_evaluation(result: TwinEvaluation, json_path: str | Path | None = None
     """Write the summary JSON and the per-cell CSV (each atomically)."""
     summary = result.to_json_dict()
     if json_path is not None:
-        _atomic_write(Path(json_path), json.dumps(summary, indent=2))
+        atomic_write_text(json_path, json.dumps(summary, indent=2))
     if csv_path is not None:
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=["id", "cc", "feve", "sd_kl", "noise_ceiling"])
         writer.writeheader()
         writer.writerows(summary["per_cell"])
-        _atomic_write(Path(csv_path), buf.getvalue())
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+        atomic_write_text(csv_path, buf.getvalue())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -18,6 +17,7 @@ from stimuli.recording import Recording, open_recording
 from vist_model.backbone import load_backbone
 from vist_model.data import Block, DataSplit, FrameRange, make_split, trial_average
 from vist_model.features import FeatureCache
+from vist_model.files import atomic_write_text
 from vist_model.loss import PoissonLoss, ViSTLoss
 from vist_model.plots import plot_loss_curve
 from vist_model.receptive_fields import receptive_fields
@@ -193,9 +193,7 @@ def _save_run(twin: Twin, result: TrainResult, out: Path) -> None:
         "cells": twin.metadata.n_cells, "rf_source": twin.metadata.rf_source,
         "saved": time.strftime("%Y-%m-%dT%H:%M:%S"), **asdict(result),
     }
-    tmp = out / ".train.json.part"
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, out / "train.json")
+    atomic_write_text(out / "train.json", json.dumps(summary, indent=2))
     plot_loss_curve(result.train_loss, result.val_loss, result.best_epoch, out / "loss_curve.png",
                     title=f"{twin.metadata.kind} ({twin.metadata.describe_backbone()})")
     (out / "train_state.pt").unlink(missing_ok=True)  # finished: a rerun starts afresh

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import base64
 import html
-import os
 from pathlib import Path
 
 import numpy as np
 
 from insilico.attribution import figures
 from insilico.attribution.result import CellAttribution
+from vist_model.files import atomic_write_text
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5em; max-width: 1100px; color: #222; }
@@ -37,11 +37,7 @@ def _page(title: str, body: str) -> str:
 
 
 def _write(text: str, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, text)
 
 
 def numbers(r: CellAttribution) -> list[tuple[str, str]]:

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from stimuli.recording import write_stimulus
+from vist_model.files import atomic_write_text
 
 
 def write_clip(path: Path, frames: np.ndarray, frame_rate: float, attrs: dict[str, Any],
@@ -34,11 +35,7 @@ def write_clip(path: Path, frames: np.ndarray, frame_rate: float, attrs: dict[st
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part")
-    tmp.write_text(json.dumps(payload, indent=2, default=_plain) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps(payload, indent=2, default=_plain) + "\n")
 
 
 def _plain(value: Any) -> Any:

@@ -12,7 +12,6 @@ import base64
 import html
 import io
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from vist_model.files import atomic_write_text  # noqa: E402
 
 ROLE_COLOURS = {"design": "#d62728", "natural": "#1f77b4", "parametric": "#2ca02c"}
 
@@ -186,8 +187,4 @@ def render_report(out: Path) -> str:
 def write_report(out: str | Path) -> Path:
     """Write `OUT/report.html` atomically; returns its path."""
     out = Path(out)
-    path = out / "report.html"
-    tmp = out / ".report.html.part"
-    tmp.write_text(render_report(out), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(out / "report.html", render_report(out))

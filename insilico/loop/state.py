@@ -10,13 +10,13 @@ again (see `runner`).
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from insilico.errors import InsilicoError
+from vist_model.files import atomic_write_text
 
 STATE_FILE = "state.json"
 STATE_VERSION = 1
@@ -24,14 +24,7 @@ STATE_VERSION = 1
 
 def write_json_atomic(path: Path, payload: Any) -> Path:
     """Write JSON to a temporary file, fsync it, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part")
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2, default=_plain)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps(payload, indent=2, default=_plain), fsync=True)
 
 
 def _plain(value: Any) -> Any:
