@@ -145,10 +145,7 @@ def decode(frames: Sequence[bytes], *, max_payload_bytes: int = DEFAULT_MAX_PAYL
         raise ProtocolError("unknown_type", f"unknown message type {mtype!r}")
     if len(raw_header) > MAX_HEADER_BYTES:
         raise ProtocolError("too_large", f"header is {len(raw_header)} bytes (max {MAX_HEADER_BYTES})")
-    header = _parse_header(raw_header)
-    version = header["v"]
-    if version != PROTOCOL_VERSION:
-        raise ProtocolError("bad_version", f"protocol version {version} is not supported (this end speaks {PROTOCOL_VERSION})")
+    header = _parse_header(raw_header)  # checks the version first
     nbytes = header["nbytes"]
     if nbytes > max_payload_bytes or len(payload) > max_payload_bytes:
         raise ProtocolError("too_large", f"payload of {max(nbytes, len(payload))} bytes exceeds the maximum of {max_payload_bytes}")
@@ -156,9 +153,10 @@ def decode(frames: Sequence[bytes], *, max_payload_bytes: int = DEFAULT_MAX_PAYL
         raise ProtocolError("shape_mismatch", f"header says {nbytes} payload bytes, {len(payload)} arrived")
     if zlib.crc32(payload) != header["crc32"]:
         raise ProtocolError("checksum", "payload CRC-32 does not match the header (corrupted in transit)")
-    array = _payload_array(header["dtype"], header["shape"], payload)
+    # An absent dtype/shape means the same as null: no payload.
+    array = _payload_array(header.get("dtype"), header.get("shape"), payload)
     return Message(type=mtype, session=header["session"], seq=header["seq"], request_id=header["req"],
-                   body=header["body"], payload=array, version=version)
+                   body=header["body"], payload=array, version=header["v"])
 
 
 def _parse_header(raw: bytes) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import zlib
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from rig_bridge.binning import bin_spikes, frame_edges
@@ -181,6 +181,9 @@ def _header_frames(draw: st.DrawFn) -> bytes:
     st.lists(st.binary(max_size=40), max_size=5),
     st.tuples(_type_frames, _header_frames(), st.sampled_from([b"abcd", b"", b"abc", b"abcde"])).map(list),
 ))
+# Found by this test in CI: a header with no dtype/shape keys at all but a payload.
+@example(parts=[b"abort", b'{"v": 1, "session": "s", "seq": 1, "req": "r", "nbytes": 4, '
+                          b'"crc32": 3984772369, "body": {}}', b"abcd"])
 def test_fuzzed_decoder_only_raises_protocol_errors(parts: list[bytes]) -> None:
     try:
         msg = decode(parts, max_payload_bytes=1024)
