@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from insilico.loop.demo import DemoConfig, run_demo  # noqa: E402
 from insilico.loop.report import load_rounds  # noqa: E402
+from insilico.simulate import SimulationConfig  # noqa: E402
 
 
 def main() -> None:
@@ -46,7 +47,9 @@ def main() -> None:
     p.add_argument("--finetune-epochs", type=int, default=2)
     a = p.parse_args()
     config = DemoConfig(
-        n_cells=a.cells, size=a.size, train_seconds=a.train_seconds, train_epochs=a.epochs, extra_cells=a.targets - 1,
+        simulation=SimulationConfig(n_cells=a.cells, size=a.size, train_seconds=a.train_seconds,
+                                    test_seconds=10.0, noise_seconds=30.0),
+        train_epochs=a.epochs, extra_cells=a.targets - 1,
         objectives=tuple(a.objectives.split(",")), rounds=a.rounds, n_frames=a.frames, seeds=a.seeds,
         steps=a.steps, comparison_trials=a.trials, repeats=a.repeats, finetune_mode=a.finetune,
         finetune_epochs=a.finetune_epochs,

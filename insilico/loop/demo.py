@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,7 @@ import numpy as np
 from insilico.console import console, progress
 from insilico.loop.runner import RunOutcome, run_protocol
 from insilico.loop.state import write_json_atomic
+from insilico.simulate import SimulationConfig
 from rig_bridge.transport import free_port
 
 
@@ -31,12 +32,8 @@ from rig_bridge.transport import free_port
 class DemoConfig:
     """Sizes of the demo, chosen to finish in minutes on 2 CPU cores."""
 
-    n_cells: int = 20
-    size: int = 32
-    seed: int = 0
-    train_seconds: float = 45.0
-    test_seconds: float = 10.0
-    noise_seconds: float = 30.0
+    simulation: SimulationConfig = SimulationConfig(
+        n_cells=20, size=32, seed=0, train_seconds=45.0, test_seconds=10.0, noise_seconds=30.0)
     train_epochs: int = 3
     cells: tuple[int, ...] = (42,)  # always designed for; plus `extra_cells` the twin predicts best
     extra_cells: int = 1
@@ -50,7 +47,6 @@ class DemoConfig:
     repeats: int = 5
     finetune_mode: str = "readout"
     finetune_epochs: int = 2
-    timings: dict[str, float] = field(default_factory=dict, compare=False)
 
 
 PROTOCOL_TEMPLATE = """\
@@ -126,7 +122,7 @@ def pick_cells(cc: np.ndarray, cell_ids: tuple[int, ...], fixed: tuple[int, ...]
 
 def run_demo(out_dir: str | Path = "demo", config: DemoConfig | None = None, *, live: bool = True) -> RunOutcome:
     """Run the demo into `out_dir`; returns the closed-loop outcome (its report path)."""
-    from insilico.simulate import SimulationConfig, simulate_recording
+    from insilico.simulate import simulate_recording
     from vist_model.evaluate import evaluate_twin
     from vist_model.features import FeatureCache
     from vist_model.fit_twin import TwinSpec, train_twin
@@ -143,9 +139,7 @@ def run_demo(out_dir: str | Path = "demo", config: DemoConfig | None = None, *, 
     data = out / "data" / "sim.h5"
     t0 = time.perf_counter()
     if not data.is_file():
-        simulate_recording(data, SimulationConfig(
-            n_cells=c.n_cells, size=c.size, seed=c.seed, train_seconds=c.train_seconds,
-            test_seconds=c.test_seconds, noise_seconds=c.noise_seconds))
+        simulate_recording(data, c.simulation)
     _stage(timings, "simulate the retina recording", t0)
 
     model = out / "twin"
@@ -177,7 +171,8 @@ def run_demo(out_dir: str | Path = "demo", config: DemoConfig | None = None, *, 
     _stage(timings, "pick target cells", t0)
 
     t0 = time.perf_counter()
-    with sim_rig(out, c.seed, c.n_cells, c.size) as address:
+    sim = c.simulation
+    with sim_rig(out, sim.seed, sim.n_cells, sim.size) as address:
         console.print(f"simulated rig serving on {address} (log: {out / 'rig.log'})")
         outcome = run_protocol(protocol, model, address, out / "exp", insecure=True, timeout_s=60.0, live=live,
                                feature_cache=out / "features")

@@ -159,10 +159,9 @@ class RecordingWriter:
         r = counts.shape[0]
         if not 1 <= r <= self.n_repeats:
             raise ValueError(f"counts carry {r} repeats; this recording holds 1..{self.n_repeats}")
-        finite = counts[np.isfinite(counts)] if counts.dtype.kind == "f" else counts
         if counts.dtype.kind == "f" and not np.isfinite(counts).all():
             raise ValueError("counts must be finite (missing repeats are left out, not NaN)")
-        if (finite < 0).any():
+        if (counts < 0).any():
             raise ValueError("counts must be >= 0")
         if r < self.n_repeats and self.counts_dtype != "float32":
             raise ValueError("a block with fewer repeats than the file needs float32 counts (NaN marks them)")
