@@ -1,6 +1,13 @@
-"""Seconds per cell of `insilico attribute` for each method, on a 90-cell 64 x 64 cpu-preset twin.
+"""Seconds per cell of `insilico attribute` for each method, on a 90-cell 64 x 64 cpu-preset twin,
+and (`--truth`) how well a trained twin's maps match the simulator's true spatial filters.
 
     .venv/bin/python benchmarks/attribution.py --data /tmp/attr_sim.h5 [--model RUN] [--cells 2]
+    .venv/bin/python benchmarks/attribution.py --data sim.h5 --model RUN --truth [--out reports/]
+
+`--truth` runs the default method on every cell (the whole `insilico attribute --cells all`
+computation, timed) and prints, for the reliable linear cells (split-half r > 0.5 on the
+test movie), the correlation of each spatial map with the true filter, the share with
+|r| >= 0.7, and the sanity check: the same correlation for maps of the randomised twin.
 
 Without `--model`, an untrained twin of the cpu preset is built for the recording (timing does
 not depend on the weights). A few cells are timed per method and the table extrapolates to the
@@ -11,13 +18,17 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
+import numpy as np
 import torch
 from rich.table import Table
 
 from insilico.attribution.config import AttributionConfig
-from insilico.attribution.pipeline import attribute_twin, load_test_movie
-from insilico.console import console
+from insilico.attribution.pipeline import attribute_twin, load_test_movie, write_reports
+from insilico.attribution.summaries import map_correlation
+from insilico.console import console, progress
+from rig_bridge.simulated_retina import split_half_reliability
 from stimuli.recording import open_recording
 from vist_model.fit_twin import TwinSpec, new_twin
 from vist_model.receptive_fields import receptive_fields
@@ -31,6 +42,8 @@ def main() -> None:
     parser.add_argument("--cells", type=int, default=2, help="cells timed per method")
     parser.add_argument("--methods", default="saliency,ig,occlusion")
     parser.add_argument("--clips", type=int, default=6)
+    parser.add_argument("--truth", action="store_true", help="every cell, default method, against the truth")
+    parser.add_argument("--out", default=None, help="with --truth: also write the reports here")
     args = parser.parse_args()
     torch.set_num_threads(2)
     if args.model:
@@ -40,6 +53,9 @@ def main() -> None:
             rfs = receptive_fields(rec)
             twin = new_twin(rec, TwinSpec(preset="cpu", backbone="tiny"), rfs.maps, rfs.source)
     movie = load_test_movie(twin, args.data, "mov2")
+    if args.truth:
+        truth(twin, movie, args.data, args.out)
+        return
     n_total = twin.metadata.n_cells
     ids = list(twin.metadata.cell_ids[: args.cells])
     table = Table(title=f"attribution, {n_total} cells, {twin.metadata.frame_shape} px, "
@@ -54,6 +70,32 @@ def main() -> None:
         table.add_row(method, str(args.clips), f"{per_cell:.1f}", f"{per_cell * n_total / 60:.1f}")
         console.print(f"{method}: {per_cell:.1f} s per cell")
     console.print(table)
+
+
+def truth(twin: Twin, movie, data: str, out: str | None) -> None:
+    config = AttributionConfig()
+    started = time.perf_counter()
+    with progress() as bar:
+        results = attribute_twin(twin, movie, list(twin.metadata.cell_ids), config, progress=bar)
+    seconds = time.perf_counter() - started
+    if out is not None:
+        write_reports(results, Path(out))
+    with open_recording(data) as rec:
+        reliability = split_half_reliability(rec.counts("mov2"))
+    chosen = [r for r in results if r.is_linear and reliability[r.index] > 0.5]
+    trained = np.array([abs(r.truth_correlation) for r in chosen])
+    randomised = np.array([abs(map_correlation(r.random_spatial, r.true_filter)) for r in chosen])
+    similarity = np.array([r.sanity_similarity for r in chosen])
+    console.print(f"{len(results)} cells, method {config.method}, {config.n_clips} clips of {config.window_frames} "
+                  f"frames, sanity check on {config.sanity_clips}: {seconds / 60:.1f} min "
+                  f"({seconds / len(results):.1f} s per cell)")
+    table = Table(title=f"{len(chosen)} reliable linear cells: spatial map against the true spatial filter")
+    for col in ("twin", "median |r|", "|r| >= 0.7"):
+        table.add_column(col, justify="right")
+    for name, values in (("trained", trained), ("randomised (sanity check)", randomised)):
+        table.add_row(name, f"{np.nanmedian(values):.2f}", f"{int(np.sum(values >= 0.7))}/{len(values)}")
+    console.print(table)
+    console.print(f"Spearman similarity of |map|, trained vs randomised twin: median {np.nanmedian(similarity):.2f}")
 
 
 if __name__ == "__main__":

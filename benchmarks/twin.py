@@ -7,7 +7,7 @@ training time and inference frames/s (from cached features; real time is 30 fram
 table over population size like the paper's "complementary coding" figure (Vi-ST trained on the
 first n cells only).
 
-    python benchmarks/twin.py [--data F.h5] [--cells 90] [--size 64] [--epochs 30]
+    python benchmarks/twin.py [--data F.h5] [--cells 90] [--size 64] [--epochs 8]
                               [--populations 1,8,16,32,64,90] [--models vist,pixels,per_cell,ln,cnn]
 """
 
@@ -17,6 +17,7 @@ import argparse
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ from stimuli.recording import RecordingWriter, open_recording  # noqa: E402
 from vist_model.evaluate import evaluate_twin  # noqa: E402
 from vist_model.features import FeatureCache  # noqa: E402
 from vist_model.fit_twin import TwinSpec, train_twin  # noqa: E402
-from vist_model.train import TrainConfig  # noqa: E402
+from vist_model.train import CPU_TRAINING  # noqa: E402
 
 MODELS = {
     "vist": TwinSpec(kind="vist", preset="cpu", backbone="tiny"),
@@ -72,7 +73,7 @@ def main() -> None:
     ap.add_argument("--cells", type=int, default=90)
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--train-seconds", type=float, default=120.0)
-    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--models", default="vist,pixels,per_cell,ln,cnn")
     ap.add_argument("--populations", default="1,8,16,32,64,90")
     ap.add_argument("--work", type=Path, default=None)
@@ -83,7 +84,7 @@ def main() -> None:
     cache = FeatureCache(work / "features")
     data = args.data or simulate_recording(
         work / "sim.h5", SimulationConfig(n_cells=args.cells, size=args.size, train_seconds=args.train_seconds))
-    config = TrainConfig(epochs=args.epochs)
+    config = replace(CPU_TRAINING, epochs=args.epochs)
 
     print(f"data: {data}  (train mov1, test mov2; {args.epochs} epochs max; torch threads {torch.get_num_threads()})")
     rows = []

@@ -7,6 +7,7 @@ so `insilico inspect` and `insilico rig ...` start fast and run on a rig PC with
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import typer
@@ -80,8 +81,9 @@ def train(
     backbone: str = typer.Option("tiny", help="Backbone: tiny, pixels, dinov2-small/base/large/giant, or a local folder."),
     preset: str = typer.Option("cpu", help="Vi-ST preset: vist (published) or cpu."),
     rf_conditioning: str = typer.Option("sum", help="AdaLN conditioning: sum (published) or per_cell."),
-    epochs: int = typer.Option(60, help="Maximum epochs (early stopping on validation)."),
-    batch_size: int = typer.Option(16, help="Windows per batch."),
+    epochs: int = typer.Option(None, help="Maximum epochs, early stopping on validation "
+                               "[default: 8 for the cpu preset, 60 for vist]."),
+    batch_size: int = typer.Option(None, help="Windows per batch [default: 4 for cpu, 16 for vist]."),
     swa: bool = typer.Option(False, help="Stochastic weight averaging over the last quarter."),
     seed: int = typer.Option(0),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
@@ -91,10 +93,12 @@ def train(
     with friendly_errors():
         from insilico.console import progress
         from vist_model.fit_twin import TwinSpec, train_twin
-        from vist_model.train import TrainConfig
+        from vist_model.train import training_for
 
         spec = TwinSpec(kind=model, preset=preset, backbone=backbone, rf_conditioning=rf_conditioning)
-        cfg = TrainConfig(epochs=epochs, batch_size=batch_size, swa=swa, seed=seed)
+        defaults = training_for(preset)
+        cfg = replace(defaults, epochs=epochs or defaults.epochs, batch_size=batch_size or defaults.batch_size,
+                      swa=swa, seed=seed)
         with progress() as bar:
             run = train_twin(data, _names(train_segments), out, spec=spec, config=cfg, device=device,
                              noise_segment=noise_segment, progress=bar)

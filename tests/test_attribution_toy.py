@@ -10,7 +10,7 @@ from torch import nn
 from insilico.attribution.clips import Clip, clip_scores, random_clips, select_clips
 from insilico.attribution.config import AttributionConfig
 from insilico.attribution.methods import attribute_clip
-from insilico.attribution.response import ClipResponse, frozen
+from insilico.attribution.response import ClipResponse
 from insilico.attribution.summaries import (
     effective_rf,
     map_correlation,
@@ -18,6 +18,7 @@ from insilico.attribution.summaries import (
     spatial_map,
     temporal_profile,
 )
+from vist_model.streaming import frozen
 
 H = W = 16
 LAGS = 6

@@ -15,9 +15,10 @@ from typer.testing import CliRunner
 from insilico.attribution.cli import attribute_command
 from insilico.attribution.config import AttributionConfig
 from insilico.attribution.pipeline import attribute_cells
-from insilico.attribution.response import ClipResponse, frozen
+from insilico.attribution.response import ClipResponse
 from insilico.attribution.sanity import randomised_network
 from insilico.cells import parse_cells
+from vist_model.streaming import frozen
 from vist_model.twin import Twin
 
 # The tiny twin runs a 224-px DINOv2 on every frame: a few seconds per clip on two busy cores.

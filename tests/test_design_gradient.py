@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from insilico.design.envelope import rf_envelope
 from insilico.design.gradient import GradientConfig, optimise_gradient
 from insilico.design.objectives import Window, increase
 from insilico.design.postprocess import ContrastBudget
@@ -49,7 +50,8 @@ def test_a_short_run_raises_the_objective_within_the_budget(response: TwinRespon
     run = _run(response, (0, 1), steps=3)
     curves = run.curves()
     assert curves["objective"].shape == (4, 2)
-    assert (curves["objective"][-1] > curves["objective"][0]).all()
+    # Step 0's objective is the grey start's, below the budget; from step 1 on, clips are at it.
+    assert (curves["objective"][-1] > curves["objective"][1]).all()
     np.testing.assert_allclose(curves["contrast"][:-1], 0.2, atol=1e-4)
     assert (curves["grad_norm"][:-1] > 0).all()
     assert run.stimuli.shape == (2, T, *response.metadata.frame_shape)
@@ -66,9 +68,45 @@ def test_grey_lead_in_makes_window_rates_exact(twin: Twin) -> None:
     np.testing.assert_allclose(short[:, -2:], full[:, -2:], rtol=1e-4, atol=1e-5)
 
 
+def test_the_cached_grey_screen_equals_grey_frames_played_first(twin: Twin) -> None:
+    h, w = twin.metadata.frame_shape
+    lead = twin.receptive_field - 1
+    clip = torch.rand(2, T, h, w, generator=torch.Generator().manual_seed(2), requires_grad=True)
+    streamed = TwinResponse(twin)(clip)
+    with torch.no_grad():
+        twin.network.eval()
+        grey = torch.full((2, lead, h, w), 0.5)
+        played = twin.network(twin.backbone(torch.cat((grey, clip.detach()), dim=1)))[:, lead:]
+    np.testing.assert_allclose(streamed.detach().numpy(), played.numpy(), rtol=1e-4, atol=1e-5)
+    streamed[:, -1, 0].sum().backward()
+    assert clip.grad is not None and clip.grad.abs().sum() > 0
+    assert all(p.grad is None for p in twin.network.parameters())  # input gradients only
+
+
 def test_an_ensemble_averages_its_twins(twin: Twin) -> None:
     h, w = twin.metadata.frame_shape
     clip = torch.rand(1, 4, h, w, generator=torch.Generator().manual_seed(1))
     one = TwinResponse(twin, lead_in=0).rates(clip)
     pair = TwinResponse([twin, twin], lead_in=0).rates(clip)
     np.testing.assert_allclose(pair, one, rtol=1e-5, atol=1e-6)
+
+
+def test_an_envelope_keeps_the_design_inside_the_receptive_field(response: TwinResponse) -> None:
+    h, w = response.metadata.frame_shape
+    rows, cols = np.indices((h, w))
+    rf = np.exp(-((rows - h / 3) ** 2 + (cols - w / 3) ** 2) / (2 * 1.5**2))
+    envelope = rf_envelope(rf, 1.5)
+    config = GradientConfig(steps=2, lr=0.2, jitter_px=0, time_shift=0)
+    run = optimise_gradient(response, increase(0, WINDOW), (T, h, w), ContrastBudget(0.2), (0,), config,
+                            envelope=envelope)
+    clip = run.stimuli[0]
+    # Outside the envelope the screen is one uniform level (it balances the clip's mean grey).
+    outside = clip[:, envelope == 0]
+    assert np.ptp(outside) < 0.01
+    inside = np.abs(clip[:, envelope > 0.5] - outside.mean())
+    assert inside.max() > 0.3
+    start = run.history[0]
+    assert start.contrast[0] <= 0.2 + 1e-6
+    with pytest.raises(ValueError, match="envelope"):
+        optimise_gradient(response, increase(0, WINDOW), (T, h, w), ContrastBudget(0.2), (0,), config,
+                          envelope=envelope[:-1])

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from insilico.design.envelope import rf_centre_and_size, rf_envelope
 from insilico.design.objectives import Window, decrease, discriminative, increase, others
 from insilico.design.postprocess import ContrastBudget
 from insilico.design.preconditioners import FourierScaling, GaussianBlur, blur
@@ -128,3 +129,21 @@ def test_regularisers_penalise_noise_more_than_smooth_clips() -> None:
     flicker = noise.clone()
     steady = noise[:, :1].expand_as(noise).clone()
     assert TemporalSmoothness(1.0)(flicker) > TemporalSmoothness(1.0)(steady) == 0
+
+
+@pytest.mark.parametrize("sigma", [1.5, 2.5, 4.0])
+def test_rf_centre_and_size_of_a_noisy_gaussian(sigma: float) -> None:
+    rows, cols = np.indices((48, 64))
+    rf = np.exp(-((rows - 20.0) ** 2 + (cols - 41.0) ** 2) / (2 * sigma**2))
+    rf = -rf + np.random.default_rng(0).normal(0.0, 0.1, rf.shape)  # an OFF cell's STA
+    (cy, cx), size = rf_centre_and_size(rf)
+    assert abs(cy - 20.0) < 0.5 and abs(cx - 41.0) < 0.5
+    assert size == pytest.approx(sigma, rel=0.2)
+    env = rf_envelope(rf, 3.0)
+    assert env.shape == rf.shape and env.max() == pytest.approx(1.0, abs=0.02)
+    assert np.unravel_index(np.argmax(env), env.shape) == (20, 41)
+    d = round(3 * size)
+    assert env[20, 41 + d] == pytest.approx(np.exp(-0.5 * (d / (3 * size)) ** 2), abs=0.05)
+    assert env[20, max(0, 41 - round(6 * size) - 1)] == 0.0  # cut beyond two envelope sigmas
+    with pytest.raises(ValueError, match="width"):
+        rf_envelope(rf, 0.0)

@@ -21,7 +21,7 @@ from vist_model.files import atomic_write_text
 from vist_model.loss import PoissonLoss, ViSTLoss
 from vist_model.plots import plot_loss_curve
 from vist_model.receptive_fields import receptive_fields
-from vist_model.train import TrainConfig, TrainResult, fit
+from vist_model.train import TrainConfig, TrainResult, fit, training_for
 from vist_model.twin import (
     MODEL_KINDS,
     Twin,
@@ -57,7 +57,6 @@ class TrainedRun:
 
 
 DEFAULT_SPEC = TwinSpec()
-DEFAULT_TRAINING = TrainConfig()
 # Fine-tuning starts from a trained twin: a shorter warm-up and a lower peak rate.
 DEFAULT_FINETUNING = TrainConfig(epochs=20, warmup_epochs=2, lr=3e-4, patience=6)
 
@@ -114,7 +113,7 @@ def train_twin(
     out_dir: str | Path,
     *,
     spec: TwinSpec = DEFAULT_SPEC,
-    config: TrainConfig = DEFAULT_TRAINING,
+    config: TrainConfig | None = None,
     device: str | None = None,
     cache: FeatureCache | None = None,
     noise_segment: str | None = None,
@@ -124,12 +123,15 @@ def train_twin(
 ) -> TrainedRun:
     """Train a twin on a recording's training segments and save it to `out_dir/model.pt`.
 
+    `config` defaults to the preset's training (`vist_model.train.training_for`).
+
     Training state is saved after every epoch (`out_dir/train_state.pt`): the same call after an
     interruption continues where it stopped.
     """
     out = Path(out_dir)
     dev = resolve_device(device)
     cache = cache or FeatureCache()
+    config = config or training_for(spec.preset)
     with open_recording(data) as rec:
         if not rec.has_responses:
             raise ValueError(f"{data}: a stimulus-only file has no responses to train on")

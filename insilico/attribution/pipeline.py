@@ -16,7 +16,7 @@ from torch import nn
 from insilico.attribution.clips import Clip, random_clips, select_clips
 from insilico.attribution.config import AttributionConfig
 from insilico.attribution.methods import ClipAttribution, attribute_clip
-from insilico.attribution.response import ClipResponse, frozen
+from insilico.attribution.response import ClipResponse
 from insilico.attribution.result import CellAttribution
 from insilico.attribution.sanity import randomised_network
 from insilico.attribution.summaries import (
@@ -31,6 +31,7 @@ from insilico.errors import InsilicoError
 from stimuli.recording import open_recording
 from vist_model.fit_twin import resolve_device
 from vist_model.metrics import pearson_per_cell
+from vist_model.streaming import frozen
 from vist_model.twin import Twin
 
 
@@ -111,16 +112,20 @@ def attribute_cells(
     movie = load_test_movie(twin, data_path, test_segment)
     results = attribute_twin(twin, movie, ids, config, test_segment=test_segment, progress=progress)
     if out_dir is not None:
-        from insilico.attribution.html_report import write_cell_page, write_index
-        from insilico.attribution.report_file import write_cell_file
-
-        out = Path(out_dir)
-        for r in results:
-            write_cell_file(r, out / f"cell{r.cell_id}.h5")
-            write_cell_page(r, out / f"cell{r.cell_id}.html")
-        if len(results) > 1:
-            write_index(results, out / "index.html")
+        write_reports(results, Path(out_dir))
     return results
+
+
+def write_reports(results: Sequence[CellAttribution], out: Path) -> None:
+    """`out/cell<ID>.h5` and `.html` per cell and, for more than one cell, `out/index.html`."""
+    from insilico.attribution.html_report import write_cell_page, write_index
+    from insilico.attribution.report_file import write_cell_file
+
+    for r in results:
+        write_cell_file(r, out / f"cell{r.cell_id}.h5")
+        write_cell_page(r, out / f"cell{r.cell_id}.html")
+    if len(results) > 1:
+        write_index(results, out / "index.html")
 
 
 def attribute_twin(twin: Twin, movie: TestMovie, cell_ids: Sequence[int], config: AttributionConfig,

@@ -5,8 +5,9 @@
     from insilico.design.run import optimize_cells, verify_design
     results = optimize_cells("runs/m1", [42], "designs/", method="both")
 
-One module per job: `response` (the twin as a differentiable function of a clip, with a grey
-lead-in), `transforms`, `objectives`, `regularisers`, `preconditioners`, `postprocess` (the
-contrast budget), `gradient` (the step loop), `parametric` (Optuna over stimulus families),
-`budget`, `natural_control`, `outputs`, `verify`, `run` and `cli`.
+One module per job: `response` (the twin as a differentiable function of a clip, after a
+grey screen), `transforms`, `objectives`, `regularisers`, `preconditioners`, `envelope` (the
+window around the cell's receptive field), `postprocess` (the contrast budget), `gradient`
+(the step loop), `parametric` (Optuna over stimulus families), `budget`, `natural_control`,
+`outputs`, `verify`, `run` and `cli`.
 """

@@ -30,6 +30,9 @@ def optimize_command(
     steps: int = typer.Option(12, "--steps", help="Gradient steps."),
     trials: int = typer.Option(24, "--trials", help="Optuna TPE trials per cell (plus half as many CMA-ES)."),
     window: int = typer.Option(3, "--window", help="Response window: the clip's last N frames."),
+    rf_envelope: float = typer.Option(1.5, "--rf-envelope",
+                                      help="Confine gradient designs to this many RF-centre sigmas around the "
+                                           "recorded receptive field; 0: the whole screen."),
 ) -> None:
     """Design the stimulus that drives a cell hardest (or silences it, or singles it out)."""
     with friendly_errors():
@@ -45,7 +48,7 @@ def optimize_command(
         console.print(f"backbone: {twins[0].metadata.describe_backbone()}"
                       + (f" (ensemble of {len(twins)} twins)" if len(twins) > 1 else ""))
         settings = DesignSettings(window_frames=window, trials=trials, cmaes_trials=max(0, trials // 2),
-                                  gradient=replace(GradientConfig(), steps=steps))
+                                  gradient=replace(GradientConfig(), steps=steps, rf_envelope=rf_envelope))
         with progress() as bar:
             results = optimize_cells(twins, cells, out, method=method, n_frames=frames, objective=objective,
                                      rms_contrast=rms_contrast, seeds=seeds, storage=storage,

@@ -36,6 +36,8 @@ from insilico.design.preconditioners import blur, named_preconditioner, unit_rms
 from insilico.design.regularisers import TemporalSmoothness, TotalVariation
 from insilico.design.transforms import Compose, Jitter, TimeShift
 
+INITS = ("grey", "noise")
+
 
 @dataclass(frozen=True)
 class GradientConfig:
@@ -49,9 +51,17 @@ class GradientConfig:
         tv_weight: total-variation penalty weight.
         smooth_weight: temporal-smoothness penalty weight.
         preconditioner: "blur", "fourier" or "none".
-        blur_sigma: (start, end) of the annealed blur, pixels.
+        blur_sigma: (start, end) of the annealed blur, pixels. It ends at 1.5 px: below
+            that, the ViT's patch grid (4 px on a 64-px screen) shows through in the design
+            and the twin, not the cell, responds to it (measured: half the true response).
         diversity_weight: reward for RMS distance between batch members (0 = off).
         init_sigma: spatial blur (pixels) of the random start.
+        init: "grey" starts at mean grey plus seeded noise of `init_scale` times the budget's
+            RMS, so the first step is the twin's own gradient and no budget is left on noise
+            the cell cannot see; "noise" starts from smooth noise at the full budget.
+        init_scale: amplitude of the grey start's noise, relative to the budget's RMS.
+        rf_envelope: sigma of the spatial envelope around the cell's receptive field, in
+            RF-centre sigmas (`insilico.design.envelope`); 0 leaves the whole screen free.
     """
 
     steps: int = 12
@@ -61,15 +71,24 @@ class GradientConfig:
     tv_weight: float = 0.0
     smooth_weight: float = 0.0
     preconditioner: str = "blur"
-    blur_sigma: tuple[float, float] = (2.0, 0.5)
+    blur_sigma: tuple[float, float] = (2.0, 1.5)
     diversity_weight: float = 0.0
     init_sigma: float = 2.0
+    init: str = "grey"
+    init_scale: float = 0.05
+    rf_envelope: float = 1.5
 
     def __post_init__(self) -> None:
         if self.steps < 0:
             raise ValueError(f"steps must be >= 0, got {self.steps}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
+        if not 0 < self.init_scale <= 1:
+            raise ValueError(f"init_scale must be in (0, 1], got {self.init_scale}")
+        if self.rf_envelope < 0:
+            raise ValueError(f"rf_envelope must be >= 0 RF sigmas (0 = off), got {self.rf_envelope}")
         named_preconditioner(self.preconditioner)  # validates the name
 
 
@@ -140,12 +159,17 @@ class GradientRun:
         return path
 
 
-def random_start(shape: tuple[int, int, int], seed: int, sigma: float, budget: ContrastBudget,
-                 device: torch.device) -> Tensor:
-    """A smooth random clip `[T, H, W]` at the budget, fully determined by `seed`."""
+def random_start(shape: tuple[int, int, int], seed: int, config: GradientConfig, budget: ContrastBudget,
+                 device: torch.device, envelope: Tensor | None = None) -> Tensor:
+    """The start `[T, H, W]` of one clip (see `GradientConfig.init`), fully determined by `seed`."""
     gen = torch.Generator().manual_seed(int(seed))
-    noise = torch.randn((1, *shape), generator=gen, dtype=torch.float32)
-    return budget(blur(noise, sigma))[0].to(device)
+    noise = blur(torch.randn((1, *shape), generator=gen, dtype=torch.float32), config.init_sigma)
+    if envelope is not None:
+        noise = noise * envelope.cpu()
+    if config.init == "noise":
+        return budget(noise)[0].to(device)
+    noise = noise / noise.std().clamp_min(1e-12)
+    return (budget.mean + config.init_scale * budget.rms * noise)[0].clamp(0.0, 1.0).to(device)
 
 
 def diversity(frames: Tensor) -> Tensor:
@@ -167,6 +191,7 @@ def optimise_gradient(
     config: GradientConfig = GradientConfig(),
     device: torch.device | str = "cpu",
     on_step: Callable[[StepRecord], None] | None = None,
+    envelope: np.ndarray | Tensor | None = None,
 ) -> GradientRun:
     """Design one clip per seed that maximises `objective(response(clip))` within `budget`.
 
@@ -180,6 +205,8 @@ def optimise_gradient(
         config: step settings.
         device: where the clips live (the twin's device).
         on_step: called with each step's record (progress display).
+        envelope: `[H, W]` weights in [0, 1] for the start and every gradient step
+            (`insilico.design.envelope.rf_envelope`); None leaves the whole screen free.
     """
     if not seeds:
         raise ValueError("give at least one seed")
@@ -188,7 +215,10 @@ def optimise_gradient(
     started = time.perf_counter()
     device = torch.device(device)
     gens = [torch.Generator().manual_seed(int(s) + 1_000_003) for s in seeds]
-    x = torch.stack([random_start(shape, s, config.init_sigma, budget, device) for s in seeds])
+    env = None if envelope is None else torch.as_tensor(envelope, dtype=torch.float32, device=device)
+    if env is not None and tuple(env.shape) != tuple(shape[1:]):
+        raise ValueError(f"the envelope must be [H, W] = {list(shape[1:])}, got {list(env.shape)}")
+    x = torch.stack([random_start(shape, s, config, budget, device, env) for s in seeds])
     x.requires_grad_(True)
     transform = Compose((Jitter(config.jitter_px), TimeShift(config.time_shift)))
     regularisers = (TotalVariation(config.tv_weight), TemporalSmoothness(config.smooth_weight))
@@ -214,7 +244,8 @@ def optimise_gradient(
         (-gain.sum()).backward()                                    # 4. backward
         grad = x.grad
         grad_norm = grad.detach().flatten(1).norm(dim=1)
-        x.grad = unit_rms(precondition(grad, step, config.steps))   # 5. precondition
+        shaped = precondition(grad, step, config.steps)             # 5. precondition
+        x.grad = unit_rms(shaped if env is None else shaped * env)
         for group in optimiser.param_groups:
             group["lr"] = _cosine(config.lr, step, config.steps)
         optimiser.step()                                            # 6. optimiser step

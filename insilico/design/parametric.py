@@ -64,12 +64,35 @@ def storage_for(url: str | None, default_journal: str | Path) -> optuna.storages
 
 @dataclass(frozen=True)
 class Screen:
-    """What a parametric stimulus is drawn on: `T` frames of `H x W` at `frame_rate`."""
+    """What a parametric stimulus is drawn on: `T` frames of `H x W` at `frame_rate`.
+
+    `focus` `(row, col, sigma)` is the cell's receptive field, pixels: where it is known,
+    spots and grating apertures are centred within `FOCUS_SIGMAS` sigmas of it rather than
+    anywhere on the screen (a search of a few dozen trials cannot afford the whole screen).
+    """
 
     n_frames: int
     height: int
     width: int
     frame_rate: float
+    focus: tuple[float, float, float] | None = None
+
+    def centre_ranges(self) -> tuple[tuple[float, float], tuple[float, float]]:
+        """`((y_low, y_high), (x_low, x_high))` for stimulus centres."""
+        y_full, x_full = (0.0, self.height - 1.0), (0.0, self.width - 1.0)
+        if self.focus is None:
+            return y_full, x_full
+        cy, cx, sigma = self.focus
+        reach = FOCUS_SIGMAS * sigma
+
+        def around(c: float, full: tuple[float, float]) -> tuple[float, float]:
+            low, high = max(full[0], c - reach), min(full[1], c + reach)
+            return (low, high) if high > low else full
+
+        return around(cy, y_full), around(cx, x_full)
+
+
+FOCUS_SIGMAS = 2.0
 
 
 @functools.lru_cache(maxsize=4)
@@ -87,6 +110,7 @@ def suggest(trial: optuna.Trial, family: str, s: Screen) -> dict[str, Any]:
     """Parameters of one `family` stimulus (the define-by-run search space)."""
     t, h, w = s.n_frames, s.height, s.width
     side = float(max(h, w))
+    (y0, y1), (x0, x1) = s.centre_ranges()
     if family == "drifting_grating":
         return {
             "orientation_deg": trial.suggest_float("orientation_deg", 0.0, 360.0),
@@ -94,13 +118,13 @@ def suggest(trial: optuna.Trial, family: str, s: Screen) -> dict[str, Any]:
             "temporal_freq_hz": trial.suggest_float("temporal_freq_hz", 0.0, min(8.0, s.frame_rate / 3.0)),
             "contrast": trial.suggest_float("contrast", 0.2, 1.0),
             "size_px": trial.suggest_float("size_px", 4.0, 1.5 * side, log=True),
-            "center": (trial.suggest_float("center_y", 0.0, h - 1.0), trial.suggest_float("center_x", 0.0, w - 1.0)),
+            "center": (trial.suggest_float("center_y", y0, y1), trial.suggest_float("center_x", x0, x1)),
             "phase": trial.suggest_float("phase", 0.0, 2.0 * np.pi),
         }
     if family == "spot":
         onset = trial.suggest_int("onset_frame", 0, t - 1)
         return {
-            "center_yx": (trial.suggest_float("center_y", 0.0, h - 1.0), trial.suggest_float("center_x", 0.0, w - 1.0)),
+            "center_yx": (trial.suggest_float("center_y", y0, y1), trial.suggest_float("center_x", x0, x1)),
             "radius_px": trial.suggest_float("radius_px", 1.0, side / 2.0, log=True),
             "polarity": trial.suggest_int("polarity", -1, 1, step=2),
             "onset_frame": onset,

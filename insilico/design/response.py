@@ -6,12 +6,14 @@ clip's past with zero *features*, which is not what a grey screen looks like to 
 So `TwinResponse` prepends frames of mean grey: the backbone features of one grey frame are
 computed once and repeated, and only the clip's own frames pass through the backbone.
 
-The Vi-ST network itself is the expensive part on a CPU (3-D convolutions over every frame
-it is given), so the lead-in is only as long as the response window needs: a window starting
-at clip frame `s` reads inputs back to `s - (receptive_field - 1)`, so
-`lead_in = max(0, receptive_field - 1 - s)` grey frames make every windowed rate exactly
-what a grey screen before the clip would give (`lead_in_for(twin, window_start)`). Rates
-before the window then see some zero-padded history; objectives never read them.
+The grey screen never changes, so what the network computes on it is computed once per
+twin and kept (`vist_model.streaming.ContextCache`): every call runs the network on the
+clip's own frames only, as if `lead_in` grey frames came before them. A window starting at
+clip frame `s` reads inputs back to `s - (receptive_field - 1)`; the default lead-in, the
+whole receptive field, makes every rate exact. A shorter one (`lead_in_for(twin, s)`) is
+exact from frame `s` on. Twins the cache does not hold for (checked once against the full
+pass) get the grey frames prepended instead. The network's weights are frozen while the
+response is built, so backward passes compute input gradients only.
 
 Several checkpoints of the same recording form an ensemble: their rates are averaged, so an
 ensemble is one model to every objective (`TwinResponse([twin_a, twin_b])`).
@@ -25,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from vist_model.streaming import ContextCache, frozen
 from vist_model.twin import Twin
 
 GREY = 0.5
@@ -60,8 +63,9 @@ class TwinResponse(nn.Module):
         if lead_in is not None and lead_in < 0:
             raise ValueError(f"lead_in must be >= 0 frames, got {lead_in}")
         self.lead_in = lead_in
-        # Plain list on purpose: the twins' networks stay frozen and are not parameters here.
+        # Plain lists on purpose: the twins' networks stay frozen and are not parameters here.
         self._grey: list[Tensor | None] = [None] * len(twins)
+        self._history: list[ContextCache | None] = [None] * len(twins)
 
     @property
     def device(self) -> torch.device:
@@ -82,23 +86,41 @@ class TwinResponse(nn.Module):
         return total / len(self.twins)
 
     def _one(self, k: int, twin: Twin, frames: Tensor) -> Tensor:
-        twin.network.eval()
         encode = twin.backbone if twin.backbone is not None else (lambda x: x)
         x = encode(frames)
         lead = twin.receptive_field - 1 if self.lead_in is None else self.lead_in
-        if lead > 0:
-            grey = self._grey_input(k, twin, encode, frames)
-            x = torch.cat((grey.expand(x.shape[0], lead, *grey.shape[2:]), x), dim=1)
-        return twin.network(x)[:, lead:]
+        with frozen(twin.network) as network:
+            if lead == 0:
+                return network(x)
+            cache = self._grey_history(k, twin, encode, lead, frames)
+            if cache is not None:
+                with cache.replay():
+                    return network(x)
+            return network(self._prepend_grey(k, lead, x))[:, lead:]
 
-    def _grey_input(self, k: int, twin: Twin, encode, frames: Tensor) -> Tensor:
-        cached = self._grey[k]
-        if cached is None or cached.device != frames.device or cached.dtype != frames.dtype:
-            with torch.no_grad():
-                grey = torch.full((1, 1, *self.metadata.frame_shape), GREY, dtype=frames.dtype, device=frames.device)
-                cached = encode(grey).detach()
-            self._grey[k] = cached
-        return cached
+    def _prepend_grey(self, k: int, lead: int, x: Tensor) -> Tensor:
+        grey = self._grey[k]
+        return torch.cat((grey.expand(x.shape[0], lead, *grey.shape[2:]), x), dim=1)
+
+    @torch.no_grad()
+    def _grey_history(self, k: int, twin: Twin, encode, lead: int, frames: Tensor) -> ContextCache | None:
+        """The network's state after `lead` grey frames, or None where streaming does not hold."""
+        grey = self._grey[k]
+        if grey is None or grey.device != frames.device or grey.dtype != frames.dtype:
+            screen = torch.full((1, 1, *self.metadata.frame_shape), GREY, dtype=frames.dtype, device=frames.device)
+            self._grey[k] = grey = encode(screen).detach()
+            cache = ContextCache(twin.network)
+            if cache.convs:
+                cache.record(grey.expand(1, lead, *grey.shape[2:]))
+                probe = encode(torch.rand((1, 2, *self.metadata.frame_shape), generator=torch.Generator().manual_seed(0))
+                               .to(device=frames.device, dtype=frames.dtype))
+                with cache.replay():
+                    streamed = twin.network(probe)
+                full = twin.network(self._prepend_grey(k, lead, probe))[:, lead:]
+                scale = float(full.abs().max().clamp_min(1.0))
+                cache = cache if float((streamed - full).abs().max()) <= 1e-4 * scale else None
+            self._history[k] = cache if cache is not None and cache.convs else None
+        return self._history[k]
 
     @torch.no_grad()
     def rates(self, frames: np.ndarray | Tensor, batch: int = 8) -> np.ndarray:

@@ -4,7 +4,8 @@
 each cell, at one contrast budget (`budget`):
 
 1. the design: gradient ascent through the twin (`gradient`), a batch of `seeds` clips,
-   the best kept (method `gradient` or `both`), or the best Optuna stimulus (`optuna`);
+   the best kept; the best Optuna stimulus (`optuna`); or (`both`) whichever of the two
+   the twin scores higher;
 2. the best parametric stimulus (`parametric`; with method `gradient`, a short search of
    `comparison_trials` serves as the comparison);
 3. the best natural clip of the same length from the training movies (`natural_control`).
@@ -14,9 +15,11 @@ through the twin (the ensemble mean if several models are given), objective on t
 clamped at 0. "Predicted response" in the outputs is the cell's mean rate (spikes per bin)
 over the time window.
 
-CPU defaults: 60 frames, 4 seeds and 12 steps; 24 TPE + 12 CMA-ES trials. Through the tiny
-DINOv2 at 224 x 224 px a step of 4 x 60 frames costs about 2.5 s on 2 free cores, so cell 42
-of the 90-cell, 64 x 64 px simulation takes well under a minute (`benchmarks/mei.py`).
+CPU defaults: 60 frames, 4 seeds and 12 steps; 24 TPE + 12 CMA-ES trials. Gradient designs
+are confined to an envelope around the cell's recorded receptive field (`envelope`) and
+start from grey. Cell 42 of the default simulation (90 cells, 64 x 64 px, cpu-preset twin)
+takes 49 s on 2 idle cores with `--method gradient`, 7 s of it loading the backbone
+(`benchmarks/mei.py` measures the rest).
 """
 
 from __future__ import annotations
@@ -33,13 +36,14 @@ from rich.progress import Progress
 
 from insilico.cells import parse_cells
 from insilico.design.budget import Budget, resolve_budget, training_data
+from insilico.design.envelope import rf_centre_and_size, rf_envelope
 from insilico.design.gradient import GradientConfig, GradientRun, optimise_gradient
 from insilico.design.natural_control import NaturalClip, NaturalScreen, best_natural_clip
 from insilico.design.objectives import OBJECTIVES, Objective, Window, named_objective
 from insilico.design.outputs import animation, contact_sheet, rf_centre, write_clip, write_json
 from insilico.design.parametric import ParametricResult, Screen, search_parametric, storage_for
 from insilico.design.postprocess import ContrastBudget, clip_stats
-from insilico.design.response import TwinResponse, lead_in_for
+from insilico.design.response import TwinResponse
 from insilico.design.verify import Verification
 from insilico.design.verify import verify_design as _verify_design
 from insilico.errors import InsilicoError
@@ -170,13 +174,12 @@ def optimize_cells(
                           "objective": objective, "seeds": seed_list})
     window = Window(s.window_frames)
     bounds = window.bounds(s.n_frames)
-    response = TwinResponse(twins, lead_in=lead_in_for(twins, bounds[0]))
+    response = TwinResponse(twins)
     meta = response.metadata
     ids = parse_cells(cells, meta.cell_ids)
     budget_info = resolve_budget(meta, rms_contrast)
     budget = ContrastBudget(budget_info.rms, budget_info.mean)
     h, w = meta.frame_shape
-    screen = Screen(s.n_frames, h, w, meta.frame_rate)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data, segments = _training_data_or_fail(meta)
@@ -192,10 +195,13 @@ def optimize_cells(
         obj = named_objective(s.objective, i, window, s.temperature)
         if bar is not None:
             bar.update(cells_task, status=f"cell {cell_id}")
+        centre, sigma = rf_centre_and_size(meta.rf[i])
+        screen = Screen(s.n_frames, h, w, meta.frame_rate, focus=(*centre, sigma))
         run = None
         if s.method in ("gradient", "both"):
+            envelope = rf_envelope(meta.rf[i], s.gradient.rf_envelope) if s.gradient.rf_envelope else None
             run = optimise_gradient(response, obj, (s.n_frames, h, w), budget, s.seeds, s.gradient,
-                                    device=response.device)
+                                    device=response.device, envelope=envelope)
         trials = s.trials if s.method in ("optuna", "both") else s.comparison_trials
         cma = s.cmaes_trials if s.method in ("optuna", "both") else 0
         study = f"cell{cell_id}-{s.objective}-{s.n_frames}f-w{s.window_frames}-rms{budget.rms:.4f}-{key}"
@@ -203,13 +209,14 @@ def optimize_cells(
                                   seed=s.seeds[0])
         natural = best_natural_clip(response, natural_screen, obj, s.n_frames, s.window_frames, budget,
                                     s.natural_top_k)
+        design, design_method, seed = param.frames, f"optuna ({param.family})", s.seeds[0]
         if run is not None:
             clips = np.stack([to_uint8(c) for c in run.stimuli])
             values, _ = _score(response, obj, i, window.slice(s.n_frames), clips)
             best = int(np.argmax(values))
-            design, design_method, seed = clips[best], "gradient", s.seeds[best]
-        else:
-            design, design_method, seed = param.frames, f"optuna ({param.family})", s.seeds[0]
+            # "both": the design is whichever method the twin scores higher.
+            if s.method == "gradient" or values[best] >= param.objective:
+                design, design_method, seed = clips[best], "gradient", s.seeds[best]
         named = {"design": design, "natural": natural.frames, "parametric": param.frames}
         values, rates = _score(response, obj, i, window.slice(s.n_frames), np.stack(list(named.values())))
         result = DesignResult(

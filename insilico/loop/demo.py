@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -126,7 +126,7 @@ def run_demo(out_dir: str | Path = "demo", config: DemoConfig | None = None, *, 
     from vist_model.evaluate import evaluate_twin
     from vist_model.features import FeatureCache
     from vist_model.fit_twin import TwinSpec, train_twin
-    from vist_model.train import TrainConfig
+    from vist_model.train import CPU_TRAINING
     from vist_model.twin import Twin
 
     c = config or DemoConfig()
@@ -147,7 +147,7 @@ def run_demo(out_dir: str | Path = "demo", config: DemoConfig | None = None, *, 
     if not (model / "model.pt").is_file():
         with progress() as bar:
             train_twin(data, ["mov1"], model, spec=TwinSpec(kind="vist", preset="cpu", backbone="tiny"),
-                       config=TrainConfig(epochs=c.train_epochs, warmup_epochs=1), device="cpu", cache=cache,
+                       config=replace(CPU_TRAINING, epochs=c.train_epochs), device="cpu", cache=cache,
                        progress=bar)
     _stage(timings, "train the twin", t0)
 

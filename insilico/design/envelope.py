@@ -1,0 +1,61 @@
+"""A spatial envelope around a cell's recorded receptive field, for gradient designs.
+
+A twin's pixel gradient is not confined to the cell's receptive field: a ViT backbone mixes
+every patch with every other, so part of each step lands where the real cell cannot see.
+Spread over the screen, the contrast budget then leaves the receptive field with a fraction
+of the contrast it could have. Walker et al. (2019) and Franke et al. (2022) confine their
+most exciting inputs to a Gaussian window around the receptive field; so does this: the
+design's start and every gradient step are weighted by `rf_envelope(rf, width)`, a Gaussian
+centred on the strongest part of the recorded map (`/cells/rf`, the STA on simulated data)
+with `width` times the centre's size as its sigma (the surround stays inside the window),
+cut to 0 beyond `CUTOFF_SIGMAS` of its own sigmas. The cut matters: when the contrast budget
+cannot be spent inside the window, the post-processor raises the gain until it can, and a
+Gaussian's far tail, however small, would be scaled up to full contrast.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.ndimage import gaussian_filter, label
+
+MIN_SIGMA_PX = 1.0
+SMOOTH_PX = 1.0
+CUTOFF_SIGMAS = 2.0
+
+
+def rf_centre_and_size(rf: np.ndarray) -> tuple[tuple[float, float], float]:
+    """`((row, col), sigma)` in pixels of the receptive field's centre mechanism.
+
+    The map is smoothed lightly (an STA is noisy pixel by pixel). The centre is the peak of
+    |map|; sigma comes from the area of the connected region around the peak above half its
+    height (a Gaussian's half-maximum disc has radius `sigma * sqrt(2 ln 2)`), less the
+    smoothing, so isolated noise elsewhere on the screen does not count.
+    """
+    rf = np.asarray(rf, dtype=np.float64)
+    if rf.ndim != 2 or not np.isfinite(rf).all():
+        raise ValueError(f"a receptive field must be a finite [H, W] map, got shape {rf.shape}")
+    smooth = np.abs(gaussian_filter(rf, SMOOTH_PX))
+    cy, cx = np.unravel_index(int(np.argmax(smooth)), smooth.shape)
+    if smooth[cy, cx] <= 0:
+        h, w = rf.shape
+        return ((h - 1) / 2.0, (w - 1) / 2.0), max(h, w) / 4.0
+    regions, _ = label(smooth >= 0.5 * smooth[cy, cx])
+    disc = regions == regions[cy, cx]
+    weight = np.where(disc, smooth, 0.0)
+    rows, cols = np.indices(rf.shape)
+    y, x = (weight * rows).sum() / weight.sum(), (weight * cols).sum() / weight.sum()
+    smoothed_sigma = np.sqrt(disc.sum() / np.pi / (2.0 * np.log(2.0)))
+    sigma = np.sqrt(max(smoothed_sigma**2 - SMOOTH_PX**2, 0.0))
+    return (float(y), float(x)), max(float(sigma), MIN_SIGMA_PX)
+
+
+def rf_envelope(rf: np.ndarray, width: float) -> np.ndarray:
+    """`[H, W]` Gaussian in [0, 1], peak 1 at the RF centre, sigma `width` x the centre's sigma,
+    0 beyond `CUTOFF_SIGMAS` of its sigma."""
+    if not width > 0:
+        raise ValueError(f"the envelope width must be > 0 RF sigmas, got {width}")
+    (cy, cx), sigma = rf_centre_and_size(rf)
+    rows, cols = np.indices(np.shape(rf))
+    s = width * sigma
+    r2 = ((rows - cy) ** 2 + (cols - cx) ** 2) / (s * s)
+    return np.where(r2 <= CUTOFF_SIGMAS**2, np.exp(-0.5 * r2), 0.0).astype(np.float32)
