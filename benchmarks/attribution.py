@@ -44,6 +44,9 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=6)
     parser.add_argument("--truth", action="store_true", help="every cell, default method, against the truth")
     parser.add_argument("--out", default=None, help="with --truth: also write the reports here")
+    parser.add_argument("--method", default="ig", help="with --truth: the attribution method")
+    parser.add_argument("--linear-only", type=int, default=0,
+                        help="with --truth: only the first N reliable linear cells (0: every cell)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     if args.model:
@@ -54,7 +57,7 @@ def main() -> None:
             twin = new_twin(rec, TwinSpec(preset="cpu", backbone="tiny"), rfs.maps, rfs.source)
     movie = load_test_movie(twin, args.data, "mov2")
     if args.truth:
-        truth(twin, movie, args.data, args.out)
+        truth(twin, movie, args.data, args.out, args.method, args.linear_only)
         return
     n_total = twin.metadata.n_cells
     ids = list(twin.metadata.cell_ids[: args.cells])
@@ -72,16 +75,20 @@ def main() -> None:
     console.print(table)
 
 
-def truth(twin: Twin, movie, data: str, out: str | None) -> None:
-    config = AttributionConfig()
+def truth(twin: Twin, movie, data: str, out: str | None, method: str, linear_only: int) -> None:
+    config = AttributionConfig(method=method)
+    with open_recording(data) as rec:
+        reliability = split_half_reliability(rec.counts("mov2"))
+    ids = list(twin.metadata.cell_ids)
+    if linear_only:
+        ids = [c for c in ids if movie.linear[twin.metadata.cell_index(c)]
+               and reliability[twin.metadata.cell_index(c)] > 0.5][:linear_only]
     started = time.perf_counter()
     with progress() as bar:
-        results = attribute_twin(twin, movie, list(twin.metadata.cell_ids), config, progress=bar)
+        results = attribute_twin(twin, movie, ids, config, progress=bar)
     seconds = time.perf_counter() - started
     if out is not None:
         write_reports(results, Path(out))
-    with open_recording(data) as rec:
-        reliability = split_half_reliability(rec.counts("mov2"))
     chosen = [r for r in results if r.is_linear and reliability[r.index] > 0.5]
     trained = np.array([abs(r.truth_correlation) for r in chosen])
     randomised = np.array([abs(map_correlation(r.random_spatial, r.true_filter)) for r in chosen])

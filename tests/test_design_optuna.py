@@ -68,3 +68,15 @@ def test_every_family_renders_from_its_search_space(family: str) -> None:
     frames = render(family, suggest(trial, family, screen), screen)
     assert frames.shape == (10, 16, 16) and frames.dtype == np.uint8
     assert frames.std() > 0
+
+
+def test_a_known_receptive_field_narrows_where_stimuli_are_centred() -> None:
+    assert Screen(10, 16, 20, 30.0).centre_ranges() == ((0.0, 15.0), (0.0, 19.0))
+    focused = Screen(10, 16, 20, 30.0, focus=(4.0, 18.0, 1.5))
+    assert focused.centre_ranges() == ((1.0, 7.0), (15.0, 19.0))  # +- 2 sigmas, inside the screen
+    from insilico.design.parametric import suggest
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(20):
+        params = suggest(study.ask(), "spot", focused)
+        assert 1.0 <= params["center_yx"][0] <= 7.0 and 15.0 <= params["center_yx"][1] <= 19.0

@@ -30,7 +30,7 @@ def optimize_command(
     steps: int = typer.Option(12, "--steps", help="Gradient steps."),
     trials: int = typer.Option(24, "--trials", help="Optuna TPE trials per cell (plus half as many CMA-ES)."),
     window: int = typer.Option(3, "--window", help="Response window: the clip's last N frames."),
-    rf_envelope: float = typer.Option(1.5, "--rf-envelope",
+    rf_envelope: float = typer.Option(1.0, "--rf-envelope",
                                       help="Confine gradient designs to this many RF-centre sigmas around the "
                                            "recorded receptive field; 0: the whole screen."),
 ) -> None:

@@ -52,8 +52,8 @@ class GradientConfig:
         smooth_weight: temporal-smoothness penalty weight.
         preconditioner: "blur", "fourier" or "none".
         blur_sigma: (start, end) of the annealed blur, pixels. It ends at 1.5 px: below
-            that, the ViT's patch grid (4 px on a 64-px screen) shows through in the design
-            and the twin, not the cell, responds to it (measured: half the true response).
+            that, the ViT's patch grid (4 px on a 64-px screen) shows through in the design,
+            and the twin, not the cell, responds to it.
         diversity_weight: reward for RMS distance between batch members (0 = off).
         init_sigma: spatial blur (pixels) of the random start.
         init: "grey" starts at mean grey plus seeded noise of `init_scale` times the budget's
@@ -76,7 +76,7 @@ class GradientConfig:
     init_sigma: float = 2.0
     init: str = "grey"
     init_scale: float = 0.05
-    rf_envelope: float = 1.5
+    rf_envelope: float = 1.0
 
     def __post_init__(self) -> None:
         if self.steps < 0:
