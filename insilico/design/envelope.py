@@ -18,7 +18,7 @@ with no envelope, 0.51 with a width of 2, 0.64 with 1.5 and 0.77 with 1 (the def
 window then spans the centre, where most of the drive is). The twin's own predictions rank
 these the other way round (it expects the most from the unconfined designs), which is why
 this is a prior and not something the optimiser could find by itself.
-""""""
+"""
 
 from __future__ import annotations
 
