@@ -31,7 +31,6 @@ from insilico.design.run import DesignSettings, optimize_cells  # noqa: E402
 from insilico.design.verify import true_response  # noqa: E402
 from insilico.simulate import SimulationConfig, retina_of_recording, simulate_recording  # noqa: E402
 from rig_bridge.simulated_retina import split_half_reliability, true_optimal_stimulus  # noqa: E402
-from stimuli.contrast import to_uint8  # noqa: E402
 from stimuli.recording import open_recording  # noqa: E402
 from vist_model.features import FeatureCache  # noqa: E402
 from vist_model.fit_twin import TwinSpec, train_twin  # noqa: E402
@@ -93,9 +92,9 @@ def main() -> None:
                            seeds=args.seeds, settings=settings, cache=cache)[0]
         i = retina.index_of(cid)
         window = r.window
-        gradient = to_uint8(r.gradient_run.stimuli[r.gradient_run.best])
+        pick = r.design if r.objective["design"] >= r.objective["parametric"] else r.parametric.frames
         true = {k: true_response(retina, i, f, window) for k, f in
-                (("design", r.design), ("gradient", gradient), ("optuna", r.parametric.frames),
+                (("design", r.design), ("twin pick", pick), ("optuna", r.parametric.frames),
                  ("natural", r.natural.frames))}
         optimum = None
         if retina.is_linear(i):
@@ -131,34 +130,34 @@ def _ratio(a: float, b: float | None) -> float:
 def _print_row(row) -> None:
     cid, kind, rel, true, optimum, seconds = row
     opt = "" if optimum is None else f"{optimum:8.3f} {_ratio(true['design'], optimum):6.2f}"
-    print(f"{cid:5d} {kind:18s} {rel:5.2f} {true['design']:8.3f} {true['gradient']:8.3f} {true['optuna']:8.3f} "
+    print(f"{cid:5d} {kind:18s} {rel:5.2f} {true['design']:8.3f} {true['optuna']:8.3f} {true['twin pick']:9.3f} "
           f"{true['natural']:8.3f} {true['natural*']:8.3f} {_ratio(true['design'], true['natural']):6.2f} "
-          f"{_ratio(true['design'], true['natural*']):6.2f} {_ratio(true['gradient'], true['natural']):6.2f} "
-          f"{_ratio(true['optuna'], true['natural']):6.2f} {seconds:6.1f}s {opt}", flush=True)
+          f"{_ratio(true['design'], true['natural*']):6.2f} {_ratio(true['optuna'], true['natural']):6.2f} "
+          f"{seconds:6.1f}s {opt}", flush=True)
 
 
 def _summary(rows) -> None:
     if not rows:
         print("no reliable cells")
         return
-    print("\n'design' is what `insilico optimize --method both` writes: the better of the gradient and")
-    print("Optuna designs by the twin's prediction. Responses: true mean rate over the window, spikes/bin.")
+    print("\nResponses: true mean rate over the window, spikes/bin. 'design' is the gradient design;")
+    print("'twin pick' the one of the gradient and Optuna designs the twin predicts higher.")
     print("'natural' is the natural control the twin picked (what `insilico optimize` reports); 'natural*'")
     print("the truly best clip of the training movie, found by playing every clip to the retina.")
-    print("\ncell  type               rel     design gradient   optuna  natural natural*  d/nat d/nat*  g/nat"
-          "  o/nat    time  optimum  d/opt")
+    print("\ncell  type               rel     design   optuna twin pick  natural natural*  d/nat d/nat*  o/nat"
+          "    time  optimum  d/opt")
     for row in rows:
         _print_row(row)
-    d_nat, g_nat, o_nat = ([_ratio(r[3][k], r[3]["natural"]) for r in rows] for k in ("design", "gradient", "optuna"))
+    d_nat, p_nat, o_nat = ([_ratio(r[3][k], r[3]["natural"]) for r in rows] for k in ("design", "twin pick", "optuna"))
     d_best = [_ratio(r[3]["design"], r[3]["natural*"]) for r in rows]
     d_opt = [_ratio(r[3]["design"], r[4]) for r in rows if r[4] is not None]
     med = lambda xs: statistics.median([x for x in xs if np.isfinite(x)]) if xs else float("nan")  # noqa: E731
     print("\nmedian true response: " + ", ".join(f"{k} {med([r[3][k] for r in rows]):.3f}"
-                                                 for k in ("design", "gradient", "optuna", "natural", "natural*")))
-    print(f"median design/natural {med(d_nat):.2f} (gradient {med(g_nat):.2f}, optuna {med(o_nat):.2f}); "
+                                                 for k in ("design", "optuna", "twin pick", "natural", "natural*")))
+    print(f"median design/natural {med(d_nat):.2f} (optuna {med(o_nat):.2f}, twin pick {med(p_nat):.2f}); "
           f"design/true optimum (linear cells) {med(d_opt):.2f}")
     print(f"cells whose design >= 1.5x the best natural clip: {sum(x >= 1.5 for x in d_nat)}/{len(rows)} "
-          f"(gradient {sum(x >= 1.5 for x in g_nat)}, optuna {sum(x >= 1.5 for x in o_nat)}); "
+          f"(optuna {sum(x >= 1.5 for x in o_nat)}, twin pick {sum(x >= 1.5 for x in p_nat)}); "
           f"against the truly best clip: {sum(x >= 1.5 for x in d_best)}/{len(rows)} "
           f"(median design/natural* {med(d_best):.2f})")
     if d_opt:

@@ -62,9 +62,7 @@ def test_design_files_are_valid_stimulus_recordings(designs: Path) -> None:
             assert abs(rms - budget) < 2e-3
     with open_recording(designs / f"cell{CELL}.h5") as rec:
         attrs = rec.attrs
-    assert attrs["method"] in ("gradient", "optuna (spot)", "optuna (drifting_grating)", "optuna (moving_bar)",
-                               "optuna (full_field_flash)", "optuna (chirp)")
-    assert "increase" in attrs["objective"] and "seed" in attrs
+    assert attrs["method"] == "gradient" and "increase" in attrs["objective"] and "seed" in attrs
 
 
 def test_summary_and_previews(designs: Path) -> None:
@@ -74,8 +72,6 @@ def test_summary_and_previews(designs: Path) -> None:
     assert summary["settings"]["n_frames"] == 6
     assert summary["budget"]["source"].startswith("training movies")
     assert summary["parametric"]["trials"] == 3  # 2 TPE + 1 CMA-ES
-    # --method both: the design is whichever of the two the twin scores higher.
-    assert summary["objective_value"]["design"] >= summary["objective_value"]["parametric"] - 1e-6
     assert (designs / f"cell{CELL}.png").stat().st_size > 1000
     assert (designs / f"cell{CELL}.gif").read_bytes()[:3] == b"GIF"
     assert (designs / "optuna.journal").is_file()

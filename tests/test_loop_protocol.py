@@ -45,7 +45,7 @@ def test_shipped_protocols_load() -> None:
     loop = load_protocol(PROTOCOLS / "mei_closed_loop.toml")
     assert isinstance(loop, ClosedLoopProtocol)
     assert loop.rounds == 3 and loop.design.objectives == ("increase", "discriminative")
-    assert loop.design.controls == ("natural", "parametric") and loop.finetune.readout_only
+    assert loop.design.controls == ("natural", "parametric") and not loop.finetune.readout_only
     ft = load_protocol(PROTOCOLS / "finetune.toml")
     assert isinstance(ft, FinetuneProtocol) and ft.session is None and not ft.finetune.readout_only
 

@@ -3,11 +3,10 @@
 `optimize_cells` designs one stimulus per cell and writes its files (see `outputs`). For
 each cell, at one contrast budget (`budget`):
 
-1. the design: gradient ascent through the twin (`gradient`), a batch of `seeds` clips,
-   the best kept; the best Optuna stimulus (`optuna`); or (`both`) whichever of the two
-   the twin scores higher;
-2. the best parametric stimulus (`parametric`; with method `gradient`, a short search of
-   `comparison_trials` serves as the comparison);
+1. the design: gradient ascent through the twin (`gradient` or `both`), a batch of `seeds`
+   clips, the best kept, or the best Optuna stimulus (`optuna`);
+2. the best parametric stimulus (`parametric`; the full Optuna search with `both`, a short
+   search of `comparison_trials` as the comparison with `gradient`);
 3. the best natural clip of the same length from the training movies (`natural_control`).
 
 All three are scored the same way: quantised to grey levels, played from a grey screen
@@ -209,14 +208,16 @@ def optimize_cells(
                                   seed=s.seeds[0])
         natural = best_natural_clip(response, natural_screen, obj, s.n_frames, s.window_frames, budget,
                                     s.natural_top_k)
-        design, design_method, seed = param.frames, f"optuna ({param.family})", s.seeds[0]
         if run is not None:
+            # "both" keeps the gradient design and writes the full Optuna search beside it
+            # (`cell<ID>_parametric.h5`). Letting the twin pick between the two was measured
+            # to lose: it prefers the parametric stimulus where the cell does not.
             clips = np.stack([to_uint8(c) for c in run.stimuli])
             values, _ = _score(response, obj, i, window.slice(s.n_frames), clips)
             best = int(np.argmax(values))
-            # "both": the design is whichever method the twin scores higher.
-            if s.method == "gradient" or values[best] >= param.objective:
-                design, design_method, seed = clips[best], "gradient", s.seeds[best]
+            design, design_method, seed = clips[best], "gradient", s.seeds[best]
+        else:
+            design, design_method, seed = param.frames, f"optuna ({param.family})", s.seeds[0]
         named = {"design": design, "natural": natural.frames, "parametric": param.frames}
         values, rates = _score(response, obj, i, window.slice(s.n_frames), np.stack(list(named.values())))
         result = DesignResult(
