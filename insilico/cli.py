@@ -82,8 +82,8 @@ def train(
     preset: str = typer.Option("cpu", help="Vi-ST preset: vist (published) or cpu."),
     rf_conditioning: str = typer.Option("sum", help="AdaLN conditioning: sum (published) or per_cell."),
     epochs: int = typer.Option(None, help="Maximum epochs, early stopping on validation "
-                               "[default: 8 for the cpu preset, 60 for vist]."),
-    batch_size: int = typer.Option(None, help="Windows per batch [default: 4 for cpu, 16 for vist]."),
+                               "(default: 8 for the cpu preset, 60 for vist)."),
+    batch_size: int = typer.Option(None, help="Windows per batch (default: 4 for cpu, 16 for vist)."),
     swa: bool = typer.Option(False, help="Stochastic weight averaging over the last quarter."),
     seed: int = typer.Option(0),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
