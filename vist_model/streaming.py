@@ -80,6 +80,13 @@ class ContextCache:
         return forward
 
 
+def streams_exactly(streamed: Tensor, full: Tensor, tolerance: float = 1e-4) -> bool:
+    """Whether rates from a `ContextCache` replay equal the full pass's, to `tolerance` of the
+    full pass's peak (at least 1)."""
+    scale = float(full.abs().max().clamp_min(1.0))
+    return float((streamed - full).abs().max()) <= tolerance * scale
+
+
 @contextmanager
 def frozen(network: nn.Module) -> Iterator[nn.Module]:
     """The network in eval mode with no weight gradients (input gradients only), then restored."""

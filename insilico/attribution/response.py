@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from vist_model.backbone import Backbone
-from vist_model.streaming import ContextCache
+from vist_model.streaming import ContextCache, streams_exactly
 
 
 class ClipResponse(nn.Module):
@@ -72,5 +72,4 @@ class ClipResponse(nn.Module):
             full = self.forward(frames)
         finally:
             self.cache = cache
-        scale = float(full.abs().max().clamp_min(1.0))
-        return float((streamed - full).abs().max()) <= tolerance * scale
+        return streams_exactly(streamed, full, tolerance)

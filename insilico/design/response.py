@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from vist_model.streaming import ContextCache, frozen
+from vist_model.streaming import ContextCache, frozen, streams_exactly
 from vist_model.twin import Twin
 
 GREY = 0.5
@@ -109,7 +109,7 @@ class TwinResponse(nn.Module):
         if grey is None or grey.device != frames.device or grey.dtype != frames.dtype:
             screen = torch.full((1, 1, *self.metadata.frame_shape), GREY, dtype=frames.dtype, device=frames.device)
             self._grey[k] = grey = encode(screen).detach()
-            cache = ContextCache(twin.network)
+            cache: ContextCache | None = ContextCache(twin.network)
             if cache.convs:
                 cache.record(grey.expand(1, lead, *grey.shape[2:]))
                 probe = encode(torch.rand((1, 2, *self.metadata.frame_shape), generator=torch.Generator().manual_seed(0))
@@ -117,9 +117,11 @@ class TwinResponse(nn.Module):
                 with cache.replay():
                     streamed = twin.network(probe)
                 full = twin.network(self._prepend_grey(k, lead, probe))[:, lead:]
-                scale = float(full.abs().max().clamp_min(1.0))
-                cache = cache if float((streamed - full).abs().max()) <= 1e-4 * scale else None
-            self._history[k] = cache if cache is not None and cache.convs else None
+                if not streams_exactly(streamed, full):
+                    cache = None
+            else:
+                cache = None  # nothing causal to stream: prepend the grey frames instead
+            self._history[k] = cache
         return self._history[k]
 
     @torch.no_grad()
