@@ -27,6 +27,7 @@ them: resizing uses bilinear interpolation with `antialias=False`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,6 +90,15 @@ BACKBONE_PRESETS: dict[str, BackboneSpec] = {
 }
 
 
+# (older, newer) substrings of Dinov2Model parameter names across transformers releases.
+DINOV2_RENAMES = (
+    ("attention.attention.query", "attention.q_proj"),
+    ("attention.attention.key", "attention.k_proj"),
+    ("attention.attention.value", "attention.v_proj"),
+    ("attention.output.dense", "attention.o_proj"),
+)
+
+
 class Backbone(nn.Module):
     """Frozen per-frame feature extractor.
 
@@ -115,6 +125,27 @@ class Backbone(nn.Module):
     def train(self, mode: bool = True) -> Backbone:
         # Frozen: stays in eval mode even when a parent module calls .train().
         return super().train(False)
+
+    def load_weights(self, state: Mapping[str, Tensor]) -> None:
+        """Load weights saved by `state_dict()`, possibly beside another transformers release.
+
+        Releases name Dinov2's attention projections differently (`attention.attention.query`
+        in 5.17, `attention.q_proj` in 5.24), so a twin saved beside one release is renamed
+        to the names of the release installed here.
+        """
+        own = set(self.state_dict())
+        renamed = {}
+        for key, tensor in state.items():
+            if key not in own:
+                key = next((k for old, new in DINOV2_RENAMES for k in (key.replace(old, new), key.replace(new, old))
+                            if k in own), key)
+            renamed[key] = tensor
+        missing, unexpected = sorted(own - set(renamed)), sorted(set(renamed) - own)
+        if missing or unexpected:
+            raise ValueError(
+                f"backbone weights do not fit {self.spec.name!r} with the installed transformers: "
+                f"{len(missing)} missing (e.g. {missing[:1]}), {len(unexpected)} unexpected (e.g. {unexpected[:1]})")
+        self.load_state_dict(renamed)
 
     def _encode(self, images: Tensor) -> Tensor:
         raise NotImplementedError

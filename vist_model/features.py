@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import h5py
@@ -36,9 +37,14 @@ def frames_hash(frames: np.ndarray) -> str:
 
 def backbone_fingerprint(backbone: torch.nn.Module) -> str:
     """Hash of a backbone's spec and weights: two backbones share cached features only if equal."""
+    return state_fingerprint(getattr(backbone, "spec", type(backbone).__name__), backbone.state_dict())
+
+
+def state_fingerprint(spec: object, state: Mapping[str, torch.Tensor]) -> str:
+    """`backbone_fingerprint` of a spec and a state dict, as stored in a checkpoint."""
     h = hashlib.blake2b(digest_size=16)
-    h.update(repr(getattr(backbone, "spec", type(backbone).__name__)).encode())
-    for name, tensor in sorted(backbone.state_dict().items()):
+    h.update(repr(spec).encode())
+    for name, tensor in sorted(state.items()):
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()

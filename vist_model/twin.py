@@ -18,7 +18,7 @@ from torch import nn
 
 from vist_model.backbone import Backbone, BackboneSpec, load_backbone
 from vist_model.baselines import CNNConfig, LNConfig, LNModel, McIntoshCNN
-from vist_model.features import FeatureCache, backbone_fingerprint
+from vist_model.features import FeatureCache, backbone_fingerprint, state_fingerprint
 from vist_model.receptive_fields import rf_to_grid
 from vist_model.vist import TwinWithBackbone, ViST, ViSTConfig
 
@@ -214,9 +214,16 @@ class Twin:
         if meta.backbone is not None:
             spec = BackboneSpec(**{k: meta.backbone[k] for k in ("name", "source", "pretrained", "hidden_size", "grid")})
             backbone = load_backbone(backbone_path or spec.name)
-            if payload.get("backbone_state") is not None:
-                backbone.load_state_dict(payload["backbone_state"])
-            found = backbone_fingerprint(backbone)
+            stored = payload.get("backbone_state")
+            if stored is not None:
+                # Checked as saved: the installed transformers may name the same weights otherwise.
+                found = state_fingerprint(backbone.spec, stored)
+                try:
+                    backbone.load_weights(stored)
+                except ValueError as err:
+                    raise CheckpointError(f"{path}: {err}") from None
+            else:
+                found = backbone_fingerprint(backbone)
             if found != meta.backbone.get("fingerprint"):
                 raise CheckpointError(
                     f"{path}: backbone {spec.name!r} on this machine differs from the one the twin was "
