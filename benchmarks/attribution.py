@@ -47,14 +47,16 @@ def main() -> None:
     parser.add_argument("--method", default="ig", help="with --truth: the attribution method")
     parser.add_argument("--linear-only", type=int, default=0,
                         help="with --truth: only the first N reliable linear cells (0: every cell)")
+    parser.add_argument("--device", default="cpu", help="cpu (the issue's 2-core figure), cuda or cuda:N")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    if args.device == "cpu":
+        torch.set_num_threads(2)
     if args.model:
-        twin = Twin.load(args.model, device="cpu")
+        twin = Twin.load(args.model, device=args.device)
     else:
         with open_recording(args.data) as rec:
             rfs = receptive_fields(rec)
-            twin = new_twin(rec, TwinSpec(preset="cpu", backbone="tiny"), rfs.maps, rfs.source)
+            twin = new_twin(rec, TwinSpec(preset="cpu", backbone="tiny"), rfs.maps, rfs.source).to(args.device)
     movie = load_test_movie(twin, args.data, "mov2")
     if args.truth:
         truth(twin, movie, args.data, args.out, args.method, args.linear_only)

@@ -102,7 +102,7 @@ def main() -> None:
         true["natural*"] = float(best_natural[i])
         rows.append((cid, retina.cell_types[i], float(reliability[ids.index(cid)]), true, optimum, r.seconds))
         _print_row(rows[-1])
-    _summary(rows)
+    _summary(rows, str(twin.device))
 
 
 def truly_best_natural(data: Path, retina, n_frames: int, rms: float, window_frames: int,
@@ -136,7 +136,7 @@ def _print_row(row) -> None:
           f"{seconds:6.1f}s {opt}", flush=True)
 
 
-def _summary(rows) -> None:
+def _summary(rows, device: str) -> None:
     if not rows:
         print("no reliable cells")
         return
@@ -162,7 +162,7 @@ def _summary(rows) -> None:
           f"(median design/natural* {med(d_best):.2f})")
     if d_opt:
         print(f"linear cells whose design reaches >= 80% of the true optimum: {sum(x >= 0.8 for x in d_opt)}/{len(d_opt)}")
-    print(f"seconds per cell (design + comparisons, CPU): median {med([r[5] for r in rows]):.1f}")
+    print(f"seconds per cell (design + comparisons, {device}): median {med([r[5] for r in rows]):.1f}")
 
 
 if __name__ == "__main__":
