@@ -45,6 +45,11 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--finetune", choices=("readout", "full"), default="readout")
     p.add_argument("--finetune-epochs", type=int, default=2)
+    p.add_argument("--finetune-batch-size", type=int, default=16)
+    p.add_argument("--focus-weight", type=float, default=1.0,
+                   help="loss weight of each target cell's objective window in the shown clips")
+    p.add_argument("--session-share", type=float, default=None,
+                   help="fraction of fine-tuning windows drawn from the sessions (default: by length)")
     a = p.parse_args()
     config = DemoConfig(
         simulation=SimulationConfig(n_cells=a.cells, size=a.size, train_seconds=a.train_seconds,
@@ -52,7 +57,8 @@ def main() -> None:
         train_epochs=a.epochs, extra_cells=a.targets - 1,
         objectives=tuple(a.objectives.split(",")), rounds=a.rounds, n_frames=a.frames, seeds=a.seeds,
         steps=a.steps, comparison_trials=a.trials, repeats=a.repeats, finetune_mode=a.finetune,
-        finetune_epochs=a.finetune_epochs,
+        finetune_epochs=a.finetune_epochs, finetune_batch_size=a.finetune_batch_size,
+        session_share=a.session_share, focus_weight=a.focus_weight,
     )
     outcome = run_demo(a.work, config, live=False)
     timings = json.loads((a.work / "timings.json").read_text())

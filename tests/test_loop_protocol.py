@@ -70,6 +70,7 @@ def test_defaults_fill_optional_tables(tmp_path: Path) -> None:
     (MINIMAL_LOOP + '[finetune]\nmode = "partial"\n', "finetune.mode: must be readout or full"),
     (MINIMAL_LOOP + "[finetune]\nwindow = 20\n", "finetune.window: must be >= 40"),
     (MINIMAL_LOOP + "[finetune]\ninclude_training_data = 1\n", "include_training_data: must be bool"),
+    (MINIMAL_LOOP + "[finetune]\nsession_share = 1.5\n", "finetune.session_share: must be in (0, 1)"),
     (MINIMAL_LOOP.replace("n_frames = 48", "n_frames = 30"), "design.n_frames (30) must be >= finetune.window"),
     (MINIMAL_LOOP.replace("n_frames = 48", 'n_frames = 48\nobjectives = ["wild"]'),
      "design.objectives: unknown value 'wild'"),

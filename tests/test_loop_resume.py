@@ -25,6 +25,7 @@ from insilico.loop.runner import run_protocol
 from rig_bridge.journal import SessionJournal
 from rig_bridge.transport import free_port
 from stimuli.recording import open_recording
+from vist_model.twin import Twin
 
 CELL = 3  # an id of the tiny recording (12 cells, 32 x 32 px, sim seed 0)
 
@@ -50,6 +51,7 @@ mode = "readout"
 epochs = 1
 window = 40
 include_training_data = false
+focus_weight = 10.0
 [evaluation]
 data = "{data}"
 segment = "mov2"
@@ -130,6 +132,12 @@ def test_kill_runner_mid_round_then_resume(tiny_twin_dir: Path, tiny_recording: 
         assert all(r["measured"] is not None and r["measured"] >= 0 for r in summary["rows"])
         assert np.isfinite(summary["design_error"]["mae"]) and -1 <= summary["heldout"]["cc_mean"] <= 1
         assert (out / "round_1" / "twin" / "model.pt").is_file()
+        # The fine-tuning stressed the target cell's window in each of the three clips shown for it.
+        history = Twin.load(out / "round_1" / "twin").metadata.training["finetune"][-1]
+        assert history["focus_weight"] == 10.0
+        with open_recording(session) as rec:
+            shown = sorted(s.name for s in rec.segments)
+        assert sorted(f["segment"] for f in history["focus"][0]) == shown
         assert outcome.report is not None and b"data:image/png;base64," in outcome.report.read_bytes()
 
         # A crash after the bridge stored the presentations but before the runner noted them.

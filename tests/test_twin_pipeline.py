@@ -10,10 +10,17 @@ import pytest
 import torch
 
 from stimuli.recording import open_recording
-from vist_model.backbone import load_backbone
-from vist_model.data import Block, WindowDataset, make_split
+from vist_model.backbone import DINOV2_RENAMES, load_backbone
+from vist_model.data import (
+    Block,
+    LossFocus,
+    WindowDataset,
+    focus_weights,
+    make_split,
+    shared_out,
+)
 from vist_model.evaluate import evaluate_twin, write_evaluation
-from vist_model.features import FeatureCache, backbone_fingerprint
+from vist_model.features import FeatureCache, backbone_fingerprint, state_fingerprint
 from vist_model.fit_twin import TwinSpec, finetune_twin, train_twin
 from vist_model.train import TrainConfig, fit, lr_at
 from vist_model.twin import CheckpointError, Twin
@@ -43,6 +50,58 @@ def test_windows_are_reproducible_per_epoch() -> None:
     assert [a[i][0][0].item() for i in range(len(a))] != [b[i][0][0].item() for i in range(len(b))]
     with pytest.raises(ValueError, match="no block holds a 400-frame window"):
         WindowDataset(blocks, window=400)
+
+
+def test_shares_set_where_windows_come_from() -> None:
+    def block(n: int, tag: float) -> Block:
+        return Block(np.full((n, 1), tag, np.float32), np.zeros((n, 2), np.float32))
+
+    movie, clips = [block(3000, 0.0)], [block(60, 1.0), block(60, 2.0)]
+    # By length, the clips hold 42 of the 2963 window starts.
+    for shares, expected in (([None, None], 42 / 2963), ([None, 0.5], 0.5), ([0.8, None], 0.2)):
+        data = WindowDataset(shared_out([movie, clips], shares, 40), window=40, seed=0, coverage=40)
+        from_clips = np.mean([data[i][0][0, 0].item() > 0 for i in range(len(data))])
+        assert from_clips == pytest.approx(expected, abs=0.02)
+    with pytest.raises(ValueError, match="leave nothing"):
+        shared_out([movie, clips, clips], [0.5, 0.5, None], 40)
+    with pytest.raises(ValueError, match=r"shares must be in \(0, 1\)"):
+        shared_out([movie, clips], [None, 1.0], 40)
+
+
+def test_focus_weights_land_on_the_focused_cell_and_frames() -> None:
+    targets = np.zeros((50, 4), np.float32)
+    focus = [LossFocus("clip", 2, 45, 48), LossFocus("clip", 0, 0, 3)]
+    w = focus_weights(40, targets, focus, 30.0)  # a block from frame 40 of its segment
+    assert w is not None and w.shape == targets.shape
+    assert (w[5:8, 2] == 30).all() and w.sum() == targets.size + 3 * 29
+    assert focus_weights(100, targets, focus, 30.0) is None  # no focus in frames 100..149
+    with pytest.raises(ValueError, match="loss weights must be >= 0"):
+        Block(targets, targets, loss_weights=-np.ones_like(targets))
+
+
+def test_loss_weights_pull_the_fit_towards_the_focused_targets() -> None:
+    # One input, two regimes: most frames say y = x, a short clip says y = 3x. Focusing the
+    # clip's frames moves the fitted slope towards 3.
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(400, 3)).astype(np.float32)
+    x[:, 1:] = 0
+    movie = Block(x[:340], x[:340, :1].copy())
+    clip_targets = 3 * x[340:, :1]
+    slopes = {}
+    for weight in (1.0, 50.0):
+        clip = Block(x[340:], clip_targets, loss_weights=np.full_like(clip_targets, weight))
+        torch.manual_seed(0)
+        model = _Linear()
+        cfg = TrainConfig(epochs=30, window=20, batch_size=8, warmup_epochs=0, lr=0.05, final_lr=0.01,
+                          weight_decay=0.0, patience=100, coverage=4.0)
+        fit(model, _weighted_mse, [movie, clip], [], cfg, device=torch.device("cpu"))
+        slopes[weight] = model.readout.weight[0, 0].item()
+    assert slopes[1.0] < 1.6 and slopes[50.0] > slopes[1.0] + 0.7
+
+
+def _weighted_mse(p: torch.Tensor, t: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
+    w = torch.ones_like(t) if w is None else w
+    return (w * (p - t) ** 2).sum() / w.sum()
 
 
 def test_learning_rate_schedule_follows_the_paper() -> None:
@@ -85,7 +144,7 @@ class _Linear(torch.nn.Module):
         return self.readout(inp)
 
 
-def _mse(p: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+def _mse(p: torch.Tensor, t: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
     return ((p - t) ** 2).mean()
 
 
@@ -104,7 +163,7 @@ def test_fit_learns_and_an_interrupted_run_resumes_to_the_same_weights(tmp_path:
 
     calls = 0
 
-    def crashing(p: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def crashing(p: torch.Tensor, t: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
         nonlocal calls
         calls += 1
         if calls == 50:  # mid-epoch 4 (10 batches + 1 validation call per epoch)
@@ -127,13 +186,16 @@ def test_readout_only_finetuning_leaves_the_rest_untouched(tiny_recording: Path,
     twin = Twin.load(tiny_twin_dir)
     before = {k: v.clone() for k, v in twin.network.state_dict().items()}
     cfg = TrainConfig(epochs=1, warmup_epochs=1, readout_only=True)
-    run = finetune_twin(twin, [(tiny_recording, ["mov1"])], tmp_path / "ft", config=cfg,
-                        cache=FeatureCache(feature_cache_dir))
+    run = finetune_twin(twin, [(tiny_recording, ["mov1"]), (tiny_recording, ["noise"])], tmp_path / "ft",
+                        config=cfg, cache=FeatureCache(feature_cache_dir), shares=[None, 0.5],
+                        focus=[[], [LossFocus("noise", 3, 10, 13)]], focus_weight=20.0)
     after = run.twin.network.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(k.startswith("readout.") for k in changed)
     reloaded = Twin.load(tmp_path / "ft")
-    assert len(reloaded.metadata.training["finetune"]) == 1
+    (history,) = reloaded.metadata.training["finetune"]
+    assert history["shares"] == [None, 0.5] and history["focus_weight"] == 20.0
+    assert history["focus"] == [[], [{"segment": "noise", "cell_index": 3, "start": 10, "stop": 13}]]
 
 
 def test_checkpoint_round_trip_carries_its_metadata(tiny_recording: Path, tiny_twin_dir: Path) -> None:
@@ -151,6 +213,38 @@ def test_checkpoint_round_trip_carries_its_metadata(tiny_recording: Path, tiny_t
     np.testing.assert_allclose(twin.predict(frames), again.predict(frames), rtol=1e-6)
     with pytest.raises(ValueError, match="trained on 32x32"):
         twin.predict(np.zeros((5, 16, 16), np.uint8))
+
+
+def test_a_checkpoint_from_another_transformers_release_loads(tiny_recording: Path, tiny_twin_dir: Path,
+                                                              tmp_path: Path) -> None:
+    payload = torch.load(tiny_twin_dir / "model.pt", weights_only=False)
+    here = payload["backbone_state"]
+
+    def other_naming(key: str) -> str:
+        for old, new in DINOV2_RENAMES:
+            if old in key:
+                return key.replace(old, new)
+            if new in key:
+                return key.replace(new, old)
+        return key
+
+    # What the same twin looks like saved beside a release that names the attention otherwise.
+    there = {other_naming(k): v for k, v in here.items()}
+    assert set(there) != set(here)
+    spec = load_backbone("tiny").spec
+    payload["backbone_state"] = there
+    payload["metadata"]["backbone"]["fingerprint"] = state_fingerprint(spec, there)
+    torch.save(payload, tmp_path / "other.pt")
+    with open_recording(tiny_recording) as rec:
+        frames = rec.frames("mov2")[:60]
+    np.testing.assert_allclose(Twin.load(tmp_path / "other.pt").predict(frames),
+                               Twin.load(tiny_twin_dir).predict(frames), rtol=1e-6)
+
+    payload["backbone_state"] = {k: v for k, v in there.items() if "layer.1." not in k}
+    payload["metadata"]["backbone"]["fingerprint"] = state_fingerprint(spec, payload["backbone_state"])
+    torch.save(payload, tmp_path / "broken.pt")
+    with pytest.raises(CheckpointError, match="broken.pt: backbone weights do not fit 'tiny'.*missing"):
+        Twin.load(tmp_path / "broken.pt")
 
 
 def test_bad_checkpoints_are_refused(tmp_path: Path) -> None:

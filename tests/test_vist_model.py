@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -265,6 +267,25 @@ def test_loss_is_invariant_to_batch_and_cell_duplication() -> None:
     for name, value in base.items():
         assert batch_dup[name] == pytest.approx(value, rel=1e-9), name
         assert cell_dup[name] == pytest.approx(value, rel=1e-9), name
+
+
+def test_loss_weights_scale_each_error_in_the_rmse() -> None:
+    pred, target = _loss_pair()
+    ones = torch.ones_like(target)
+    for loss, rates in ((ViSTLoss(), pred), (PoissonLoss(), pred.abs())):
+        torch.testing.assert_close(loss(rates, target, ones), loss(rates, target))
+    # One wrong element, counted 100 times: the RMSE is what 100 copies of it make.
+    wrong = target.clone()
+    wrong[0, 5, 1] += 2.0
+    weights = ones.clone()
+    weights[0, 5, 1] = 100.0
+    plain, stressed = ViSTLoss().terms(wrong, target), ViSTLoss().terms(wrong, target, weights)
+    n = target.numel()
+    assert plain.rmse.item() == pytest.approx(0.1 * math.sqrt(4 / n))
+    assert stressed.rmse.item() == pytest.approx(0.1 * math.sqrt(400 / (n + 99)))
+    assert stressed.dtw == plain.dtw
+    with pytest.raises(ValueError, match="shaped like the target"):
+        ViSTLoss()(pred, target, ones[:, :10])
 
 
 def test_negative_penalty_only_sees_negative_rates() -> None:

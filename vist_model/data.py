@@ -8,7 +8,7 @@ frame: backbone features `[T, C, h, w]` for Vi-ST, pixel frames `[T, H, W]` for 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -65,14 +65,85 @@ def trial_average(rec: Recording, r: FrameRange) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Block:
-    """A contiguous stretch of model inputs `[t, ...]` and targets `[t, N]`."""
+    """A contiguous stretch of model inputs `[t, ...]` and targets `[t, N]`.
+
+    `weight` scales how often windows start in this block, per start position (1: as often as
+    anywhere else); fine-tuning raises it for a few short recorded clips among hours of movie.
+    `loss_weights` `[t, N]` weight each target in the loss (None: all 1); fine-tuning raises
+    them on the cells and frames a designed clip was made to drive.
+    """
 
     inputs: np.ndarray
     targets: np.ndarray
+    weight: float = 1.0
+    loss_weights: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if len(self.inputs) != len(self.targets):
             raise ValueError(f"inputs have {len(self.inputs)} frames, targets {len(self.targets)}")
+        if self.loss_weights is not None and (
+                self.loss_weights.shape != self.targets.shape or not (self.loss_weights >= 0).all()):
+            raise ValueError(f"loss weights must be >= 0 and shaped like the targets {self.targets.shape}, "
+                             f"got {self.loss_weights.shape}")
+        if not (np.isfinite(self.weight) and self.weight > 0):
+            raise ValueError(f"a block's sampling weight must be > 0, got {self.weight}")
+
+
+@dataclass(frozen=True)
+class LossFocus:
+    """Frames `[start, stop)` of a segment (counted from its first frame) where one cell's
+    response is what an experiment asked about, e.g. the window a designed clip was made to drive."""
+
+    segment: str
+    cell_index: int
+    start: int
+    stop: int
+
+
+def focus_weights(block_start: int, targets: np.ndarray, focus: Sequence[LossFocus], weight: float) -> np.ndarray | None:
+    """Loss weights `[t, N]` for a block starting `block_start` frames into its segment: `weight`
+    on the focused cells and frames, 1 elsewhere (None when no focus falls in the block)."""
+    w = None
+    for f in focus:
+        a, b = max(f.start - block_start, 0), min(f.stop - block_start, len(targets))
+        if a < b:
+            w = np.ones_like(targets, dtype=np.float32) if w is None else w
+            w[a:b, f.cell_index] = weight
+    return w
+
+
+def window_starts(block: Block, window: int) -> int:
+    """How many `window`-frame windows start in a block (0 if it is shorter)."""
+    return max(0, len(block.inputs) - window + 1)
+
+
+def shared_out(groups: Sequence[Sequence[Block]], shares: Sequence[float | None], window: int) -> list[Block]:
+    """The blocks of every group, weighted so that each group with a share gets that fraction of
+    the windows; groups with share None split what is left in proportion to their length.
+
+    Example: `shared_out([movie, clips], [None, 0.5], 40)` draws half the windows from a few
+    short clips, however long the movie.
+    """
+    if len(groups) != len(shares):
+        raise ValueError(f"{len(groups)} groups of blocks but {len(shares)} shares")
+    given = [s for s in shares if s is not None]
+    if any(not 0 < s < 1 for s in given) or sum(given) > 1 + 1e-9:
+        raise ValueError(f"shares must be in (0, 1) and sum to at most 1, got {list(shares)}")
+    starts = [sum(window_starts(b, window) for b in g) for g in groups]
+    rest_starts = sum(n for n, s in zip(starts, shares, strict=True) if s is None)
+    rest = 1.0 - sum(given)
+    if rest_starts and rest <= 1e-9:
+        raise ValueError(f"shares {list(shares)} leave nothing for the groups without one")
+    total = sum(starts)
+    out: list[Block] = []
+    for g, n, share in zip(groups, starts, shares, strict=True):
+        if n == 0:
+            out += g
+            continue
+        # Per-start probability relative to an unweighted draw over all starts.
+        weight = (share / n if share is not None else rest / rest_starts) * total
+        out += [replace(b, weight=b.weight * weight) for b in g]
+    return out
 
 
 class WindowDataset(torch.utils.data.Dataset):
@@ -96,17 +167,21 @@ class WindowDataset(torch.utils.data.Dataset):
 
     def set_epoch(self, epoch: int) -> None:
         rng = np.random.default_rng((self.seed, epoch))
-        sizes = np.array([len(b.inputs) - self.window + 1 for b in self.blocks], dtype=float)
-        which = rng.choice(len(self.blocks), size=self.n_windows, p=sizes / sizes.sum())
+        sizes = np.array([window_starts(b, self.window) for b in self.blocks], dtype=float)
+        mass = sizes * np.array([b.weight for b in self.blocks])
+        which = rng.choice(len(self.blocks), size=self.n_windows, p=mass / mass.sum())
         starts = [int(rng.integers(0, int(sizes[i]))) for i in which]
         self._draw = list(zip(which.tolist(), starts, strict=True))
 
     def __len__(self) -> int:
         return self.n_windows
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`(inputs [window, ...], targets [window, N], loss weights [window, N])`."""
         b, s = self._draw[i]
         block = self.blocks[b]
         x = torch.from_numpy(np.ascontiguousarray(block.inputs[s:s + self.window], dtype=np.float32))
         y = torch.from_numpy(np.ascontiguousarray(block.targets[s:s + self.window], dtype=np.float32))
-        return x, y
+        if block.loss_weights is None:
+            return x, y, torch.ones_like(y)
+        return x, y, torch.from_numpy(np.ascontiguousarray(block.loss_weights[s:s + self.window], dtype=np.float32))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,16 @@ from torch import nn
 
 from stimuli.recording import Recording, open_recording
 from vist_model.backbone import load_backbone
-from vist_model.data import Block, DataSplit, FrameRange, make_split, trial_average
+from vist_model.data import (
+    Block,
+    DataSplit,
+    FrameRange,
+    LossFocus,
+    focus_weights,
+    make_split,
+    shared_out,
+    trial_average,
+)
 from vist_model.features import FeatureCache
 from vist_model.files import atomic_write_text
 from vist_model.loss import PoissonLoss, ViSTLoss
@@ -76,14 +86,18 @@ def loss_for(kind: str) -> nn.Module:
     return ViSTLoss() if kind == "vist" else PoissonLoss()
 
 
-def _blocks(twin: Twin, rec: Recording, ranges: tuple[FrameRange, ...], cache: FeatureCache) -> list[Block]:
+def _blocks(twin: Twin, rec: Recording, ranges: tuple[FrameRange, ...], cache: FeatureCache,
+            focus: Sequence[LossFocus] = (), focus_weight: float = 1.0) -> list[Block]:
     blocks = []
     for segment in sorted({r.name for r in ranges}):
         seg = rec.segment(segment)
         # Features are cached per whole segment, so train/val cuts and fine-tuning share them.
         inputs = twin.inputs(rec.frames(segment), cache)
+        here = [f for f in focus if f.segment == segment]
         for r in (r for r in ranges if r.name == segment):
-            blocks.append(Block(inputs[r.start - seg.start:r.stop - seg.start], trial_average(rec, r)))
+            targets = trial_average(rec, r)
+            weights = focus_weights(r.start - seg.start, targets, here, focus_weight) if here else None
+            blocks.append(Block(inputs[r.start - seg.start:r.stop - seg.start], targets, loss_weights=weights))
     return blocks
 
 
@@ -161,27 +175,46 @@ def finetune_twin(
     config: TrainConfig = DEFAULT_FINETUNING,
     cache: FeatureCache | None = None,
     val_fraction: float = 0.1,
+    shares: Sequence[float | None] | None = None,
+    focus: Sequence[Sequence[LossFocus]] | None = None,
+    focus_weight: float = 1.0,
     progress: Progress | None = None,
 ) -> TrainedRun:
-    """Continue training a twin on new recordings (readout only if `config.readout_only`)."""
+    """Continue training a twin on new recordings (readout only if `config.readout_only`).
+
+    `shares`, one per recording: the fraction of training windows drawn from it; recordings
+    given None split the rest by length (all None, the default: by length alone).
+    `focus`, one list per recording: cells and frames whose errors count `focus_weight` times
+    in the loss (a designed clip's cell over its objective window, say).
+    """
     out = Path(out_dir)
     cache = cache or FeatureCache()
-    train_blocks: list[Block] = []
+    if shares is not None and len(shares) != len(recordings):
+        raise ValueError(f"{len(shares)} shares for {len(recordings)} recordings")
+    if focus is not None and len(focus) != len(recordings):
+        raise ValueError(f"{len(focus)} focus lists for {len(recordings)} recordings")
+    if not focus_weight > 0:
+        raise ValueError(f"focus_weight must be > 0, got {focus_weight}")
+    groups: list[list[Block]] = []
     val_blocks: list[Block] = []
     split = None
-    for path, segments in recordings:
+    for k, (path, segments) in enumerate(recordings):
+        here = focus[k] if focus is not None else ()
         with open_recording(path) as rec:
             ids = tuple(int(i) for i in rec.cell_ids)
             if ids != twin.metadata.cell_ids:
                 raise ValueError(f"{path}: its cells {ids[:5]}... are not the twin's cells {twin.metadata.cell_ids[:5]}...")
             split = make_split(rec, segments, val_fraction=val_fraction, min_val_frames=min(32, config.window))
-            train_blocks += _blocks(twin, rec, split.train, cache)
+            groups.append(_blocks(twin, rec, split.train, cache, here, focus_weight))
             val_blocks += _blocks(twin, rec, split.val, cache)
+    train_blocks = shared_out(groups, shares or [None] * len(groups), config.window)
     result = fit(twin.network, loss_for(twin.metadata.kind), train_blocks, val_blocks, config,
                  device=twin.device, state_path=out / "train_state.pt", progress=progress)
     history = list(twin.metadata.training.get("finetune", []))
     history.append({"recordings": [[str(p), s] for p, s in recordings], "config": asdict(config),
-                    "result": asdict(result)})
+                    "shares": list(shares) if shares is not None else None,
+                    "focus": [[asdict(f) for f in fs] for fs in focus] if focus is not None else None,
+                    "focus_weight": focus_weight, "result": asdict(result)})
     twin.metadata = replace(twin.metadata, training={**twin.metadata.training, "finetune": history})
     _save_run(twin, result, out)
     return TrainedRun(twin, result, split, out, twin.metadata.rf_source)

@@ -111,14 +111,28 @@ def _check_pair(prediction: Tensor, target: Tensor) -> None:
         )
 
 
+def _weighted_mean(x: Tensor, weights: Tensor | None) -> Tensor:
+    """Mean of `x` `[B, T, N]`, each element counted `weights` `[B, T, N]` times (None: once)."""
+    if weights is None:
+        return x.mean()
+    if weights.shape != x.shape:
+        raise ValueError(f"loss weights must be shaped like the target {tuple(x.shape)}, got {tuple(weights.shape)}")
+    weights = weights.to(x.dtype)
+    return (x * weights).sum() / weights.sum()
+
+
 class ViSTLoss(nn.Module):
-    """The Vi-ST training loss. `forward(prediction [B, T, N], target [B, T, N]) -> scalar`."""
+    """The Vi-ST training loss. `forward(prediction [B, T, N], target [B, T, N]) -> scalar`.
+
+    Optional `weights [B, T, N]` weight each element's squared error in the RMSE (fine-tuning
+    stresses the cells and frames an experiment asked about); the other terms are unweighted.
+    """
 
     def __init__(self, config: ViSTLossConfig | None = None) -> None:
         super().__init__()
         self.config = config or ViSTLossConfig()
 
-    def terms(self, prediction: Tensor, target: Tensor) -> LossTerms:
+    def terms(self, prediction: Tensor, target: Tensor, weights: Tensor | None = None) -> LossTerms:
         """All weighted terms; `total` is their sum."""
         _check_pair(prediction, target)
         cfg = self.config
@@ -128,7 +142,7 @@ class ViSTLoss(nn.Module):
                 f"the Soft-DTW windows need T >= {cfg.min_frames()} frames, got T={t}"
             )
         target = target.to(prediction.dtype)
-        rmse = cfg.rmse_weight * torch.sqrt(torch.mean((prediction - target) ** 2))
+        rmse = cfg.rmse_weight * torch.sqrt(_weighted_mean((prediction - target) ** 2, weights))
         negative = cfg.negative_weight * torch.relu(-prediction).mean()
         # Per-cell cost: scale both series by 1/sqrt(N) (see module docstring).
         scale = 1.0 / math.sqrt(n)
@@ -145,8 +159,8 @@ class ViSTLoss(nn.Module):
             total = total + term
         return LossTerms(total=total, rmse=rmse, negative=negative, dtw=tuple(dtw_terms))
 
-    def forward(self, prediction: Tensor, target: Tensor) -> Tensor:
-        return self.terms(prediction, target).total
+    def forward(self, prediction: Tensor, target: Tensor, weights: Tensor | None = None) -> Tensor:
+        return self.terms(prediction, target, weights).total
 
 
 class PoissonLoss(nn.Module):
@@ -156,7 +170,7 @@ class PoissonLoss(nn.Module):
     depend on batch size or number of cells. Predictions must be >= 0 rates
     (e.g. a softplus output); targets are counts or trial-averaged counts.
 
-    `forward(prediction [B, T, N], target [B, T, N]) -> scalar`.
+    `forward(prediction [B, T, N], target [B, T, N], weights [B, T, N] | None) -> scalar`.
     """
 
     def __init__(self, eps: float = 1e-8) -> None:
@@ -165,7 +179,7 @@ class PoissonLoss(nn.Module):
             raise ValueError(f"eps must be > 0, got {eps}")
         self.eps = eps
 
-    def forward(self, prediction: Tensor, target: Tensor) -> Tensor:
+    def forward(self, prediction: Tensor, target: Tensor, weights: Tensor | None = None) -> Tensor:
         _check_pair(prediction, target)
         target = target.to(prediction.dtype)
-        return torch.mean(prediction - target * torch.log(prediction + self.eps))
+        return _weighted_mean(prediction - target * torch.log(prediction + self.eps), weights)

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from vist_model.data import Block, WindowDataset
 
-LossFn = Callable[[Tensor, Tensor], Tensor]
+LossFn = Callable[..., Tensor]  # (prediction, target[, weights]) -> scalar, all [B, T, N]
 
 
 @dataclass(frozen=True)
@@ -195,13 +195,13 @@ def fit(
         data.set_epoch(epoch)
         _train_mode(model, cfg.readout_only)
         epoch_losses = []
-        for x, y in loader:
+        for x, y, w in loader:
             for group in optimiser.param_groups:
                 group["lr"] = lr_at(step, steps_per_epoch, cfg)
-            x, y = x.to(device), y.to(device)
+            x, y, w = x.to(device), y.to(device), w.to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 pred = net(x)
-            loss = loss_fn(pred.float(), y)
+            loss = loss_fn(pred.float(), y, w)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -247,7 +247,7 @@ def fit(
 @torch.no_grad()
 def _swa_batchnorm(swa: torch.optim.swa_utils.AveragedModel, loader, device: torch.device) -> None:
     # Averaged weights need fresh BatchNorm statistics.
-    torch.optim.swa_utils.update_bn(((x.to(device)) for x, _ in loader), swa, device=device)
+    torch.optim.swa_utils.update_bn(((x.to(device)) for x, *_ in loader), swa, device=device)
 
 
 def _save_state(path: Path, state: dict) -> None:

@@ -38,6 +38,7 @@ from insilico.loop.protocol import ClosedLoopProtocol, FinetunePlan
 from insilico.loop.rig_link import RigLink
 from insilico.loop.state import RunState, write_json_atomic
 from stimuli.recording import open_recording
+from vist_model.data import LossFocus
 from vist_model.evaluate import evaluate_twin
 from vist_model.features import FeatureCache
 from vist_model.fit_twin import finetune_twin, resolve_device
@@ -296,11 +297,24 @@ class ClosedLoop:
         self.view.step(f"round {k}/{self.p.rounds}: fine-tune ({f.mode}, {f.epochs} epochs) on {n_sessions} "
                        f"session{'s' if n_sessions > 1 else ''}" + (" + training data" if f.include_training_data else ""))
         t0 = time.perf_counter()
+        shares = None
+        if f.include_training_data and f.session_share is not None:
+            # The training data keeps the rest; the sessions split the share by length.
+            shares = [1.0 - f.session_share] + [None] * n_sessions
+        focus = ([[]] if f.include_training_data else []) + [self._focus(j) for j in range(1, k + 1)]
         run = finetune_twin(twin, recordings, self.paths.twin(k), config=finetune_config(f), cache=self.cache,
-                            val_fraction=val_fraction_for(recordings, f.window), progress=self.view.progress)
+                            val_fraction=val_fraction_for(recordings, f.window), shares=shares,
+                            focus=focus, focus_weight=f.focus_weight, progress=self.view.progress)
         self.state.mark(k, "finetune", {"model": str(self.paths.twin(k).relative_to(self.paths.out)),
                                         "mode": f.mode, "epochs_run": run.result.epochs_run,
                                         "final_loss": run.result.train_loss[-1], "seconds": _seconds_since(t0)})
+
+    def _focus(self, k: int) -> list[LossFocus]:
+        """Round k's session: each target cell over its objective window, in every clip shown for it."""
+        items, plan = self.state.record(k, "design"), self.state.record(k, "plan")
+        shown = self.state.get(k, "presented", {})
+        return [LossFocus(shown[str(e["index"])]["segment"], items[i]["cell_index"], *items[i]["window"])
+                for e in plan for i, _ in e["uses"]]
 
     def _evaluate(self, k: int) -> None:
         if self.state.done(k, "evaluate"):

@@ -47,6 +47,9 @@ class DemoConfig:
     repeats: int = 5
     finetune_mode: str = "readout"
     finetune_epochs: int = 2
+    finetune_batch_size: int = 16
+    session_share: float | None = None  # see FinetunePlan.session_share
+    focus_weight: float = 1.0  # see FinetunePlan.focus_weight
 
 
 PROTOCOL_TEMPLATE = """\
@@ -75,11 +78,13 @@ isi_grey_frames = 30
 [finetune]
 mode = "{finetune_mode}"
 epochs = {finetune_epochs}
+batch_size = {finetune_batch_size}
 window = 40
 lr = 1e-3
 warmup_epochs = 0
 include_training_data = true
-
+focus_weight = {focus_weight}
+{session_share_line}
 [evaluation]
 segment = "mov2"
 """
@@ -160,7 +165,8 @@ def run_demo(out_dir: str | Path = "demo", config: DemoConfig | None = None, *, 
         rounds=c.rounds, cells=list(cells), objectives=list(c.objectives).__repr__().replace("'", '"'),
         n_frames=c.n_frames, seeds=c.seeds, steps=c.steps, comparison_trials=c.comparison_trials,
         natural_top_k=c.natural_top_k, repeats=c.repeats, finetune_mode=c.finetune_mode,
-        finetune_epochs=c.finetune_epochs)
+        finetune_epochs=c.finetune_epochs, finetune_batch_size=c.finetune_batch_size, focus_weight=c.focus_weight,
+        session_share_line="" if c.session_share is None else f"session_share = {c.session_share}\n")
     if not protocol.is_file() or protocol.read_text() != text:
         if (out / "exp" / "state.json").is_file():
             console.print(f"[yellow]note[/]: {protocol} changed; the closed loop in {out / 'exp'} starts over")

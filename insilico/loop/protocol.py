@@ -88,6 +88,12 @@ class FinetunePlan:
     warmup_epochs: int = 1
     batch_size: int = 16
     include_training_data: bool = True  # also the recording the twin was trained on
+    # Fraction of training windows drawn from this experiment's sessions when the training data
+    # is included (None: by length, so a few designed clips are a few percent of the windows).
+    session_share: float | None = None
+    # Loss weight of each target cell over its objective window in the clips shown for it
+    # (1: like any other cell and frame, so 3 frames of 1 cell among 40 frames of N cells).
+    focus_weight: float = 1.0
     seed: int = 0
 
     @property
@@ -292,6 +298,9 @@ def _finetune(t: _Table) -> FinetunePlan:
         warmup_epochs=t.get("warmup_epochs", int, d.warmup_epochs, check=_non_negative, rule="must be >= 0"),
         batch_size=t.get("batch_size", int, d.batch_size, check=_positive, rule="must be >= 1"),
         include_training_data=t.get("include_training_data", bool, d.include_training_data),
+        session_share=t.get("session_share", float, d.session_share, check=lambda f: 0 < f < 1,
+                            rule="must be in (0, 1)"),
+        focus_weight=t.get("focus_weight", float, d.focus_weight, check=_positive, rule="must be > 0"),
         seed=t.get("seed", int, d.seed),
     )
     t.done()
