@@ -64,7 +64,7 @@ def main() -> None:
     timings = json.loads((a.work / "timings.json").read_text())
     rounds = load_rounds(outcome.out)
     state = json.loads((outcome.out / "state.json").read_text())
-    baseline = state["steps"]["0"]["baseline"]["cc_mean"]
+    baseline = state["steps"]["0"]["baseline"]
     n_targets = len({r["cell"] for r in rounds[0]["rows"]}) if rounds else 0
 
     print("\nset-up (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
@@ -75,13 +75,15 @@ def main() -> None:
         sec = r["seconds"]
         print(f"{r['round']:>5} " + " ".join(f"{sec[s]:9.1f}" for s in stages) + f" {sum(sec.values()):9.1f}")
 
-    print(f"\nthe loop's figures (starting twin: held-out CC {baseline:.3f})")
-    print("round  design error  rel.   measured: design  natural  parametric   held-out CC")
+    print(f"\nthe loop's figures (starting twin: held-out CC {baseline['cc_mean']:.3f}, FEVE "
+          f"{baseline['feve_mean']:.3f})")
+    print("round  design error  rel.   measured: design  natural  parametric   held-out CC   FEVE")
     for r in rounds:
         m = r["measured_by_role"]
         print(f"{r['round']:>5}  {r['design_error']['mae']:12.3f}  {r['design_error']['relative']:4.2f}   "
               f"{m.get('design', float('nan')):16.3f}  {m.get('natural', float('nan')):7.3f}  "
-              f"{m.get('parametric', float('nan')):10.3f}   {r['heldout']['cc_mean']:11.3f}")
+              f"{m.get('parametric', float('nan')):10.3f}   {r['heldout']['cc_mean']:11.3f}"
+              f"  {r['heldout']['feve_mean']:5.3f}")
     print(f"\nreport: {outcome.report}")
 
 

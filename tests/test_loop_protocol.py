@@ -46,6 +46,7 @@ def test_shipped_protocols_load() -> None:
     assert isinstance(loop, ClosedLoopProtocol)
     assert loop.rounds == 3 and loop.design.objectives == ("increase", "discriminative")
     assert loop.design.controls == ("natural", "parametric") and not loop.finetune.readout_only
+    assert loop.finetune.session_share == 0.5 and loop.finetune.focus_weight == 20.0
     ft = load_protocol(PROTOCOLS / "finetune.toml")
     assert isinstance(ft, FinetuneProtocol) and ft.session is None and not ft.finetune.readout_only
 

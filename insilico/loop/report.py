@@ -59,9 +59,16 @@ def load_rounds(out: Path) -> list[dict[str, Any]]:
 def overview_figure(rounds: list[dict[str, Any]], baseline_cc: float | None) -> str:
     ks = [r["round"] for r in rounds]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
-    axes[0].plot(ks, [r["design_error"]["mae"] for r in rounds], "o-", color="k")
+    axes[0].plot(ks, [r["design_error"]["mae"] for r in rounds], "o-", color="k", label="absolute")
     axes[0].set_title("twin's error on its own designs")
     axes[0].set_ylabel("|predicted − measured| (spikes/bin)")
+    # The designs drive the cells harder each round, so the error relative to the measured
+    # response is the figure that compares rounds.
+    rel = axes[0].twinx()
+    rel.plot(ks, [r["design_error"]["relative"] for r in rounds], "s--", color="tab:red", label="relative")
+    rel.set_ylabel("relative to measured", color="tab:red")
+    rel.set_ylim(bottom=0)
+    axes[0].legend(handles=axes[0].get_lines() + rel.get_lines(), fontsize=8)
     for role, colour in ROLE_COLOURS.items():
         values = [r["measured_by_role"].get(role) for r in rounds]
         if any(v is not None for v in values):
