@@ -237,8 +237,10 @@ def test_a_checkpoint_from_another_transformers_release_loads(tiny_recording: Pa
     torch.save(payload, tmp_path / "other.pt")
     with open_recording(tiny_recording) as rec:
         frames = rec.frames("mov2")[:60]
-    np.testing.assert_allclose(Twin.load(tmp_path / "other.pt").predict(frames),
-                               Twin.load(tiny_twin_dir).predict(frames), rtol=1e-6)
+    other = Twin.load(tmp_path / "other.pt")
+    np.testing.assert_allclose(other.predict(frames), Twin.load(tiny_twin_dir).predict(frames), rtol=1e-6)
+    other.save(tmp_path / "again.pt")  # e.g. fine-tuned here: saved under this release's names
+    np.testing.assert_allclose(Twin.load(tmp_path / "again.pt").predict(frames), other.predict(frames), rtol=1e-6)
 
     payload["backbone_state"] = {k: v for k, v in there.items() if "layer.1." not in k}
     payload["metadata"]["backbone"]["fingerprint"] = state_fingerprint(spec, payload["backbone_state"])

@@ -8,7 +8,7 @@ config or recording beside it. `predict` maps frames to rates whatever the model
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -215,20 +215,20 @@ class Twin:
             spec = BackboneSpec(**{k: meta.backbone[k] for k in ("name", "source", "pretrained", "hidden_size", "grid")})
             backbone = load_backbone(backbone_path or spec.name)
             stored = payload.get("backbone_state")
-            if stored is not None:
-                # Checked as saved: the installed transformers may name the same weights otherwise.
-                found = state_fingerprint(backbone.spec, stored)
-                try:
-                    backbone.load_weights(stored)
-                except ValueError as err:
-                    raise CheckpointError(f"{path}: {err}") from None
-            else:
-                found = backbone_fingerprint(backbone)
+            # Stored weights are checked as saved: the installed transformers may name them otherwise.
+            found = state_fingerprint(backbone.spec, stored) if stored is not None else backbone_fingerprint(backbone)
             if found != meta.backbone.get("fingerprint"):
                 raise CheckpointError(
                     f"{path}: backbone {spec.name!r} on this machine differs from the one the twin was "
                     "trained with (weights fingerprint mismatch); pass the original weights with --backbone"
                 )
+            if stored is not None:
+                try:
+                    backbone.load_weights(stored)
+                except ValueError as err:
+                    raise CheckpointError(f"{path}: {err}") from None
+                # Under the installed names, so that the twin saved again loads again.
+                meta = replace(meta, backbone={**meta.backbone, "fingerprint": backbone_fingerprint(backbone)})
         return cls(network, meta, backbone).to(device)
 
 
