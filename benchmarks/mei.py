@@ -52,6 +52,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--trials", type=int, default=24)
     p.add_argument("--device", default="auto")
+    p.add_argument("--train", default="mov1", help="training segments of the twin, comma-separated")
+    p.add_argument("--readout", default=None, help="the twin's readout: dense or factorized (default: preset's)")
     p.add_argument("--twin", type=Path, default=None,
                    help="a twin already trained on WORK/sim.h5 (default: train one in WORK/twin)")
     p.add_argument("--cell-ids", default="", help="comma-separated cells to design (default: the reliable ones)")
@@ -67,7 +69,8 @@ def main() -> None:
     run_dir = args.twin or work / "twin"
     if args.twin is None and (not (run_dir / "model.pt").exists() or (run_dir / "train_state.pt").exists()):
         t = time.perf_counter()
-        train_twin(data, ["mov1"], run_dir, spec=TwinSpec(kind="vist", preset="cpu", backbone="tiny"),
+        train_twin(data, args.train.split(","), run_dir,
+                   spec=TwinSpec(kind="vist", preset="cpu", backbone="tiny", readout=args.readout),
                    config=replace(CPU_TRAINING, epochs=args.epochs),
                    device=args.device, cache=cache)
         print(f"trained the twin in {time.perf_counter() - t:.0f} s")

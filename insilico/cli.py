@@ -81,6 +81,10 @@ def train(
     backbone: str = typer.Option("tiny", help="Backbone: tiny, pixels, dinov2-small/base/large/giant, or a local folder."),
     preset: str = typer.Option("cpu", help="Vi-ST preset: vist (published) or cpu."),
     rf_conditioning: str = typer.Option("sum", help="AdaLN conditioning: sum (published) or per_cell."),
+    readout: str = typer.Option(None, help="Vi-ST readout: dense (published) or factorized (a spatial mask "
+                                "per cell, starting at its RF). Default: the preset's."),
+    cmst_padding: str = typer.Option(None, help="valid (published: the readout sees the middle of the screen) "
+                                     "or same (the readout grid covers the whole screen). Default: the preset's."),
     epochs: int = typer.Option(None, help="Maximum epochs, early stopping on validation "
                                "(default: 8 for the cpu preset, 60 for vist)."),
     batch_size: int = typer.Option(None, help="Windows per batch (default: 4 for cpu, 16 for vist)."),
@@ -95,7 +99,8 @@ def train(
         from vist_model.fit_twin import TwinSpec, train_twin
         from vist_model.train import training_for
 
-        spec = TwinSpec(kind=model, preset=preset, backbone=backbone, rf_conditioning=rf_conditioning)
+        spec = TwinSpec(kind=model, preset=preset, backbone=backbone, rf_conditioning=rf_conditioning,
+                        readout=readout, cmst_padding=cmst_padding)
         defaults = training_for(preset)
         cfg = replace(defaults, epochs=epochs or defaults.epochs, batch_size=batch_size or defaults.batch_size,
                       swa=swa, seed=seed)

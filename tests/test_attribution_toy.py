@@ -172,3 +172,19 @@ def test_bad_config_is_refused() -> None:
 
 def test_clip_type() -> None:
     assert Clip(end=30, window=10, kind="top").start == 20
+
+
+def test_spatial_map_survives_a_biphasic_filter_that_a_time_sum_cancels() -> None:
+    """Attributions `k[t] s[h, w]` with sum(k) = 0 (a balanced biphasic cell), plus noise."""
+    rng = np.random.default_rng(0)
+    s = gaussian(7, 8, 2.0).numpy()
+    k = np.array([0.0, 0.5, 1.0, 0.4, -0.6, -0.8, -0.5])
+    k -= k.mean()
+    a = k[None, :, None, None] * s[None, None] + 0.01 * rng.standard_normal((5, len(k), H, W))
+    assert abs(map_correlation(a.sum(axis=1).mean(axis=0), s)) < 0.5  # what a time sum would give
+    spatial = spatial_map(a)
+    assert map_correlation(spatial, s) > 0.99
+    # Signed at the lag that matters most (k's largest |value| is positive here): an ON centre stays positive.
+    assert spatial[7, 8] > 0
+    flipped = spatial_map(-a)
+    assert map_correlation(flipped, s) < -0.99

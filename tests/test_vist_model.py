@@ -114,8 +114,10 @@ def test_vist_forward_shape_and_predict_clamps() -> None:
 
 @pytest.mark.parametrize("maps", [None, 8])  # one map per cell (published), or the cpu preset's 8
 @pytest.mark.parametrize("mode", ["sum", "per_cell"])
-def test_vist_is_causal_for_a_step_input(mode: str, maps: int | None) -> None:
-    model = _tiny_vist(rf_conditioning=mode, map_channels=maps)
+@pytest.mark.parametrize("readout, padding", [("dense", "valid"), ("factorized", "same"), ("dense", "same"),
+                                              ("factorized", "valid")])
+def test_vist_is_causal_for_a_step_input(mode: str, maps: int | None, readout: str, padding: str) -> None:
+    model = _tiny_vist(rf_conditioning=mode, map_channels=maps, readout=readout, cmst_padding=padding)
     assert model.readout.in_channels == (N_CELLS if maps is None else maps)
     t, step = 20, 11
     before = torch.zeros(1, t, CHANNELS, GRID, GRID)

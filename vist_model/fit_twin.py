@@ -45,12 +45,18 @@ from vist_model.vist import vist_config
 
 @dataclass(frozen=True)
 class TwinSpec:
-    """What to build: model kind, Vi-ST preset and backbone, RF conditioning."""
+    """What to build: model kind, Vi-ST preset and backbone, RF conditioning, readout and padding.
+
+    `readout` ("dense" or "factorized", `vist_model.readout`) and `cmst_padding` ("valid" or
+    "same", `vist_model.vist.ViSTConfig`) override the preset's when given.
+    """
 
     kind: str = "vist"
     preset: str = "cpu"
     backbone: str = "tiny"
     rf_conditioning: str = "sum"
+    readout: str | None = None
+    cmst_padding: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in MODEL_KINDS:
@@ -107,8 +113,9 @@ def new_twin(rec: Recording, spec: TwinSpec, rf_maps: np.ndarray, rf_source: str
     backbone = load_backbone(spec.backbone) if spec.kind == "vist" else None
     n = rec.n_cells
     if spec.kind == "vist":
+        overrides = {k: v for k, v in (("readout", spec.readout), ("cmst_padding", spec.cmst_padding)) if v}
         network = vist_config(spec.preset, n, backbone.spec.hidden_size, grid=backbone.spec.grid,
-                              rf_conditioning=spec.rf_conditioning).to_dict()
+                              rf_conditioning=spec.rf_conditioning, **overrides).to_dict()
     else:
         network = baseline_config(spec.kind, n_cells=n, height=h, width=w)
     meta = TwinMetadata(

@@ -1,18 +1,32 @@
-"""Per-time-step linear readout of Vi-ST.
+"""Readouts of Vi-ST: from the CMST maps `[B, M, T, h, w]` to rates `[B, T, N]`.
 
-The CMST output `[B, N, T, h, w]` (h = w = 8 in the paper) is flattened per time
-step in (cell, row, column) order, as the public code's
-`rearrange(out, "b c t p q -> b t (c p q)")`, and a single Linear maps the
-`N * h * w` values to N rates. Every cell can therefore read every cell's map at
-every position; this layer holds most of the model's parameters
-(8 * 8 * 90 * 90 + 90 = 518,490 for N = 90).
+`Readout` (published): the maps are flattened per time step in (map, row, column) order, as
+the public code's `rearrange(out, "b c t p q -> b t (c p q)")`, and a single Linear maps the
+`M * h * w` values to N rates. Every cell can read every map at every position; this layer
+holds most of the model's parameters (8 * 8 * 90 * 90 + 90 = 518,490 for N = M = 90).
+
+`FactorizedReadout` (Klindt et al. 2017, "Neural system identification for large populations
+separating 'what' and 'where'"): each cell has its own spatial mask over the grid and its own
+weights over the maps, `rate_n = sum_m f_nm sum_pq s_npq x_mpq + b_n`. It needs
+`N * (h * w + M + 1)` parameters (6,570 for N = 90, M = 8) instead of `N * (M * h * w + 1)`,
+and each mask starts as a Gaussian at the cell's recorded receptive-field centre, so the twin
+begins local and a few minutes of natural movie do not smear a cell over the screen.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
-__all__ = ["Readout"]
+__all__ = ["FactorizedReadout", "Readout", "grid_centres"]
+
+
+def _check_sizes(n_cells: int, height: int, width: int, in_channels: int) -> None:
+    if min(n_cells, height, width, in_channels) < 1:
+        raise ValueError(
+            f"n_cells, height, width and in_channels must be >= 1, got {n_cells}, {height}, "
+            f"{width}, {in_channels}"
+        )
 
 
 class Readout(nn.Module):
@@ -25,21 +39,84 @@ class Readout(nn.Module):
     def __init__(self, n_cells: int, height: int, width: int, in_channels: int | None = None) -> None:
         super().__init__()
         in_channels = n_cells if in_channels is None else in_channels
-        if min(n_cells, height, width, in_channels) < 1:
-            raise ValueError(
-                f"n_cells, height, width and in_channels must be >= 1, got {n_cells}, {height}, "
-                f"{width}, {in_channels}"
-            )
+        _check_sizes(n_cells, height, width, in_channels)
         self.n_cells, self.height, self.width = n_cells, height, width
         self.in_channels = in_channels
         self.linear = nn.Linear(in_channels * height * width, n_cells)
 
     def forward(self, x: Tensor) -> Tensor:
-        b, n, t, h, w = x.shape
-        if (n, h, w) != (self.in_channels, self.height, self.width):
-            raise ValueError(
-                f"readout expects [B, {self.in_channels}, T, {self.height}, {self.width}], "
-                f"got {tuple(x.shape)}"
-            )
+        b, n, t, h, w = _check_input(x, self.in_channels, self.height, self.width)
         flat = x.permute(0, 2, 1, 3, 4).reshape(b, t, n * h * w)
         return self.linear(flat)
+
+
+class FactorizedReadout(nn.Module):
+    """Per-cell spatial mask times per-cell map weights. Shapes: `[B, M, T, h, w] -> [B, T, N]`.
+
+    Args:
+        centres: `[N, 2]` each cell's (row, column) on the readout grid, where its mask starts
+            (clamped to the grid: a cell whose receptive field lies beyond the grid's centres
+            reads the nearest position, whose receptive field still covers it).
+        sigma: width of the initial Gaussian masks, in grid positions.
+    """
+
+    def __init__(self, n_cells: int, height: int, width: int, in_channels: int, centres: Tensor,
+                 sigma: float = 0.75) -> None:
+        super().__init__()
+        _check_sizes(n_cells, height, width, in_channels)
+        if tuple(centres.shape) != (n_cells, 2):
+            raise ValueError(f"centres must be [{n_cells}, 2], got {tuple(centres.shape)}")
+        if not sigma > 0:
+            raise ValueError(f"sigma must be > 0, got {sigma}")
+        self.n_cells, self.height, self.width = n_cells, height, width
+        self.in_channels = in_channels
+        self.spatial = nn.Parameter(_gaussian_masks(centres, height, width, sigma))
+        # Small equal weights: every map starts with the same say, the sign is learned.
+        self.features = nn.Parameter(torch.full((n_cells, in_channels), 1.0 / in_channels))
+        self.bias = nn.Parameter(torch.zeros(n_cells))
+
+    def forward(self, x: Tensor) -> Tensor:
+        _check_input(x, self.in_channels, self.height, self.width)
+        pooled = torch.einsum("bmthw,nhw->btnm", x, self.spatial)  # each cell's view of each map
+        return (pooled * self.features).sum(dim=-1) + self.bias
+
+
+def grid_centres(rf_maps: Tensor, margin: int) -> Tensor:
+    """`[N, 2]` (row, column) on the readout grid of each cell's RF centre.
+
+    `rf_maps` `[N, g, g]` are on the feature grid (magnitudes, as `rf_to_grid` makes them); the
+    readout grid is the feature grid less `margin` positions on every side (valid convolutions),
+    so feature position p sits at readout position p - margin. Centres are weighted by the
+    squared map, so the peak dominates and a broad weak surround does not pull it.
+    """
+    if rf_maps.ndim != 3:
+        raise ValueError(f"rf_maps must be [N, g, g], got shape {tuple(rf_maps.shape)}")
+    w = rf_maps.to(torch.float64) ** 2
+    total = w.flatten(1).sum(dim=1)
+    rows = torch.arange(rf_maps.shape[1], dtype=torch.float64)[None, :, None]
+    cols = torch.arange(rf_maps.shape[2], dtype=torch.float64)[None, None, :]
+    middle = (rf_maps.shape[1] - 1) / 2, (rf_maps.shape[2] - 1) / 2
+    # A flat or empty map has no centre: the cell starts at the middle of the screen.
+    safe = total.clamp_min(1e-30)
+    cy = torch.where(total > 0, (w * rows).flatten(1).sum(1) / safe, torch.tensor(middle[0], dtype=torch.float64))
+    cx = torch.where(total > 0, (w * cols).flatten(1).sum(1) / safe, torch.tensor(middle[1], dtype=torch.float64))
+    return (torch.stack([cy, cx], dim=1) - margin).to(torch.float32)
+
+
+def _gaussian_masks(centres: Tensor, height: int, width: int, sigma: float) -> Tensor:
+    """`[N, h, w]` unit-sum Gaussians at the centres, clamped onto the grid."""
+    cy = centres[:, 0].clamp(0, height - 1)[:, None, None]
+    cx = centres[:, 1].clamp(0, width - 1)[:, None, None]
+    rows = torch.arange(height, dtype=torch.float32)[None, :, None]
+    cols = torch.arange(width, dtype=torch.float32)[None, None, :]
+    g = torch.exp(-((rows - cy) ** 2 + (cols - cx) ** 2) / (2 * sigma**2))
+    return g / g.flatten(1).sum(dim=1)[:, None, None]
+
+
+def _check_input(x: Tensor, maps: int, height: int, width: int) -> tuple[int, int, int, int, int]:
+    if x.ndim != 5:
+        raise ValueError(f"readout expects [B, {maps}, T, {height}, {width}], got {tuple(x.shape)}")
+    b, n, t, h, w = x.shape
+    if (n, h, w) != (maps, height, width):
+        raise ValueError(f"readout expects [B, {maps}, T, {height}, {width}], got {tuple(x.shape)}")
+    return b, n, t, h, w

@@ -22,7 +22,8 @@ class CellAttribution:
         clips: the K clips, top clips first.
         frames: `[K, L, H, W]` uint8, the clips' stimulus.
         attributions: `[K, L, H, W]` float32.
-        spatial: `[H, W]` map summed over time, mean over clips.
+        spatial: `[H, W]` spatial part of the clip-mean attributions' separable fit
+            (`summaries.spatial_map`).
         temporal: `[L]` profile around the map's peak, lag 0 first.
         effective_rf: attribution-weighted centre and size (pixels).
         recorded_rf: `[H, W]` the recording's `/cells/rf` (the twin's copy if the file has none).

@@ -21,9 +21,17 @@ class EffectiveRF:
 
 
 def spatial_map(attributions: np.ndarray) -> np.ndarray:
-    """`[H, W]`: attributions `[clips, L, H, W]` summed over time, averaged over clips."""
-    a = _check(attributions)
-    return a.sum(axis=1).mean(axis=0)
+    """`[H, W]`: the spatial part of the clip-mean attributions' best space-time separable fit.
+
+    The clip mean `[L, H, W]` is approximated by `profile[t] * map[h, w]` (first singular
+    pair), the profile scaled to 1 at its largest |value|: the map is the pattern at the lag
+    that matters most, signed as it acts there. A plain sum over time would cancel a
+    biphasic cell, whose early and late lobes have opposite signs, to noise.
+    """
+    a = _check(attributions).mean(axis=0)
+    u, s, vt = np.linalg.svd(a.reshape(a.shape[0], -1), full_matrices=False)
+    peak_lag = int(np.argmax(np.abs(u[:, 0])))
+    return (s[0] * u[peak_lag, 0] * vt[0]).reshape(a.shape[1:])
 
 
 def temporal_profile(attributions: np.ndarray, spatial: np.ndarray, radius: float) -> np.ndarray:
