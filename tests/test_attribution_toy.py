@@ -17,6 +17,7 @@ from insilico.attribution.summaries import (
     rank_similarity,
     spatial_map,
     temporal_profile,
+    to_resolution,
 )
 from vist_model.streaming import frozen
 
@@ -188,3 +189,17 @@ def test_spatial_map_survives_a_biphasic_filter_that_a_time_sum_cancels() -> Non
     assert spatial[7, 8] > 0
     flipped = spatial_map(-a)
     assert map_correlation(flipped, s) < -0.99
+
+
+def test_maps_at_the_twins_resolution_drop_the_patch_pattern() -> None:
+    """A smooth filter seen through 4-px patches whose embedding adds a fixed +-1 pattern."""
+    s = gaussian(7, 8, 2.5).numpy()
+    pattern = np.tile(np.array([[1.0, -1.0], [-1.0, 1.0]]), (H // 2, W // 2))
+    a = np.stack([np.stack([s * (1.0 + 3.0 * pattern)] * 3)] * 2)  # [clips, L, H, W]
+    raw = map_correlation(spatial_map(a), s)
+    seen = map_correlation(spatial_map(to_resolution(a, H // 4)), s)
+    assert raw < 0.5 < 0.8 < seen  # block averaging costs a smooth filter a little: r 0.85
+    blocks = to_resolution(np.arange(16.0).reshape(1, 4, 4), 2)[0]
+    assert blocks.tolist() == [[2.5, 2.5, 4.5, 4.5], [2.5, 2.5, 4.5, 4.5], [10.5, 10.5, 12.5, 12.5],
+                               [10.5, 10.5, 12.5, 12.5]]
+    assert np.array_equal(to_resolution(a, None), a)

@@ -26,6 +26,8 @@ class AttributionConfig:
         occlusion_frames, occlusion_pixels: space-time patch of Occlusion (stride = patch).
         batch_size: examples per forward/backward pass (bounds memory).
         sanity_clips: clips used for the randomised-weights sanity check (0 skips it).
+        twin_resolution: compute the maps from attributions averaged over the twin's input
+            patches (`summaries.to_resolution`); the stored per-clip attributions stay per pixel.
         seed: random clips and the randomised twin's weights.
     """
 
@@ -42,6 +44,7 @@ class AttributionConfig:
     occlusion_pixels: int = 8
     batch_size: int = 32
     sanity_clips: int = 2
+    twin_resolution: bool = True
     seed: int = 0
 
     def __post_init__(self) -> None:

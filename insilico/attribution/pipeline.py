@@ -25,6 +25,7 @@ from insilico.attribution.summaries import (
     rank_similarity,
     spatial_map,
     temporal_profile,
+    to_resolution,
 )
 from insilico.cells import parse_cells
 from insilico.errors import InsilicoError
@@ -153,9 +154,16 @@ def attribute_twin(twin: Twin, movie: TestMovie, cell_ids: Sequence[int], config
     seconds = (time.perf_counter() - started) / max(1, len(cell_ids))
 
     method = config.method + ("+nt" if config.noise_tunnel else "")
+    grid = input_grid(twin) if config.twin_resolution else None
     return [_summarise(cid, index[cid], clips[cid], attrs, sanity, movie, cc, config, method,
-                       meta.describe_backbone(), meta.frame_rate, test_segment, seconds)
+                       meta.describe_backbone(), meta.frame_rate, test_segment, seconds, grid)
             for cid in cell_ids]
+
+
+def input_grid(twin: Twin) -> int | None:
+    """Side of the patch grid through which the twin sees the screen (None if per pixel)."""
+    network = twin.metadata.network
+    return network.get("grid") if twin.metadata.kind == "vist" else network.get("resolution")
 
 
 def _run(network: nn.Module, twin: Twin, movie: TestMovie, clips: dict[int, list[Clip]],
@@ -200,23 +208,24 @@ def _row(result: ClipAttribution, j: int) -> ClipAttribution:
 def _summarise(cid: int, i: int, clips: list[Clip], attrs: dict[tuple[int, int], ClipAttribution],
                sanity: dict[tuple[int, int], ClipAttribution], movie: TestMovie, cc: np.ndarray,
                config: AttributionConfig, method: str, backbone: str, frame_rate: float,
-               test_segment: str, seconds: float) -> CellAttribution:
+               test_segment: str, seconds: float, grid: int | None) -> CellAttribution:
     rows = [attrs[(cid, c.end)] for c in clips]
     a = np.stack([r.attributions for r in rows]).astype(np.float32)
+    seen = to_resolution(a, grid)
     response = np.concatenate([r.response for r in rows])
     base = np.concatenate([r.baseline_response for r in rows])
     gap = np.concatenate([r.gap for r in rows])
-    spatial = spatial_map(a)
+    spatial = spatial_map(seen)
     erf = effective_rf(spatial)
     radius = max(2.0, erf.sigma) if np.isfinite(erf.sigma) else 2.0
-    temporal = temporal_profile(a, spatial, radius)
+    temporal = temporal_profile(seen, spatial, radius)
     drive = np.abs(response - base).sum()
     completeness = float(np.abs(gap).sum() / drive) if np.isfinite(gap).all() and drive > 0 else float("nan")
     similarity, random_spatial = float("nan"), None
     used = [c for c in clips if (cid, c.end) in sanity]
     if used:
-        trained = spatial_map(np.stack([attrs[(cid, c.end)].attributions for c in used]))
-        random_spatial = spatial_map(np.stack([sanity[(cid, c.end)].attributions for c in used]))
+        trained = spatial_map(to_resolution(np.stack([attrs[(cid, c.end)].attributions for c in used]), grid))
+        random_spatial = spatial_map(to_resolution(np.stack([sanity[(cid, c.end)].attributions for c in used]), grid))
         similarity = rank_similarity(trained, random_spatial)
     true = movie.true_filters[i] if movie.true_filters is not None else None
     sl = [slice(c.start, c.end) for c in clips]

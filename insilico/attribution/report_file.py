@@ -30,7 +30,8 @@ def write_cell_file(result: CellAttribution, path: str | Path) -> Path:
             "is_linear": -1 if result.is_linear is None else int(result.is_linear),
         })
         spatial = f.create_dataset("spatial", data=result.spatial)
-        spatial.attrs["description"] = "spatial part of the best space-time separable fit of the clip-mean attributions [H, W]"
+        spatial.attrs["description"] = ("spatial part of the best space-time separable fit of the clip-mean "
+                                        "attributions, averaged over the twin's input patches [H, W]")
         temporal = f.create_dataset("temporal", data=result.temporal)
         temporal.attrs["description"] = "attributions summed over a disc around the map's peak [L], lag 0 first"
         attributions = f.create_dataset("attributions", data=result.attributions, compression="gzip")

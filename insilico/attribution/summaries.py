@@ -34,6 +34,24 @@ def spatial_map(attributions: np.ndarray) -> np.ndarray:
     return (s[0] * u[peak_lag, 0] * vt[0]).reshape(a.shape[1:])
 
 
+def to_resolution(attributions: np.ndarray, grid: int | None) -> np.ndarray:
+    """Attributions `[..., H, W]` averaged over each cell of a `grid x grid` partition of the screen.
+
+    A twin sees the screen through `grid x grid` patches (Vi-ST's backbone patches, a baseline's
+    area-averaged pixels); within one patch a pixel-level gradient carries the fixed pattern of
+    the patch embedding, which no smooth stimulus can exploit. Averaging over the patch keeps
+    what the twin resolves. `grid` None (or >= the screen) leaves the attributions as they are.
+    """
+    a = np.asarray(attributions, dtype=np.float64)
+    h, w = a.shape[-2:]
+    if grid is None or grid >= min(h, w):
+        return a
+    rows = _partition(h, grid)  # [grid, H], each row averages one band of pixels
+    cols = _partition(w, grid)
+    pooled = np.einsum("gh,...hw,kw->...gk", rows, a, cols)
+    return np.einsum("gh,...gk,kw->...hw", rows > 0, pooled, cols > 0)
+
+
 def temporal_profile(attributions: np.ndarray, spatial: np.ndarray, radius: float) -> np.ndarray:
     """`[L]`, lag 0 (the clip's last frame) first: attributions summed over a disc of `radius`
     pixels around the spatial map's peak, averaged over clips."""
@@ -78,6 +96,12 @@ def rank_similarity(a: np.ndarray, b: np.ndarray) -> float:
     if np.ptp(a) == 0 or np.ptp(b) == 0:
         return float("nan")
     return float(spearmanr(a, b)[0])
+
+
+def _partition(n: int, grid: int) -> np.ndarray:
+    band = (np.arange(n) * grid) // n
+    member = (band[None, :] == np.arange(grid)[:, None]).astype(np.float64)
+    return member / member.sum(axis=1, keepdims=True)
 
 
 def _disc(shape: tuple[int, int], centre: tuple[int, int], radius: float) -> np.ndarray:
