@@ -12,7 +12,7 @@ like the paper's "complementary coding" figure (Vi-ST trained on the first n cel
 
     python benchmarks/twin.py [--data F.h5] [--cells 90] [--size 64] [--epochs 8] [--train mov1,noise]
                               [--populations 1,8,16,32,64,90]
-                              [--models vist,dense_valid,dense_same,factorized_valid,pixels,per_cell,ln,cnn]
+                              [--models vist,dense_valid,dense_same,factorized_valid,local,pixels,per_cell,ln,cnn]
 """
 
 from __future__ import annotations
@@ -44,6 +44,8 @@ MODELS = {
     "dense_same": TwinSpec(kind="vist", preset="cpu", backbone="tiny", readout="dense", cmst_padding="same"),
     "factorized_valid": TwinSpec(kind="vist", preset="cpu", backbone="tiny", readout="factorized",
                                  cmst_padding="valid"),
+    # Spatially pointwise TCN and CMST: a grid position sees its own patch, the readout mask does the rest.
+    "local": TwinSpec(kind="vist", preset="cpu", backbone="tiny", spatial_kernel=1),
     "pixels": TwinSpec(kind="vist", preset="cpu", backbone="pixels"),
     "per_cell": TwinSpec(kind="vist", preset="cpu", backbone="tiny", rf_conditioning="per_cell"),
     "ln": TwinSpec(kind="ln"),

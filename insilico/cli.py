@@ -85,6 +85,8 @@ def train(
                                 "per cell, starting at its RF). Default: the preset's."),
     cmst_padding: str = typer.Option(None, help="valid (published: the readout sees the middle of the screen) "
                                      "or same (the readout grid covers the whole screen). Default: the preset's."),
+    spatial_kernel: int = typer.Option(None, help="Spatial side of the TCN and CMST convolutions: 3 (published) "
+                                       "or 1 (each grid position sees only its own patch). Default: the preset's."),
     epochs: int = typer.Option(None, help="Maximum epochs, early stopping on validation "
                                "(default: 8 for the cpu preset, 60 for vist)."),
     batch_size: int = typer.Option(None, help="Windows per batch (default: 4 for cpu, 16 for vist)."),
@@ -100,7 +102,7 @@ def train(
         from vist_model.train import training_for
 
         spec = TwinSpec(kind=model, preset=preset, backbone=backbone, rf_conditioning=rf_conditioning,
-                        readout=readout, cmst_padding=cmst_padding)
+                        readout=readout, cmst_padding=cmst_padding, spatial_kernel=spatial_kernel)
         defaults = training_for(preset)
         cfg = replace(defaults, epochs=epochs or defaults.epochs, batch_size=batch_size or defaults.batch_size,
                       swa=swa, seed=seed)

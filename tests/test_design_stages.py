@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from insilico.design.envelope import rf_centre_and_size, rf_envelope
+from insilico.design.envelope import rf_envelope
 from insilico.design.objectives import Window, decrease, discriminative, increase, others
 from insilico.design.postprocess import ContrastBudget
 from insilico.design.preconditioners import FourierScaling, GaussianBlur, blur
 from insilico.design.regularisers import TemporalSmoothness, TotalVariation
 from insilico.design.transforms import Compose, Jitter, TimeShift
+from stimuli.recording.rf_geometry import rf_centre_and_size
 
 
 def _clips(kind: str) -> torch.Tensor:

@@ -37,6 +37,16 @@ def test_grid_centres_are_rf_centres_shifted_by_the_margin() -> None:
     assert centres[2].tolist() == [3.5, 3.5]  # a flat map: the middle of the screen
 
 
+def test_grid_centres_are_not_pulled_to_the_middle_by_the_noise_floor() -> None:
+    """An STA's magnitude is positive everywhere; the centre must stay at the peak near the edge."""
+    rng = torch.Generator().manual_seed(0)
+    rows, cols = torch.meshgrid(torch.arange(GRID), torch.arange(GRID), indexing="ij")
+    peak = torch.exp(-((rows - 1.0) ** 2 + (cols - 14.0) ** 2) / (2 * 0.8**2))
+    noisy = peak + 0.15 * torch.rand(GRID, GRID, generator=rng)
+    centre = grid_centres(noisy[None], margin=0)[0]
+    assert torch.allclose(centre, torch.tensor([1.0, 14.0]), atol=0.35)
+
+
 def test_factorized_masks_start_at_the_rf_and_sum_to_one() -> None:
     valid = _model([(5, 6), (12, 3), (0, 15)], cmst_padding="valid")
     assert valid.readout.spatial.shape == (3, 8, 8)
@@ -80,6 +90,39 @@ def test_same_padding_lets_an_edge_cell_read_its_own_corner() -> None:
         peaks[padding] = _argmax(feats.grad[0].abs().sum(dim=(0, 1)))
     assert peaks["same"] == (0, 0)
     assert min(peaks["valid"]) >= 2  # read from the nearest readout position, centred 4 inwards
+
+
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_spatial_kernel_one_keeps_each_cell_to_its_mask(padding: str) -> None:
+    """With 1 x 1 spatial kernels a cell's output reads features only where its readout mask is."""
+    model = _model([(5, 6)], cmst_padding=padding, spatial_kernel=1)
+    assert model.config.readout_grid == GRID  # nothing to trim
+    with torch.no_grad():
+        model.readout.spatial.zero_()
+        model.readout.spatial[0, 9, 2] = 1.0
+    feats = torch.randn(1, 90, CHANNELS, GRID, GRID, requires_grad=True)
+    model(feats)[0, -1, 0].backward()
+    reach = feats.grad[0].abs().sum(dim=(0, 1))
+    assert reach[9, 2] > 0
+    reach[9, 2] = 0
+    assert float(reach.max()) == 0.0
+    wide = _model([(5, 6)], cmst_padding=padding)  # published 3 x 3: the same mask reads a wide area
+    with torch.no_grad():
+        wide.readout.spatial.zero_()
+        wide.readout.spatial[0, 5, 5] = 1.0
+    feats.grad = None
+    wide(feats)[0, -1, 0].backward()
+    assert int((feats.grad[0].abs().sum(dim=(0, 1)) > 0).sum()) > 100
+
+
+def test_spatial_kernel_must_be_odd() -> None:
+    with pytest.raises(ValueError, match="spatial_kernel must be an odd number"):
+        vist_config("cpu", N_CELLS, CHANNELS, spatial_kernel=2)
+    with pytest.raises(ValueError, match="too small for 4 CMST blocks with spatial kernel 5"):
+        vist_config("vist", N_CELLS, CHANNELS, spatial_kernel=5)  # valid padding: 16 - 2 * 4 * 2 = 0
+    cfg = vist_config("vist", N_CELLS, CHANNELS, cmst_padding="same", spatial_kernel=5)
+    assert (cfg.cmst_trim, cfg.readout_grid) == (8, GRID)
+    assert ViSTConfig.from_dict(cfg.to_dict()) == cfg
 
 
 def test_cpu_preset_reads_out_per_cell_over_the_whole_screen() -> None:

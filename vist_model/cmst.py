@@ -30,7 +30,11 @@ PUBLISHED_KERNEL_SETS: tuple[tuple[int, ...], ...] = ((1, 25), (1, 13, 21), (1, 
 
 
 class CausalMultiscaleBlock(nn.Module):
-    """One CMST block. Shapes: `[B, N, T, H, W] -> [B, N, T, H-2, W-2]`."""
+    """One CMST block. Shapes: `[B, N, T, H, W] -> [B, N, T, H-2p, W-2p]`, p = kernel_s // 2.
+
+    `kernel_s` is the spatial side of the branches and of the residual's average pool (3 as
+    published, p = 1).
+    """
 
     def __init__(
         self,
@@ -39,8 +43,11 @@ class CausalMultiscaleBlock(nn.Module):
         *,
         dropout: float = 0.25,
         negative_slope: float = 0.1,
+        kernel_s: int = 3,
     ) -> None:
         super().__init__()
+        if kernel_s < 1 or kernel_s % 2 == 0:
+            raise ValueError(f"kernel_s must be an odd number >= 1, got {kernel_s}")
         if channels < 1:
             raise ValueError(f"channels must be >= 1, got {channels}")
         if not kernels_t or min(kernels_t) < 1:
@@ -51,7 +58,7 @@ class CausalMultiscaleBlock(nn.Module):
                 CausalConv3d(
                     channels,
                     channels,
-                    (k, 3, 3),
+                    (k, kernel_s, kernel_s),
                     groups=channels if k != 1 else 1,
                     same_spatial=False,
                 ),
@@ -62,15 +69,17 @@ class CausalMultiscaleBlock(nn.Module):
         )
         self.mapping = nn.Conv3d(channels, channels, 1)
         self.residual = nn.Conv3d(channels, channels, 1)
-        self.pool = nn.AvgPool3d((1, 3, 3), stride=1)
+        self.kernel_s = kernel_s
+        self.pool = nn.AvgPool3d((1, kernel_s, kernel_s), stride=1)
 
     @property
     def receptive_field(self) -> int:
         return max(self.kernels_t)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.shape[-1] < 3 or x.shape[-2] < 3:
-            raise ValueError(f"CMST block needs H, W >= 3, got {tuple(x.shape[-2:])}")
+        k = self.kernel_s
+        if x.shape[-1] < k or x.shape[-2] < k:
+            raise ValueError(f"CMST block needs H, W >= {k}, got {tuple(x.shape[-2:])}")
         total = self.branches[0](x)
         for branch in self.branches[1:]:
             total = total + branch(x)
@@ -78,7 +87,7 @@ class CausalMultiscaleBlock(nn.Module):
 
 
 class CMST(nn.Module):
-    """A stack of CMST blocks. Shapes: `[B, N, T, H, W] -> [B, N, T, H - 2L, W - 2L]`."""
+    """A stack of L CMST blocks. Shapes: `[B, N, T, H, W] -> [B, N, T, H - 2pL, W - 2pL]`, p = kernel_s // 2."""
 
     def __init__(
         self,
@@ -87,17 +96,18 @@ class CMST(nn.Module):
         *,
         dropout: float = 0.25,
         negative_slope: float = 0.1,
+        kernel_s: int = 3,
     ) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(
-            CausalMultiscaleBlock(channels, ks, dropout=dropout, negative_slope=negative_slope)
+            CausalMultiscaleBlock(channels, ks, dropout=dropout, negative_slope=negative_slope, kernel_s=kernel_s)
             for ks in kernel_sets
         )
 
     @property
     def spatial_shrink(self) -> int:
-        """Pixels lost per spatial axis (2 per block)."""
-        return 2 * len(self.blocks)
+        """Positions lost per spatial axis (2 per block as published)."""
+        return sum(2 * (block.kernel_s // 2) for block in self.blocks)
 
     @property
     def receptive_field(self) -> int:

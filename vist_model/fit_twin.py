@@ -47,8 +47,9 @@ from vist_model.vist import vist_config
 class TwinSpec:
     """What to build: model kind, Vi-ST preset and backbone, RF conditioning, readout and padding.
 
-    `readout` ("dense" or "factorized", `vist_model.readout`) and `cmst_padding` ("valid" or
-    "same", `vist_model.vist.ViSTConfig`) override the preset's when given.
+    `readout` ("dense" or "factorized", `vist_model.readout`), `cmst_padding` ("valid" or
+    "same") and `spatial_kernel` (odd, `vist_model.vist.ViSTConfig`) override the preset's when
+    given.
     """
 
     kind: str = "vist"
@@ -57,6 +58,7 @@ class TwinSpec:
     rf_conditioning: str = "sum"
     readout: str | None = None
     cmst_padding: str | None = None
+    spatial_kernel: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in MODEL_KINDS:
@@ -113,7 +115,8 @@ def new_twin(rec: Recording, spec: TwinSpec, rf_maps: np.ndarray, rf_source: str
     backbone = load_backbone(spec.backbone) if spec.kind == "vist" else None
     n = rec.n_cells
     if spec.kind == "vist":
-        overrides = {k: v for k, v in (("readout", spec.readout), ("cmst_padding", spec.cmst_padding)) if v}
+        overrides = {k: v for k, v in (("readout", spec.readout), ("cmst_padding", spec.cmst_padding),
+                                       ("spatial_kernel", spec.spatial_kernel)) if v}
         network = vist_config(spec.preset, n, backbone.spec.hidden_size, grid=backbone.spec.grid,
                               rf_conditioning=spec.rf_conditioning, **overrides).to_dict()
     else:

@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from stimuli.recording.rf_geometry import rf_centre_and_size
+
 __all__ = ["FactorizedReadout", "Readout", "grid_centres"]
 
 
@@ -86,21 +88,15 @@ def grid_centres(rf_maps: Tensor, margin: int) -> Tensor:
 
     `rf_maps` `[N, g, g]` are on the feature grid (magnitudes, as `rf_to_grid` makes them); the
     readout grid is the feature grid less `margin` positions on every side (valid convolutions),
-    so feature position p sits at readout position p - margin. Centres are weighted by the
-    squared map, so the peak dominates and a broad weak surround does not pull it.
+    so feature position p sits at readout position p - margin. The centre is the one of the
+    half-maximum region around the peak (`rf_centre_and_size`): a centre of mass over the whole
+    map would be pulled towards the middle of the screen by the STA's noise floor.
     """
     if rf_maps.ndim != 3:
         raise ValueError(f"rf_maps must be [N, g, g], got shape {tuple(rf_maps.shape)}")
-    w = rf_maps.to(torch.float64) ** 2
-    total = w.flatten(1).sum(dim=1)
-    rows = torch.arange(rf_maps.shape[1], dtype=torch.float64)[None, :, None]
-    cols = torch.arange(rf_maps.shape[2], dtype=torch.float64)[None, None, :]
-    middle = (rf_maps.shape[1] - 1) / 2, (rf_maps.shape[2] - 1) / 2
-    # A flat or empty map has no centre: the cell starts at the middle of the screen.
-    safe = total.clamp_min(1e-30)
-    cy = torch.where(total > 0, (w * rows).flatten(1).sum(1) / safe, torch.tensor(middle[0], dtype=torch.float64))
-    cx = torch.where(total > 0, (w * cols).flatten(1).sum(1) / safe, torch.tensor(middle[1], dtype=torch.float64))
-    return (torch.stack([cy, cx], dim=1) - margin).to(torch.float32)
+    maps = rf_maps.detach().to(torch.float64).cpu().numpy()
+    centres = [rf_centre_and_size(m)[0] for m in maps]
+    return (torch.tensor(centres, dtype=torch.float64).reshape(-1, 2) - margin).to(torch.float32)
 
 
 def _gaussian_masks(centres: Tensor, height: int, width: int, sigma: float) -> Tensor:

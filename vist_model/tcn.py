@@ -25,10 +25,10 @@ __all__ = ["C3TCN", "DilatedResidualCausalLayer"]
 class DilatedResidualCausalLayer(nn.Module):
     """One residual layer of the C3TCN. Shapes: `[B, width, T, H, W]` kept."""
 
-    def __init__(self, width: int, dilation: int, dropout: float, kernel_t: int = 3) -> None:
+    def __init__(self, width: int, dilation: int, dropout: float, kernel_t: int = 3, kernel_s: int = 3) -> None:
         super().__init__()
         self.conv_dilated = CausalConv3d(
-            width, width, (kernel_t, 3, 3), dilation=dilation, groups=width, same_spatial=True
+            width, width, (kernel_t, kernel_s, kernel_s), dilation=dilation, groups=width, same_spatial=True
         )
         self.norm = nn.BatchNorm3d(width)
         self.conv_1x1 = nn.Conv3d(width, width, 1)
@@ -54,6 +54,7 @@ class C3TCN(nn.Module):
         num_layers: residual layers; layer i has temporal dilation 2**i.
         dropout: dropout after each layer's 1x1x1 conv (0.25 in the paper).
         kernel_t: temporal kernel of the depthwise convs (3 in the paper).
+        kernel_s: their spatial side (3 in the paper; odd).
 
     Shapes: `[B, C, T, H, W] -> [B, N, T, H, W]`.
     """
@@ -67,6 +68,7 @@ class C3TCN(nn.Module):
         num_layers: int = 6,
         dropout: float = 0.25,
         kernel_t: int = 3,
+        kernel_s: int = 3,
     ) -> None:
         super().__init__()
         if min(in_channels, out_channels, width, num_layers) < 1:
@@ -76,7 +78,7 @@ class C3TCN(nn.Module):
             )
         self.conv_in = nn.Conv3d(in_channels, width, 1)
         self.layers = nn.ModuleList(
-            DilatedResidualCausalLayer(width, 2**i, dropout, kernel_t) for i in range(num_layers)
+            DilatedResidualCausalLayer(width, 2**i, dropout, kernel_t, kernel_s) for i in range(num_layers)
         )
         self.conv_out = nn.Conv3d(width, out_channels, 1)
 

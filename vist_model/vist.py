@@ -62,6 +62,11 @@ class ViSTConfig:
             is the feature grid and covers the whole screen). With "valid" the readout's centres
             span only the middle half of the screen: a cell near the edge is read from a position
             up to a quarter of the screen away from its receptive field.
+        spatial_kernel: spatial side of the TCN's and the CMST blocks' convolutions (3 published).
+            Every 3 x 3 layer widens what one grid position sees by one position per side; the
+            published stack (6 TCN layers, 4 CMST blocks) lets each position read the whole
+            16 x 16 grid. 1 keeps the layers to time and channels, so a position sees only its own
+            patch and each cell's locality is left to its readout mask.
     """
 
     n_cells: int
@@ -77,16 +82,20 @@ class ViSTConfig:
     map_channels: int | None = None
     readout: Literal["dense", "factorized"] = "dense"
     cmst_padding: Literal["valid", "same"] = "valid"
+    spatial_kernel: int = 3
 
     def __post_init__(self) -> None:
         if self.n_cells < 1 or self.in_channels < 1:
             raise ValueError(
                 f"n_cells and in_channels must be >= 1, got {self.n_cells}, {self.in_channels}"
             )
+        if self.spatial_kernel < 1 or self.spatial_kernel % 2 == 0:
+            raise ValueError(f"spatial_kernel must be an odd number >= 1, got {self.spatial_kernel}")
         if self.readout_grid < 1:
             raise ValueError(
                 f"grid {self.grid} is too small for {len(self.cmst_kernel_sets)} CMST blocks "
-                f"(each removes 2 pixels per side pair)"
+                f"with spatial kernel {self.spatial_kernel} (each block trims {self.spatial_kernel // 2} "
+                f"position(s) per side)"
             )
         if self.map_channels is not None and self.map_channels < 1:
             raise ValueError(f"map_channels must be >= 1 or None, got {self.map_channels}")
@@ -107,9 +116,14 @@ class ViSTConfig:
         return self.n_cells if self.map_channels is None else self.map_channels
 
     @property
+    def cmst_trim(self) -> int:
+        """Grid positions one side loses through the CMST blocks with valid padding (4 published)."""
+        return len(self.cmst_kernel_sets) * (self.spatial_kernel // 2)
+
+    @property
     def readout_grid(self) -> int:
         """Spatial side after the CMST blocks (8 for the published model)."""
-        return self.grid - (0 if self.cmst_padding == "same" else 2 * len(self.cmst_kernel_sets))
+        return self.grid - (0 if self.cmst_padding == "same" else 2 * self.cmst_trim)
 
     @property
     def receptive_field(self) -> int:
@@ -133,6 +147,7 @@ class ViSTConfig:
             "map_channels": self.map_channels,
             "readout": self.readout,
             "cmst_padding": self.cmst_padding,
+            "spatial_kernel": self.spatial_kernel,
         }
 
     @classmethod
@@ -198,10 +213,12 @@ class ViST(nn.Module):
             num_layers=config.tcn_layers,
             dropout=config.dropout,
             kernel_t=config.tcn_kernel_t,
+            kernel_s=config.spatial_kernel,
         )
         self.adaln = AdaLNZero3D(m, cond_channels=n if config.rf_conditioning == "per_cell" else m)
         self.cmst = CMST(
-            m, config.cmst_kernel_sets, dropout=config.dropout, negative_slope=config.leaky_slope
+            m, config.cmst_kernel_sets, dropout=config.dropout, negative_slope=config.leaky_slope,
+            kernel_s=config.spatial_kernel,
         )
         side = config.readout_grid
         if config.readout == "factorized":
@@ -235,8 +252,8 @@ class ViST(nn.Module):
         x = features.permute(0, 2, 1, 3, 4)
         x = self.tcn(x)
         x = self.adaln(x, self.conditioning().to(x.dtype))
-        if self.config.cmst_padding == "same":
-            x = F.pad(x, (len(self.config.cmst_kernel_sets),) * 4)
+        if self.config.cmst_padding == "same" and self.config.cmst_trim:
+            x = F.pad(x, (self.config.cmst_trim,) * 4)
         x = self.cmst(x)
         return self.readout(x)
 

@@ -35,7 +35,7 @@ from rich.progress import Progress
 
 from insilico.cells import parse_cells
 from insilico.design.budget import Budget, resolve_budget, training_data
-from insilico.design.envelope import rf_centre_and_size, rf_envelope
+from insilico.design.envelope import rf_envelope
 from insilico.design.gradient import GradientConfig, GradientRun, optimise_gradient
 from insilico.design.natural_control import NaturalClip, NaturalScreen, best_natural_clip
 from insilico.design.objectives import OBJECTIVES, Objective, Window, named_objective
@@ -47,6 +47,7 @@ from insilico.design.verify import Verification
 from insilico.design.verify import verify_design as _verify_design
 from insilico.errors import InsilicoError
 from stimuli.contrast import to_uint8
+from stimuli.recording.rf_geometry import rf_centre_and_size
 from vist_model.features import FeatureCache
 from vist_model.fit_twin import resolve_device
 from vist_model.twin import Twin
