@@ -41,7 +41,9 @@ def main() -> None:
     parser.add_argument("--model", default=None)
     parser.add_argument("--cells", type=int, default=2, help="cells timed per method")
     parser.add_argument("--methods", default="saliency,ig,occlusion")
-    parser.add_argument("--clips", type=int, default=6)
+    parser.add_argument("--clips", type=int, default=AttributionConfig.n_clips)
+    parser.add_argument("--ig-steps", type=int, default=AttributionConfig.ig_steps)
+    parser.add_argument("--sanity-clips", type=int, default=AttributionConfig.sanity_clips)
     parser.add_argument("--truth", action="store_true", help="every cell, default method, against the truth")
     parser.add_argument("--out", default=None, help="with --truth: also write the reports here")
     parser.add_argument("--method", default="ig", help="with --truth: the attribution method")
@@ -59,7 +61,9 @@ def main() -> None:
             twin = new_twin(rec, TwinSpec(preset="cpu", backbone="tiny"), rfs.maps, rfs.source).to(args.device)
     movie = load_test_movie(twin, args.data, "mov2")
     if args.truth:
-        truth(twin, movie, args.data, args.out, args.method, args.linear_only)
+        config = AttributionConfig(method=args.method, n_clips=args.clips, n_random=min(2, args.clips),
+                                   ig_steps=args.ig_steps, sanity_clips=args.sanity_clips)
+        truth(twin, movie, args.data, args.out, config, args.linear_only)
         return
     n_total = twin.metadata.n_cells
     ids = list(twin.metadata.cell_ids[: args.cells])
@@ -68,7 +72,8 @@ def main() -> None:
     for col in ("method", "clips", "s / cell", f"est. {n_total} cells (min)"):
         table.add_column(col, justify="right")
     for method in args.methods.split(","):
-        config = AttributionConfig(method=method, n_clips=args.clips)
+        config = AttributionConfig(method=method, n_clips=args.clips, n_random=min(2, args.clips),
+                                   ig_steps=args.ig_steps, sanity_clips=args.sanity_clips)
         started = time.perf_counter()
         attribute_twin(twin, movie, ids, config)
         per_cell = (time.perf_counter() - started) / len(ids)
@@ -77,8 +82,7 @@ def main() -> None:
     console.print(table)
 
 
-def truth(twin: Twin, movie, data: str, out: str | None, method: str, linear_only: int) -> None:
-    config = AttributionConfig(method=method)
+def truth(twin: Twin, movie, data: str, out: str | None, config: AttributionConfig, linear_only: int) -> None:
     with open_recording(data) as rec:
         reliability = split_half_reliability(rec.counts("mov2"))
     ids = list(twin.metadata.cell_ids)
@@ -105,6 +109,10 @@ def truth(twin: Twin, movie, data: str, out: str | None, method: str, linear_onl
         table.add_row(name, f"{np.nanmedian(values):.2f}", f"{int(np.sum(values >= 0.7))}/{len(values)}")
     console.print(table)
     console.print(f"Spearman similarity of |map|, trained vs randomised twin: median {np.nanmedian(similarity):.2f}")
+    if config.method == "ig":
+        gaps = np.array([r.completeness_gap for r in results])
+        console.print(f"IG completeness gap (|sum of attributions - (f(x) - f(baseline))| / |f(x) - f(baseline)|, "
+                      f"{config.ig_steps} steps): median {np.nanmedian(gaps):.3f}, worst {np.nanmax(gaps):.3f}")
 
 
 if __name__ == "__main__":

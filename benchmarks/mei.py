@@ -57,6 +57,8 @@ def main() -> None:
     p.add_argument("--twin", type=Path, default=None,
                    help="a twin already trained on WORK/sim.h5 (default: train one in WORK/twin)")
     p.add_argument("--cell-ids", default="", help="comma-separated cells to design (default: the reliable ones)")
+    p.add_argument("--rf-envelope", type=float, default=GradientConfig().rf_envelope,
+                   help="gradient designs' envelope around the RF, in RF sigmas (0: whole screen)")
     args = p.parse_args()
 
     work = args.work
@@ -88,7 +90,8 @@ def main() -> None:
 
     best_natural = truly_best_natural(data, retina, args.frames, resolve_budget(twin.metadata, None).rms, 3)
     settings = DesignSettings(trials=args.trials, cmaes_trials=args.trials // 2,
-                              gradient=replace(GradientConfig(), steps=args.steps))
+                              gradient=replace(GradientConfig(), steps=args.steps,
+                                                       rf_envelope=args.rf_envelope))
     rows = []
     for cid in chosen:
         r = optimize_cells(twin, [cid], work / "designs", method="both", n_frames=args.frames,

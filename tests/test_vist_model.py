@@ -10,6 +10,7 @@ import torch
 
 from vist_model.adaln import AdaLNZero3D, rf_conditioning_maps
 from vist_model.backbone import (
+    LEGACY_TINY_SOURCE,
     BackboneUnavailableError,
     DinoV2Backbone,
     PixelBackbone,
@@ -172,6 +173,27 @@ def test_tiny_backbone_shapes_frozen_and_deterministic() -> None:
     feats = backbone(frames)
     assert feats.shape == (2, 3, 32, 16, 16)
     torch.testing.assert_close(load_backbone("tiny")(frames), feats)
+
+
+def test_tiny_backbone_keeps_luminance_magnitude() -> None:
+    # Uniform screens from black to white: the centre token must follow the luminance
+    # linearly, not only its sign against grey (the default LayerNorm eps gave that).
+    levels = torch.linspace(0, 1, 11)
+    screens = levels[:, None, None].expand(11, 32, 32)[None].contiguous()
+
+    def linearity(backbone: DinoV2Backbone) -> float:
+        with torch.no_grad():
+            tokens = backbone(screens)[0, :, :, 8, 8].numpy()
+        x = np.c_[np.ones(11), levels.numpy()]
+        fit = x @ np.linalg.lstsq(x, tokens, rcond=None)[0]
+        return 1 - ((tokens - fit) ** 2).sum() / ((tokens - tokens.mean(0)) ** 2).sum()
+
+    tiny, legacy = load_backbone("tiny"), load_backbone("tiny", source=LEGACY_TINY_SOURCE)
+    assert linearity(tiny) > 0.97
+    assert linearity(legacy) < 0.85
+    assert legacy.spec.source == LEGACY_TINY_SOURCE != tiny.spec.source
+    # Same random weights, another normalisation: the two are told apart by their specs.
+    assert all(torch.equal(a, b) for a, b in zip(tiny.state_dict().values(), legacy.state_dict().values(), strict=True))
 
 
 def test_backbone_is_differentiable_wrt_frames() -> None:

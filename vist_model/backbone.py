@@ -14,7 +14,14 @@ Backbones (`load_backbone(name_or_path)`):
   `BackboneUnavailableError` says how to get them or to use `tiny`.
 * a path to a local folder holding any DINOv2 checkpoint.
 * `tiny`: a randomly initialised 2-layer DINOv2 (C = 32), seeded, for tests and
-  demos; it has the real architecture and data flow but no visual prior.
+  demos; it has the real architecture and data flow but no visual prior. Its LayerNorms
+  have `layer_norm_eps = 1`: at random initialisation the patch embedding dwarfs the
+  position embedding, and with the default 1e-6 each token was normalised to the sign of
+  its patch's luminance against grey (uniform patches at 0.0 and 0.4 gave the same token),
+  so a twin could not tell a faint stimulus from a full-contrast one. With eps 1 the tokens
+  of uniform patches are linear in luminance (R^2 0.99 against 0.76). Twins trained on
+  the earlier `tiny` (its spec's `source` says so) load with the backbone they were
+  trained with.
 * `pixels`: no ViT at all (the paper's "without foundation model" ablation).
   The normalised greyscale image is average-pooled onto the 16 x 16 grid giving
   C = 2 channels per cell: mean luminance, and local RMS contrast
@@ -28,7 +35,7 @@ them: resizing uses bilinear interpolation with `antialias=False`.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +57,9 @@ IMAGE_SIZE = 224
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 TINY_SEED = 0
+TINY_LAYER_NORM_EPS = 1.0
+# The `tiny` backbone before its LayerNorm eps was set: twins trained on it keep it.
+LEGACY_TINY_SOURCE = f"random Dinov2Config(hidden 32, 2 layers), seed {TINY_SEED}"
 
 
 class BackboneUnavailableError(FileNotFoundError):
@@ -85,7 +95,8 @@ BACKBONE_PRESETS: dict[str, BackboneSpec] = {
     "dinov2-base": BackboneSpec("dinov2-base", "facebook/dinov2-base", True, 768, 16),
     "dinov2-large": BackboneSpec("dinov2-large", "facebook/dinov2-large", True, 1024, 16),
     "dinov2-giant": BackboneSpec("dinov2-giant", "facebook/dinov2-giant", True, 1536, 16),
-    "tiny": BackboneSpec("tiny", f"random Dinov2Config(hidden 32, 2 layers), seed {TINY_SEED}", False, 32, 16),
+    "tiny": BackboneSpec("tiny", f"random Dinov2Config(hidden 32, 2 layers, layer_norm_eps "
+                                 f"{TINY_LAYER_NORM_EPS:g}), seed {TINY_SEED}", False, 32, 16),
     "pixels": BackboneSpec("pixels", "average-pooled luminance and contrast", False, 2, 16),
 }
 
@@ -243,7 +254,7 @@ class PixelBackbone(Backbone):
         return torch.cat((mean, contrast), dim=1)
 
 
-def _tiny_encoder() -> nn.Module:
+def _tiny_encoder(layer_norm_eps: float) -> nn.Module:
     from transformers import Dinov2Config, Dinov2Model
 
     config = Dinov2Config(
@@ -253,6 +264,7 @@ def _tiny_encoder() -> nn.Module:
         mlp_ratio=4,
         image_size=IMAGE_SIZE,
         patch_size=14,
+        layer_norm_eps=layer_norm_eps,
     )
     # Same weights on every call without touching the caller's RNG stream.
     with torch.random.fork_rng(devices=[]):
@@ -274,12 +286,14 @@ def _pretrained_encoder(source: str) -> nn.Module:
         ) from err
 
 
-def load_backbone(name_or_path: str) -> Backbone:
+def load_backbone(name_or_path: str, source: str | None = None) -> Backbone:
     """A frozen backbone in eval mode.
 
     Args:
         name_or_path: a key of `BACKBONE_PRESETS`, a local DINOv2 folder, or a hub id
             present in the local Hugging Face cache.
+        source: the `BackboneSpec.source` a checkpoint recorded, for presets that changed
+            since (`tiny` before its LayerNorm eps); None gives the current preset.
 
     Raises:
         BackboneUnavailableError: pretrained weights are not on disk.
@@ -287,7 +301,9 @@ def load_backbone(name_or_path: str) -> Backbone:
     if name_or_path == "pixels":
         return PixelBackbone()
     if name_or_path == "tiny":
-        return DinoV2Backbone(BACKBONE_PRESETS["tiny"], _tiny_encoder())
+        if source == LEGACY_TINY_SOURCE:
+            return DinoV2Backbone(replace(BACKBONE_PRESETS["tiny"], source=source), _tiny_encoder(1e-6))
+        return DinoV2Backbone(BACKBONE_PRESETS["tiny"], _tiny_encoder(TINY_LAYER_NORM_EPS))
     if name_or_path in BACKBONE_PRESETS:
         spec = BACKBONE_PRESETS[name_or_path]
         return DinoV2Backbone(spec, _pretrained_encoder(spec.source))

@@ -105,11 +105,6 @@ class CMST(nn.Module):
         )
 
     @property
-    def spatial_shrink(self) -> int:
-        """Positions lost per spatial axis (2 per block as published)."""
-        return sum(2 * (block.kernel_s // 2) for block in self.blocks)
-
-    @property
     def receptive_field(self) -> int:
         return 1 + sum(block.receptive_field - 1 for block in self.blocks)
 

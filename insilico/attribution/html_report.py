@@ -65,7 +65,10 @@ def cell_page(r: CellAttribution) -> str:
 <h1>Cell {r.cell_id}: what its twin responds to</h1>
 <p class="note">Attributions of the twin's predicted response over each clip's last frames to every pixel
 and frame of the clip ({r.attributions.shape[1]} frames; earlier frames held at the movie).
-Integrated gradients use a uniform mean-grey baseline.</p>
+Integrated gradients use a uniform mean-grey baseline. Their sign (and occlusion's) says whether the
+stimulus there raised the response: an OFF cell driven by a dark spot gets a positive map, and a
+negative correlation with its (negative) receptive field. Saliency is the gradient itself and keeps the
+cell's polarity. Compare the size of r, not its sign.</p>
 <table>{table}</table>
 <h2>Spatial map and receptive field</h2>
 {_img(figures.maps_figure(r), "spatial map beside the recorded receptive field")}

@@ -25,14 +25,13 @@ class ClipAttribution:
         attributions: `[n, L, H, W]`, one map per target cell.
         response: `[n]` f(x), the response attributed.
         baseline_response: `[n]` f(baseline) (NaN for methods without a baseline).
-        captum_delta: `[n]` Captum's convergence delta (IG only, else NaN).
-        gap: `[n]` sum(attributions) - (f(x) - f(baseline)), computed here (IG only, else NaN).
+        gap: `[n]` sum(attributions) - (f(x) - f(baseline)) (IG only, else NaN): Captum's
+            convergence delta, from the two forward passes made here for the report anyway.
     """
 
     attributions: np.ndarray
     response: np.ndarray
     baseline_response: np.ndarray
-    captum_delta: np.ndarray
     gap: np.ndarray
 
 
@@ -52,36 +51,35 @@ def attribute_clip(forward: nn.Module, frames: Tensor, targets: list[int], grey:
     baseline = torch.full_like(inputs, float(grey))
     target = torch.as_tensor(targets, dtype=torch.long, device=frames.device)
     nan = np.full(n, np.nan)
-    with torch.no_grad():
-        response = _batched(forward, inputs, config.batch_size).gather(1, target[:, None])[:, 0]
     if config.method == "ig":
-        attr, delta = _integrated_gradients(forward, inputs, baseline, target, config)
         with torch.no_grad():
-            base = _batched(forward, baseline, config.batch_size).gather(1, target[:, None])[:, 0]
+            # f(x) and f(baseline): one clip is the same for every target, so one pass each.
+            both = _batched(forward, torch.cat([inputs[:1], baseline[:1]]), config.batch_size)[:, target]
+        response, base = both[0], both[1]
+        attr = _integrated_gradients(forward, inputs, baseline, target, config)
         gap = attr.flatten(1).double().sum(1) - (response - base).double()
-        return ClipAttribution(_np(attr), _np(response), _np(base), _np(delta), _np(gap))
+        return ClipAttribution(_np(attr), _np(response), _np(base), _np(gap))
+    with torch.no_grad():
+        response = forward(inputs[:1])[0, target]
     if config.method == "saliency":
         attr = _saliency(forward, inputs, target, config)
     else:
         attr = _occlusion(forward, inputs, baseline, target, config)
-    return ClipAttribution(_np(attr), _np(response), nan, nan, nan)
+    return ClipAttribution(_np(attr), _np(response), nan, nan)
 
 
 def _integrated_gradients(forward: nn.Module, inputs: Tensor, baseline: Tensor, target: Tensor,
-                          config: AttributionConfig) -> tuple[Tensor, Tensor]:
+                          config: AttributionConfig) -> Tensor:
     ig = IntegratedGradients(forward)
     if config.noise_tunnel:
-        attr, delta = NoiseTunnel(ig).attribute(
+        attr = NoiseTunnel(ig).attribute(
             inputs, nt_type="smoothgrad", nt_samples=config.nt_samples, stdevs=config.nt_stdev,
             nt_samples_batch_size=1, baselines=baseline, target=target, n_steps=config.ig_steps,
-            internal_batch_size=config.batch_size, return_convergence_delta=True)
-        # NoiseTunnel returns one delta per noisy sample: average them per input.
-        delta = delta.reshape(config.nt_samples, -1).mean(0) if delta.numel() != len(inputs) else delta
-        return attr.detach(), delta.detach()
-    attr, delta = ig.attribute(inputs, baselines=baseline, target=target, n_steps=config.ig_steps,
-                               method="gausslegendre", internal_batch_size=config.batch_size,
-                               return_convergence_delta=True)
-    return attr.detach(), delta.detach()
+            internal_batch_size=config.batch_size)
+        return attr.detach()
+    attr = ig.attribute(inputs, baselines=baseline, target=target, n_steps=config.ig_steps,
+                        method="gausslegendre", internal_batch_size=config.batch_size)
+    return attr.detach()
 
 
 def _saliency(forward: nn.Module, inputs: Tensor, target: Tensor, config: AttributionConfig) -> Tensor:

@@ -144,13 +144,13 @@ def attribute_twin(twin: Twin, movie: TestMovie, cell_ids: Sequence[int], config
     cc = pearson_per_cell(movie.predicted, movie.recorded)
 
     started = time.perf_counter()
-    attrs = _run(twin.network, twin, movie, clips, index, config, progress, "attribute")
+    encoded = encode_movie(twin, movie.frames)
+    attrs = _run(twin.network, twin, movie, clips, index, config, progress, "attribute", encoded)
     sanity: dict[tuple[int, int], ClipAttribution] = {}
     if config.sanity_clips:
         subset = {cid: c[:config.sanity_clips] for cid, c in clips.items()}
         random_net = randomised_network(twin, config.seed)
-        sanity = _run(random_net, twin, movie, subset, index, config,
-                      progress, "sanity check")
+        sanity = _run(random_net, twin, movie, subset, index, config, progress, "sanity check", encoded)
     seconds = (time.perf_counter() - started) / max(1, len(cell_ids))
 
     method = config.method + ("+nt" if config.noise_tunnel else "")
@@ -168,8 +168,12 @@ def input_grid(twin: Twin) -> int | None:
 
 def _run(network: nn.Module, twin: Twin, movie: TestMovie, clips: dict[int, list[Clip]],
          index: dict[int, int], config: AttributionConfig, progress: Progress | None,
-         label: str) -> dict[tuple[int, int], ClipAttribution]:
-    """Attributions of every (cell, clip end) pair; clips shared by cells are run once for all."""
+         label: str, encoded: torch.Tensor | None) -> dict[tuple[int, int], ClipAttribution]:
+    """Attributions of every (cell, clip end) pair; clips shared by cells are run once for all.
+
+    `encoded` is the backbone's `[T, c, g, g]` features of the whole test movie (None for a
+    pixel-space twin): every clip's history is sliced from it instead of encoded again.
+    """
     by_clip: dict[int, list[int]] = defaultdict(list)
     for cid, cell_clips in clips.items():
         for clip in cell_clips:
@@ -178,20 +182,22 @@ def _run(network: nn.Module, twin: Twin, movie: TestMovie, clips: dict[int, list
     context = max(0, twin.receptive_field - 1)
     device = twin.device
     frames = torch.from_numpy(movie.frames).to(device=device, dtype=torch.float32).div_(255.0)
+    source = encoded if encoded is not None else frames
     task = progress.add_task(label, total=len(by_clip), status="") if progress is not None else None
     out: dict[tuple[int, int], ClipAttribution] = {}
-    verified = False
+    stream = True
     with frozen(network):
-        for end, cids in sorted(by_clip.items()):
+        for n, (end, cids) in enumerate(sorted(by_clip.items())):
             start = end - window
-            history = frames[max(0, start - context):start]
-            forward = ClipResponse(network, twin.backbone, history, config.response_frames)
+            history = source[max(0, start - context):start]
+            forward = ClipResponse(network, twin.backbone, history, config.response_frames, stream=stream,
+                                   encoded=encoded is not None)
             clip = frames[start:end]
-            if not verified:
-                if not forward.verify(clip[None]):
-                    # Not a network whose history can be cached exactly: pay for the full pass.
-                    forward = ClipResponse(network, twin.backbone, history, config.response_frames, stream=False)
-                verified = True
+            if n == 0 and not forward.verify(clip[None]):
+                # Not a network whose history can be cached exactly: pay for the full pass.
+                stream = False
+                forward = ClipResponse(network, twin.backbone, history, config.response_frames, stream=False,
+                                       encoded=encoded is not None)
             result = attribute_clip(forward, clip, [index[c] for c in cids], movie.grey, config)
             for j, cid in enumerate(cids):
                 out[(cid, end)] = _row(result, j)
@@ -200,9 +206,16 @@ def _run(network: nn.Module, twin: Twin, movie: TestMovie, clips: dict[int, list
     return out
 
 
+def encode_movie(twin: Twin, frames: np.ndarray) -> torch.Tensor | None:
+    """The backbone's `[T, c, g, g]` features of `frames [T, H, W]` uint8 (None without a backbone)."""
+    if twin.backbone is None:
+        return None
+    return torch.from_numpy(twin.backbone.extract(frames)).to(twin.device)
+
+
 def _row(result: ClipAttribution, j: int) -> ClipAttribution:
     return ClipAttribution(result.attributions[j], result.response[j:j + 1], result.baseline_response[j:j + 1],
-                           result.captum_delta[j:j + 1], result.gap[j:j + 1])
+                           result.gap[j:j + 1])
 
 
 def _summarise(cid: int, i: int, clips: list[Clip], attrs: dict[tuple[int, int], ClipAttribution],
@@ -237,7 +250,7 @@ def _summarise(cid: int, i: int, clips: list[Clip], attrs: dict[tuple[int, int],
         rf_correlation=map_correlation(spatial, movie.recorded_rf[i]),
         truth_correlation=map_correlation(spatial, true), cc=float(cc[i]),
         response=response, baseline_response=base, completeness_gap=completeness,
-        captum_delta=np.concatenate([r.captum_delta for r in rows]),
+        gap=gap,
         predicted=np.stack([np.clip(movie.predicted[s, i], 0, None) for s in sl]),
         recorded=np.stack([movie.recorded[s, i] for s in sl]),
         sanity_similarity=similarity, random_spatial=random_spatial, frame_rate=frame_rate,

@@ -42,7 +42,7 @@ def write_cell_file(result: CellAttribution, path: str | Path) -> Path:
         clips.create_dataset("kind", data=json.dumps([c.kind for c in result.clips]))
         clips.create_dataset("response", data=result.response)
         clips.create_dataset("baseline_response", data=result.baseline_response)
-        clips.create_dataset("captum_delta", data=result.captum_delta)
+        clips.create_dataset("gap", data=result.gap)
         clips.create_dataset("predicted", data=result.predicted)
         clips.create_dataset("recorded", data=result.recorded)
         f.create_dataset("recorded_rf", data=result.recorded_rf)

@@ -24,19 +24,25 @@ class ClipResponse(nn.Module):
     Args:
         network: the twin's network (frozen here: no weight gradients are computed).
         backbone: the twin's backbone, or None for a pixel-space network.
-        history: `[C, H, W]` float frames in [0, 1] shown before the clip (C may be 0).
+        history: `[C, H, W]` float frames in [0, 1] shown before the clip (C may be 0), or,
+            with `encoded`, the backbone's features of those frames `[C, c, g, g]`.
         response_frames: k.
         stream: reuse the history's activations (see module doc); False runs the full pass.
+        encoded: `history` is already encoded (a report encodes the test movie once, not
+            the same history frames again for every clip).
     """
 
     def __init__(self, network: nn.Module, backbone: Backbone | None, history: Tensor,
-                 response_frames: int, stream: bool = True) -> None:
+                 response_frames: int, stream: bool = True, encoded: bool = False) -> None:
         super().__init__()
         self.network = network
         self.backbone = backbone
         self.response_frames = int(response_frames)
         with torch.no_grad():
-            self.history = self._encode(history[None]) if history.shape[0] else None
+            if not history.shape[0]:
+                self.history = None
+            else:
+                self.history = history[None] if encoded else self._encode(history[None])
         self.cache = ContextCache(network) if stream and self.history is not None else None
         if self.cache is not None:
             if not self.cache.convs:

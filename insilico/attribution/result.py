@@ -33,7 +33,9 @@ class CellAttribution:
         cc: the twin's correlation with the trial-mean response on the whole test segment.
         response, baseline_response: `[K]` f(x) and f(baseline) of the attributed response.
         completeness_gap: sum_k |sum(attr_k) - (f(x_k) - f(b_k))| / sum_k |f(x_k) - f(b_k)|
-            (IG only; NaN otherwise); `captum_delta` `[K]` is Captum's own convergence delta.
+            (IG only; NaN otherwise); `gap` `[K]` is each clip's sum(attr) - (f(x) - f(b)),
+            which is Captum's convergence delta (computed here from the forward passes the
+            report makes anyway, so Captum need not repeat them).
         predicted, recorded: `[K, L]` the twin's rate and the trial-mean counts on the clips.
         sanity_similarity: Spearman r of |spatial map| between the trained and a
             randomised-weights twin on the same clips (low = the map depends on the training).
@@ -59,7 +61,7 @@ class CellAttribution:
     response: np.ndarray
     baseline_response: np.ndarray
     completeness_gap: float
-    captum_delta: np.ndarray
+    gap: np.ndarray
     predicted: np.ndarray
     recorded: np.ndarray
     sanity_similarity: float
