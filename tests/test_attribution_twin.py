@@ -141,3 +141,12 @@ def test_command_line(tiny_twin_dir: Path, tiny_recording: Path, tmp_path: Path)
     bad = runner.invoke(app, ["attribute", "--model", str(tiny_twin_dir), "--data", str(tiny_recording),
                               "--cell", "3", "--method", "gradcam", "--out", str(tmp_path)])
     assert bad.exit_code == 2 and "--method" in bad.output
+    ig = runner.invoke(app, ["attribute", "--model", str(tiny_twin_dir), "--data", str(tiny_recording),
+                             "--cell", "3", "--out", str(tmp_path / "ig"), "--clips", "1", "--ig-steps", "2",
+                             "--device", "cpu"])
+    assert ig.exit_code == 0, ig.output
+    with h5py.File(tmp_path / "ig" / "cell3.h5", "r") as f:
+        assert f["clips/gap"].shape == (1,) and np.isfinite(f["clips/gap"][:]).all()
+    bad = runner.invoke(app, ["attribute", "--model", str(tiny_twin_dir), "--data", str(tiny_recording),
+                              "--cell", "3", "--ig-steps", "0", "--out", str(tmp_path)])
+    assert bad.exit_code == 2 and "ig_steps" in bad.output

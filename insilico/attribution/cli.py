@@ -19,6 +19,8 @@ def attribute_command(
     clips: int = typer.Option(6, "--clips", help="Clips per cell: top-firing clips plus 2 random ones."),
     method: str = typer.Option("ig", "--method", help="ig, saliency or occlusion."),
     noise_tunnel: bool = typer.Option(False, "--noise-tunnel/--no-noise-tunnel", help="Smooth with NoiseTunnel."),
+    ig_steps: int = typer.Option(None, "--ig-steps", help="Integrated-gradients steps (default 8; the "
+                                 "reports give the completeness gap they leave)."),
     test: str = typer.Option("mov2", "--test", help="Test segment to take clips from."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
 ) -> None:
@@ -30,8 +32,9 @@ def attribute_command(
         if (cell is None) == (cells is None):
             raise ValueError("give exactly one of --cell ID or --cells all|3,42")
         selection = str(cell) if cell is not None else cells
+        steps = {} if ig_steps is None else {"ig_steps": ig_steps}
         config = AttributionConfig(method=method, n_clips=clips, n_random=min(2, clips - 1) if clips > 1 else 0,
-                                   noise_tunnel=noise_tunnel)
+                                   noise_tunnel=noise_tunnel, **steps)
         from vist_model.twin import Twin
 
         meta = Twin.load(model, device="cpu").metadata  # cheap: for the banner only
