@@ -133,6 +133,7 @@ def test_command_line(tiny_twin_dir: Path, tiny_recording: Path, tmp_path: Path)
                                  "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert "backbone: tiny" in result.output
+    assert "--spatial-kernel" in result.output  # a 3 x 3 twin: the user is told how to get local maps
     assert (tmp_path / "cell3.h5").is_file() and (tmp_path / "cell3.html").is_file()
     assert not (tmp_path / "index.html").exists()
     bad = runner.invoke(app, ["attribute", "--model", str(tiny_twin_dir), "--data", str(tiny_recording),
