@@ -58,8 +58,10 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 TINY_SEED = 0
 TINY_LAYER_NORM_EPS = 1.0
-# The `tiny` backbone before its LayerNorm eps was set: twins trained on it keep it.
+# The `tiny` backbone before its LayerNorm eps was set (Dinov2Config's default eps): twins
+# trained on it keep it.
 LEGACY_TINY_SOURCE = f"random Dinov2Config(hidden 32, 2 layers), seed {TINY_SEED}"
+LEGACY_TINY_LAYER_NORM_EPS = 1e-6
 
 
 class BackboneUnavailableError(FileNotFoundError):
@@ -302,7 +304,7 @@ def load_backbone(name_or_path: str, source: str | None = None) -> Backbone:
         return PixelBackbone()
     if name_or_path == "tiny":
         if source == LEGACY_TINY_SOURCE:
-            return DinoV2Backbone(replace(BACKBONE_PRESETS["tiny"], source=source), _tiny_encoder(1e-6))
+            return DinoV2Backbone(replace(BACKBONE_PRESETS["tiny"], source=source), _tiny_encoder(LEGACY_TINY_LAYER_NORM_EPS))
         return DinoV2Backbone(BACKBONE_PRESETS["tiny"], _tiny_encoder(TINY_LAYER_NORM_EPS))
     if name_or_path in BACKBONE_PRESETS:
         spec = BACKBONE_PRESETS[name_or_path]
