@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from rich.table import Table
 
-from insilico.attribution.config import AttributionConfig
+from insilico.attribution.config import AttributionConfig, random_share
 from insilico.attribution.pipeline import attribute_twin, load_test_movie, write_reports
 from insilico.attribution.summaries import map_correlation
 from insilico.console import console, progress
@@ -60,9 +61,9 @@ def main() -> None:
             rfs = receptive_fields(rec)
             twin = new_twin(rec, TwinSpec(preset="cpu", backbone="tiny"), rfs.maps, rfs.source).to(args.device)
     movie = load_test_movie(twin, args.data, "mov2")
+    config = AttributionConfig(method=args.method, n_clips=args.clips, n_random=random_share(args.clips),
+                               ig_steps=args.ig_steps, sanity_clips=args.sanity_clips)
     if args.truth:
-        config = AttributionConfig(method=args.method, n_clips=args.clips, n_random=min(2, args.clips),
-                                   ig_steps=args.ig_steps, sanity_clips=args.sanity_clips)
         truth(twin, movie, args.data, args.out, config, args.linear_only)
         return
     n_total = twin.metadata.n_cells
@@ -72,10 +73,8 @@ def main() -> None:
     for col in ("method", "clips", "s / cell", f"est. {n_total} cells (min)"):
         table.add_column(col, justify="right")
     for method in args.methods.split(","):
-        config = AttributionConfig(method=method, n_clips=args.clips, n_random=min(2, args.clips),
-                                   ig_steps=args.ig_steps, sanity_clips=args.sanity_clips)
         started = time.perf_counter()
-        attribute_twin(twin, movie, ids, config)
+        attribute_twin(twin, movie, ids, replace(config, method=method))
         per_cell = (time.perf_counter() - started) / len(ids)
         table.add_row(method, str(args.clips), f"{per_cell:.1f}", f"{per_cell * n_total / 60:.1f}")
         console.print(f"{method}: {per_cell:.1f} s per cell")

@@ -9,7 +9,7 @@ from captum.attr import IntegratedGradients
 from torch import nn
 
 from insilico.attribution.clips import Clip, clip_scores, random_clips, select_clips
-from insilico.attribution.config import AttributionConfig
+from insilico.attribution.config import AttributionConfig, random_share
 from insilico.attribution.methods import attribute_clip
 from insilico.attribution.response import ClipResponse
 from insilico.attribution.summaries import (
@@ -115,6 +115,11 @@ def test_temporal_profile_follows_the_temporal_filter(toy: SeparableLN) -> None:
     r = np.corrcoef(profile[:LAGS], expected)[0, 1]
     assert abs(r) > 0.95
     assert np.allclose(profile[LAGS + 1:], 0, atol=1e-6 * np.abs(profile).max())  # beyond the filter: nothing
+
+
+def test_random_share_keeps_a_top_clip() -> None:
+    # The CLI and the benchmark take the same rule: two random clips, never all of them.
+    assert [random_share(n) for n in (1, 2, 3, 6)] == [0, 1, 2, 2]
 
 
 def test_integrated_gradients_are_complete(toy: SeparableLN) -> None:

@@ -7,6 +7,11 @@ from dataclasses import dataclass
 METHODS = ("ig", "saliency", "occlusion")
 
 
+def random_share(n_clips: int) -> int:
+    """How many of `n_clips` clips are random: 2, leaving at least one of the cell's top clips."""
+    return max(0, min(2, n_clips - 1))
+
+
 @dataclass(frozen=True)
 class AttributionConfig:
     """Settings of one attribution run.

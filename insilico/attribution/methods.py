@@ -53,8 +53,8 @@ def attribute_clip(forward: nn.Module, frames: Tensor, targets: list[int], grey:
     nan = np.full(n, np.nan)
     if config.method == "ig":
         with torch.no_grad():
-            # f(x) and f(baseline): one clip is the same for every target, so one pass each.
-            both = _batched(forward, torch.cat([inputs[:1], baseline[:1]]), config.batch_size)[:, target]
+            # f(x) and f(baseline) in one pass: the clip is the same for every target.
+            both = forward(torch.cat([inputs[:1], baseline[:1]]))[:, target]
         response, base = both[0], both[1]
         attr = _integrated_gradients(forward, inputs, baseline, target, config)
         gap = attr.flatten(1).double().sum(1) - (response - base).double()
@@ -108,10 +108,6 @@ def _occlusion(forward: nn.Module, inputs: Tensor, baseline: Tensor, target: Ten
                                         baselines=baseline[:1], target=None,
                                         perturbations_per_eval=config.batch_size)
     return attr.detach()[target]
-
-
-def _batched(forward: nn.Module, inputs: Tensor, batch_size: int) -> Tensor:
-    return torch.cat([forward(inputs[lo:lo + batch_size]) for lo in range(0, len(inputs), batch_size)])
 
 
 def _np(x: Tensor) -> np.ndarray:
