@@ -7,10 +7,12 @@ the cells the twin predicts best) over `--rounds` rounds, then prints, per round
 - seconds per stage (design, predict, present, fine-tune, evaluate);
 - the twin's error predicting the measured response to its own designs;
 - the measured response of the targets to the designs and to the controls (best natural
-  clip, best parametric stimulus, same contrast budget);
+  clip, best parametric stimulus, same contrast budget), per objective by what it asks:
+  increase by the target's rate, discriminative by its margin over the strongest other cell;
 - the held-out accuracy (mean CC on the repeated test movie) after fine-tuning.
 
     python benchmarks/closed_loop.py                          # 10 targets, 3 rounds, CPU
+                                                              # (fine-tuning as protocols/mei_closed_loop.toml)
     python benchmarks/closed_loop.py --targets 3 --rounds 2 --steps 2 --work /tmp/cl
 """
 
@@ -19,12 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from math import nan
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from insilico.loop.demo import DemoConfig, run_demo  # noqa: E402
-from insilico.loop.report import load_rounds  # noqa: E402
+from insilico.loop.report import YARDSTICKS, load_rounds, objectives_of  # noqa: E402
 from insilico.simulate import SimulationConfig  # noqa: E402
 
 
@@ -43,13 +46,15 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--trials", type=int, default=4, help="parametric comparison trials")
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--finetune", choices=("readout", "full"), default="readout")
-    p.add_argument("--finetune-epochs", type=int, default=2)
-    p.add_argument("--finetune-batch-size", type=int, default=16)
-    p.add_argument("--focus-weight", type=float, default=1.0,
+    p.add_argument("--finetune", choices=("readout", "full"), default="full")
+    p.add_argument("--finetune-epochs", type=int, default=4)
+    p.add_argument("--finetune-batch-size", type=int, default=4)
+    p.add_argument("--focus-weight", type=float, default=20.0,
                    help="loss weight of each target cell's objective window in the shown clips")
-    p.add_argument("--session-share", type=float, default=None,
-                   help="fraction of fine-tuning windows drawn from the sessions (default: by length)")
+    p.add_argument("--session-share", type=float, default=0.5,
+                   help="fraction of fine-tuning windows drawn from the sessions")
+    p.add_argument("--refine", action=argparse.BooleanOptionalAction, default=True,
+                   help="from round 2 on, start each design from the round before's (design.refine)")
     a = p.parse_args()
     config = DemoConfig(
         simulation=SimulationConfig(n_cells=a.cells, size=a.size, train_seconds=a.train_seconds,
@@ -58,7 +63,7 @@ def main() -> None:
         objectives=tuple(a.objectives.split(",")), rounds=a.rounds, n_frames=a.frames, seeds=a.seeds,
         steps=a.steps, comparison_trials=a.trials, repeats=a.repeats, finetune_mode=a.finetune,
         finetune_epochs=a.finetune_epochs, finetune_batch_size=a.finetune_batch_size,
-        session_share=a.session_share, focus_weight=a.focus_weight,
+        session_share=a.session_share, focus_weight=a.focus_weight, refine=a.refine,
     )
     outcome = run_demo(a.work, config, live=False)
     timings = json.loads((a.work / "timings.json").read_text())
@@ -77,13 +82,17 @@ def main() -> None:
 
     print(f"\nthe loop's figures (starting twin: held-out CC {baseline['cc_mean']:.3f}, FEVE "
           f"{baseline['feve_mean']:.3f})")
-    print("round  design error  rel.   measured: design  natural  parametric   held-out CC   FEVE")
+    objectives = objectives_of(rounds)
+    print("round  design error  rel.   " + "".join(f"{o[:14] + ': design':>22} {'natural':>8} {'param.':>7}"
+                                                   for o in objectives) + "   held-out CC   FEVE")
     for r in rounds:
-        m = r["measured_by_role"]
+        m = r["measured_by_objective"]
         print(f"{r['round']:>5}  {r['design_error']['mae']:12.3f}  {r['design_error']['relative']:4.2f}   "
-              f"{m.get('design', float('nan')):16.3f}  {m.get('natural', float('nan')):7.3f}  "
-              f"{m.get('parametric', float('nan')):10.3f}   {r['heldout']['cc_mean']:11.3f}"
-              f"  {r['heldout']['feve_mean']:5.3f}")
+              + "".join(f"{m[o].get('design', nan):22.3f} {m[o].get('natural', nan):8.3f} "
+                        f"{m[o].get('parametric', nan):7.3f}" for o in objectives)
+              + f"   {r['heldout']['cc_mean']:11.3f}  {r['heldout']['feve_mean']:5.3f}")
+    print("(measured, mean over the targets: " + "; ".join(f"{o} by the {YARDSTICKS.get(o, 'rate')}"
+                                                           for o in objectives) + ")")
     print(f"\nreport: {outcome.report}")
 
 

@@ -110,3 +110,22 @@ def test_an_envelope_keeps_the_design_inside_the_receptive_field(response: TwinR
     with pytest.raises(ValueError, match="envelope"):
         optimise_gradient(response, increase(0, WINDOW), (T, h, w), ContrastBudget(0.2), (0,), config,
                           envelope=envelope[:-1])
+
+
+def test_a_run_can_refine_a_given_clip(response: TwinResponse) -> None:
+    h, w = response.metadata.frame_shape
+    budget = ContrastBudget(0.2)
+    start = budget(torch.rand(1, T, h, w, generator=torch.Generator().manual_seed(3)))[0].numpy()
+    still = GradientConfig(steps=0)
+    # No step: the first member is the given clip itself, the next ones lie around it.
+    run = optimise_gradient(response, increase(0, WINDOW), (T, h, w), budget, (0, 1), still, start=start)
+    np.testing.assert_allclose(run.stimuli[0], start, atol=1e-6)
+    spread = np.abs(run.stimuli[1] - start)
+    assert 0 < spread.mean() < 0.05
+    # A step moves it, towards a higher objective than where it started.
+    moved = optimise_gradient(response, increase(0, WINDOW), (T, h, w), budget, (0,),
+                              GradientConfig(steps=2, lr=0.2, jitter_px=0, time_shift=0), start=start)
+    assert not np.allclose(moved.stimuli[0], start)
+    assert moved.objective[0] > run.objective[0]
+    with pytest.raises(ValueError, match="start clip"):
+        optimise_gradient(response, increase(0, WINDOW), (T, h, w), budget, (0,), still, start=start[:-1])

@@ -108,3 +108,20 @@ def test_cli_refuses_bad_input_clearly(app: typer.Typer, tiny_twin_dir: Path, tm
                                  str(tmp_path), "--method", "magic"])
     assert result.exit_code == 2 and "--method" in result.output
     assert not np.any([p.suffix == ".h5" for p in tmp_path.iterdir()])
+
+
+def test_a_design_refines_an_earlier_one(app: typer.Typer, designs: Path, tiny_twin_dir: Path, tmp_path: Path) -> None:
+    earlier = designs / f"cell{CELL}.h5"
+    args = ["optimize", "--model", str(tiny_twin_dir), "--cell", str(CELL), "--window", "2", "--seeds", "1",
+            "--trials", "1", "--device", "cpu", "--start", str(earlier)]
+    runner = CliRunner()
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "again"), "--frames", "6", "--steps", "0"])
+    assert result.exit_code == 0, result.output
+    # No step: the refined design is the earlier one (within a grey level of re-quantising).
+    with open_recording(earlier) as a, open_recording(tmp_path / "again" / f"cell{CELL}.h5") as b:
+        assert np.abs(a.frames().astype(int) - b.frames().astype(int)).max() <= 1
+    assert json.loads((tmp_path / "again" / f"cell{CELL}.json").read_text())["started_from"] == str(earlier)
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "long"), "--frames", "8"])
+    assert result.exit_code != 0 and "must be 8 frames" in " ".join(result.output.split())
+    result = runner.invoke(app, [*args[:3], "--cells", f"{CELL},4", *args[5:], "--out", str(tmp_path / "two")])
+    assert result.exit_code != 0 and "one --cell" in " ".join(result.output.split())

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from insilico.design.envelope import rf_envelope
+from insilico.design.envelope import MIN_RF_PEAK_SNR, rf_envelope, rf_peak_snr
 from insilico.design.objectives import Window, decrease, discriminative, increase, others
 from insilico.design.postprocess import ContrastBudget
 from insilico.design.preconditioners import FourierScaling, GaussianBlur, blur
 from insilico.design.regularisers import TemporalSmoothness, TotalVariation
+from insilico.design.run import design_envelope
 from insilico.design.transforms import Compose, Jitter, TimeShift
 from stimuli.recording.rf_geometry import rf_centre_and_size
 
@@ -148,3 +149,16 @@ def test_rf_centre_and_size_of_a_noisy_gaussian(sigma: float) -> None:
     assert env[20, max(0, 41 - round(6 * size) - 1)] == 0.0  # cut beyond two envelope sigmas
     with pytest.raises(ValueError, match="width"):
         rf_envelope(rf, 0.0)
+
+
+def test_a_map_of_noise_gets_no_envelope() -> None:
+    rows, cols = np.indices((32, 32))
+    noise = np.random.default_rng(1).normal(0.0, 0.1, (32, 32))
+    spot = -np.exp(-((rows - 9.0) ** 2 + (cols - 20.0) ** 2) / (2 * 2.5**2))
+    # An ON-OFF cell whose ON and OFF halves cancelled leaves noise: its peak is no cell.
+    assert rf_peak_snr(noise) < MIN_RF_PEAK_SNR < rf_peak_snr(spot * 0.5 + noise)
+    envelope, record = design_envelope(noise, 1.0)
+    assert envelope is None and not record["used"] and "does not locate the cell" in record["note"]
+    envelope, record = design_envelope(spot * 0.5 + noise, 1.0)
+    assert record["used"] and np.unravel_index(np.argmax(envelope), envelope.shape) == (9, 20)
+    assert design_envelope(spot, 0.0)[0] is None  # width 0: off

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from insilico.errors import InsilicoError
-from insilico.loop.closed_loop import by_role, design_error, response_rows
+from insilico.loop.closed_loop import by_objective, by_role, design_error, response_rows
 from insilico.loop.demo import pick_cells
 from insilico.loop.protocol import (
     CharacterizeProtocol,
@@ -46,7 +46,7 @@ def test_shipped_protocols_load() -> None:
     assert isinstance(loop, ClosedLoopProtocol)
     assert loop.rounds == 3 and loop.design.objectives == ("increase", "discriminative")
     assert loop.design.controls == ("natural", "parametric") and not loop.finetune.readout_only
-    assert loop.finetune.session_share == 0.5 and loop.finetune.focus_weight == 20.0
+    assert loop.finetune.session_share == 0.5 and loop.finetune.focus_weight == 20.0 and loop.design.refine
     ft = load_protocol(PROTOCOLS / "finetune.toml")
     assert isinstance(ft, FinetuneProtocol) and ft.session is None and not ft.finetune.readout_only
 
@@ -55,7 +55,7 @@ def test_defaults_fill_optional_tables(tmp_path: Path) -> None:
     p = load_protocol(_write(tmp_path, MINIMAL_LOOP))
     assert p.design.cells == (42, 3) and p.design.n_frames == 48
     assert p.presentation.repeats == 5 and p.finetune.window == 40 and p.evaluation.segment == "mov2"
-    assert p.design.rms_contrast is None
+    assert p.design.rms_contrast is None and not p.design.refine
     # The digest identifies the file's content (a resumed run refuses an edited protocol).
     assert load_protocol(_write(tmp_path, MINIMAL_LOOP + "\n# edit\n", "q.toml")).digest != p.digest
 
@@ -68,6 +68,9 @@ def test_defaults_fill_optional_tables(tmp_path: Path) -> None:
     (MINIMAL_LOOP.replace("rounds = 2", "rounds = 0"), "rounds: must be >= 1"),
     (MINIMAL_LOOP.replace("cells = [42, 3]", "cells = [42, 42]"), "design.cells: lists a cell twice"),
     (MINIMAL_LOOP.replace("cells = [42, 3]", 'cells = ["a"]'), "design.cells: must be a non-empty list"),
+    (MINIMAL_LOOP.replace("n_frames = 48", 'n_frames = 48\nmethod = "optuna"\nrefine = true'),
+     "design.refine: refines gradient designs"),
+    (MINIMAL_LOOP.replace("n_frames = 48", 'n_frames = 48\nrefine = "yes"'), "design.refine: must be bool"),
     (MINIMAL_LOOP + '[finetune]\nmode = "partial"\n', "finetune.mode: must be readout or full"),
     (MINIMAL_LOOP + "[finetune]\nwindow = 20\n", "finetune.window: must be >= 40"),
     (MINIMAL_LOOP + "[finetune]\ninclude_training_data = 1\n", "include_training_data: must be bool"),
@@ -114,16 +117,32 @@ def test_state_round_trip_and_refusals(tmp_path: Path) -> None:
 
 
 def test_round_figures_from_rows() -> None:
-    items = [{"cell": 42, "cell_index": 1, "objective": "increase", "window": [2, 4]}]
+    items = [{"cell": 42, "cell_index": 1, "objective": "increase", "window": [2, 4]},
+             {"cell": 42, "cell_index": 1, "objective": "discriminative", "window": [2, 4]}]
     plan = [{"index": 0, "file": "d.h5", "uses": [[0, "design"]]},
-            {"index": 1, "file": "n.h5", "uses": [[0, "natural"]]}]
-    predicted = {0: np.array([[0, 0], [0, 0], [0, 3.0], [0, 5.0]]), 1: np.ones((4, 2))}
-    measured = {0: np.array([[0, 9], [0, 9], [0, 1.0], [0, 3.0]])}
+            {"index": 1, "file": "n.h5", "uses": [[0, "natural"], [1, "natural"]]},
+            {"index": 2, "file": "x.h5", "uses": [[1, "design"]]}]
+    predicted = {0: np.array([[0, 0], [0, 0], [0, 3.0], [0, 5.0]]), 1: np.ones((4, 2)),
+                 2: np.array([[0, 0], [0, 0], [1.0, 3.0], [1.0, 3.0]])}
+    # Two repeats of clip 0; the target's window means are 1.0 and 3.0 (mean 2, s.e.m. 1).
+    trial = np.array([[0, 9], [0, 9], [0, 1.0], [0, 1.0]])
+    measured = {0: np.stack([trial, trial + [[0, 0], [0, 0], [0, 2], [0, 2]]]),
+                2: np.array([[[5, 1], [5, 1], [4.0, 1.0], [4.0, 1.0]], [[np.nan, np.nan]] * 4])}  # 1 of 2 shown
     rows = response_rows(items, plan, predicted, measured)
-    assert [(r["role"], r["predicted"], r["measured"]) for r in rows] == [("design", 4.0, 2.0), ("natural", 1.0, None)]
-    assert design_error(rows) == {"mae": 2.0, "relative": 1.0, "n": 1}
-    assert by_role(rows, "measured") == {"design": 2.0}
-    assert by_role(rows, "predicted") == {"design": 4.0, "natural": 1.0}
+    assert [(r["objective"], r["role"], r["predicted"], r["measured"]) for r in rows] == [
+        ("increase", "design", 4.0, 2.0), ("increase", "natural", 1.0, None),
+        ("discriminative", "design", 3.0, 1.0), ("discriminative", "natural", 1.0, None)]
+    assert rows[0]["measured_sem"] == pytest.approx(1.0)
+    assert rows[2]["measured_sem"] is None  # one repeat shown: no spread to report
+    # Margin: the target minus the strongest other cell (cell 0 fires 4 in clip 2's window).
+    assert rows[2]["predicted_margin"] == 2.0 and rows[2]["measured_margin"] == -3.0
+    assert design_error(rows) == {"mae": 2.0, "relative": 2.0 / 1.5, "n": 2}
+    assert by_role(rows, "measured") == {"design": 1.5}
+    assert by_role(rows, "predicted") == {"design": 3.5, "natural": 1.0}
+    # Each objective by what it asks: increase by the rate, discriminative by the margin.
+    assert by_objective(rows, "measured") == {"increase": {"design": 2.0}, "discriminative": {"design": -3.0}}
+    assert by_objective(rows, "predicted") == {"increase": {"design": 4.0, "natural": 1.0},
+                                               "discriminative": {"design": 2.0, "natural": 0.0}}
     assert json.dumps(rows)  # plain JSON for the round summary
 
 

@@ -65,10 +65,11 @@ run_protocol(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], insecure=True, 
 """
 
 
-def _serve(port: int, store: Path, log: Path) -> subprocess.Popen:
+def _serve(port: int, store: Path, log: Path, realtime: bool = True) -> subprocess.Popen:
     # Real time: each presentation takes ~3 s, so the kill lands between two of them.
     cmd = [sys.executable, "-m", "rig_bridge.cli", "serve", "--backend", "sim", "--insecure", "--port", str(port),
-           "--store", str(store), "--realtime", "--sim-cells", "12", "--sim-size", "32", "--sim-seed", "0"]
+           "--store", str(store), *(["--realtime"] if realtime else []), "--sim-cells", "12", "--sim-size", "32",
+           "--sim-seed", "0"]
     return subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT)
 
 
@@ -154,3 +155,38 @@ def test_kill_runner_mid_round_then_resume(tiny_twin_dir: Path, tiny_recording: 
     finally:
         rig.send_signal(signal.SIGTERM)
         rig.wait(10)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_round_two_refines_round_ones_designs(tiny_twin_dir: Path, tiny_recording: Path, feature_cache_dir: Path,
+                                              tmp_path: Path) -> None:
+    protocol = tmp_path / "loop.toml"
+    text = PROTOCOL.format(cell=CELL, data=tiny_recording).replace("rounds = 1", "rounds = 2")
+    protocol.write_text(text.replace('objectives = ["increase"]', 'objectives = ["increase", "discriminative"]\n'
+                                                                   "refine = true"))
+    out, log = tmp_path / "exp", tmp_path / "log.txt"
+    port = free_port()
+    rig = _serve(port, tmp_path / "store", log, realtime=False)
+    try:
+        outcome = run_protocol(protocol, tiny_twin_dir, f"tcp://127.0.0.1:{port}", out, insecure=True, timeout_s=60,
+                               live=False, feature_cache=feature_cache_dir)
+    finally:
+        rig.send_signal(signal.SIGTERM)
+        rig.wait(10)
+    state = json.loads((out / "state.json").read_text())["steps"]
+    for objective in ("increase", "discriminative"):
+        first = out / "round_1" / "designs" / objective / f"cell{CELL}.h5"
+        again = json.loads((out / "round_2" / "designs" / objective / f"cell{CELL}.json").read_text())
+        assert again["started_from"] == str(first)  # round 2 starts from round 1's design
+        assert json.loads((first.with_suffix(".json")).read_text())["started_from"] is None
+        item = next(i for i in state["2"]["design"] if i["objective"] == objective)
+        assert item["refined_from"] == str(first)
+    # Each objective is summarised by what it asks: the rate, or the margin over the other cells.
+    summary = json.loads((out / "round_2" / "summary.json").read_text())
+    rows = {(r["objective"], r["role"]): r for r in summary["rows"]}
+    assert summary["measured_by_objective"]["increase"]["design"] == rows["increase", "design"]["measured"]
+    assert summary["measured_by_objective"]["discriminative"]["design"] == rows["discriminative", "design"][
+        "measured_margin"]
+    assert all(r["measured_sem"] is not None and r["measured_sem"] >= 0 for r in summary["rows"])
+    assert "discriminative: design" in outcome.report.read_text()

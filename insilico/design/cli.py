@@ -32,12 +32,17 @@ def optimize_command(
     window: int = typer.Option(3, "--window", help="Response window: the clip's last N frames."),
     rf_envelope: float = typer.Option(1.0, "--rf-envelope",
                                       help="Confine gradient designs to this many RF-centre sigmas around the "
-                                           "recorded receptive field; 0: the whole screen."),
+                                           "recorded receptive field; 0: the whole screen (also used where the "
+                                           "recorded map is noise, as for some ON-OFF cells)."),
+    start: Path = typer.Option(None, "--start",
+                               help="Refine this clip (e.g. an earlier design of the one --cell) instead of "
+                                    "starting from grey."),
 ) -> None:
     """Design the stimulus that drives a cell hardest (or silences it, or singles it out)."""
     with friendly_errors():
         from dataclasses import replace
 
+        from insilico.cells import parse_cells
         from insilico.console import progress
         from insilico.design.gradient import GradientConfig
         from insilico.design.run import DesignSettings, load_twins, optimize_cells
@@ -45,6 +50,16 @@ def optimize_command(
         if cells is None:
             raise ValueError("name the cells with --cell 42, --cells 3,42,77 or --cells all")
         twins = load_twins(model, device)
+        starts = {}
+        if start is not None:
+            ids = parse_cells(cells, twins[0].metadata.cell_ids)
+            if len(ids) != 1:
+                raise ValueError(f"--start refines one cell's design: name one --cell, not {len(ids)}")
+            if method == "optuna":
+                raise ValueError("--start refines a gradient design: use --method gradient or both")
+            if not start.is_file():
+                raise FileNotFoundError(f"--start: {start} not found")
+            starts = {ids[0]: start}
         console.print(f"backbone: {twins[0].metadata.describe_backbone()}"
                       + (f" (ensemble of {len(twins)} twins)" if len(twins) > 1 else ""))
         settings = DesignSettings(window_frames=window, trials=trials, cmaes_trials=max(0, trials // 2),
@@ -52,8 +67,11 @@ def optimize_command(
         with progress() as bar:
             results = optimize_cells(twins, cells, out, method=method, n_frames=frames, objective=objective,
                                      rms_contrast=rms_contrast, seeds=seeds, storage=storage,
-                                     settings=settings, progress=bar)
+                                     settings=settings, progress=bar, starts=starts)
         for r in results:
+            if r.envelope and r.envelope["width_rf_sigmas"] and not r.envelope["used"]:
+                console.print(f"[yellow]note[/]: cell {r.cell_id}: RF envelope {r.envelope['note']}; the design "
+                              "used the whole screen")
             p = r.predicted
             console.print(
                 f"cell {r.cell_id}: design ({r.method}) {p['design']:.3f}, best natural clip {p['natural']:.3f}, "

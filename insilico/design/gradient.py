@@ -7,7 +7,9 @@ One step is a fixed sequence of small stages (sinzlab/mei, Lucid)::
       -> post-process (mean grey, RMS budget, [0, 1])
 
 A batch of clips, one per seed, is optimised in one pass; each member draws its start and
-its transforms from its own generator, so the same seed gives the same clip. An optional
+its transforms from its own generator, so the same seed gives the same clip. A run can also
+start from a given clip (`start`, e.g. last round's design in a closed loop): the first member
+starts exactly there, the others from it plus their seed's noise. An optional
 diversity term rewards batch members for differing from each other. Every step is recorded
 (objective, RMS contrast and gradient norm per seed) and `GradientRun.plot` draws them.
 
@@ -23,7 +25,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -172,6 +174,21 @@ def random_start(shape: tuple[int, int, int], seed: int, config: GradientConfig,
     return (budget.mean + config.init_scale * budget.rms * noise)[0].clamp(0.0, 1.0).to(device)
 
 
+def given_start(start: np.ndarray | Tensor, member: int, seed: int, config: GradientConfig,
+                budget: ContrastBudget, device: torch.device, envelope: Tensor | None = None) -> Tensor:
+    """A start `[T, H, W]` from a given clip in [0, 1], at the budget.
+
+    Member 0 starts at the clip itself; later members add their seed's smooth noise
+    (`init_scale` times the budget's RMS, inside the envelope) so a batch explores around it.
+    """
+    x = torch.as_tensor(np.asarray(start, dtype=np.float32) if not isinstance(start, Tensor) else start,
+                        dtype=torch.float32).cpu()
+    if member > 0:
+        x = x + random_start(tuple(x.shape), seed, replace(config, init="grey"), budget,
+                             torch.device("cpu"), None if envelope is None else envelope.cpu()) - budget.mean
+    return budget(x[None])[0].to(device)
+
+
 def diversity(frames: Tensor) -> Tensor:
     """`[B]` mean RMS distance of each clip to the others (0 for a batch of one)."""
     b = frames.shape[0]
@@ -192,6 +209,7 @@ def optimise_gradient(
     device: torch.device | str = "cpu",
     on_step: Callable[[StepRecord], None] | None = None,
     envelope: np.ndarray | Tensor | None = None,
+    start: np.ndarray | Tensor | None = None,
 ) -> GradientRun:
     """Design one clip per seed that maximises `objective(response(clip))` within `budget`.
 
@@ -207,6 +225,7 @@ def optimise_gradient(
         on_step: called with each step's record (progress display).
         envelope: `[H, W]` weights in [0, 1] for the start and every gradient step
             (`insilico.design.envelope.rf_envelope`); None leaves the whole screen free.
+        start: `[T, H, W]` in [0, 1] to refine instead of starting from grey (`given_start`).
     """
     if not seeds:
         raise ValueError("give at least one seed")
@@ -218,7 +237,10 @@ def optimise_gradient(
     env = None if envelope is None else torch.as_tensor(envelope, dtype=torch.float32, device=device)
     if env is not None and tuple(env.shape) != tuple(shape[1:]):
         raise ValueError(f"the envelope must be [H, W] = {list(shape[1:])}, got {list(env.shape)}")
-    x = torch.stack([random_start(shape, s, config, budget, device, env) for s in seeds])
+    if start is not None and tuple(np.shape(start)) != tuple(shape):
+        raise ValueError(f"the start clip must be [T, H, W] = {list(shape)}, got {list(np.shape(start))}")
+    x = torch.stack([random_start(shape, s, config, budget, device, env) if start is None
+                     else given_start(start, b, s, config, budget, device, env) for b, s in enumerate(seeds)])
     x.requires_grad_(True)
     transform = Compose((Jitter(config.jitter_px), TimeShift(config.time_shift)))
     regularisers = (TotalVariation(config.tv_weight), TemporalSmoothness(config.smooth_weight))

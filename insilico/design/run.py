@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -35,7 +35,7 @@ from rich.progress import Progress
 
 from insilico.cells import parse_cells
 from insilico.design.budget import Budget, resolve_budget, training_data
-from insilico.design.envelope import rf_envelope
+from insilico.design.envelope import MIN_RF_PEAK_SNR, rf_envelope, rf_peak_snr
 from insilico.design.gradient import GradientConfig, GradientRun, optimise_gradient
 from insilico.design.natural_control import NaturalClip, NaturalScreen, best_natural_clip
 from insilico.design.objectives import OBJECTIVES, Objective, Window, named_objective
@@ -47,6 +47,7 @@ from insilico.design.verify import Verification
 from insilico.design.verify import verify_design as _verify_design
 from insilico.errors import InsilicoError
 from stimuli.contrast import to_uint8
+from stimuli.recording import open_recording
 from stimuli.recording.rf_geometry import rf_centre_and_size
 from vist_model.features import FeatureCache
 from vist_model.fit_twin import resolve_device
@@ -104,6 +105,7 @@ class DesignResult:
     seconds: float
     paths: dict[str, Path] = field(default_factory=dict)
     gradient_run: GradientRun | None = None
+    envelope: dict[str, object] | None = None  # the gradient design's RF envelope (`design_envelope`)
 
 
 def load_twins(model_path: str | Path | Sequence[str | Path], device: str = "auto") -> list[Twin]:
@@ -149,6 +151,7 @@ def optimize_cells(
     settings: DesignSettings | None = None,
     cache: FeatureCache | None = None,
     progress: Progress | None = None,
+    starts: Mapping[int, str | Path] | None = None,
 ) -> list[DesignResult]:
     """Design the most exciting (or other `objective`) stimulus of each cell; write its files.
 
@@ -166,6 +169,8 @@ def optimize_cells(
         settings: finer settings; the explicit arguments above override its fields.
         cache: backbone feature cache for the natural-clip screen.
         progress: a rich progress display to report on.
+        starts: per cell id, a clip file (e.g. an earlier design) the gradient design refines
+            instead of starting from grey; it must match the clip length, screen and frame rate.
     """
     twins = _twins(model_path, device)
     seed_list = tuple(range(seeds)) if isinstance(seeds, int) else tuple(int(s) for s in seeds)
@@ -177,6 +182,9 @@ def optimize_cells(
     response = TwinResponse(twins)
     meta = response.metadata
     ids = parse_cells(cells, meta.cell_ids)
+    starts = dict(starts or {})
+    start_clips = {c: read_start(starts[c], (s.n_frames, *meta.frame_shape), meta.frame_rate) for c in ids
+                   if c in starts}
     budget_info = resolve_budget(meta, rms_contrast)
     budget = ContrastBudget(budget_info.rms, budget_info.mean)
     h, w = meta.frame_shape
@@ -196,12 +204,14 @@ def optimize_cells(
         if bar is not None:
             bar.update(cells_task, status=f"cell {cell_id}")
         centre, sigma = rf_centre_and_size(meta.rf[i])
-        screen = Screen(s.n_frames, h, w, meta.frame_rate, focus=(*centre, sigma))
-        run = None
+        # A map that does not locate the cell (`envelope.MIN_RF_PEAK_SNR`) leaves the search the whole screen.
+        located = rf_peak_snr(meta.rf[i]) >= MIN_RF_PEAK_SNR
+        screen = Screen(s.n_frames, h, w, meta.frame_rate, focus=(*centre, sigma) if located else None)
+        run, envelope_record = None, None
         if s.method in ("gradient", "both"):
-            envelope = rf_envelope(meta.rf[i], s.gradient.rf_envelope) if s.gradient.rf_envelope else None
+            envelope, envelope_record = design_envelope(meta.rf[i], s.gradient.rf_envelope)
             run = optimise_gradient(response, obj, (s.n_frames, h, w), budget, s.seeds, s.gradient,
-                                    device=response.device, envelope=envelope)
+                                    device=response.device, envelope=envelope, start=start_clips.get(cell_id))
         trials = s.trials if s.method in ("optuna", "both") else s.comparison_trials
         cma = s.cmaes_trials if s.method in ("optuna", "both") else 0
         study = f"cell{cell_id}-{s.objective}-{s.n_frames}f-w{s.window_frames}-rms{budget.rms:.4f}-{key}"
@@ -227,13 +237,25 @@ def optimize_cells(
             predicted={k: float(r) for k, r in zip(named, rates, strict=True)},
             objective={k: float(v) for k, v in zip(named, values, strict=True)},
             budget=budget_info, window=bounds, seconds=time.perf_counter() - cell_started,
-            gradient_run=run,
+            gradient_run=run, envelope=envelope_record,
         )
-        result.paths.update(_write(out, result, s, meta, obj, twins))
+        result.paths.update(_write(out, result, s, meta, obj, twins, starts.get(cell_id)))
         results.append(result)
         if bar is not None:
             bar.update(cells_task, advance=1)
     return results
+
+
+def design_envelope(rf: np.ndarray, width: float) -> tuple[np.ndarray | None, dict[str, object]]:
+    """The gradient design's envelope (`envelope`), or None when off or the map is noise; and why."""
+    snr = rf_peak_snr(rf)
+    record = {"width_rf_sigmas": width, "rf_peak_snr": round(snr, 2), "used": False, "note": "off"}
+    if not width:
+        return None, record
+    if snr < MIN_RF_PEAK_SNR:
+        return None, {**record, "note": f"not used: the recorded RF's peak is {snr:.1f} noise SDs (< "
+                                        f"{MIN_RF_PEAK_SNR:g}), so the map does not locate the cell"}
+    return rf_envelope(rf, width), {**record, "used": True, "note": "used"}
 
 
 def _twins(model_path, device: str) -> list[Twin]:
@@ -253,8 +275,20 @@ def _training_data_or_fail(meta) -> tuple[Path, list[str]]:
     return data, segments
 
 
+def read_start(path: str | Path, shape: tuple[int, int, int], frame_rate: float) -> np.ndarray:
+    """A clip file to start a design from, as float32 `[T, H, W]` in [0, 1]."""
+    with open_recording(path) as rec:
+        frames, rate = np.asarray(rec.frames()), float(rec.frame_rate)
+    if tuple(frames.shape) != tuple(shape):
+        raise InsilicoError(f"{path}: a design start must be {shape[0]} frames of {shape[1]} x {shape[2]} px, "
+                            f"got {frames.shape[0]} of {frames.shape[1]} x {frames.shape[2]}")
+    if abs(rate - frame_rate) > 1e-6 * frame_rate:
+        raise InsilicoError(f"{path}: a design start must play at the twin's {frame_rate:g} Hz, not {rate:g} Hz")
+    return frames.astype(np.float32) / 255.0
+
+
 def _write(out: Path, r: DesignResult, s: DesignSettings, meta, obj: Objective,
-           twins: Sequence[Twin]) -> dict[str, Path]:
+           twins: Sequence[Twin], start: str | Path | None = None) -> dict[str, Path]:
     stem = f"cell{r.cell_id}"
     mean, rms = clip_stats(r.design)
     common = {
@@ -295,6 +329,8 @@ def _write(out: Path, r: DesignResult, s: DesignSettings, meta, obj: Objective,
             "family": r.parametric.family, "params": r.parametric.params,
             "trials": r.parametric.n_trials, "studies": list(r.parametric.studies)},
         "settings": {**asdict(s), "seeds": list(s.seeds)},
+        "started_from": None if start is None else str(start),
+        "rf_envelope": r.envelope,
         "ensemble_size": len(twins),
         "training_data": meta.training.get("data"),
         "backbone": twins[0].metadata.describe_backbone(),

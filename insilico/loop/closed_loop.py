@@ -4,7 +4,8 @@ Round k works in `OUT/round_k/`:
 
 1. design: for every target cell and objective, `optimize_cells` writes the design and its
    controls (best natural clip, best parametric stimulus; same contrast budget) under
-   `designs/<objective>/`;
+   `designs/<objective>/`; with `design.refine`, from round 2 on each design starts from the
+   round before's, which the twin has just been fine-tuned on;
 2. plan: the clips to show, each distinct clip once (a natural control may serve two
    objectives), in a fixed order;
 3. predict: the round's twin (fine-tuned on rounds < k) predicts every clip, from a grey
@@ -14,7 +15,9 @@ Round k works in `OUT/round_k/`:
 5. finetune: the twin learns from every session so far (and, by default, its training data)
    into `twin/`;
 6. evaluate: the fine-tuned twin on the held-out natural movie;
-7. summary: `summary.json` and `traces.npz` for the report.
+7. summary: `summary.json` and `traces.npz` for the report. Each objective is scored by
+   what it asks (`yardstick`): an increase design by the target's rate over the window, a
+   discriminative one by the target's margin over the strongest other cell.
 
 Every step is recorded in the run state when it finishes; a rerun skips finished steps.
 """
@@ -186,10 +189,11 @@ class ClosedLoop:
                 self.view.step(f"round {k}/{self.p.rounds}: design {objective} ({n}/{len(d.objectives)}) for "
                                f"cells {', '.join(map(str, d.cells))}")
                 t0 = time.perf_counter()
+                starts = self._starts(k, objective)
                 results = optimize_cells(twin, list(d.cells), rdir / "designs" / objective, method=d.method,
                                          n_frames=d.n_frames, objective=objective, rms_contrast=d.rms_contrast,
                                          seeds=d.seeds, settings=settings, cache=self.cache,
-                                         progress=self.view.progress)
+                                         progress=self.view.progress, starts=starts)
                 records = []
                 for r in results:
                     files = {role: str(r.paths[role].relative_to(self.paths.out)) for role in ROLES if role in r.paths}
@@ -197,6 +201,7 @@ class ClosedLoop:
                         "cell": r.cell_id, "cell_index": r.cell_index, "objective": objective,
                         "window": list(r.window), "files": files, "design_predicted": r.predicted,
                         "rms_contrast": r.budget.rms, "method": r.method, "seconds": round(r.seconds, 3),
+                        "refined_from": str(starts[r.cell_id]) if r.cell_id in starts else None,
                     })
                     self.view.note(f"round {k}: cell {r.cell_id} {objective}: predicted design "
                                    f"{r.predicted['design']:.3f}, natural {r.predicted['natural']:.3f}, "
@@ -205,6 +210,13 @@ class ClosedLoop:
             items.extend(self.state.record(k, key)["items"])
         self.state.mark(k, "design", items)
         return items
+
+    def _starts(self, k: int, objective: str) -> dict[int, Path]:
+        """With `design.refine`, round k-1's design files of this objective, per cell."""
+        if not self.p.design.refine or k == 1:
+            return {}
+        return {item["cell"]: self.paths.out / item["files"]["design"] for item in self.state.record(k - 1, "design")
+                if item["objective"] == objective}
 
     def _plan(self, k: int, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Distinct clips to show, in order; each lists the (item, role) pairs it serves."""
@@ -253,7 +265,7 @@ class ClosedLoop:
         return out
 
     def _present(self, k: int, items, plan, predicted) -> dict[int, np.ndarray]:  # noqa: ANN001
-        """Trial-mean measured rates `[T, N]` per plan index."""
+        """Measured spike counts `[R, T, N]` (one row per repeat) per plan index."""
         session = self.paths.session(k)
         reps, isi = self.p.presentation.repeats, self.p.presentation.isi_grey_frames
         shown = dict(self.state.get(k, "presented", {}))
@@ -266,7 +278,7 @@ class ClosedLoop:
                                f"{e['file']}")
             frames, rate = self._frames(e["file"])
             result = present_planned(self.link, session, i, frames, rate, reps, isi)
-            measured[i] = np.nanmean(result.counts, axis=0)
+            measured[i] = np.asarray(result.counts, dtype=np.float32)
             if str(i) not in shown:
                 shown[str(i)] = {"segment": result.segment, "stimulus_id": result.stimulus_id,
                                  "resumed": result.resumed}
@@ -332,7 +344,7 @@ class ClosedLoop:
             e = plan[r["plan_index"]]
             ci = items[r["item"]]["cell_index"]
             traces[f"pred_{n}"] = predicted[e["index"]][:, ci]
-            traces[f"meas_{n}"] = measured[e["index"]][:, ci]
+            traces[f"meas_{n}"] = np.nanmean(measured[e["index"]][:, :, ci], axis=0)
         rdir = self.paths.round_dir(k)
         tmp = rdir / ".traces.part.npz"
         np.savez(tmp, **traces)
@@ -344,6 +356,8 @@ class ClosedLoop:
             "session": str(self.paths.session(k)), "rows": rows,
             "design_error": design_error(rows), "measured_by_role": by_role(rows, "measured"),
             "predicted_by_role": by_role(rows, "predicted"),
+            "measured_by_objective": by_objective(rows, "measured"),
+            "predicted_by_objective": by_objective(rows, "predicted"),
             "heldout": {key: steps["evaluate"][key] for key in ("cc_mean", "feve_mean", "segment")},
             "heldout_baseline": self.state.record(0, "baseline")["cc_mean"],
             "seconds": {"design": round(design_seconds, 3), "predict": steps["predict"]["seconds"],
@@ -378,22 +392,51 @@ class ClosedLoop:
 # --- figures of a round (pure functions, shared with the report) -------------------------------------
 def response_rows(items: list[dict[str, Any]], plan: list[dict[str, Any]], predicted: dict[int, np.ndarray],
                   measured: dict[int, np.ndarray]) -> list[dict[str, Any]]:
-    """Per (target cell, objective, role): mean predicted and measured rate over the window."""
+    """Per (target cell, objective, role): predicted and measured rates over the window.
+
+    `predicted` holds rates `[T, N]` per plan index, `measured` spike counts `[R, T, N]` (NaN
+    for repeats not shown) of the clips shown so far. Each row has the target's window mean
+    (`predicted`, `measured`, and `measured_sem` over repeats) and its `*_margin`: the target's
+    window mean minus that of the strongest other cell, which is what a discriminative design
+    is for (> 0: the target leads the population).
+    """
     rows = []
     for e in plan:
         for i, role in e["uses"]:
             item = items[i]
             a, b = item["window"]
             ci = item["cell_index"]
-            m = measured.get(e["index"])
-            rows.append({
+            pred = predicted[e["index"]][a:b].mean(axis=0)
+            row = {
                 "item": i, "plan_index": e["index"], "cell": item["cell"], "objective": item["objective"], "role": role,
-                "window": [a, b], "file": e["file"],
-                "predicted": float(predicted[e["index"]][a:b, ci].mean()),
-                "measured": None if m is None else float(m[a:b, ci].mean()),
-            })
+                "window": [a, b], "file": e["file"], "predicted": float(pred[ci]),
+                "predicted_margin": margin(pred, ci), "measured": None, "measured_sem": None, "measured_margin": None,
+            }
+            counts = measured.get(e["index"])
+            if counts is not None:
+                per_repeat = counts[:, a:b].mean(axis=1)  # [R, N]
+                shown = per_repeat[~np.isnan(per_repeat[:, ci])]
+                if not len(shown):
+                    rows.append(row)
+                    continue
+                mean = shown.mean(axis=0)
+                row.update(measured=float(mean[ci]), measured_margin=margin(mean, ci),
+                           measured_sem=float(shown[:, ci].std(ddof=1) / np.sqrt(len(shown))) if len(shown) > 1
+                           else None)
+            rows.append(row)
     rows.sort(key=lambda r: (r["item"], ROLES.index(r["role"])))
     return rows
+
+
+def margin(rates: np.ndarray, cell_index: int) -> float:
+    """`rates[cell] - max(rates of the other cells)` for window-mean rates `[N]`."""
+    others = np.delete(np.asarray(rates, dtype=np.float64), cell_index)
+    return float(rates[cell_index] - others.max()) if others.size else float(rates[cell_index])
+
+
+def yardstick(row: dict[str, Any], what: str) -> float | None:
+    """What the row's objective asks of the target: its rate, or its margin when discriminative."""
+    return row[f"{what}_margin"] if row["objective"] == "discriminative" else row[what]
 
 
 def design_error(rows: list[dict[str, Any]]) -> dict[str, float]:
@@ -407,6 +450,16 @@ def design_error(rows: list[dict[str, Any]]) -> dict[str, float]:
     p, m = np.array(pairs).T
     mae = float(np.abs(p - m).mean())
     return {"mae": mae, "relative": mae / max(float(m.mean()), 1e-9), "n": len(pairs)}
+
+
+def by_objective(rows: list[dict[str, Any]], what: str) -> dict[str, dict[str, float]]:
+    """Per objective and role, the mean over targets of its `yardstick` ("predicted" or "measured")."""
+    out: dict[str, dict[str, float]] = {}
+    for objective in dict.fromkeys(r["objective"] for r in rows):
+        values = {role: [yardstick(r, what) for r in rows if r["objective"] == objective and r["role"] == role]
+                  for role in ROLES}
+        out[objective] = {role: float(np.mean(v)) for role, v in values.items() if v and None not in v}
+    return out
 
 
 def by_role(rows: list[dict[str, Any]], what: str) -> dict[str, float]:

@@ -59,6 +59,7 @@ class DemoConfig:
     finetune_batch_size: int = 16
     session_share: float | None = None  # see FinetunePlan.session_share
     focus_weight: float = 1.0  # see FinetunePlan.focus_weight
+    refine: bool = True  # see DesignPlan.refine (protocols/mei_closed_loop.toml: measured)
 
 
 PROTOCOL_TEMPLATE = """\
@@ -79,6 +80,7 @@ steps = {steps}
 comparison_trials = {comparison_trials}
 natural_top_k = {natural_top_k}
 device = "cpu"
+refine = {refine}
 
 [presentation]
 repeats = {repeats}
@@ -175,7 +177,7 @@ def run_demo(out_dir: str | Path = "demo", config: DemoConfig | None = None, *, 
     text = PROTOCOL_TEMPLATE.format(
         rounds=c.rounds, cells=list(cells), objectives=list(c.objectives).__repr__().replace("'", '"'),
         n_frames=c.n_frames, seeds=c.seeds, steps=c.steps, comparison_trials=c.comparison_trials,
-        natural_top_k=c.natural_top_k, repeats=c.repeats, finetune_mode=c.finetune_mode,
+        natural_top_k=c.natural_top_k, refine=str(c.refine).lower(), repeats=c.repeats, finetune_mode=c.finetune_mode,
         finetune_epochs=c.finetune_epochs, finetune_batch_size=c.finetune_batch_size, focus_weight=c.focus_weight,
         session_share_line="" if c.session_share is None else f"session_share = {c.session_share}\n")
     if not protocol.is_file() or protocol.read_text() != text:

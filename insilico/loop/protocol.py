@@ -75,6 +75,9 @@ class DesignPlan:
     natural_top_k: int = 8
     rms_contrast: float | None = None  # None: the training movies' RMS contrast
     device: str = "auto"
+    # From round 2 on, each gradient design starts from the cell's design of the round before
+    # (which the twin has since learned the measured response to) instead of from grey.
+    refine: bool = False
 
 
 @dataclass(frozen=True)
@@ -281,7 +284,10 @@ def _design(t: _Table) -> DesignPlan:
         natural_top_k=t.get("natural_top_k", int, d.natural_top_k, check=_positive, rule="must be >= 1"),
         rms_contrast=rms,
         device=t.get("device", str, d.device),
+        refine=t.get("refine", bool, d.refine),
     )
+    if plan.refine and plan.method == "optuna":
+        raise t._fail("refine", "refines gradient designs: needs method gradient or both")
     if plan.window_frames > plan.n_frames:
         raise t._fail("window_frames", f"{plan.window_frames} exceeds n_frames {plan.n_frames}")
     t.done()

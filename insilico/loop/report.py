@@ -21,6 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from insilico.loop.closed_loop import ROLES  # noqa: E402
 from vist_model.files import atomic_write_text  # noqa: E402
 
 ROLE_COLOURS = {"design": "#d62728", "natural": "#1f77b4", "parametric": "#2ca02c"}
@@ -48,6 +49,8 @@ def load_rounds(out: Path) -> list[dict[str, Any]]:
         path = d / "summary.json"
         if path.is_file():
             summary = json.loads(path.read_text())
+            # Runs summarised before objectives had their own yardsticks: the target's rate.
+            summary.setdefault("measured_by_objective", {"all objectives": summary["measured_by_role"]})
             traces = d / "traces.npz"
             if traces.is_file():
                 with np.load(traces) as z:
@@ -56,9 +59,18 @@ def load_rounds(out: Path) -> list[dict[str, Any]]:
     return rounds
 
 
+YARDSTICKS = {"increase": "target's rate (spikes/bin)", "decrease": "target's rate (spikes/bin; lower is the goal)",
+              "discriminative": "target minus strongest other cell (spikes/bin)"}
+
+
+def objectives_of(rounds: list[dict[str, Any]]) -> list[str]:
+    return list(dict.fromkeys(o for r in rounds for o in r.get("measured_by_objective", {})))
+
+
 def overview_figure(rounds: list[dict[str, Any]], baseline_cc: float | None) -> str:
     ks = [r["round"] for r in rounds]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    objectives = objectives_of(rounds)
+    fig, axes = plt.subplots(1, 2 + len(objectives), figsize=(4 * (2 + len(objectives)), 3.2))
     axes[0].plot(ks, [r["design_error"]["mae"] for r in rounds], "o-", color="k", label="absolute")
     axes[0].set_title("twin's error on its own designs")
     axes[0].set_ylabel("|predicted − measured| (spikes/bin)")
@@ -69,20 +81,25 @@ def overview_figure(rounds: list[dict[str, Any]], baseline_cc: float | None) -> 
     rel.set_ylabel("relative to measured", color="tab:red")
     rel.set_ylim(bottom=0)
     axes[0].legend(handles=axes[0].get_lines() + rel.get_lines(), fontsize=8)
-    for role, colour in ROLE_COLOURS.items():
-        values = [r["measured_by_role"].get(role) for r in rounds]
-        if any(v is not None for v in values):
-            axes[1].plot(ks, [np.nan if v is None else v for v in values], "o-", color=colour, label=role)
-    axes[1].set_title("measured response of the targets")
-    axes[1].set_ylabel("mean rate over window (spikes/bin)")
-    axes[1].legend(fontsize=8)
+    # Each objective by what it asks: an increase design by the target's rate, a
+    # discriminative one by how far the target leads the other cells.
+    for ax, objective in zip(axes[1:], objectives, strict=False):
+        for role, colour in ROLE_COLOURS.items():
+            values = [r["measured_by_objective"].get(objective, {}).get(role) for r in rounds]
+            if any(v is not None for v in values):
+                ax.plot(ks, [np.nan if v is None else v for v in values], "o-", color=colour, label=role)
+        if objective == "discriminative":
+            ax.axhline(0, color="grey", lw=0.8)
+        ax.set_title(f"measured: {objective}")
+        ax.set_ylabel(YARDSTICKS.get(objective, "spikes/bin"), fontsize=8)
+        ax.legend(fontsize=8)
     cc = [r["heldout"]["cc_mean"] for r in rounds]
-    axes[2].plot(ks, cc, "o-", color="purple", label="after fine-tuning")
+    axes[-1].plot(ks, cc, "o-", color="purple", label="after fine-tuning")
     if baseline_cc is not None:
-        axes[2].axhline(baseline_cc, color="grey", ls="--", label="starting twin")
-    axes[2].set_title("held-out accuracy")
-    axes[2].set_ylabel("mean CC")
-    axes[2].legend(fontsize=8)
+        axes[-1].axhline(baseline_cc, color="grey", ls="--", label="starting twin")
+    axes[-1].set_title("held-out accuracy")
+    axes[-1].set_ylabel("mean CC")
+    axes[-1].legend(fontsize=8)
     for ax in axes:
         ax.set_xlabel("round")
         ax.set_xticks(ks)
@@ -157,13 +174,16 @@ def render_report(out: Path) -> str:
         parts.append("<p>No round has finished yet.</p>")
     else:
         parts.append("<h2>Over rounds</h2>")
+        objectives = objectives_of(rounds)
         parts.append(_table(
-            ["round", "twin error on its designs (spikes/bin)", "relative error", "measured: design",
-             "measured: natural", "measured: parametric", "held-out CC", "held-out FEVE"],
-            [[str(r["round"]), _num(r["design_error"]["mae"]), _num(r["design_error"]["relative"], 2),
-              _num(r["measured_by_role"].get("design")), _num(r["measured_by_role"].get("natural")),
-              _num(r["measured_by_role"].get("parametric")), _num(r["heldout"]["cc_mean"]),
-              _num(r["heldout"]["feve_mean"])] for r in rounds]))
+            ["round", "twin error on its designs (spikes/bin)", "relative error"]
+            + [f"{o}: {role}" for o in objectives for role in ROLES] + ["held-out CC", "held-out FEVE"],
+            [[str(r["round"]), _num(r["design_error"]["mae"]), _num(r["design_error"]["relative"], 2)]
+             + [_num(r["measured_by_objective"].get(o, {}).get(role)) for o in objectives for role in ROLES]
+             + [_num(r["heldout"]["cc_mean"]), _num(r["heldout"]["feve_mean"])] for r in rounds]))
+        parts.append("<p>Measured, mean over the targets: " + "; ".join(
+            f"<b>{html.escape(o)}</b> by the {html.escape(YARDSTICKS.get(o, 'rate'))}" for o in objectives)
+            + ", over each design's objective window.</p>")
         if baseline_cc is not None:
             parts.append(f"<p>Starting twin: held-out CC {_num(baseline_cc)} on {html.escape(baseline['segment'])}.</p>")
         parts.append(_img(overview_figure(rounds, baseline_cc), "over rounds"))
@@ -180,9 +200,12 @@ def render_report(out: Path) -> str:
         figure = controls_figure(r)
         if figure:
             parts.append("<h3>Designs against controls (same contrast budget)</h3>" + _img(figure, "controls"))
-        parts.append(_table(["cell", "objective", "stimulus", "predicted", "measured", "file"],
+        parts.append(_table(["cell", "objective", "stimulus", "predicted", "measured", "± s.e.m. (repeats)",
+                             "predicted margin", "measured margin", "file"],
                             [[str(x["cell"]), x["objective"], x["role"], _num(x["predicted"]), _num(x["measured"]),
-                              html.escape(x["file"])] for x in r["rows"]]))
+                              _num(x.get("measured_sem")), _num(x.get("predicted_margin")),
+                              _num(x.get("measured_margin")), html.escape(x["file"])] for x in r["rows"]]))
+        parts.append("<p>Margin: the target's window rate minus the strongest other cell's.</p>")
         parts.append(_table(["stage", "seconds"], [[k, _num(v, 1)] for k, v in r["seconds"].items()]))
     style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}"
              "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;"
