@@ -59,6 +59,7 @@ def main() -> None:
     p.add_argument("--cell-ids", default="", help="comma-separated cells to design (default: the reliable ones)")
     p.add_argument("--rf-envelope", type=float, default=GradientConfig().rf_envelope,
                    help="gradient designs' envelope around the RF, in RF sigmas (0: whole screen)")
+    p.add_argument("--sta-start", action="store_true", help="start gradient designs from the denoised STA")
     args = p.parse_args()
 
     work = args.work
@@ -89,7 +90,7 @@ def main() -> None:
     print(f"{len(reliable)} of {len(ids)} cells reliable (split-half r > {args.reliability}); designing {len(chosen)}")
 
     best_natural = truly_best_natural(data, retina, args.frames, resolve_budget(twin.metadata, None).rms, 3)
-    settings = DesignSettings(trials=args.trials, cmaes_trials=args.trials // 2,
+    settings = DesignSettings(trials=args.trials, cmaes_trials=args.trials // 2, sta_start=args.sta_start,
                               gradient=replace(GradientConfig(), steps=args.steps,
                                                        rf_envelope=args.rf_envelope))
     rows = []

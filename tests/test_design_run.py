@@ -125,3 +125,16 @@ def test_a_design_refines_an_earlier_one(app: typer.Typer, designs: Path, tiny_t
     assert result.exit_code != 0 and "must be 8 frames" in " ".join(result.output.split())
     result = runner.invoke(app, [*args[:3], "--cells", f"{CELL},4", *args[5:], "--out", str(tmp_path / "two")])
     assert result.exit_code != 0 and "one --cell" in " ".join(result.output.split())
+
+
+def test_a_design_can_start_from_the_measured_sta(app: typer.Typer, tiny_twin_dir: Path, tmp_path: Path) -> None:
+    args = ["optimize", "--model", str(tiny_twin_dir), "--cell", str(CELL), "--window", "2", "--seeds", "1",
+            "--trials", "1", "--device", "cpu", "--frames", "6", "--steps", "0", "--start-from", "sta"]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "sta")])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "sta" / f"cell{CELL}.json").read_text())
+    assert summary["started_from"].startswith("denoised STA of") and summary["settings"]["sta_start"]
+    with open_recording(tmp_path / "sta" / f"cell{CELL}.h5") as rec:
+        frames = rec.frames().astype(float)
+    # No step: the clip is the STA's lags before the window's middle frame (4), grey after it.
+    assert np.ptp(frames[:5]) > 20 and np.ptp(frames[5]) <= 2

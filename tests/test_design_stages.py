@@ -12,6 +12,7 @@ from insilico.design.postprocess import ContrastBudget
 from insilico.design.preconditioners import FourierScaling, GaussianBlur, blur
 from insilico.design.regularisers import TemporalSmoothness, TotalVariation
 from insilico.design.run import design_envelope
+from insilico.design.sta_start import rank_one, sta_start
 from insilico.design.transforms import Compose, Jitter, TimeShift
 from stimuli.recording.rf_geometry import rf_centre_and_size
 
@@ -162,3 +163,20 @@ def test_a_map_of_noise_gets_no_envelope() -> None:
     envelope, record = design_envelope(spot * 0.5 + noise, 1.0)
     assert record["used"] and np.unravel_index(np.argmax(envelope), envelope.shape) == (9, 20)
     assert design_envelope(spot, 0.0)[0] is None  # width 0: off
+
+
+def test_sta_start_plays_the_denoised_filter_before_the_window() -> None:
+    rng = np.random.default_rng(2)
+    rows, cols = np.indices((16, 16))
+    space = np.exp(-((rows - 5.0) ** 2 + (cols - 9.0) ** 2) / (2 * 2.0**2))
+    time = np.array([1.0, 0.6, -0.3, -0.1])  # lag 0 .. 3
+    sta = time[:, None, None] * space + rng.normal(0.0, 0.05, (4, 16, 16))
+    clean = rank_one(sta)
+    truth = time[:, None, None] * space
+    assert np.corrcoef(clean.ravel(), truth.ravel())[0, 1] > np.corrcoef(sta.ravel(), truth.ravel())[0, 1] > 0.8
+    clip = sta_start(sta, n_frames=10, window=(7, 10))  # middle frame 8: lag l at frame 8 - l
+    assert clip.shape == (10, 16, 16)
+    np.testing.assert_allclose(clip[0:5], 0.5)
+    np.testing.assert_allclose(clip[8], 0.5 + clean[0], atol=1e-6)
+    np.testing.assert_allclose(clip[5], 0.5 + clean[3], atol=1e-6)
+    np.testing.assert_allclose(clip[9], 0.5)  # after the window's middle: nothing to drive it

@@ -37,6 +37,10 @@ def optimize_command(
     start: Path = typer.Option(None, "--start",
                                help="Refine this clip (e.g. an earlier design of the one --cell) instead of "
                                     "starting from grey."),
+    start_from: str = typer.Option("auto", "--start-from",
+                                   help="Where gradient designs start: sta (each cell's denoised white-noise "
+                                        "STA), grey, or auto: sta when the twin's training recording has a "
+                                        "white-noise segment."),
 ) -> None:
     """Design the stimulus that drives a cell hardest (or silences it, or singles it out)."""
     with friendly_errors():
@@ -63,6 +67,7 @@ def optimize_command(
         console.print(f"backbone: {twins[0].metadata.describe_backbone()}"
                       + (f" (ensemble of {len(twins)} twins)" if len(twins) > 1 else ""))
         settings = DesignSettings(window_frames=window, trials=trials, cmaes_trials=max(0, trials // 2),
+                                  sta_start=_sta_start(start_from, twins[0].metadata),
                                   gradient=replace(GradientConfig(), steps=steps, rf_envelope=rf_envelope))
         with progress() as bar:
             results = optimize_cells(twins, cells, out, method=method, n_frames=frames, objective=objective,
@@ -78,6 +83,22 @@ def optimize_command(
                 f"best parametric {p['parametric']:.3f} spikes/bin over frames {r.window[0]}..{r.window[1] - 1} "
                 f"at RMS {r.budget.rms:.3f}; {r.seconds:.1f} s -> [bold]{r.paths['design']}[/]"
             )
+
+
+def _sta_start(start_from: str, metadata) -> bool:  # noqa: ANN001
+    from insilico.design.budget import training_data
+    from insilico.design.sta_start import has_noise_segment
+    from insilico.errors import InsilicoError
+
+    if start_from not in ("auto", "sta", "grey"):
+        raise ValueError(f"--start-from must be auto, sta or grey, got {start_from!r}")
+    if start_from != "auto":
+        return start_from == "sta"
+    try:
+        data, _ = training_data(metadata)
+    except InsilicoError:
+        return False  # no training recording named: the design itself says what is missing
+    return data.is_file() and has_noise_segment(data)
 
 
 def verify_command(

@@ -16,9 +16,10 @@ over the time window.
 
 CPU defaults: 60 frames, 4 seeds and 12 steps; 24 TPE + 12 CMA-ES trials. Gradient designs
 are confined to an envelope around the cell's recorded receptive field (`envelope`) and
-start from grey. Cell 42 of the default simulation (90 cells, 64 x 64 px, cpu-preset twin)
-takes 49 s on 2 idle cores with `--method gradient`, 7 s of it loading the backbone
-(`benchmarks/mei.py` measures the rest).
+start from grey, or with `sta_start` (the CLI's default where the recording has white noise)
+from the cell's denoised STA (`sta_start`). Cell 42 of the default simulation (90 cells,
+64 x 64 px, cpu-preset twin) takes 41 s on 2 idle cores with `--method gradient`, and the
+command 62 s with loading torch and the backbone (`benchmarks/mei.py` measures the rest).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from insilico.design.outputs import animation, contact_sheet, rf_centre, write_c
 from insilico.design.parametric import ParametricResult, Screen, search_parametric, storage_for
 from insilico.design.postprocess import ContrastBudget, clip_stats
 from insilico.design.response import TwinResponse
+from insilico.design.sta_start import noise_stas, sta_start
 from insilico.design.verify import Verification
 from insilico.design.verify import verify_design as _verify_design
 from insilico.errors import InsilicoError
@@ -71,6 +73,7 @@ class DesignSettings:
     cmaes_trials: int = 12
     comparison_trials: int = 16
     natural_top_k: int = 8
+    sta_start: bool = False  # gradient designs start from the cell's denoised STA (`sta_start`)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -191,6 +194,7 @@ def optimize_cells(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data, segments = _training_data_or_fail(meta)
+    stas = noise_stas(data) if s.sta_start and s.method in ("gradient", "both") else {}
     natural_screen = NaturalScreen.build(twins[0], str(data), segments, cache)
     opt_storage = storage_for(storage, out / "optuna.journal")
     key = _study_key(twins)
@@ -210,8 +214,11 @@ def optimize_cells(
         run, envelope_record = None, None
         if s.method in ("gradient", "both"):
             envelope, envelope_record = design_envelope(meta.rf[i], s.gradient.rf_envelope)
+            start = start_clips.get(cell_id)
+            if start is None and cell_id in stas:
+                start = sta_start(stas[cell_id], s.n_frames, bounds)
             run = optimise_gradient(response, obj, (s.n_frames, h, w), budget, s.seeds, s.gradient,
-                                    device=response.device, envelope=envelope, start=start_clips.get(cell_id))
+                                    device=response.device, envelope=envelope, start=start)
         trials = s.trials if s.method in ("optuna", "both") else s.comparison_trials
         cma = s.cmaes_trials if s.method in ("optuna", "both") else 0
         study = f"cell{cell_id}-{s.objective}-{s.n_frames}f-w{s.window_frames}-rms{budget.rms:.4f}-{key}"
@@ -239,7 +246,8 @@ def optimize_cells(
             budget=budget_info, window=bounds, seconds=time.perf_counter() - cell_started,
             gradient_run=run, envelope=envelope_record,
         )
-        result.paths.update(_write(out, result, s, meta, obj, twins, starts.get(cell_id)))
+        started = starts.get(cell_id) or (f"denoised STA of {data}" if cell_id in stas else None)
+        result.paths.update(_write(out, result, s, meta, obj, twins, started))
         results.append(result)
         if bar is not None:
             bar.update(cells_task, advance=1)
