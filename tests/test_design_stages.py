@@ -160,8 +160,9 @@ def test_a_map_of_noise_gets_no_envelope() -> None:
     assert rf_peak_snr(noise) < MIN_RF_PEAK_SNR < rf_peak_snr(spot * 0.5 + noise)
     envelope, record = design_envelope(noise, 1.0)
     assert envelope is None and not record["used"] and "does not locate the cell" in record["note"]
+    assert not record["rf_locates_cell"]
     envelope, record = design_envelope(spot * 0.5 + noise, 1.0)
-    assert record["used"] and np.unravel_index(np.argmax(envelope), envelope.shape) == (9, 20)
+    assert record["used"] and record["rf_locates_cell"] and np.unravel_index(np.argmax(envelope), envelope.shape) == (9, 20)
     assert design_envelope(spot, 0.0)[0] is None  # width 0: off
 
 

@@ -24,12 +24,17 @@ class ReceptiveFields:
     source: str  # said to the user: "/cells/rf", "STA of segment 'noise'", or "flat ..."
 
 
+def noise_segment_names(rec: Recording) -> list[str]:
+    """The recording's white-noise segments (named as in `NOISE_SEGMENT_NAMES`), in file order."""
+    return [s.name for s in rec.segments if s.name.lower() in NOISE_SEGMENT_NAMES]
+
+
 def receptive_fields(rec: Recording, noise_segment: str | None = None) -> ReceptiveFields:
     """RF maps `[N, H, W]` of every cell, with the source they came from."""
     if rec.rf is not None:
         return ReceptiveFields(rec.rf.astype(np.float32), "/cells/rf")
     names = [s.name for s in rec.segments]
-    candidates = [noise_segment] if noise_segment else [n for n in names if n.lower() in NOISE_SEGMENT_NAMES]
+    candidates = [noise_segment] if noise_segment else noise_segment_names(rec)
     for name in candidates:
         if name not in names:
             raise ValueError(f"no segment named {name!r} to estimate receptive fields from")

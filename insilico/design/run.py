@@ -208,12 +208,14 @@ def optimize_cells(
         if bar is not None:
             bar.update(cells_task, status=f"cell {cell_id}")
         centre, sigma = rf_centre_and_size(meta.rf[i])
+        envelope, envelope_record = design_envelope(meta.rf[i], s.gradient.rf_envelope)
         # A map that does not locate the cell (`envelope.MIN_RF_PEAK_SNR`) leaves the search the whole screen.
-        located = rf_peak_snr(meta.rf[i]) >= MIN_RF_PEAK_SNR
-        screen = Screen(s.n_frames, h, w, meta.frame_rate, focus=(*centre, sigma) if located else None)
-        run, envelope_record = None, None
-        if s.method in ("gradient", "both"):
-            envelope, envelope_record = design_envelope(meta.rf[i], s.gradient.rf_envelope)
+        focus = (*centre, sigma) if envelope_record["rf_locates_cell"] else None
+        screen = Screen(s.n_frames, h, w, meta.frame_rate, focus=focus)
+        run = None
+        if s.method not in ("gradient", "both"):
+            envelope_record = None  # no gradient design to confine
+        else:
             start = start_clips.get(cell_id)
             if start is None and cell_id in stas:
                 start = sta_start(stas[cell_id], s.n_frames, bounds)
@@ -257,10 +259,12 @@ def optimize_cells(
 def design_envelope(rf: np.ndarray, width: float) -> tuple[np.ndarray | None, dict[str, object]]:
     """The gradient design's envelope (`envelope`), or None when off or the map is noise; and why."""
     snr = rf_peak_snr(rf)
-    record = {"width_rf_sigmas": width, "rf_peak_snr": round(snr, 2), "used": False, "note": "off"}
+    located = snr >= MIN_RF_PEAK_SNR
+    record = {"width_rf_sigmas": width, "rf_peak_snr": round(snr, 2), "rf_locates_cell": located, "used": False,
+              "note": "off"}
     if not width:
         return None, record
-    if snr < MIN_RF_PEAK_SNR:
+    if not located:
         return None, {**record, "note": f"not used: the recorded RF's peak is {snr:.1f} noise SDs (< "
                                         f"{MIN_RF_PEAK_SNR:g}), so the map does not locate the cell"}
     return rf_envelope(rf, width), {**record, "used": True, "note": "used"}

@@ -19,20 +19,20 @@ from scipy.ndimage import gaussian_filter
 from insilico.errors import InsilicoError
 from stimuli.recording import open_recording
 from stimuli.recording.sta import sta_by_lag
-from vist_model.receptive_fields import NOISE_SEGMENT_NAMES
+from vist_model.receptive_fields import NOISE_SEGMENT_NAMES, noise_segment_names
 
 BLUR_PX = 1.0
 
 
 def has_noise_segment(recording: str | Path) -> bool:
     with open_recording(recording) as rec:
-        return any(s.name.lower() in NOISE_SEGMENT_NAMES for s in rec.segments)
+        return bool(noise_segment_names(rec))
 
 
 def noise_stas(recording: str | Path) -> dict[int, np.ndarray]:
     """STA `[lags, H, W]` of every cell (by id) from the recording's white-noise segment."""
     with open_recording(recording) as rec:
-        names = [s.name for s in rec.segments if s.name.lower() in NOISE_SEGMENT_NAMES]
+        names = noise_segment_names(rec)
         if not names:
             raise InsilicoError(f"{recording}: --start-from sta needs a white-noise segment (one of "
                                 f"{', '.join(NOISE_SEGMENT_NAMES)}); it has none")
