@@ -37,6 +37,10 @@ class SimulationConfig:
     noise_seconds: float = 120.0
     noise_check_px: int = 4  # STAs of 4-px checks recover the true filters best (r ~0.9)
     rms_contrast: float = 0.2
+    # The population: relative share of each cell type (type name -> weight; empty: the
+    # simulator's default mix, ~60 % linear) and a factor on every receptive field's size.
+    type_weights: tuple[tuple[str, float], ...] = ()
+    rf_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.n_cells < 1:
@@ -55,16 +59,24 @@ class SimulationConfig:
         return max(1, round(seconds * self.frame_rate))
 
 
-def build_retina(seed: int, n_cells: int, size: int, frame_rate: float) -> SimulatedRetina:
+def build_retina(seed: int, n_cells: int, size: int, frame_rate: float,
+                 type_weights: tuple[tuple[str, float], ...] = (), rf_scale: float = 1.0) -> SimulatedRetina:
     """The ground truth behind a simulated recording (rebuilt from the file's `sim_*` attrs)."""
-    return SimulatedRetina.create(n_cells=n_cells, height=size, width=size, frame_rate=frame_rate, seed=seed)
+    return SimulatedRetina.create(n_cells=n_cells, height=size, width=size, frame_rate=frame_rate, seed=seed,
+                                  type_weights=dict(type_weights) or None, rf_scale=rf_scale)
 
 
 def retina_of_recording(attrs: dict[str, object]) -> SimulatedRetina:
-    """Rebuild the simulated retina that produced a recording, from its root attributes."""
+    """Rebuild the simulated retina that produced a recording, from its root attributes.
+
+    Files written before the population could vary have no `sim_type_weights` / `sim_rf_scale`:
+    they hold the default population.
+    """
     try:
+        weights = json.loads(str(attrs.get("sim_type_weights", "[]")))
         return build_retina(int(attrs["sim_seed"]), int(attrs["sim_n_cells"]), int(attrs["sim_size"]),
-                            float(attrs["frame_rate"]))
+                            float(attrs["frame_rate"]), tuple((str(k), float(v)) for k, v in weights),
+                            float(attrs.get("sim_rf_scale", 1.0)))
     except KeyError as err:
         raise ValueError(f"not a simulated recording: attribute @{err.args[0]} is missing") from None
 
@@ -85,10 +97,12 @@ def simulate_stimuli(config: SimulationConfig) -> dict[str, Stimulus]:
 def simulate_recording(out: str | Path, config: SimulationConfig | None = None) -> Path:
     """Write a recording-v1 file of the simulated retina; returns its path."""
     config = config or SimulationConfig()
-    retina = build_retina(config.seed, config.n_cells, config.size, config.frame_rate)
+    retina = build_retina(config.seed, config.n_cells, config.size, config.frame_rate,
+                          config.type_weights, config.rf_scale)
     rng = np.random.default_rng(config.seed)
     repeats = {"mov1": 1, "mov2": config.test_repeats, "noise": 1}
-    attrs = {f"sim_{k}": v for k, v in asdict(config).items()}
+    attrs = {f"sim_{k}": v for k, v in asdict(config).items() if k != "type_weights"}
+    attrs["sim_type_weights"] = json.dumps([list(kv) for kv in config.type_weights])
     attrs["simulator"] = "rig_bridge.simulated_retina.SimulatedRetina"
     with progress() as bar:
         task = bar.add_task("simulate", total=5, status="stimuli")

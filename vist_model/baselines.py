@@ -9,7 +9,9 @@ Weight decay (the L2 penalties of McIntosh et al.) is left to the optimiser.
 
 * `LNModel`: one spatiotemporal linear filter per cell over the whole
   downsampled screen (`n_lags x resolution x resolution` weights + bias),
-  then softplus. Defaults for a 64 x 64 screen: 16 x 16 pixels, 20 frames.
+  then a scaled softplus (`scale * softplus(drive)`). Defaults for a 64 x 64 screen:
+  16 x 16 pixels, 20 frames. `vist_model.ln_fit.fit_ln` fits it as labs do (ridge
+  filter, then the nonlinearity by Poisson likelihood).
 * `McIntoshCNN`: a stack of the past `n_lags` frames as input channels ->
   conv (8 maps, 9 x 9) -> ReLU -> conv (8 maps, 7 x 7) -> ReLU -> dense to N
   -> softplus. McIntosh et al. used 40 frames of 50 x 50 px with 15 x 15 and
@@ -22,12 +24,13 @@ Weight decay (the L2 penalties of McIntosh et al.) is left to the optimiser.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["CNNConfig", "LNConfig", "LNModel", "McIntoshCNN"]
+__all__ = ["CNNConfig", "LNConfig", "LNModel", "McIntoshCNN", "lagged_inputs"]
 
 GREY = 0.5
 
@@ -45,6 +48,15 @@ def _prepare(frames: Tensor, resolution: int, n_lags: int, dtype: torch.dtype) -
     x = (x - GREY).reshape(b, 1, t, resolution, resolution)
     # Grey history: zeros after centring, on the left (past) side only.
     return F.pad(x, (0, 0, 0, 0, n_lags - 1, 0))
+
+
+def lagged_inputs(frames: Tensor, resolution: int, n_lags: int) -> Tensor:
+    """`[B, T, H, W]` -> `[B, T, n_lags * r * r]`: at each t the centred, downsampled frames
+    t - n_lags + 1 .. t (oldest first), in the order of `LNModel`'s filter weights."""
+    x = _prepare(frames, resolution, n_lags, frames.dtype)[:, 0]  # [B, T + L - 1, r, r]
+    windows = x.unfold(1, n_lags, 1)  # [B, T, r, r, L]
+    b, t = windows.shape[:2]
+    return windows.permute(0, 1, 4, 2, 3).reshape(b, t, -1)
 
 
 @dataclass(frozen=True)
@@ -71,6 +83,13 @@ class LNModel(nn.Module):
         # Small filters: the initial rates sit near softplus(bias) for any movie.
         nn.init.normal_(self.filters.weight, 0.0, 0.01 / (config.n_lags * r * r) ** 0.5)
         nn.init.zeros_(self.filters.bias)
+        # The output nonlinearity's amplitude per cell (`fit_ln` fits it; 1 for SGD training).
+        self.scale = nn.Parameter(torch.ones(config.n_cells), requires_grad=False)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Tensor], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # LN twins saved before the output scale existed had a plain softplus: scale 1.
+        state_dict.setdefault(prefix + "scale", torch.ones(self.config.n_cells))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def receptive_field(self) -> int:
@@ -80,7 +99,7 @@ class LNModel(nn.Module):
         cfg = self.config
         x = _prepare(frames, cfg.resolution, cfg.n_lags, self.filters.weight.dtype)
         drive = self.filters(x)  # [B, N, T, 1, 1]
-        return F.softplus(drive.flatten(2).transpose(1, 2))
+        return self.scale * F.softplus(drive.flatten(2).transpose(1, 2))
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ replicated frames) follow the public Vi-ST code's `CausalConv3d` with
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -67,4 +68,8 @@ class CausalConv3d(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if any(self._pad):
             x = F.pad(x, self._pad, mode="constant", value=0.0)
+        if self.conv.groups > 1 and x.device.type == "cpu":
+            # oneDNN's grouped 3D convolutions are several times faster channels-last on CPU,
+            # the backward pass most (benchmarks/twin_speed.py); the values are the same.
+            x = x.contiguous(memory_format=torch.channels_last_3d)
         return self.conv(x)

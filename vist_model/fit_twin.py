@@ -15,6 +15,7 @@ from rich.progress import Progress
 from torch import nn
 
 from stimuli.recording import Recording, open_recording
+from vist_model.accuracy import HeldOutAccuracy, held_out_segment
 from vist_model.backbone import load_backbone
 from vist_model.data import (
     Block,
@@ -26,12 +27,15 @@ from vist_model.data import (
     shared_out,
     trial_average,
 )
+from vist_model.evaluate import evaluate_twin
 from vist_model.features import FeatureCache
+from vist_model.metrics import pearson_per_cell
 from vist_model.files import atomic_write_text
 from vist_model.loss import PoissonLoss, ViSTLoss
 from vist_model.plots import plot_loss_curve
 from vist_model.receptive_fields import receptive_fields
-from vist_model.train import TrainConfig, TrainResult, fit, training_for
+from vist_model.ln_fit import fit_ln
+from vist_model.train import TrainConfig, TrainResult, evaluate_loss, fit, training_for
 from vist_model.twin import (
     MODEL_KINDS,
     Twin,
@@ -48,8 +52,9 @@ class TwinSpec:
     """What to build: model kind, Vi-ST preset and backbone, RF conditioning, readout and padding.
 
     `readout` ("dense" or "factorized", `vist_model.readout`), `cmst_padding` ("valid" or
-    "same") and `spatial_kernel` (odd, `vist_model.vist.ViSTConfig`) override the preset's when
-    given.
+    "same"), `spatial_kernel` (odd) and `output` ("linear" or "softplus",
+    `vist_model.vist.ViSTConfig`) override the preset's when given. `loss` ("vist", the paper's
+    composite loss, or "poisson") overrides the default that `loss_for` picks.
     """
 
     kind: str = "vist"
@@ -59,10 +64,14 @@ class TwinSpec:
     readout: str | None = None
     cmst_padding: str | None = None
     spatial_kernel: int | None = None
+    output: str | None = None
+    loss: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in MODEL_KINDS:
-            raise ValueError(f"--model must be one of {', '.join(MODEL_KINDS)}, got {self.kind!r}")
+            raise ValueError(f"model kind must be one of {', '.join(MODEL_KINDS)}, got {self.kind!r}")
+        if self.loss is not None and self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
 
 
 @dataclass(frozen=True)
@@ -88,10 +97,32 @@ def resolve_device(device: str | None) -> torch.device:
     return torch.device(device)
 
 
-def loss_for(kind: str) -> nn.Module:
-    # Vi-ST trains on its own composite loss; the LN and CNN baselines on Poisson likelihood,
-    # as in McIntosh et al. 2016.
-    return ViSTLoss() if kind == "vist" else PoissonLoss()
+LOSSES = ("vist", "poisson")
+
+
+def default_loss(kind: str, network: dict[str, Any]) -> str:
+    """The loss a network trains on unless told otherwise.
+
+    A linear Vi-ST output (published) trains on the paper's composite loss, which penalises
+    negative rates; rates that are positive by construction (Vi-ST's softplus output, the LN
+    and CNN baselines as in McIntosh et al. 2016) train on the Poisson likelihood of the counts.
+    """
+    linear = kind == "vist" and network.get("output", "linear") == "linear"
+    return "vist" if linear else "poisson"
+
+
+def loss_for(kind: str, network: dict[str, Any], loss: str | None = None) -> nn.Module:
+    """The training loss module for a network (`loss` None: `default_loss`)."""
+    name = loss or default_loss(kind, network)
+    if name == "poisson" and kind == "vist" and network.get("output", "linear") == "linear":
+        raise ValueError("loss 'poisson' needs positive rates: use output 'softplus' with it")
+    return ViSTLoss() if name == "vist" else PoissonLoss()
+
+
+def twin_loss(twin: Twin) -> nn.Module:
+    """The loss a twin was trained on (fine-tuning keeps it)."""
+    spec = (twin.metadata.training or {}).get("spec", {})
+    return loss_for(twin.metadata.kind, twin.metadata.network, spec.get("loss"))
 
 
 def _blocks(twin: Twin, rec: Recording, ranges: tuple[FrameRange, ...], cache: FeatureCache,
@@ -116,7 +147,8 @@ def new_twin(rec: Recording, spec: TwinSpec, rf_maps: np.ndarray, rf_source: str
     n = rec.n_cells
     if spec.kind == "vist":
         overrides = {k: v for k, v in (("readout", spec.readout), ("cmst_padding", spec.cmst_padding),
-                                       ("spatial_kernel", spec.spatial_kernel)) if v}
+                                       ("spatial_kernel", spec.spatial_kernel), ("output", spec.output))
+                     if v}
         network = vist_config(spec.preset, n, backbone.spec.hidden_size, grid=backbone.spec.grid,
                               rf_conditioning=spec.rf_conditioning, **overrides).to_dict()
     else:
@@ -165,16 +197,63 @@ def train_twin(
         twin = new_twin(rec, spec, rfs.maps, rfs.source).to(dev)
         train_blocks = _blocks(twin, rec, split.train, cache)
         val_blocks = _blocks(twin, rec, split.val, cache)
-    result = fit(twin.network, loss_for(spec.kind), train_blocks, val_blocks, config, device=dev,
-                 state_path=out / "train_state.pt", progress=progress)
+    loss = loss_for(spec.kind, twin.metadata.network, spec.loss)
+    if spec.kind == "ln":
+        result = _fit_ln_run(twin.network, loss, train_blocks, val_blocks, dev)
+    else:
+        result = fit(twin.network, loss, train_blocks, val_blocks, config, device=dev,
+                     state_path=out / "train_state.pt", progress=progress)
     training = {
         "data": str(data), "train_segments": list(train_segments), "split": asdict(split),
         "spec": asdict(spec), "config": asdict(config), "result": asdict(result),
         "device": str(dev), "torch": torch.__version__,
     }
-    twin.metadata = replace(twin.metadata, training=training)
+    accuracy = measure_accuracy(twin, data, list(train_segments) + list(test_segments), val_blocks, cache)
+    twin.metadata = replace(twin.metadata, training=training, accuracy=accuracy)
     _save_run(twin, result, out)
     return TrainedRun(twin, result, split, out, rfs.source)
+
+
+def measure_accuracy(twin: Twin, data: str | Path, seen: Sequence[str], val_blocks: Sequence[Block],
+                     cache: FeatureCache) -> HeldOutAccuracy:
+    """Per-cell accuracy on the longest repeated segment not in `seen`, else on the validation frames."""
+    with open_recording(data) as rec:
+        segment = held_out_segment(rec, seen)
+    if segment is not None:
+        m = evaluate_twin(twin, data, segment, cache=cache).metrics
+        return HeldOutAccuracy.from_metrics(segment, twin.metadata.cell_ids, m.cc, m.noise_ceiling,
+                                            m.n_repeats, m.n_frames)
+    n = twin.metadata.n_cells
+    if not val_blocks:
+        return HeldOutAccuracy.from_metrics("none", twin.metadata.cell_ids, np.full(n, np.nan),
+                                            np.full(n, np.nan), 0, 0)
+    prediction = np.concatenate([twin.predict_inputs(b.inputs) for b in val_blocks])
+    target = np.concatenate([b.targets for b in val_blocks])
+    return HeldOutAccuracy.from_metrics("validation", twin.metadata.cell_ids, pearson_per_cell(prediction, target),
+                                        np.full(n, np.nan), 1, len(target))
+
+
+def _remeasure(twin: Twin, recordings: Sequence[tuple[str | Path, list[str]]], val_blocks: Sequence[Block],
+               cache: FeatureCache) -> HeldOutAccuracy:
+    """After fine-tuning: on the training recording's held-out segment again where it is still there."""
+    data = twin.metadata.training.get("data")
+    if data is not None and Path(data).is_file():
+        seen = list(twin.metadata.training.get("train_segments", []))
+        seen += [s for p, segs in recordings if Path(p).resolve() == Path(data).resolve() for s in segs]
+        return measure_accuracy(twin, data, seen, val_blocks, cache)
+    return measure_accuracy(twin, recordings[0][0], [s for _, segs in recordings for s in segs], val_blocks, cache)
+
+
+def _fit_ln_run(model: nn.Module, loss: nn.Module, train: list[Block], val: list[Block],
+                device: torch.device) -> TrainResult:
+    """The LN baseline's closed-form fit (`vist_model.ln_fit`), reported like a training run."""
+    t0 = time.perf_counter()
+    fit_ln(model.cpu(), train, val)
+    model.to(device)
+    train_loss = evaluate_loss(model, loss, train, device)
+    val_loss = evaluate_loss(model, loss, val, device) if val else train_loss
+    return TrainResult(train_loss=(train_loss,), val_loss=(val_loss,), best_epoch=0, best_val_loss=val_loss,
+                       epochs_run=1, seconds=time.perf_counter() - t0, stopped_early=False)
 
 
 def finetune_twin(
@@ -218,14 +297,15 @@ def finetune_twin(
             groups.append(_blocks(twin, rec, split.train, cache, here, focus_weight))
             val_blocks += _blocks(twin, rec, split.val, cache)
     train_blocks = shared_out(groups, shares or [None] * len(groups), config.window)
-    result = fit(twin.network, loss_for(twin.metadata.kind), train_blocks, val_blocks, config,
+    result = fit(twin.network, twin_loss(twin), train_blocks, val_blocks, config,
                  device=twin.device, state_path=out / "train_state.pt", progress=progress)
     history = list(twin.metadata.training.get("finetune", []))
     history.append({"recordings": [[str(p), s] for p, s in recordings], "config": asdict(config),
                     "shares": list(shares) if shares is not None else None,
                     "focus": [[asdict(f) for f in fs] for fs in focus] if focus is not None else None,
                     "focus_weight": focus_weight, "result": asdict(result)})
-    twin.metadata = replace(twin.metadata, training={**twin.metadata.training, "finetune": history})
+    twin.metadata = replace(twin.metadata, training={**twin.metadata.training, "finetune": history},
+                            accuracy=_remeasure(twin, recordings, val_blocks, cache))
     _save_run(twin, result, out)
     return TrainedRun(twin, result, split, out, twin.metadata.rf_source)
 

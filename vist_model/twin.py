@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from vist_model.accuracy import CellAccuracy, HeldOutAccuracy
 from vist_model.backbone import Backbone, BackboneSpec, load_backbone
 from vist_model.baselines import CNNConfig, LNConfig, LNModel, McIntoshCNN
 from vist_model.features import FeatureCache, backbone_fingerprint, state_fingerprint
@@ -49,8 +50,11 @@ class TwinMetadata:
     backbone: dict[str, Any] | None = None  # BackboneSpec fields plus its weights' fingerprint
     normalisation: str = NORMALISATION
     training: dict[str, Any] = field(default_factory=dict)
+    accuracy: HeldOutAccuracy | None = None  # per cell, measured after training (None: older twins)
 
     def __post_init__(self) -> None:
+        if isinstance(self.accuracy, dict):  # as a checkpoint stores it
+            object.__setattr__(self, "accuracy", HeldOutAccuracy.from_dict(self.accuracy))
         if self.kind not in MODEL_KINDS:
             raise ValueError(f"model kind must be one of {MODEL_KINDS}, got {self.kind!r}")
         rf = np.array(self.rf, dtype=np.float32, copy=True)
@@ -67,6 +71,10 @@ class TwinMetadata:
             return self.cell_ids.index(int(cell_id))
         except ValueError:
             raise KeyError(f"the twin has no cell with id {cell_id} (ids {self.cell_ids[0]}..{self.cell_ids[-1]})") from None
+
+    def cell_accuracy(self, cell_id: int) -> CellAccuracy | None:
+        """How well the twin predicts a cell on held-out data (None: not measured)."""
+        return self.accuracy.of(cell_id) if self.accuracy is not None else None
 
     def describe_backbone(self) -> str:
         if self.backbone is None:

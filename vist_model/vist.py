@@ -30,9 +30,10 @@ from vist_model.cmst import CMST, PUBLISHED_KERNEL_SETS
 from vist_model.readout import FactorizedReadout, Readout, grid_centres
 from vist_model.tcn import C3TCN
 
-__all__ = ["READOUTS", "VIST_PRESETS", "TwinWithBackbone", "ViST", "ViSTConfig", "vist_config"]
+__all__ = ["OUTPUTS", "READOUTS", "VIST_PRESETS", "TwinWithBackbone", "ViST", "ViSTConfig", "vist_config"]
 
 READOUTS = ("dense", "factorized")
+OUTPUTS = ("linear", "softplus")
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,10 @@ class ViSTConfig:
             published stack (6 TCN layers, 4 CMST blocks) lets each position read the whole
             16 x 16 grid. 1 keeps the layers to time and channels, so a position sees only its own
             patch and each cell's locality is left to its readout mask.
+        output: "linear" (published: the readout's value is the rate; the loss penalises negative
+            rates) or "softplus" (rates are softplus of the readout, > 0 and expansive like a
+            spiking nonlinearity, so strong stimuli can be predicted above the training range;
+            trained on the Poisson likelihood, see `vist_model.fit_twin.loss_for`).
     """
 
     n_cells: int
@@ -83,6 +88,7 @@ class ViSTConfig:
     readout: Literal["dense", "factorized"] = "dense"
     cmst_padding: Literal["valid", "same"] = "valid"
     spatial_kernel: int = 3
+    output: Literal["linear", "softplus"] = "linear"
 
     def __post_init__(self) -> None:
         if self.n_cells < 1 or self.in_channels < 1:
@@ -107,6 +113,8 @@ class ViSTConfig:
             )
         if self.cmst_padding not in ("valid", "same"):
             raise ValueError(f"cmst_padding must be 'valid' or 'same', got {self.cmst_padding!r}")
+        if self.output not in OUTPUTS:
+            raise ValueError(f"output must be one of {', '.join(OUTPUTS)}, got {self.output!r}")
         if self.readout not in READOUTS:
             raise ValueError(f"readout must be one of {', '.join(READOUTS)}, got {self.readout!r}")
 
@@ -148,6 +156,7 @@ class ViSTConfig:
             "readout": self.readout,
             "cmst_padding": self.cmst_padding,
             "spatial_kernel": self.spatial_kernel,
+            "output": self.output,
         }
 
     @classmethod
@@ -255,7 +264,8 @@ class ViST(nn.Module):
         if self.config.cmst_padding == "same" and self.config.cmst_trim:
             x = F.pad(x, (self.config.cmst_trim,) * 4)
         x = self.cmst(x)
-        return self.readout(x)
+        rates = self.readout(x)
+        return F.softplus(rates) if self.config.output == "softplus" else rates
 
     @torch.no_grad()
     def predict(self, features: Tensor) -> Tensor:

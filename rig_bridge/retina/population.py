@@ -16,6 +16,7 @@ Id assignment (so that demos can always talk about cell 42):
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -116,13 +117,17 @@ def filter_length(frame_rate: float) -> int:
     return max(2, int(round(FILTER_DURATION_S * frame_rate)))
 
 
-def type_counts(n_cells: int) -> dict[CellType, int]:
-    """How many cells of each type: ~60 % linear (split evenly), the rest split evenly.
+def type_counts(n_cells: int, type_weights: Mapping[str, float] | None = None) -> dict[CellType, int]:
+    """How many cells of each type.
 
-    Remainders go to the types listed first. At least one linear cell always exists.
+    Without `type_weights`: ~60 % linear (split evenly), the rest split evenly, remainders to the
+    types listed first. With them (type name -> relative weight, missing types 0): counts in
+    proportion, largest remainders first. At least one linear cell always exists.
     """
     if n_cells < 1:
         raise ValueError(f"n_cells must be >= 1, got {n_cells}")
+    if type_weights is not None:
+        return _weighted_counts(n_cells, type_weights)
     n_linear = max(1, int(round(LINEAR_FRACTION * n_cells)))
     counts: dict[CellType, int] = {}
     for group, total in ((LINEAR_ORDER, n_linear), (NONLINEAR_TYPES, n_cells - n_linear)):
@@ -130,6 +135,25 @@ def type_counts(n_cells: int) -> dict[CellType, int]:
         for k, cell_type in enumerate(group):
             counts[cell_type] = base + (1 if k < extra else 0)
     return counts
+
+
+def _weighted_counts(n_cells: int, type_weights: Mapping[str, float]) -> dict[CellType, int]:
+    order = (*LINEAR_ORDER, *NONLINEAR_TYPES)
+    unknown = set(type_weights) - {t.value for t in order}
+    if unknown:
+        raise ValueError(f"unknown cell types {sorted(unknown)} in type_weights (known: {[t.value for t in order]})")
+    w = np.asarray([max(0.0, float(type_weights.get(t.value, 0.0))) for t in order])
+    if not w.sum() > 0:
+        raise ValueError("type_weights must give at least one type a positive weight")
+    share = w / w.sum() * n_cells
+    counts = np.floor(share).astype(int)
+    for k in np.argsort(-(share - counts), kind="stable")[: n_cells - counts.sum()]:
+        counts[k] += 1
+    if counts[: len(LINEAR_ORDER)].sum() == 0:
+        # Cell 42 is linear whenever a linear cell exists: give the heaviest linear type one.
+        counts[int(np.argmax(w[: len(LINEAR_ORDER)]))] += 1
+        counts[int(np.argmax(counts))] -= 1
+    return {t: int(c) for t, c in zip(order, counts, strict=True)}
 
 
 def hex_lattice(
@@ -260,7 +284,8 @@ def _subunit_pool(
 
 
 def draw_cells(
-    n_cells: int, height: int, width: int, frame_rate: float, seed: int
+    n_cells: int, height: int, width: int, frame_rate: float, seed: int,
+    type_weights: Mapping[str, float] | None = None, rf_scale: float = 1.0,
 ) -> tuple[CellSpec, ...]:
     """The uncalibrated population (gain 1), stored in id order.
 
@@ -269,6 +294,8 @@ def draw_cells(
         height, width: screen size in pixels (>= 8 each).
         frame_rate: frames per second (> 0); sets the filter length and bin width.
         seed: integer seed; the same seed gives the same population.
+        type_weights: relative share of each type (see `type_counts`); None: the default mix.
+        rf_scale: factor on every type's centre (and so surround and subunit-pool) size.
 
     Returns:
         ``N`` :class:`CellSpec` sorted by id.
@@ -277,14 +304,16 @@ def draw_cells(
         raise ValueError(f"screen must be at least 8 x 8 pixels, got {height} x {width}")
     if not frame_rate > 0:
         raise ValueError(f"frame_rate must be > 0, got {frame_rate}")
+    if not 0.25 <= rf_scale <= 4.0:
+        raise ValueError(f"rf_scale must be in [0.25, 4], got {rf_scale}")
     rng = np.random.default_rng(seed)
     n_lags = filter_length(frame_rate)
-    margin = min(BORDER_SIGMAS * MAX_SIGMA_CENTRE_PX, (min(height, width) - 1) / 4.0)
+    margin = min(BORDER_SIGMAS * MAX_SIGMA_CENTRE_PX * rf_scale, (min(height, width) - 1) / 4.0)
     y_range = (margin, height - 1 - margin)
     x_range = (margin, width - 1 - margin)
 
     drafts: list[dict] = []
-    for cell_type, count in type_counts(n_cells).items():
+    for cell_type, count in type_counts(n_cells, type_weights).items():
         centres = jittered_mosaic(count, y_range, x_range, rng)
         params = TYPE_PARAMETERS[cell_type]
         for centre_yx in centres:
@@ -295,7 +324,7 @@ def draw_cells(
                 polarity = -1
             else:
                 polarity = 1 if rng.random() < 0.5 else -1
-            sigma_c = _draw(rng, params.sigma_centre)
+            sigma_c = _draw(rng, params.sigma_centre) * rf_scale
             sigma_s = sigma_c * _draw(rng, params.surround_ratio)
             surround_weight = _draw(rng, params.surround_weight)
             tau_fast = _draw(rng, params.tau_fast_s)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from rig_bridge.retina.calibration import calibrate_gains
@@ -70,15 +72,19 @@ class SimulatedRetina:
         width: int = 64,
         frame_rate: float = 30.0,
         seed: int = 0,
+        type_weights: Mapping[str, float] | None = None,
+        rf_scale: float = 1.0,
     ) -> SimulatedRetina:
-        """A calibrated population fully determined by ``seed``.
+        """A calibrated population fully determined by its arguments.
 
-        ~60 % linear cells (ON/OFF x sustained/transient), the rest ON-OFF, subunit and
-        contrast-adapting cells, each type tiling the screen as a jittered mosaic.
+        By default ~60 % linear cells (ON/OFF x sustained/transient), the rest ON-OFF, subunit
+        and contrast-adapting cells (`type_weights` sets another mix, `rf_scale` scales every
+        receptive field), each type tiling the screen as a jittered mosaic.
         """
         if not isinstance(n_cells, int | np.integer) or n_cells < 1:
             raise ValueError(f"n_cells must be a positive int, got {n_cells!r}")
-        cells = draw_cells(int(n_cells), int(height), int(width), float(frame_rate), int(seed))
+        cells = draw_cells(int(n_cells), int(height), int(width), float(frame_rate), int(seed),
+                           type_weights=type_weights, rf_scale=float(rf_scale))
         return cls(calibrate_gains(cells, height, width, frame_rate), height, width, frame_rate)
 
     # --- description -------------------------------------------------------------------

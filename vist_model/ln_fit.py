@@ -1,0 +1,134 @@
+"""Fitting the LN baseline as a lab fits one: a regularised linear filter, then a nonlinearity.
+
+1. **Filter.** Ridge regression of each cell's trial-averaged counts on the past `n_lags`
+   frames, area-averaged to `resolution x resolution` and centred on grey (the same inputs as
+   `LNModel`). The normal equations are accumulated chunk by chunk, so memory does not grow with
+   the recording; one eigendecomposition serves every ridge strength.
+2. **Ridge strength, per cell**: the one whose filter predicts the validation blocks best
+   (Pearson r of the linear drive).
+3. **Output nonlinearity, per cell**: `rate = scale * softplus(gain * drive + offset)`, fitted
+   by Poisson maximum likelihood (L-BFGS) on the training frames. The fitted gain is folded
+   into the filter and bias, so the result is an ordinary `LNModel`.
+
+On white noise the ridge filter is the regularised STA; on natural movies it removes the
+stimulus correlations that bias a plain STA.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vist_model.baselines import LNModel, lagged_inputs
+from vist_model.data import Block
+
+__all__ = ["RIDGE_GRID", "fit_ln"]
+
+RIDGE_GRID = tuple(10.0 ** k for k in range(-1, 6))
+"""Ridge strengths tried, relative to the mean eigenvalue of the input covariance."""
+CHUNK = 1024  # frames per chunk of lagged inputs
+
+
+def _design(model: LNModel, block: Block) -> tuple[np.ndarray, np.ndarray]:
+    """`([T, L * r * r] lagged centred inputs, [T, N] targets)` of one block, float64."""
+    frames = torch.from_numpy(np.asarray(block.inputs, dtype=np.float32))[None]
+    x = lagged_inputs(frames, model.config.resolution, model.config.n_lags)[0]  # [T, L*r*r]
+    return x.double().numpy(), np.asarray(block.targets, dtype=np.float64)
+
+
+def _chunks(model: LNModel, blocks: Sequence[Block]):
+    for block in blocks:
+        for start in range(0, len(block.targets), CHUNK):
+            part = Block(block.inputs[max(0, start - model.config.n_lags + 1):start + CHUNK],
+                         block.targets[max(0, start - model.config.n_lags + 1):start + CHUNK])
+            x, y = _design(model, part)
+            skip = min(start, model.config.n_lags - 1)  # history frames that belong to the last chunk
+            yield x[skip:], y[skip:]
+
+
+def _normal_equations(model: LNModel, blocks: Sequence[Block]) -> tuple[np.ndarray, ...]:
+    d, n = model.filters.weight[0].numel(), model.config.n_cells
+    xtx, xty = np.zeros((d, d)), np.zeros((d, n))
+    xs, ys, count = np.zeros(d), np.zeros(n), 0
+    for x, y in _chunks(model, blocks):
+        xtx += x.T @ x
+        xty += x.T @ y
+        xs += x.sum(0)
+        ys += y.sum(0)
+        count += len(x)
+    # Centre: the bias takes the means.
+    mx, my = xs / count, ys / count
+    return xtx - count * np.outer(mx, mx), xty - count * np.outer(mx, my), mx, my
+
+
+def _drive(model: LNModel, blocks: Sequence[Block], w: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    drives, targets = [], []
+    for x, y in _chunks(model, blocks):
+        drives.append(x @ w + b)
+        targets.append(y)
+    return np.concatenate(drives), np.concatenate(targets)
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = a - a.mean(0), b - b.mean(0)
+    return (a * b).sum(0) / np.maximum(np.sqrt((a * a).sum(0) * (b * b).sum(0)), 1e-12)
+
+
+def _fit_nonlinearity(drive: np.ndarray, target: np.ndarray, iterations: int = 200) -> tuple[np.ndarray, ...]:
+    """Per-cell `(gain, offset, scale)` of `scale * softplus(gain * drive + offset)`, Poisson ML."""
+    g = torch.from_numpy(drive)
+    y = torch.from_numpy(target)
+    sd = g.std(0).clamp_min(1e-9)
+    mean_rate = y.mean(0).clamp_min(1e-6)
+    # Start near an exponential around the mean rate: softplus(x) ~ exp(x) for x << 0.
+    log_gain = torch.log(1.0 / sd).clone().requires_grad_(True)
+    offset = (-g.mean(0) / sd).clone().requires_grad_(True)
+    log_scale = torch.log(mean_rate / F.softplus(torch.zeros(()))).clone().requires_grad_(True)
+    params = [log_gain, offset, log_scale]
+    optimiser = torch.optim.LBFGS(params, max_iter=iterations, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimiser.zero_grad()
+        rate = torch.exp(log_scale) * F.softplus(torch.exp(log_gain) * g + offset) + 1e-9
+        loss = (rate - y * torch.log(rate)).mean()
+        loss.backward()
+        return loss
+
+    optimiser.step(closure)
+    return (torch.exp(log_gain).detach().numpy(), offset.detach().numpy(), torch.exp(log_scale).detach().numpy())
+
+
+@torch.no_grad()
+def fit_ln(model: LNModel, train: Sequence[Block], val: Sequence[Block]) -> dict[str, list[float]]:
+    """Fit `model` in place on blocks of frames `[t, H, W]` in [0, 1] and counts `[t, N]`.
+
+    Returns what was chosen per cell (ridge strength, validation r of the drive), for the record.
+    """
+    if not train:
+        raise ValueError("the LN fit needs training blocks")
+    xtx, xty, mx, my = _normal_equations(model, train)
+    evals, evecs = np.linalg.eigh(xtx)
+    evals = np.clip(evals, 0.0, None)
+    projected = evecs.T @ xty  # [d, N]
+    scale = float(evals.mean()) or 1.0
+    check = val or train
+    best_r = np.full(model.config.n_cells, -np.inf)
+    best_w = np.zeros_like(xty)
+    best_lam = np.zeros(model.config.n_cells)
+    for lam in RIDGE_GRID:
+        w = evecs @ (projected / (evals + lam * scale)[:, None])
+        drive, target = _drive(model, check, w, my - mx @ w)
+        r = np.nan_to_num(_pearson(drive, target), nan=-1.0)
+        better = r > best_r
+        best_r[better], best_w[:, better], best_lam[better] = r[better], w[:, better], lam
+    bias = my - mx @ best_w
+    drive, target = _drive(model, train, best_w, bias)
+    gain, offset, out_scale = _fit_nonlinearity(drive, target)
+    weight = (best_w * gain[None, :]).T.reshape(model.filters.weight.shape)
+    model.filters.weight.copy_(torch.from_numpy(weight).to(model.filters.weight.dtype))
+    model.filters.bias.copy_(torch.from_numpy(bias * gain + offset).to(model.filters.bias.dtype))
+    model.scale.copy_(torch.from_numpy(out_scale).to(model.scale.dtype))
+    return {"ridge": [float(v) for v in best_lam], "val_r": [float(v) for v in best_r]}
