@@ -1,0 +1,196 @@
+"""Defects a second, hostile client found in the bridge (issue 20), each on a real server over loopback."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import zmq
+
+from rig_bridge.client import RigClient
+from rig_bridge.errors import RigRemoteError
+from rig_bridge.protocol import Message, ProtocolError, decode, encode, is_valid_id
+from rig_bridge.result_store import ResultStore
+from rig_bridge.server import RigServer, ServerConfig
+from rig_bridge.sim_backend import SimBackend
+from rig_bridge.transport import free_port
+
+CELLS, SIZE, RATE, SEED = 6, 8, 30.0, 5
+
+
+@pytest.fixture(scope="module")
+def backend() -> SimBackend:
+    return SimBackend(n_cells=CELLS, size=SIZE, frame_rate=RATE, seed=SEED)
+
+
+def _serve(backend: SimBackend, tmp_path: Path, **kw: object) -> RigServer:
+    config = ServerConfig(port=free_port(), store_dir=tmp_path / "store", insecure=True, heartbeat_s=0.2,
+                          rig_seed=SEED, **kw)
+    return RigServer(backend, config).start()
+
+
+def _raw(server: RigServer, **opts: int) -> zmq.Socket:
+    """A bare DEALER, the way an independent client would talk to the rig."""
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.linger = 0
+    for name, value in opts.items():
+        sock.setsockopt(getattr(zmq, name), value)
+    sock.connect(server.address)
+    return sock
+
+
+def _send(sock: zmq.Socket, mtype: str, session: str, rid: str, body: dict | None = None) -> None:
+    sock.send_multipart(encode(Message(mtype, session, 1, rid, body or {"protocol": 1})))
+
+
+def _replies(sock: zmq.Socket, n: int, timeout_s: float = 10.0) -> list[Message]:
+    """The next `n` replies (`ok`, `error`), or those that came within `timeout_s`; heartbeats are skipped."""
+    out: list[Message] = []
+    deadline = time.monotonic() + timeout_s
+    while len(out) < n and sock.poll(max(1, int((deadline - time.monotonic()) * 1000))):
+        msg = decode(sock.recv_multipart())
+        if msg.type in ("ok", "error"):
+            out.append(msg)
+    time.sleep(0.05)  # a reply too many would arrive now
+    while sock.poll(0):
+        msg = decode(sock.recv_multipart())
+        if msg.type in ("ok", "error"):
+            out.append(msg)
+    return out
+
+
+# --- 1. replies are never dropped ---------------------------------------------------------------
+def test_replies_wait_for_a_controller_that_stopped_reading(backend: SimBackend, tmp_path: Path) -> None:
+    # A tiny send queue and a controller that reads nothing for a while: before the fix every
+    # reply that met the full queue was lost (the doc promises exactly one per command).
+    srv = _serve(backend, tmp_path, send_queue_messages=4)
+    sock = _raw(srv, RCVHWM=1, RCVBUF=2048)
+    try:
+        _send(sock, "hello", "s-slow", "h-0")
+        assert _replies(sock, 1)[0].type == "ok"
+        n = 600
+        for i in range(n):
+            _send(sock, "status", "s-slow", f"q-{i}", {})
+        time.sleep(0.5)  # not reading: the rig's queue towards us fills up
+        got = [m.request_id for m in _replies(sock, n) if m.type == "ok"]
+    finally:
+        sock.close(0)
+        srv.stop()
+    assert sorted(got) == sorted(f"q-{i}" for i in range(n))  # each exactly once
+
+
+# --- 2. the session table is bounded --------------------------------------------------------------
+def test_a_hello_flood_is_bounded_and_the_real_controller_keeps_working(backend: SimBackend,
+                                                                         tmp_path: Path) -> None:
+    srv = _serve(backend, tmp_path, max_sessions=50, dead_after_s=0.3)
+    flood = _raw(srv)
+    try:
+        with RigClient(srv.address, insecure=True, timeout_s=5, heartbeat_s=0.2) as client:
+            client.hello()
+            for i in range(400):
+                _send(flood, "hello", f"flood-{i}", f"h-{i}")
+            answers = _replies(flood, 400)
+            codes = [m.body.get("code") for m in answers if m.type == "error"]
+            assert len(answers) == 400 and codes and set(codes) == {"full"}
+            assert len(srv._sessions) <= 50
+            assert client.status()["state"] == "idle"  # the controller already in the table is served
+            time.sleep(0.6)  # the flood's sessions are now presumed dead and hold nothing
+            client.status()
+            for i in range(400, 440):
+                _send(flood, "hello", f"flood-{i}", f"h-{i}")
+            late = _replies(flood, 40)
+            assert len(late) == 40 and all(m.type == "ok" for m in late)  # room was made by forgetting dead, empty sessions
+            assert len(srv._sessions) <= 50 and client.session_id in srv._sessions
+    finally:
+        flood.close(0)
+        srv.stop()
+
+
+def test_idle_sessions_that_hold_nothing_are_forgotten(backend: SimBackend, tmp_path: Path) -> None:
+    srv = _serve(backend, tmp_path, session_idle_s=0.3)
+    sock = _raw(srv)
+    try:
+        for i in range(20):
+            _send(sock, "hello", f"idle-{i}", f"h-{i}")
+        assert len(_replies(sock, 20)) == 20
+        deadline = time.monotonic() + 5
+        while srv._sessions and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not srv._sessions
+    finally:
+        sock.close(0)
+        srv.stop()
+
+
+# --- 4. ids are checked before they become path components -----------------------------------------
+@pytest.mark.parametrize("bad", ["..", ".", ".hidden", "-rf", "a\n", "x" * 81, ""])
+def test_ids_that_could_escape_a_folder_are_refused(bad: str) -> None:
+    assert not is_valid_id(bad)
+    frames = encode(Message("hello", "s-ok", 1, "r-ok", {}))
+    header = json.loads(frames[1])
+    header["session"] = bad
+    with pytest.raises(ProtocolError) as err:
+        decode([frames[0], json.dumps(header).encode(), frames[2]])
+    assert err.value.code == "malformed"
+    with pytest.raises(ValueError):
+        ResultStore("/tmp/never-written")._path(bad, "r-1")
+
+
+def test_session_dot_dot_writes_nothing_outside_results(backend: SimBackend, tmp_path: Path) -> None:
+    srv = _serve(backend, tmp_path)
+    sock = _raw(srv)
+    try:
+        header = json.loads(encode(Message("hello", "s-x", 1, "h-1", {"protocol": 1}))[1])
+        header["session"] = ".."
+        sock.send_multipart([b"hello", json.dumps(header).encode(), b""])
+        (reply,) = _replies(sock, 1)
+        assert reply.type == "error" and reply.body["code"] == "malformed"
+        assert ".." not in srv._sessions and not srv._sessions
+    finally:
+        sock.close(0)
+        srv.stop()
+    assert sorted(p.name for p in (tmp_path / "store").iterdir()) == ["results", "stimuli"]
+
+
+def test_stimulus_ids_must_be_content_hashes(backend: SimBackend, tmp_path: Path) -> None:
+    srv = _serve(backend, tmp_path)
+    try:
+        with RigClient(srv.address, insecure=True, timeout_s=5, heartbeat_s=0.2) as client:
+            client.hello()
+            for bad in ("..", "a" * 63, "A" * 64):
+                with pytest.raises(RigRemoteError) as err:
+                    client._call("upload", {"stimulus_id": bad, "frame_rate": RATE})
+                assert err.value.code == "bad_request"
+                with pytest.raises(RigRemoteError) as err:
+                    client._call("present", {"stimulus_id": bad, "repeats": 1})
+                assert err.value.code == "bad_request"
+    finally:
+        srv.stop()
+
+
+# --- 10. the doc's "every header field is required" holds ---------------------------------------------
+@pytest.mark.parametrize("field", ["dtype", "shape", "nbytes", "crc32", "body", "seq"])
+def test_a_header_without_a_required_field_is_malformed(field: str) -> None:
+    frames = encode(Message("status", "s-1", 1, "r-1", {}, None))
+    header = json.loads(frames[1])
+    del header[field]
+    with pytest.raises(ProtocolError) as err:
+        decode([frames[0], json.dumps(header).encode(), frames[2]])
+    assert err.value.code == "malformed" and field in err.value.message
+
+
+def test_error_replies_do_not_echo_a_whole_attack(backend: SimBackend, tmp_path: Path) -> None:
+    srv = _serve(backend, tmp_path)
+    sock = _raw(srv)
+    try:
+        _send(sock, "hello", "s-big", "h-1")
+        _replies(sock, 1)
+        _send(sock, "upload", "s-big", "u-1", {"frame_rate": "x" * 60_000})
+        (reply,) = _replies(sock, 1)
+    finally:
+        sock.close(0)
+        srv.stop()
+    assert reply.body["code"] == "bad_request" and len(reply.body["message"]) < 400
