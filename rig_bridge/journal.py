@@ -22,6 +22,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from stimuli.recording.atomic import fsync_dir
+
 
 @dataclass(frozen=True)
 class Intent:
@@ -73,10 +75,13 @@ class SessionJournal:
                 f.seek(-1, os.SEEK_END)
                 if f.read(1) != b"\n":
                     prefix = b"\n"
+        created = not self.path.exists()
         with open(self.path, "ab") as f:
             f.write(prefix + data)
             f.flush()
             os.fsync(f.fileno())
+        if created:  # the new name itself must survive a power cut
+            fsync_dir(self.path.parent)
 
     def pending(self, stimulus_id: str, repeats: int, isi_grey_frames: int) -> Intent | None:
         """The oldest unfinished presentation of this stimulus with these settings, if any."""

@@ -21,7 +21,10 @@ from typing import Any
 import numpy as np
 
 PROTOCOL_VERSION = 1
-DEFAULT_MAX_PAYLOAD_BYTES = 256 * 1024 * 1024
+# One message's payload at most; larger stimuli are uploaded in parts of this size.
+DEFAULT_MAX_PAYLOAD_BYTES = 4 * 1024 * 1024
+# A whole stimulus at most (it is stored on the rig's disk, never held in its memory).
+DEFAULT_MAX_STIMULUS_BYTES = 4 * 1024**3
 MAX_HEADER_BYTES = 64 * 1024
 MAX_TYPE_BYTES = 32
 MAX_NDIM = 4

@@ -32,6 +32,8 @@ from rig_bridge.backend import Backend, PresentJob
 from rig_bridge.protocol import (
     COMMANDS,
     DEFAULT_MAX_PAYLOAD_BYTES,
+    DEFAULT_MAX_STIMULUS_BYTES,
+    MAX_HEADER_BYTES,
     PROTOCOL_VERSION,
     Message,
     ProtocolError,
@@ -45,7 +47,7 @@ from rig_bridge.protocol import (
 )
 from rig_bridge.result_store import ResultStore, StreamRecord
 from rig_bridge.sim_spikes import presentation_seed
-from rig_bridge.stimulus_store import StimulusStore
+from rig_bridge.stimulus_store import PartialStimulus, StimulusStore
 from rig_bridge.transport import bind_server_socket
 
 log = logging.getLogger("rig_bridge.server")
@@ -81,6 +83,9 @@ SPIKES_PER_MESSAGE = 100_000
 MAX_PENDING_REPLIES = 10_000
 # Error messages quote what a peer sent; they are cut so a log line never carries an attack.
 MAX_ERROR_CHARS = 300
+# Stimuli arriving in parts at once, and how long one may wait for its next part.
+MAX_PARTIAL_UPLOADS = 4
+PARTIAL_UPLOAD_IDLE_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -93,7 +98,10 @@ class ServerConfig:
     allow_remote_insecure: bool = False
     heartbeat_s: float = 0.5
     dead_after_s: float = 3.0
+    # Largest payload of one message; ZeroMQ cuts a connection whose message is bigger before
+    # it is held in memory. Stimuli above it are uploaded in parts, up to max_stimulus_bytes.
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    max_stimulus_bytes: int = DEFAULT_MAX_STIMULUS_BYTES
     rig_seed: int = 0
     # Messages ZeroMQ queues towards one controller before a send reports "full".
     send_queue_messages: int = 10_000
@@ -155,6 +163,7 @@ class RigServer:
         store = Path(config.store_dir)
         self.stimuli = StimulusStore(store / "stimuli")
         self.results = ResultStore(store / "results")
+        self._partials: dict[str, PartialStimulus] = {}
         self._lock = threading.Lock()
         self._sessions: dict[str, _Session] = {}
         # Sessions whose controller is connected and alive: the only ones visited every tick.
@@ -214,10 +223,13 @@ class RigServer:
         # stream message is kept in the log and sent later instead of vanishing silently.
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         router.sndhwm = self.config.send_queue_messages
-        router.rcvhwm = 1_000
-        # Messages far beyond the payload limit cut the connection instead of filling memory;
-        # those up to twice the limit still get a "too_large" error reply.
-        router.setsockopt(zmq.MAXMSGSIZE, 2 * self.config.max_payload_bytes + (1 << 20))
+        # What one connection can make the rig hold is (rcvhwm + 1) messages of at most
+        # MAXMSGSIZE: a controller sends one command at a time, so a short queue costs nothing.
+        router.rcvhwm = 8
+        # ZeroMQ checks each frame's declared size before receiving it and cuts the connection
+        # of a bigger one, so an oversized message never reaches memory. The header's margin
+        # lets a payload just over the limit still get a "too_large" reply.
+        router.setsockopt(zmq.MAXMSGSIZE, self.config.max_payload_bytes + MAX_HEADER_BYTES)
         wake = self._ctx.socket(zmq.PULL)
         wake.bind(self._wake_addr)
         auth = None
@@ -234,6 +246,8 @@ class RigServer:
                 return  # start() re-raises it in the caller's thread
             raise
         self._ready.set()
+        if self.stimuli.clean_partials():
+            log.info("removed stimulus parts a stopped rig left in %s", self.stimuli.root)
         log.info("rig %s serving %s backend on %s (%s)", self.instance, self.backend.info.backend,
                  self.address, "plain TCP" if self.config.insecure else "CurveZMQ")
         poller = zmq.Poller()
@@ -259,6 +273,9 @@ class RigServer:
                 self._heartbeats(router)
                 self._sweep_sessions(time.monotonic())
         finally:
+            for partial in self._partials.values():
+                partial.discard()
+            self._partials.clear()
             router.close()
             wake.close()
             if auth is not None:
@@ -490,7 +507,8 @@ class RigServer:
                 "cell_ids": list(info.cell_ids), "sample_rate": info.sample_rate,
                 "frame_rate": info.frame_rate, "screen": list(info.screen) if info.screen else None,
                 "profile": info.profile, "heartbeat_s": self.config.heartbeat_s,
-                "max_payload_bytes": self.config.max_payload_bytes, "last_seq": sess.sent_upto}
+                "max_payload_bytes": self.config.max_payload_bytes,
+                "max_stimulus_bytes": self.config.max_stimulus_bytes, "last_seq": sess.sent_upto}
 
     def _upload(self, router: zmq.Socket, sess: _Session, msg: Message) -> dict:
         rate = msg.body.get("frame_rate")
@@ -503,6 +521,8 @@ class RigServer:
             if claimed is not None and claimed in self.stimuli:
                 return {"stimulus_id": claimed, "uploaded": False}
             raise ProtocolError("unknown_stimulus", f"rig does not hold stimulus {claimed}: send its frames")
+        if "shape" in msg.body:
+            return self._upload_part(msg, float(rate), claimed)
         frames = checked_frames(msg.payload)
         try:
             self.backend.check_stimulus(frames, float(rate))
@@ -513,6 +533,67 @@ class RigServer:
             raise ProtocolError("checksum", f"frames hash to {sid[:16]}..., not the claimed {claimed[:16]}...")
         self.stimuli.put(frames, float(rate), sid)
         return {"stimulus_id": sid, "uploaded": True}
+
+    def _upload_part(self, msg: Message, rate: float, claimed: str | None) -> dict:
+        """One part of a stimulus bigger than a message: frames `[t, H, W]` from `start_frame` on.
+
+        Parts come in frame order; each is written to disk and hashed at once. The reply's
+        `next_frame` is the frame the rig expects next (after a retry, or a rig restart that
+        lost the earlier parts, the controller carries on from there).
+        """
+        shape, start = msg.body.get("shape"), msg.body.get("start_frame")
+        if claimed is None:
+            raise ProtocolError("bad_request", "an upload in parts needs its stimulus_id")
+        if (not isinstance(shape, list) or len(shape) != 3 or not all(_is_int(s) and s >= 1 for s in shape)):
+            raise ProtocolError("bad_request", f"shape must be [T, H, W] with T, H, W >= 1, got {_shown(shape)}")
+        if not _is_int(start) or not 0 <= start < shape[0]:
+            raise ProtocolError("bad_request", f"start_frame must be an integer in [0, {shape[0]}), got {_shown(start)}")
+        total = shape[0] * shape[1] * shape[2]
+        if total > self.config.max_stimulus_bytes:
+            raise ProtocolError("too_large", f"stimulus of {total} bytes exceeds the rig's maximum of "
+                                f"{self.config.max_stimulus_bytes}")
+        if claimed in self.stimuli:
+            return {"stimulus_id": claimed, "uploaded": False, "complete": True, "next_frame": shape[0]}
+        frames = checked_frames(msg.payload)
+        try:
+            self.backend.check_stimulus(frames, rate)
+        except ValueError as err:
+            raise ProtocolError("bad_frames", str(err)) from None
+        partial = self._partials.get(claimed)
+        if partial is not None and (list(partial.shape) != shape or partial.frame_rate != rate):
+            partial.discard()  # the same id with another shape or rate: start again
+            del self._partials[claimed]
+            partial = None
+        if partial is None:
+            if start != 0:
+                return {"stimulus_id": claimed, "uploaded": False, "complete": False, "next_frame": 0}
+            self._drop_stale_partials()
+            if len(self._partials) >= MAX_PARTIAL_UPLOADS:
+                raise ProtocolError("full", f"{len(self._partials)} stimuli are arriving in parts already; "
+                                    "retry when one is done")
+            partial = self._partials[claimed] = self.stimuli.begin(claimed, tuple(shape), rate)
+        if start > partial.next_frame:
+            return {"stimulus_id": claimed, "uploaded": False, "complete": False, "next_frame": partial.next_frame}
+        try:
+            partial.add(start, frames)
+        except ValueError as err:
+            raise ProtocolError("bad_frames", str(err)) from None
+        if not partial.complete:
+            return {"stimulus_id": claimed, "uploaded": True, "complete": False, "next_frame": partial.next_frame}
+        del self._partials[claimed]
+        try:
+            partial.finish()
+        except ValueError as err:
+            raise ProtocolError("checksum", str(err)) from None
+        log.info("stimulus %s stored (%d bytes, in parts)", claimed[:8], total)
+        return {"stimulus_id": claimed, "uploaded": True, "complete": True, "next_frame": shape[0]}
+
+    def _drop_stale_partials(self) -> None:
+        now = time.monotonic()
+        for sid, partial in list(self._partials.items()):
+            if now - partial.touched > PARTIAL_UPLOAD_IDLE_S:
+                partial.discard()
+                del self._partials[sid]
 
     def _present(self, router: zmq.Socket, sess: _Session, msg: Message) -> dict:
         rid = msg.request_id

@@ -6,6 +6,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import zmq
 
@@ -194,3 +195,74 @@ def test_error_replies_do_not_echo_a_whole_attack(backend: SimBackend, tmp_path:
         sock.close(0)
         srv.stop()
     assert reply.body["code"] == "bad_request" and len(reply.body["message"]) < 400
+
+
+# --- 3. oversized messages never reach the rig's memory; big stimuli go in parts ------------------------
+def test_a_message_over_the_limit_is_cut_at_the_transport(backend: SimBackend, tmp_path: Path) -> None:
+    limit = 64 * 1024
+    srv = _serve(backend, tmp_path, max_payload_bytes=limit)
+    sock = _raw(srv)
+    monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+    try:
+        _send(sock, "hello", "s-huge", "h-1")
+        assert _replies(sock, 1)[0].type == "ok"
+        # Before the fix the rig took messages up to twice its limit into memory, then answered.
+        huge = np.zeros((4 * limit // (SIZE * SIZE), SIZE, SIZE), np.uint8)
+        sock.send_multipart(encode(Message("upload", "s-huge", 2, "u-1", {"frame_rate": RATE}, huge)))
+        assert monitor.poll(5000), "the rig kept a connection that sent an oversized message"
+        assert _replies(sock, 1, timeout_s=0.5) == []
+        with RigClient(srv.address, insecure=True, timeout_s=5, heartbeat_s=0.2) as client:
+            assert client.status()["state"] == "idle"  # still serving everyone else
+    finally:
+        sock.disable_monitor()
+        monitor.close(0)
+        sock.close(0)
+        srv.stop()
+
+
+def test_a_stimulus_bigger_than_a_message_arrives_in_parts(backend: SimBackend, tmp_path: Path) -> None:
+    srv = _serve(backend, tmp_path, max_payload_bytes=16 * 1024)
+    frames = np.random.default_rng(1).integers(0, 256, (1200, SIZE, SIZE), dtype=np.uint8)  # 75 KiB: 5 parts
+    try:
+        with RigClient(srv.address, insecure=True, timeout_s=5, heartbeat_s=0.2) as client:
+            sid = client.upload(frames)
+            assert sid in srv.stimuli and np.array_equal(srv.stimuli.get(sid).frames, frames)
+            assert client.upload(frames) == sid  # known by hash now: nothing sent again
+            counts = client.present(sid, repeats=1)
+            assert counts.shape == (1, 1200, CELLS)
+            # A part whose frames do not hash to the claimed id is refused once all have come.
+            other = frames.copy()
+            other[-1] ^= 1
+            body = {"stimulus_id": sid.replace(sid[0], "0" if sid[0] != "0" else "1", 1), "frame_rate": RATE,
+                    "shape": list(other.shape)}
+            with pytest.raises(RigRemoteError) as err:
+                start = 0
+                while True:
+                    reply = client._call("upload", {**body, "start_frame": start}, other[start:start + 256])
+                    start = reply.body["next_frame"]
+            assert err.value.code == "checksum"
+    finally:
+        srv.stop()
+    assert not list((tmp_path / "store" / "stimuli").glob(".*.part"))  # nothing left half-written
+
+
+# --- 7. durability: commits are fsynced, file and folder -------------------------------------------------
+def test_session_commit_fsyncs_the_file_and_its_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from rig_bridge.session_file import store_presentation
+
+    synced: list[str] = []
+    real = os.fsync
+
+    def spy(fd: int) -> None:  # the real fsync, recording what it flushed
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    session = tmp_path / "s" / "session.h5"
+    frames = np.zeros((4, SIZE, SIZE), np.uint8)
+    store_presentation(session, "present000_x", frames, RATE, np.arange(3), np.ones((1, 4, 3), np.float32))
+    # The file's bytes before the rename (under its temporary name), the folder after it.
+    assert any(Path(p).name.startswith(".session.h5.") for p in synced)
+    assert str(session.parent) in synced and synced.index(str(session.parent)) == len(synced) - 1

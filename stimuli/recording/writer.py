@@ -2,7 +2,8 @@
 
 The writer fills a temporary file beside the target and renames it over the target only after
 the finished file validates, so a crash never leaves a half-written recording under the real
-name, and an existing recording is never lost.
+name, and an existing recording is never lost. The file and its folder are fsynced around the
+rename, so this holds across a power cut too.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import h5py
 import numpy as np
 
 from stimuli.recording import layout as L
+from stimuli.recording.atomic import durable_replace
 from stimuli.recording.validate import validate
 
 # Chunks along time so appends and range reads touch few chunks (spec: writers chunk along time).
@@ -222,7 +224,7 @@ class RecordingWriter:
         validate(self._f, str(self.path))
         self._f.close()
         os.chmod(self._tmp, _default_mode())  # mkstemp made it private; a recording is not
-        os.replace(self._tmp, self.path)
+        durable_replace(self._tmp, self.path)  # fsync file and folder: survives a power cut
         self._closed = True
         return self.path
 
