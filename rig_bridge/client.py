@@ -395,6 +395,11 @@ class RigClient:
                 self._rig = None
                 self._inbox.clear()
         rig = self.rig
+        if journal is not None:
+            # Reconcile: a controller killed between storing a presentation and acknowledging
+            # it left the rig holding a copy; acknowledge what the session file already has.
+            for done in journal.stored_unacked():
+                self._ack(done.request_id, journal)
         if isinstance(stimulus, str):
             sid = stimulus
             if sid not in self._stimuli:
@@ -415,7 +420,7 @@ class RigClient:
                 if intent.segment in stored_segments(session_path):
                     # Stored before the crash, journal not yet updated: finish the bookkeeping.
                     journal.mark_stored(intent)
-                    self._ack(intent.request_id)
+                    self._ack(intent.request_id, journal)
                     return read_segment_counts(session_path, intent.segment, repeats)
             else:
                 intent = journal.add_intent(sid, repeats, isi_grey_frames, stored_segments(session_path))
@@ -424,14 +429,17 @@ class RigClient:
         if journal is not None and intent is not None and session_path is not None:
             store_presentation(session_path, intent.segment, frames, rate, rig.cell_ids, counts)
             journal.mark_stored(intent)
-        self._ack(rid)
+        self._ack(rid, journal)
         return counts
 
-    def _ack(self, rid: str) -> None:
+    def _ack(self, rid: str, journal: SessionJournal | None = None) -> None:
         try:
             self._call("ack", {"request_id": rid})
-        except RigError as err:  # the data is safe here; the rig merely keeps its copy longer
+        except RigError as err:  # the data is safe here; the rig keeps its copy until the next run
             log.warning("could not acknowledge %s to the rig: %s", rid, err)
+            return
+        if journal is not None:
+            journal.mark_acked(rid)
 
     # --- presentation ---------------------------------------------------------------------
     def _start(self, rid: str, sid: str, repeats: int, isi: int) -> tuple[int, int | None]:

@@ -7,11 +7,14 @@ announces:
     {"event": "intent", "request_id", "stimulus_id", "repeats",
      "isi_grey_frames", "segment"}                                before a present is sent
     {"event": "stored", "request_id", "segment"}                  after the segment is committed
+    {"event": "acked", "request_id"}                              after the rig confirmed the ack
 
 The session file itself is the truth about what is stored (a crash between committing the
 segment and writing "stored" is healed by looking the segment up); the journal supplies the
 request id to retry with, so a rerun resumes the same presentation instead of starting a new
-one. A torn last line (crash mid-write) is ignored.
+one. A torn last line (crash mid-write) is ignored. A presentation stored but not "acked" (the
+controller died between the two) is acknowledged to the rig on the next run, so the rig does
+not keep its copy for good.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ class SessionJournal:
         self.session_id = ""
         self.intents: dict[str, Intent] = {}
         self.stored: set[str] = set()
+        self.acked: set[str] = set()
         self._load()
         if not self.session_id:
             self.session_id = f"s-{uuid.uuid4().hex[:20]}"
@@ -64,6 +68,8 @@ class SessionJournal:
                     int(entry["isi_grey_frames"]), entry["segment"])
             elif event == "stored":
                 self.stored.add(entry["request_id"])
+            elif event == "acked":
+                self.acked.add(entry["request_id"])
 
     def _append(self, entry: dict) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -106,6 +112,16 @@ class SessionJournal:
                       "segment": segment})
         self.intents[intent.request_id] = intent
         return intent
+
+    def stored_unacked(self) -> list[Intent]:
+        """Presentations in the session file that the rig may still hold (ack not confirmed)."""
+        return [i for i in self.intents.values() if i.request_id in self.stored and i.request_id not in self.acked]
+
+    def mark_acked(self, request_id: str) -> None:
+        if request_id in self.acked:
+            return
+        self._append({"event": "acked", "request_id": request_id})
+        self.acked.add(request_id)
 
     def mark_stored(self, intent: Intent) -> None:
         if intent.request_id in self.stored:

@@ -1,7 +1,8 @@
 """The session's recording-v1 file: one segment per presentation, repeats along axis 0.
 
 The file is replaced atomically by each commit (RecordingWriter writes a copy and renames it),
-so a crash leaves either the old file or the old file plus the whole new segment.
+so a crash leaves either the old file or the old file plus the whole new segment, and maybe
+the hidden copy it was writing: that is removed on the next commit.
 """
 
 from __future__ import annotations
@@ -51,11 +52,27 @@ def check_compatible(path: str | os.PathLike[str], *, frame_rate: float, height:
                                + " (start a new session file)")
 
 
+def remove_litter(path: str | os.PathLike[str]) -> int:
+    """Delete the hidden `.<name>.*.part` copies a controller killed mid-commit left beside `path`.
+
+    One controller owns a session file, and this runs before its next commit starts, so any
+    such copy is a dead one. Returns how many were removed.
+    """
+    target = Path(path)
+    if not target.parent.is_dir():
+        return 0
+    stale = list(target.parent.glob(f".{target.name}.*.part"))
+    for part in stale:
+        part.unlink(missing_ok=True)
+    return len(stale)
+
+
 def store_presentation(path: str | os.PathLike[str], segment: str, frames: np.ndarray, frame_rate: float,
                        cell_ids: np.ndarray, counts: np.ndarray) -> bool:
     """Append frames `[T, H, W]` and counts `[R, T, N]` as `segment`; False if it was already there."""
     if segment in stored_segments(path):
         return False
+    remove_litter(path)
     if Path(path).is_file():
         writer = RecordingWriter.append_to(path)
     else:

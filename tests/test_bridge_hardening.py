@@ -266,3 +266,45 @@ def test_session_commit_fsyncs_the_file_and_its_folder(tmp_path: Path, monkeypat
     # The file's bytes before the rename (under its temporary name), the folder after it.
     assert any(Path(p).name.startswith(".session.h5.") for p in synced)
     assert str(session.parent) in synced and synced.index(str(session.parent)) == len(synced) - 1
+
+
+# --- 5. a presentation stored but never acknowledged is reconciled on the next run ------------------------
+def test_a_stored_but_unacknowledged_presentation_is_acked_on_rerun(backend: SimBackend, tmp_path: Path) -> None:
+    from rig_bridge.journal import SessionJournal
+    from rig_bridge.session_file import store_presentation
+
+    srv = _serve(backend, tmp_path)
+    session = tmp_path / "session.h5"
+    frames = np.random.default_rng(2).integers(0, 256, (6, SIZE, SIZE), dtype=np.uint8)
+    try:
+        # What a controller killed between journalling "stored" and sending ack leaves behind.
+        journal = SessionJournal(session)
+        with RigClient(srv.address, insecure=True, timeout_s=5, heartbeat_s=0.2,
+                       session_id=journal.session_id) as client:
+            sid = client.upload(frames)
+            intent = journal.add_intent(sid, 1, 0, set())
+            counts = client._run_presentation(intent.request_id, sid, frames, 1, 0)
+            store_presentation(session, intent.segment, frames, RATE, client.rig.cell_ids, counts)
+            journal.mark_stored(intent)
+        assert srv.results.has(journal.session_id, intent.request_id)
+        # The rerun: a new controller process presents the next stimulus in the same session.
+        with RigClient(srv.address, insecure=True, timeout_s=5, heartbeat_s=0.2) as client:
+            client.present(frames[::-1].copy(), repeats=1, session_path=session)
+        assert not srv.results.has(journal.session_id, intent.request_id)
+        assert not srv._sessions[journal.session_id].log  # nothing left unacknowledged on the rig
+        assert SessionJournal(session).stored_unacked() == []
+    finally:
+        srv.stop()
+
+
+# --- 6. a commit killed midway leaves a hidden copy: the next commit removes it -----------------------------
+def test_the_next_commit_removes_a_dead_commits_copy(tmp_path: Path) -> None:
+    from rig_bridge.session_file import store_presentation
+
+    session = tmp_path / "session.h5"
+    frames = np.zeros((4, SIZE, SIZE), np.uint8)
+    store_presentation(session, "present000_a", frames, RATE, np.arange(3), np.ones((1, 4, 3), np.float32))
+    dead = tmp_path / ".session.h5.k1ll3d.part"  # as RecordingWriter names its copy
+    dead.write_bytes(session.read_bytes())
+    store_presentation(session, "present001_b", frames, RATE, np.arange(3), np.ones((1, 4, 3), np.float32))
+    assert not dead.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["session.h5"]
