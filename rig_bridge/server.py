@@ -48,7 +48,7 @@ from rig_bridge.protocol import (
 from rig_bridge.result_store import ResultStore, StreamRecord
 from rig_bridge.sim_spikes import presentation_seed
 from rig_bridge.stimulus_store import PartialStimulus, StimulusStore
-from rig_bridge.transport import bind_server_socket
+from rig_bridge.transport import bind_server_socket, endpoint
 
 log = logging.getLogger("rig_bridge.server")
 
@@ -185,7 +185,7 @@ class RigServer:
 
     @property
     def address(self) -> str:
-        return f"tcp://{self.config.host}:{self.config.port}"
+        return endpoint(self.config.host, self.config.port)
 
     # --- lifecycle ----------------------------------------------------------------------
     def start(self) -> RigServer:

@@ -38,6 +38,18 @@ def host_of(address: str) -> str:
     return parsed.hostname
 
 
+def endpoint(host: str, port: int) -> str:
+    """`tcp://HOST:PORT`, with an IPv6 address in brackets as ZeroMQ wants it."""
+    host = host.strip("[]")
+    return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
+
+
+def _use_ipv6(sock: zmq.Socket, host: str) -> None:
+    # ZeroMQ sockets speak IPv4 only unless told otherwise.
+    if ":" in host.strip("[]"):
+        sock.ipv6 = True
+
+
 def check_insecure(host: str, allow_remote_insecure: bool) -> None:
     if not is_loopback(host) and not allow_remote_insecure:
         raise InsecureAddressError(
@@ -50,6 +62,8 @@ def bind_server_socket(ctx: zmq.Context, sock: zmq.Socket, host: str, port: int,
                        allow_remote_insecure: bool = False) -> ThreadAuthenticator | None:
     """Configure security on `sock`, bind it, and return the running authenticator (if any)."""
     auth = None
+    if insecure and keys_dir is not None:
+        raise ValueError("give either keys (CurveZMQ) or insecure (plain TCP), not both")
     if insecure:
         check_insecure(host, allow_remote_insecure)
     else:
@@ -62,12 +76,13 @@ def bind_server_socket(ctx: zmq.Context, sock: zmq.Socket, host: str, port: int,
         sock.curve_secretkey = keys.secret
         sock.curve_publickey = keys.public
         sock.curve_server = True
+    _use_ipv6(sock, host)
     try:
-        sock.bind(f"tcp://{host}:{port}")
-    except zmq.ZMQError:
+        sock.bind(endpoint(host, port))
+    except zmq.ZMQError as err:
         if auth is not None:
             auth.stop()
-        raise
+        raise OSError(f"cannot serve on {endpoint(host, port)}: {err.strerror}") from None
     return auth
 
 
@@ -75,6 +90,9 @@ def secure_client_socket(sock: zmq.Socket, address: str, *, keys_dir: str | os.P
                          insecure: bool, allow_remote_insecure: bool = False) -> None:
     """Apply the controller's CurveZMQ keys (or check that plain TCP is allowed) before connect."""
     host = host_of(address)
+    _use_ipv6(sock, host)
+    if insecure and keys_dir is not None:
+        raise ValueError("give either keys_dir (CurveZMQ) or insecure=True (plain TCP), not both")
     if insecure:
         check_insecure(host, allow_remote_insecure)
         return

@@ -308,3 +308,39 @@ def test_the_next_commit_removes_a_dead_commits_copy(tmp_path: Path) -> None:
     dead.write_bytes(session.read_bytes())
     store_presentation(session, "present001_b", frames, RATE, np.arange(3), np.ones((1, 4, 3), np.float32))
     assert not dead.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["session.h5"]
+
+
+# --- 9. serve's refusals are one line; IPv6 loopback works ------------------------------------------------
+@pytest.mark.parametrize("args, words", [
+    (["--insecure", "--host", "192.0.2.1"], "loopback"),
+    (["--insecure", "--keys", "KEYS"], "not both"),
+    (["--keys", "KEYS", "--host", "127.0.0.1", "--port", "BUSY"], "cannot serve on tcp://127.0.0.1:"),
+])
+def test_serve_refuses_in_one_line(args: list[str], words: str, tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    from rig_bridge.keys import generate_keys
+
+    keys = generate_keys(tmp_path / "keys")
+    with socket.socket() as busy:  # a port some other program already serves on
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        fill = {"KEYS": str(keys), "BUSY": str(busy.getsockname()[1])}
+        args = [fill.get(a, a) for a in args]
+        cmd = [sys.executable, "-m", "rig_bridge.cli", "serve", "--store", str(tmp_path / "store"), *args]
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert words in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_rig_on_ipv6_loopback(backend: SimBackend, tmp_path: Path) -> None:
+    srv = RigServer(backend, ServerConfig(host="::1", port=free_port(), store_dir=tmp_path / "store",
+                                          insecure=True, heartbeat_s=0.2)).start()
+    try:
+        assert srv.address.startswith("tcp://[::1]:")
+        with RigClient(srv.address, insecure=True, timeout_s=5, heartbeat_s=0.2) as client:
+            assert client.status()["state"] == "idle"
+    finally:
+        srv.stop()
