@@ -8,6 +8,8 @@ its memory and CPU are measured from /proc without the client's:
   median `status` round trip of a real controller.
 - big uploads: `--uploads` controllers upload a `--upload-mb` stimulus each at the same time;
   the rig's peak RSS (VmHWM) against its RSS before.
+- oversized messages: `--raw-conns` raw connections each send one `--raw-mb` message (far over
+  the rig's per-message limit) at once; the rig's peak RSS against its RSS before.
 
 `--baseline DIR` runs the same checks against the rig of another checkout (e.g. the commit
 before the fix) in the same run, for a table of both.
@@ -129,6 +131,34 @@ def _uploads(address: str, n: int, mb: float) -> tuple[float, bool]:
     return time.perf_counter() - t0, all(ok)
 
 
+def _oversized(address: str, conns: int, mb: float) -> float:
+    """`conns` raw DEALERs send one `mb` MB upload each; seconds until each is answered or cut off."""
+    ctx = zmq.Context.instance()
+    payload = bytes(int(mb * 1e6))  # one buffer, sent by every connection without a copy
+    header = encode(Message("upload", "s-raw", 1, "u-1", {"frame_rate": 30.0}))[1]
+    socks, monitors = [], []
+    for _ in range(conns):
+        sock = ctx.socket(zmq.DEALER)
+        sock.linger = 0
+        monitors.append(sock.get_monitor_socket(zmq.EVENT_DISCONNECTED))
+        sock.connect(address)
+        socks.append(sock)
+    t0 = time.perf_counter()
+    for sock in socks:
+        sock.send_multipart([b"upload", header, payload], copy=False)
+    pending = set(range(conns))
+    while pending and time.perf_counter() - t0 < 60:
+        for i in list(pending):
+            if socks[i].poll(10) or monitors[i].poll(0):
+                pending.discard(i)
+    elapsed = time.perf_counter() - t0
+    for sock, mon in zip(socks, monitors, strict=True):
+        sock.disable_monitor()
+        mon.close(0)
+        sock.close(0)
+    return elapsed
+
+
 def run(repo: Path, args: argparse.Namespace) -> dict[str, object]:
     out: dict[str, object] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -147,6 +177,13 @@ def run(repo: Path, args: argparse.Namespace) -> dict[str, object]:
                 rss = _rss_mib(pid)
                 out["upload_s"], out["upload_ok"] = _uploads(address, args.uploads, args.upload_mb)
                 out["rss_up0"], out["rss_peak"] = rss, _rss_mib(pid, "VmHWM")
+            if args.raw_conns:
+                Path(f"/proc/{pid}/clear_refs").write_text("5")
+                rss = _rss_mib(pid)
+                out["raw_s"] = _oversized(address, args.raw_conns, args.raw_mb)
+                time.sleep(1.0)
+                out["rss_raw0"], out["rss_raw_peak"] = rss, _rss_mib(pid, "VmHWM")
+                out["rtt2"] = _rtt_ms(address)
         finally:
             proc.terminate()
             proc.wait(30)
@@ -160,6 +197,8 @@ def main() -> None:
     ap.add_argument("--settle-s", type=float, default=5.0, help="wait after the flood before measuring")
     ap.add_argument("--uploads", type=int, default=2, help="controllers uploading at once (0: skip)")
     ap.add_argument("--upload-mb", type=float, default=400.0)
+    ap.add_argument("--raw-conns", type=int, default=2, help="raw connections sending one oversized message (0: skip)")
+    ap.add_argument("--raw-mb", type=float, default=300.0)
     ap.add_argument("--baseline", type=Path, help="checkout whose rig to measure too (e.g. before the fix)")
     args = ap.parse_args()
     runs = {"this tree": run(REPO, args)}
@@ -175,6 +214,10 @@ def main() -> None:
         if "rss_peak" in r:
             print(f"  uploads                ok={r['upload_ok']} in {r['upload_s']:.1f} s; rig peak RSS "
                   f"{r['rss_peak']:.0f} MiB, {r['rss_peak'] - r['rss_up0']:+.0f} over its RSS before")
+        if "rss_raw_peak" in r:
+            print(f"  oversized messages     {args.raw_conns} x {args.raw_mb:g} MB, settled in {r['raw_s']:.1f} s; "
+                  f"rig peak RSS {r['rss_raw_peak']:.0f} MiB, {r['rss_raw_peak'] - r['rss_raw0']:+.0f} over its RSS "
+                  f"before; status round trip after {r['rtt2']:.2f} ms")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from rig_bridge.backend import Backend, PresentJob
 from rig_bridge.protocol import (
@@ -56,24 +57,28 @@ log = logging.getLogger("rig_bridge.server")
 class _RateLimitedLog:
     """At most `per_s` lines a second (a hostile peer cannot flood the rig's log); the rest are counted."""
 
-    def __init__(self, logger: logging.Logger, per_s: int = 20) -> None:
-        self.logger, self.per_s = logger, per_s
+    def __init__(self, logger: logging.Logger, level: int = logging.INFO, per_s: int = 20) -> None:
+        self.logger, self.level, self.per_s = logger, level, per_s
         self._window, self._count, self._suppressed = 0.0, 0, 0
 
-    def info(self, fmt: str, *args: object) -> None:
+    def __call__(self, fmt: str, *args: object) -> None:
         now = time.monotonic()
         if now - self._window >= 1.0:
             if self._suppressed:
-                self.logger.warning("%d more error replies in the last second not logged", self._suppressed)
+                self.logger.log(self.level, "%d more lines like the last in the last second not logged",
+                                self._suppressed)
             self._window, self._count, self._suppressed = now, 0, 0
         if self._count < self.per_s:
             self._count += 1
-            self.logger.info(fmt, *args)
+            self.logger.log(self.level, fmt, *args)
         else:
             self._suppressed += 1
 
 
 _error_log = _RateLimitedLog(log)
+_handshake_log = _RateLimitedLog(logging.getLogger("rig_bridge.auth"), logging.WARNING)
+_HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                     | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 
 MAX_REPEATS = 10_000
 MAX_FETCH = 5_000
@@ -232,6 +237,9 @@ class RigServer:
         router.setsockopt(zmq.MAXMSGSIZE, self.config.max_payload_bytes + MAX_HEADER_BYTES)
         wake = self._ctx.socket(zmq.PULL)
         wake.bind(self._wake_addr)
+        # Failed handshakes (wrong keys, plain TCP against CurveZMQ) never reach the loop as
+        # messages; the monitor turns each into a log line.
+        monitor = router.get_monitor_socket(_HANDSHAKE_FAILED)
         auth = None
         try:
             auth = bind_server_socket(self._ctx, router, self.config.host, self.config.port,
@@ -240,6 +248,8 @@ class RigServer:
         except BaseException as err:
             self._bind_error = err
             self._ready.set()
+            router.disable_monitor()
+            monitor.close()
             router.close()
             wake.close()
             if threading.current_thread() is self._thread:
@@ -253,6 +263,7 @@ class RigServer:
         poller = zmq.Poller()
         poller.register(router, zmq.POLLIN)
         poller.register(wake, zmq.POLLIN)
+        poller.register(monitor, zmq.POLLIN)
         tick = max(0.01, self.config.heartbeat_s / 4)
         backlog = False
         try:
@@ -262,6 +273,8 @@ class RigServer:
                 if wake in events:
                     while wake.poll(0):
                         wake.recv()
+                if monitor in events:
+                    self._log_handshakes(monitor)
                 if router in events:
                     for _ in range(100):  # bounded so streams and heartbeats are not starved
                         try:
@@ -276,11 +289,23 @@ class RigServer:
             for partial in self._partials.values():
                 partial.discard()
             self._partials.clear()
+            router.disable_monitor()
+            monitor.close()
             router.close()
             wake.close()
             if auth is not None:
                 auth.stop()
             self._ctx.term()
+
+    def _log_handshakes(self, monitor: zmq.Socket) -> None:
+        while monitor.poll(0):
+            event = recv_monitor_message(monitor)
+            name = {zmq.EVENT_HANDSHAKE_FAILED_AUTH: "refused by authentication",
+                    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "protocol error (wrong server key, or plain TCP "
+                                                         "against CurveZMQ)",
+                    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "failed"}.get(event["event"], "failed")
+            _handshake_log("handshake of a connection to %s %s (code %s)",
+                                event["endpoint"].decode("utf-8", "replace"), name, event["value"])
 
     # --- sending ------------------------------------------------------------------------
     def _send(self, router: zmq.Socket, identity: bytes, msg: Message) -> str:
@@ -345,7 +370,7 @@ class RigServer:
                message: str, peer: str = "") -> None:
         if len(message) > MAX_ERROR_CHARS:
             message = f"{message[:MAX_ERROR_CHARS]}... ({len(message)} characters)"
-        _error_log.info("error reply to %s (session %s, request %s): %s: %s", peer or "?", session, req,
+        _error_log("error reply to %s (session %s, request %s): %s: %s", peer or "?", session, req,
                         code, message)
         self._reply(router, identity, session, req, "error", {"code": code, "message": message})
 

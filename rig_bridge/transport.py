@@ -8,6 +8,7 @@ anyone present stimuli.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import socket as pysocket
 from urllib.parse import urlparse
@@ -17,9 +18,34 @@ from zmq.auth.thread import ThreadAuthenticator
 
 from rig_bridge.keys import load_client_keys, load_server_keys
 
+auth_log = logging.getLogger("rig_bridge.auth")
+
 
 class InsecureAddressError(ValueError):
     """Plain TCP was asked for on an address that is not loopback."""
+
+
+class _LoggingAuthenticator(ThreadAuthenticator):
+    """pyzmq's ZAP handler, plus one log line (with the peer's address) per refused controller.
+
+    pyzmq itself only logs at debug level, so a stranger knocking left no trace in the rig log.
+    Handshakes that fail before ZAP is asked (wrong server key, plain TCP against CurveZMQ)
+    are logged by the server's socket monitor.
+    """
+
+    _address = "?"
+
+    async def handle_zap_message(self, msg: list[bytes]) -> None:
+        if len(msg) > 3:
+            self._address = msg[3].decode("utf-8", "replace")
+        await super().handle_zap_message(msg)
+
+    def _send_zap_reply(self, request_id: bytes, status_code: bytes, status_text: bytes,
+                        user_id: str = "anonymous") -> None:
+        if status_code != b"200":
+            auth_log.warning("CurveZMQ handshake from %s refused: %s", self._address,
+                             status_text.decode("utf-8", "replace")[:200])
+        super()._send_zap_reply(request_id, status_code, status_text, user_id)
 
 
 def is_loopback(host: str) -> bool:
@@ -70,7 +96,7 @@ def bind_server_socket(ctx: zmq.Context, sock: zmq.Socket, host: str, port: int,
         if keys_dir is None:
             raise ValueError("the rig needs --keys DIR (CurveZMQ), or --insecure for plain TCP on loopback")
         keys = load_server_keys(keys_dir)
-        auth = ThreadAuthenticator(ctx)
+        auth = _LoggingAuthenticator(ctx)
         auth.start()
         auth.configure_curve(domain="*", location=str(keys.authorized_dir))
         sock.curve_secretkey = keys.secret

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 import zmq
 
 from rig_bridge.client import RigClient
-from rig_bridge.errors import RigRemoteError
+from rig_bridge.errors import RigRemoteError, RigTimeoutError
 from rig_bridge.protocol import Message, ProtocolError, decode, encode, is_valid_id
 from rig_bridge.result_store import ResultStore
 from rig_bridge.server import RigServer, ServerConfig
@@ -344,3 +345,24 @@ def test_a_rig_on_ipv6_loopback(backend: SimBackend, tmp_path: Path) -> None:
             assert client.status()["state"] == "idle"
     finally:
         srv.stop()
+
+
+# --- 8. failed handshakes leave a line in the rig's log ---------------------------------------------------
+def test_refused_handshakes_are_logged(backend: SimBackend, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from rig_bridge.errors import RigAuthError
+    from rig_bridge.keys import generate_keys
+
+    rig_keys = generate_keys(tmp_path / "lab")
+    stranger = generate_keys(tmp_path / "stranger")
+    (stranger / "server.key").write_bytes((rig_keys / "server.key").read_bytes())
+    config = ServerConfig(port=free_port(), store_dir=tmp_path / "store", keys_dir=rig_keys)
+    with caplog.at_level(logging.INFO, logger="rig_bridge"), RigServer(backend, config) as srv:
+        with pytest.raises(RigAuthError), RigClient(srv.address, stranger, timeout_s=3) as client:
+            client.hello()  # an unknown key: refused by ZAP
+        with pytest.raises((RigAuthError, RigTimeoutError)), \
+                RigClient(srv.address, insecure=True, timeout_s=1.5) as client:
+            client.hello()  # plain TCP against CurveZMQ: fails before ZAP is asked
+        time.sleep(0.3)
+    lines = [r.getMessage() for r in caplog.records if r.name == "rig_bridge.auth"]
+    assert any("refused" in line and "127.0.0.1" in line for line in lines), lines
+    assert any("protocol error" in line for line in lines), lines
