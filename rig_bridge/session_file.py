@@ -1,8 +1,9 @@
 """The session's recording-v1 file: one segment per presentation, repeats along axis 0.
 
-The file is replaced atomically by each commit (RecordingWriter writes a copy and renames it),
-so a crash leaves either the old file or the old file plus the whole new segment, and maybe
-the hidden copy it was writing: that is removed on the next commit.
+Each presentation is appended in place (`RecordingWriter.extend`, with an undo record), so a
+crash leaves either the old file or the old file plus the whole new segment: the next access
+undoes a half-done append. The hidden `.part` copy an older, copying commit may have left is
+removed on the next commit.
 """
 
 from __future__ import annotations
@@ -14,17 +15,20 @@ import numpy as np
 
 from rig_bridge.errors import SessionFileError
 from stimuli.recording import RecordingWriter, open_recording
+from stimuli.recording.writer import recover
 
 
 def stored_segments(path: str | os.PathLike[str]) -> set[str]:
     if not Path(path).is_file():
         return set()
+    recover(path)  # a crash mid-append: back to the last whole commit before anything is read
     with open_recording(path) as rec:
         return {s.name for s in rec.segments}
 
 
 def read_segment_counts(path: str | os.PathLike[str], segment: str, repeats: int) -> np.ndarray:
     """Counts `[repeats, T, N]` float32 of a stored presentation."""
+    recover(path)
     with open_recording(path) as rec:
         return rec.counts(segment=segment)[:repeats]
 
@@ -34,6 +38,7 @@ def check_compatible(path: str | os.PathLike[str], *, frame_rate: float, height:
     """Raise SessionFileError when an existing session file cannot take this presentation."""
     if not Path(path).is_file():
         return
+    recover(path)
     with open_recording(path) as rec:
         problems = []
         if not rec.has_responses:
@@ -74,7 +79,7 @@ def store_presentation(path: str | os.PathLike[str], segment: str, frames: np.nd
         return False
     remove_litter(path)
     if Path(path).is_file():
-        writer = RecordingWriter.append_to(path)
+        writer = RecordingWriter.extend(path)  # in place: the 100th costs what the 1st did
     else:
         writer = RecordingWriter(path, frame_rate=frame_rate, height=frames.shape[1], width=frames.shape[2],
                                  cell_ids=np.asarray(cell_ids, dtype=np.int64), n_repeats=counts.shape[0],

@@ -18,6 +18,7 @@ from rig_bridge.result_store import ResultStore
 from rig_bridge.server import RigServer, ServerConfig
 from rig_bridge.sim_backend import SimBackend
 from rig_bridge.transport import free_port
+from stimuli.recording import open_recording
 
 CELLS, SIZE, RATE, SEED = 6, 8, 30.0, 5
 
@@ -366,3 +367,54 @@ def test_refused_handshakes_are_logged(backend: SimBackend, tmp_path: Path, capl
     lines = [r.getMessage() for r in caplog.records if r.name == "rig_bridge.auth"]
     assert any("refused" in line and "127.0.0.1" in line for line in lines), lines
     assert any("protocol error" in line for line in lines), lines
+
+
+def test_presentations_are_appended_in_place(tmp_path: Path) -> None:
+    from rig_bridge.session_file import store_presentation
+
+    session = tmp_path / "session.h5"
+    frames = np.zeros((70, SIZE, SIZE), np.uint8)
+    counts = np.ones((2, 70, 3), np.float32)
+    store_presentation(session, "present000_a", frames, RATE, np.arange(3), counts)
+    inode = session.stat().st_ino
+    for i in range(1, 4):
+        store_presentation(session, f"present00{i}_a", frames + i, RATE, np.arange(3), counts * i)
+    # Same file, grown in place (before: a copy of the whole session renamed over it, each time).
+    assert session.stat().st_ino == inode and sorted(p.name for p in tmp_path.iterdir()) == ["session.h5"]
+    with open_recording(session) as rec:
+        assert [s.name for s in rec.segments] == [f"present00{i}_a" for i in range(4)]
+        np.testing.assert_array_equal(rec.counts("present002_a"), counts * 2)
+        np.testing.assert_array_equal(rec.frames("present003_a"), frames + 3)
+        rec.verify()
+
+
+def test_an_append_killed_midway_is_undone_byte_for_byte(tmp_path: Path) -> None:
+    import hashlib
+    import subprocess
+    import sys
+
+    from rig_bridge.session_file import store_presentation, stored_segments
+
+    session = tmp_path / "session.h5"
+    frames = np.zeros((70, SIZE, SIZE), np.uint8)
+    store_presentation(session, "present000_a", frames, RATE, np.arange(3), np.ones((2, 70, 3), np.float32))
+    before = hashlib.sha256(session.read_bytes()).hexdigest()
+    # A controller that dies (no close, no cleanup) with half an append flushed to the file.
+    crash = (
+        "import os, sys, numpy as np\n"
+        "from stimuli.recording import RecordingWriter\n"
+        "w = RecordingWriter.extend(sys.argv[1])\n"
+        f"w.append(np.full((100, {SIZE}, {SIZE}), 7, np.uint8), np.ones((2, 100, 3), np.float32))\n"
+        "w.add_segment('present001_b', 70, 170)\n"
+        "w._write_segments()\n"
+        "w._f.flush()\n"
+        "os._exit(9)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", crash, str(session)], capture_output=True, text=True,
+                            timeout=60, env={**__import__("os").environ})
+    assert result.returncode == 9, result.stderr
+    assert hashlib.sha256(session.read_bytes()).hexdigest() != before  # the file was changed in place
+    assert stored_segments(session) == {"present000_a"}  # recovered first
+    assert hashlib.sha256(session.read_bytes()).hexdigest() == before
+    assert store_presentation(session, "present001_b", frames, RATE, np.arange(3), np.ones((2, 70, 3), np.float32))
+    assert stored_segments(session) == {"present000_a", "present001_b"}
