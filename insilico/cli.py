@@ -57,6 +57,7 @@ def simulate(
 def inspect(
     file: Path = typer.Argument(..., help="A recording-v1 file."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+    deep: bool = typer.Option(False, "--deep", help="Also read every chunk and check every value (slow)."),
 ) -> None:
     """Frames, size, frame rate, cells, segments with repeats, mean rates, reliability."""
     with friendly_errors():
@@ -65,11 +66,13 @@ def inspect(
         from stimuli.recording.summary import summarize
 
         with open_recording(file) as rec:
+            if deep:
+                rec.verify()
             summary = summarize(rec)
         if as_json:
             typer.echo(json.dumps(summary.to_json_dict(), indent=2))
         else:
-            print_summary(summary)
+            print_summary(summary, verified=deep)
 
 
 @app.command()

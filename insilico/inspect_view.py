@@ -9,7 +9,8 @@ from insilico.console import console
 from stimuli.recording.summary import RecordingSummary
 
 
-def print_summary(s: RecordingSummary) -> None:
+def print_summary(s: RecordingSummary, *, verified: bool = False) -> None:
+    """Print the summary; `verified`: every chunk was read and every value checked (`--deep`)."""
     head = Table(title=s.path, show_header=False)
     head.add_row("frames", f"{s.n_frames} ({s.duration_s:.1f} s at {s.frame_rate:g} Hz)")
     px = f", {s.pixel_size_um:g} um/px" if s.pixel_size_um else ""
@@ -23,6 +24,8 @@ def print_summary(s: RecordingSummary) -> None:
             head.add_row("cell types", ", ".join(f"{k}: {v}" for k, v in sorted(s.cell_types.items())))
     else:
         head.add_row("cells", "none (stimulus-only file)")
+    head.add_row("checked", "every chunk read, every value checked" if verified
+                 else "metadata and stored chunks (--deep reads every value)")
     console.print(head)
     seg = Table(title="segments")
     for col in ("name", "frames", "seconds", "repeats", "mean rate (Hz)", "split-half reliability"):

@@ -44,9 +44,18 @@ def serve(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if backend not in ("sim", "psychopy"):
         raise typer.BadParameter(f"--backend must be sim or psychopy, got {backend!r}")
+    from rig_bridge.transport import InsecureAddressError, check_insecure, endpoint
+
     if not insecure and keys is None:
         raise typer.BadParameter("give --keys DIR (CurveZMQ) or --insecure (plain TCP, loopback only)")
+    if insecure and keys is not None:
+        raise typer.BadParameter("give either --keys DIR (CurveZMQ) or --insecure (plain TCP), not both")
     bind = host or ("127.0.0.1" if insecure else "0.0.0.0")
+    if insecure:
+        try:
+            check_insecure(bind, force_insecure)
+        except InsecureAddressError as err:
+            raise typer.BadParameter(f"--host {bind}: {err}") from None
     rig = _make_backend(backend, sim_seed=sim_seed, sim_cells=sim_cells, sim_size=sim_size, sim_rate=sim_rate,
                         realtime=realtime, spike_format=spike_format, profile=profile, headless=headless,
                         spikes=spikes, openephys=openephys, cell_map=cell_map,
@@ -57,11 +66,14 @@ def serve(
     server = RigServer(rig, config)
     # SIGTERM stops cleanly like Ctrl-C; SIGKILL is what the crash tests use.
     signal.signal(signal.SIGTERM, lambda *_: server.stop_soon())
-    typer.echo(f"rig serving {backend} on tcp://{bind}:{port} ({'plain TCP' if insecure else 'CurveZMQ'})", err=True)
+    typer.echo(f"rig serving {backend} on {endpoint(bind, port)} ({'plain TCP' if insecure else 'CurveZMQ'})", err=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
+    except (OSError, ValueError) as err:  # bind failed, unreadable keys: one line, no traceback
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
     finally:
         rig.close()
 

@@ -29,7 +29,6 @@ from rig_bridge.binning import bin_spikes, frame_edges
 from rig_bridge.errors import RigAuthError, RigError, RigRemoteError, RigTimeoutError
 from rig_bridge.journal import SessionJournal
 from rig_bridge.protocol import (
-    DEFAULT_MAX_PAYLOAD_BYTES,
     LOGGED_STREAMS,
     PROTOCOL_VERSION,
     Message,
@@ -50,6 +49,8 @@ from rig_bridge.transport import secure_client_socket
 log = logging.getLogger("rig_bridge.client")
 
 SOFTWARE = "insilico-rig-bridge/0.1"
+# The rig is trusted; its stream messages are far smaller (spikes come 100,000 to a message).
+RIG_MESSAGE_LIMIT = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,8 @@ class RigHello:
     screen: tuple[int, int] | None
     profile: str
     heartbeat_s: float
-    max_payload_bytes: int
+    max_payload_bytes: int  # one message; bigger stimuli go in parts
+    max_stimulus_bytes: int
 
 
 class _PeerSilent(Exception):
@@ -195,7 +197,7 @@ class RigClient:
                     break
                 self._last_heard = time.monotonic()
                 try:
-                    msg = decode(frames, max_payload_bytes=4 * DEFAULT_MAX_PAYLOAD_BYTES)
+                    msg = decode(frames, max_payload_bytes=RIG_MESSAGE_LIMIT)
                 except ProtocolError as err:
                     log.warning("dropping a bad message from the rig: %s", err)
                     continue
@@ -303,7 +305,8 @@ class RigClient:
                              sample_rate=float(b["sample_rate"]), frame_rate=float(b["frame_rate"]),
                              screen=tuple(b["screen"]) if b.get("screen") else None,
                              profile=str(b["profile"]), heartbeat_s=float(b["heartbeat_s"]),
-                             max_payload_bytes=int(b["max_payload_bytes"]))
+                             max_payload_bytes=int(b["max_payload_bytes"]),
+                             max_stimulus_bytes=int(b.get("max_stimulus_bytes", b["max_payload_bytes"])))
         self._server_last_seq = max(self._server_last_seq, int(b.get("last_seq", 0)))
         return self._rig
 
@@ -324,19 +327,44 @@ class RigClient:
         except ProtocolError as err:
             raise ValueError(err.message) from None
         sid = stimulus_id(frames, rate)
-        if frames.nbytes > self.rig.max_payload_bytes:
+        if frames.nbytes > self.rig.max_stimulus_bytes:
             raise ValueError(f"stimulus of {frames.nbytes} bytes exceeds the rig's limit of "
-                             f"{self.rig.max_payload_bytes} bytes")
+                             f"{self.rig.max_stimulus_bytes} bytes")
         try:
             self._call("upload", {"stimulus_id": sid, "frame_rate": rate})
         except RigRemoteError as err:
             if err.code != "unknown_stimulus":
                 raise
-            reply = self._call("upload", {"stimulus_id": sid, "frame_rate": rate}, frames)
+            if frames.nbytes <= self.rig.max_payload_bytes:
+                reply = self._call("upload", {"stimulus_id": sid, "frame_rate": rate}, frames)
+            else:
+                reply = self._upload_parts(sid, frames, rate)
             if reply.body.get("stimulus_id") != sid:
                 raise RigError(f"rig stored the stimulus as {reply.body.get('stimulus_id')}, expected {sid}") from None
         self._stimuli[sid] = frames
         return sid
+
+    def _upload_parts(self, sid: str, frames: np.ndarray, rate: float) -> Message:
+        """Send frames `[T, H, W]` in parts of at most `max_payload_bytes`, in frame order.
+
+        Each reply names the frame the rig expects next, so a retried part or a rig that
+        restarted (and lost the parts before) is carried on from where the rig stands.
+        """
+        frame_bytes = frames.shape[1] * frames.shape[2]
+        per_part = self.rig.max_payload_bytes // frame_bytes
+        if per_part < 1:
+            raise ValueError(f"one {frames.shape[1]}x{frames.shape[2]} frame exceeds the rig's message "
+                             f"limit of {self.rig.max_payload_bytes} bytes")
+        body = {"stimulus_id": sid, "frame_rate": rate, "shape": [int(s) for s in frames.shape]}
+        start, sends = 0, 0
+        while True:
+            sends += 1
+            if sends > 2 * (len(frames) // per_part + 2):
+                raise RigError(f"rig at {self.address} does not take the parts of stimulus {sid[:16]}...")
+            reply = self._call("upload", {**body, "start_frame": start}, frames[start:start + per_part])
+            if reply.body.get("complete"):
+                return reply
+            start = int(reply.body.get("next_frame", 0))
 
     def status(self) -> dict:
         return dict(self._call("status", {}).body)
@@ -367,6 +395,11 @@ class RigClient:
                 self._rig = None
                 self._inbox.clear()
         rig = self.rig
+        if journal is not None:
+            # Reconcile: a controller killed between storing a presentation and acknowledging
+            # it left the rig holding a copy; acknowledge what the session file already has.
+            for done in journal.stored_unacked():
+                self._ack(done.request_id, journal)
         if isinstance(stimulus, str):
             sid = stimulus
             if sid not in self._stimuli:
@@ -387,7 +420,7 @@ class RigClient:
                 if intent.segment in stored_segments(session_path):
                     # Stored before the crash, journal not yet updated: finish the bookkeeping.
                     journal.mark_stored(intent)
-                    self._ack(intent.request_id)
+                    self._ack(intent.request_id, journal)
                     return read_segment_counts(session_path, intent.segment, repeats)
             else:
                 intent = journal.add_intent(sid, repeats, isi_grey_frames, stored_segments(session_path))
@@ -396,14 +429,17 @@ class RigClient:
         if journal is not None and intent is not None and session_path is not None:
             store_presentation(session_path, intent.segment, frames, rate, rig.cell_ids, counts)
             journal.mark_stored(intent)
-        self._ack(rid)
+        self._ack(rid, journal)
         return counts
 
-    def _ack(self, rid: str) -> None:
+    def _ack(self, rid: str, journal: SessionJournal | None = None) -> None:
         try:
             self._call("ack", {"request_id": rid})
-        except RigError as err:  # the data is safe here; the rig merely keeps its copy longer
+        except RigError as err:  # the data is safe here; the rig keeps its copy until the next run
             log.warning("could not acknowledge %s to the rig: %s", rid, err)
+            return
+        if journal is not None:
+            journal.mark_acked(rid)
 
     # --- presentation ---------------------------------------------------------------------
     def _start(self, rid: str, sid: str, repeats: int, isi: int) -> tuple[int, int | None]:

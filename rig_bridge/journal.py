@@ -7,11 +7,14 @@ announces:
     {"event": "intent", "request_id", "stimulus_id", "repeats",
      "isi_grey_frames", "segment"}                                before a present is sent
     {"event": "stored", "request_id", "segment"}                  after the segment is committed
+    {"event": "acked", "request_id"}                              after the rig confirmed the ack
 
 The session file itself is the truth about what is stored (a crash between committing the
 segment and writing "stored" is healed by looking the segment up); the journal supplies the
 request id to retry with, so a rerun resumes the same presentation instead of starting a new
-one. A torn last line (crash mid-write) is ignored.
+one. A torn last line (crash mid-write) is ignored. A presentation stored but not "acked" (the
+controller died between the two) is acknowledged to the rig on the next run, so the rig does
+not keep its copy for good.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+
+from stimuli.recording.atomic import fsync_dir
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,7 @@ class SessionJournal:
         self.session_id = ""
         self.intents: dict[str, Intent] = {}
         self.stored: set[str] = set()
+        self.acked: set[str] = set()
         self._load()
         if not self.session_id:
             self.session_id = f"s-{uuid.uuid4().hex[:20]}"
@@ -62,6 +68,8 @@ class SessionJournal:
                     int(entry["isi_grey_frames"]), entry["segment"])
             elif event == "stored":
                 self.stored.add(entry["request_id"])
+            elif event == "acked":
+                self.acked.add(entry["request_id"])
 
     def _append(self, entry: dict) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -73,10 +81,13 @@ class SessionJournal:
                 f.seek(-1, os.SEEK_END)
                 if f.read(1) != b"\n":
                     prefix = b"\n"
+        created = not self.path.exists()
         with open(self.path, "ab") as f:
             f.write(prefix + data)
             f.flush()
             os.fsync(f.fileno())
+        if created:  # the new name itself must survive a power cut
+            fsync_dir(self.path.parent)
 
     def pending(self, stimulus_id: str, repeats: int, isi_grey_frames: int) -> Intent | None:
         """The oldest unfinished presentation of this stimulus with these settings, if any."""
@@ -101,6 +112,16 @@ class SessionJournal:
                       "segment": segment})
         self.intents[intent.request_id] = intent
         return intent
+
+    def stored_unacked(self) -> list[Intent]:
+        """Presentations in the session file that the rig may still hold (ack not confirmed)."""
+        return [i for i in self.intents.values() if i.request_id in self.stored and i.request_id not in self.acked]
+
+    def mark_acked(self, request_id: str) -> None:
+        if request_id in self.acked:
+            return
+        self._append({"event": "acked", "request_id": request_id})
+        self.acked.add(request_id)
 
     def mark_stored(self, intent: Intent) -> None:
         if intent.request_id in self.stored:

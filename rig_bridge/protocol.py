@@ -21,10 +21,15 @@ from typing import Any
 import numpy as np
 
 PROTOCOL_VERSION = 1
-DEFAULT_MAX_PAYLOAD_BYTES = 256 * 1024 * 1024
+# One message's payload at most; larger stimuli are uploaded in parts of this size.
+DEFAULT_MAX_PAYLOAD_BYTES = 4 * 1024 * 1024
+# A whole stimulus at most (it is stored on the rig's disk, never held in its memory).
+DEFAULT_MAX_STIMULUS_BYTES = 4 * 1024**3
 MAX_HEADER_BYTES = 64 * 1024
 MAX_TYPE_BYTES = 32
 MAX_NDIM = 4
+# Header fields, all required; `v` is checked before the others (an old peer hears "wrong version").
+HEADER_FIELDS = ("v", "session", "seq", "req", "dtype", "shape", "nbytes", "crc32", "body")
 
 # Commands go controller -> rig; each is answered by exactly one `ok` or `error` reply.
 COMMANDS = frozenset({"hello", "upload", "present", "status", "abort", "fetch", "ack", "heartbeat"})
@@ -37,7 +42,11 @@ MESSAGE_TYPES = COMMANDS | REPLIES | STREAMS
 # Payload dtypes the bridge ever sends; anything else (objects, strings) is refused outright.
 ALLOWED_DTYPES = frozenset({"uint8", "uint16", "int32", "uint32", "int64", "float32", "float64"})
 
-_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,80}$")
+# Ids become path components on the rig (`results/<session>/<request>.npz`), so the first
+# character is a letter or digit: ".", ".." and hidden or option-like names can never pass.
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,79}$")
+# A stimulus id is always the 64 hex digits of its BLAKE2b-256 content hash.
+_STIMULUS_ID_RE = re.compile(r"^[0-9a-f]{64}$")
 
 # Error codes used in `error` replies and ProtocolError; docs/bridge-protocol.md lists them.
 ERROR_CODES = frozenset({
@@ -52,6 +61,7 @@ ERROR_CODES = frozenset({
     "unknown_session",   # no hello for this session on this rig instance
     "unknown_stimulus",  # present/upload of a stimulus id the rig does not hold
     "busy",              # another presentation is running
+    "full",              # the rig's session table is full of sessions holding unacknowledged data
     "aborted",           # the presentation was aborted
     "gone",              # fetched messages were already dropped (acked or restarted rig)
     "internal",          # a bug or backend failure on the rig (message says which)
@@ -134,17 +144,19 @@ def decode(frames: Sequence[bytes], *, max_payload_bytes: int = DEFAULT_MAX_PAYL
     """Parse and check three frames; raise ProtocolError naming the first problem found."""
     if len(frames) != 3:
         raise ProtocolError("malformed", f"expected 3 frames [type, header, payload], got {len(frames)}")
-    raw_type, raw_header, payload = (bytes(f) for f in frames)
-    if len(raw_type) > MAX_TYPE_BYTES:
-        raise ProtocolError("malformed", f"type frame is {len(raw_type)} bytes (max {MAX_TYPE_BYTES})")
+    if len(frames[0]) > MAX_TYPE_BYTES:
+        raise ProtocolError("malformed", f"type frame is {len(frames[0])} bytes (max {MAX_TYPE_BYTES})")
     try:
-        mtype = raw_type.decode("ascii")
+        mtype = bytes(frames[0]).decode("ascii")
     except UnicodeDecodeError:
         raise ProtocolError("malformed", "type frame is not ASCII") from None
     if mtype not in MESSAGE_TYPES:
         raise ProtocolError("unknown_type", f"unknown message type {mtype!r}")
-    if len(raw_header) > MAX_HEADER_BYTES:
-        raise ProtocolError("too_large", f"header is {len(raw_header)} bytes (max {MAX_HEADER_BYTES})")
+    if len(frames[1]) > MAX_HEADER_BYTES:
+        raise ProtocolError("too_large", f"header is {len(frames[1])} bytes (max {MAX_HEADER_BYTES})")
+    raw_header = bytes(frames[1])
+    # The payload is used in place (a received zmq.Frame is not copied): a stimulus arrives once.
+    payload = frames[2] if isinstance(frames[2], bytes) else memoryview(frames[2]).cast("B")
     header = _parse_header(raw_header)  # checks the version first
     nbytes = header["nbytes"]
     if nbytes > max_payload_bytes or len(payload) > max_payload_bytes:
@@ -153,8 +165,7 @@ def decode(frames: Sequence[bytes], *, max_payload_bytes: int = DEFAULT_MAX_PAYL
         raise ProtocolError("shape_mismatch", f"header says {nbytes} payload bytes, {len(payload)} arrived")
     if zlib.crc32(payload) != header["crc32"]:
         raise ProtocolError("checksum", "payload CRC-32 does not match the header (corrupted in transit)")
-    # An absent dtype/shape means the same as null: no payload.
-    array = _payload_array(header.get("dtype"), header.get("shape"), payload)
+    array = _payload_array(header["dtype"], header["shape"], payload)
     return Message(type=mtype, session=header["session"], seq=header["seq"], request_id=header["req"],
                    body=header["body"], payload=array, version=header["v"])
 
@@ -172,15 +183,20 @@ def _parse_header(raw: bytes) -> dict[str, Any]:
     if not _is_int(version):
         raise ProtocolError("malformed", "header field 'v' (protocol version) must be an integer")
     if version != PROTOCOL_VERSION:
-        raise ProtocolError("bad_version", f"protocol version {version} is not supported (this end speaks {PROTOCOL_VERSION})")
+        raise ProtocolError("bad_version", f"protocol version {_shown(version)} is not supported (this end speaks {PROTOCOL_VERSION})")
     for key in ("session", "req"):
         value = header.get(key)
-        if not isinstance(value, str) or not _ID_RE.match(value):
-            raise ProtocolError("malformed", f"header field {key!r} must be an id of 1-80 characters [A-Za-z0-9_.:-], got {value!r}")
+        if not isinstance(value, str) or not _ID_RE.fullmatch(value):
+            raise ProtocolError("malformed", f"header field {key!r} must be an id of 1-80 characters "
+                                f"[A-Za-z0-9_.:-] starting with a letter or digit, got {_shown(value)}")
     for key in ("seq", "nbytes", "crc32"):
         value = header.get(key)
         if not _is_int(value) or value < 0 or value >= 2**63:
-            raise ProtocolError("malformed", f"header field {key!r} must be a non-negative integer, got {value!r}")
+            raise ProtocolError("malformed", f"header field {key!r} must be a non-negative integer, got {_shown(value)}")
+    # Every field is required (docs/bridge-protocol.md); "no payload" is spelt dtype = shape = null.
+    absent = [key for key in HEADER_FIELDS if key not in header]
+    if absent:
+        raise ProtocolError("malformed", f"header lacks required field(s) {', '.join(absent)}")
     if not isinstance(header.get("body"), dict):
         raise ProtocolError("malformed", "header field 'body' must be a JSON object")
     dtype, shape = header.get("dtype"), header.get("shape")
@@ -188,10 +204,10 @@ def _parse_header(raw: bytes) -> dict[str, Any]:
         raise ProtocolError("malformed", "header fields 'dtype' and 'shape' must be both set or both null")
     if dtype is not None:
         if not isinstance(dtype, str) or dtype not in ALLOWED_DTYPES:
-            raise ProtocolError("malformed", f"payload dtype {dtype!r} is not one of {sorted(ALLOWED_DTYPES)}")
+            raise ProtocolError("malformed", f"payload dtype {_shown(dtype)} is not one of {sorted(ALLOWED_DTYPES)}")
         if (not isinstance(shape, list) or len(shape) > MAX_NDIM
                 or not all(_is_int(s) and 0 <= s < 2**40 for s in shape)):
-            raise ProtocolError("malformed", f"payload shape must be a list of <= {MAX_NDIM} non-negative integers, got {shape!r}")
+            raise ProtocolError("malformed", f"payload shape must be a list of <= {MAX_NDIM} non-negative integers, got {_shown(shape)}")
     return header
 
 
@@ -217,13 +233,25 @@ def _is_int(value: object) -> bool:
 
 
 def _check_id(name: str, value: str) -> None:
-    if not isinstance(value, str) or not _ID_RE.match(value):
-        raise ProtocolError("bad_request", f"{name} must be 1-80 characters of [A-Za-z0-9_.:-], got {value!r}")
+    if not isinstance(value, str) or not _ID_RE.fullmatch(value):
+        raise ProtocolError("bad_request", f"{name} must be 1-80 characters of [A-Za-z0-9_.:-] starting with a "
+                            f"letter or digit, got {_shown(value)}")
 
 
 def is_valid_id(value: object) -> bool:
-    """True for strings usable as session or request ids."""
-    return isinstance(value, str) and bool(_ID_RE.match(value))
+    """True for strings usable as session or request ids (and so as file names on the rig)."""
+    return isinstance(value, str) and bool(_ID_RE.fullmatch(value))
+
+
+def is_stimulus_id(value: object) -> bool:
+    """True for a stimulus id as `stimulus_id` makes it: 64 lowercase hex digits."""
+    return isinstance(value, str) and bool(_STIMULUS_ID_RE.fullmatch(value))
+
+
+def _shown(value: object, limit: int = 100) -> str:
+    """`repr` of a value cut to `limit` characters: an error line never echoes a whole attack."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def checked_frames(payload: np.ndarray | None, *, max_side: int = 4096) -> np.ndarray:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from rig_bridge.protocol import is_valid_id
+from stimuli.recording.atomic import fsync_dir
 
 
 @dataclass(frozen=True)
@@ -37,8 +38,12 @@ class ResultStore:
 
     def _path(self, session: str, request_id: str) -> Path:
         if not (is_valid_id(session) and is_valid_id(request_id)):
-            raise ValueError(f"bad session/request id {session!r}/{request_id!r}")
-        return self.root / session / f"{request_id}.npz"
+            raise ValueError(f"bad session/request id {repr(session)[:100]}/{repr(request_id)[:100]}")
+        path = self.root / session / f"{request_id}.npz"
+        # The id pattern already keeps paths inside root; this says so where the path is made.
+        if path.resolve().parent.parent != self.root.resolve():
+            raise ValueError(f"session/request id {session!r}/{request_id!r} leaves {self.root}")
+        return path
 
     def has(self, session: str, request_id: str) -> bool:
         return self._path(session, request_id).is_file()
@@ -55,6 +60,7 @@ class ResultStore:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
+            fsync_dir(path.parent)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
@@ -66,4 +72,16 @@ class ResultStore:
                     for i, m in enumerate(meta)]
 
     def delete(self, session: str, request_id: str) -> None:
-        self._path(session, request_id).unlink(missing_ok=True)
+        path = self._path(session, request_id)
+        path.unlink(missing_ok=True)
+        try:
+            path.parent.rmdir()  # the session's folder goes with its last result
+        except OSError:
+            pass
+
+    def sessions_holding(self) -> dict[str, list[str]]:
+        """Request ids stored but not yet acknowledged, by session."""
+        out: dict[str, list[str]] = {}
+        for path in self.root.glob("*/*.npz"):
+            out.setdefault(path.parent.name, []).append(path.stem)
+        return out

@@ -1,7 +1,9 @@
 """The session's recording-v1 file: one segment per presentation, repeats along axis 0.
 
-The file is replaced atomically by each commit (RecordingWriter writes a copy and renames it),
-so a crash leaves either the old file or the old file plus the whole new segment.
+Each presentation is appended in place (`RecordingWriter.extend`, with an undo record), so a
+crash leaves either the old file or the old file plus the whole new segment: the next access
+undoes a half-done append. The hidden `.part` copy an older, copying commit may have left is
+removed on the next commit.
 """
 
 from __future__ import annotations
@@ -13,17 +15,20 @@ import numpy as np
 
 from rig_bridge.errors import SessionFileError
 from stimuli.recording import RecordingWriter, open_recording
+from stimuli.recording.writer import recover
 
 
 def stored_segments(path: str | os.PathLike[str]) -> set[str]:
     if not Path(path).is_file():
         return set()
+    recover(path)  # a crash mid-append: back to the last whole commit before anything is read
     with open_recording(path) as rec:
         return {s.name for s in rec.segments}
 
 
 def read_segment_counts(path: str | os.PathLike[str], segment: str, repeats: int) -> np.ndarray:
     """Counts `[repeats, T, N]` float32 of a stored presentation."""
+    recover(path)
     with open_recording(path) as rec:
         return rec.counts(segment=segment)[:repeats]
 
@@ -33,6 +38,7 @@ def check_compatible(path: str | os.PathLike[str], *, frame_rate: float, height:
     """Raise SessionFileError when an existing session file cannot take this presentation."""
     if not Path(path).is_file():
         return
+    recover(path)
     with open_recording(path) as rec:
         problems = []
         if not rec.has_responses:
@@ -51,13 +57,29 @@ def check_compatible(path: str | os.PathLike[str], *, frame_rate: float, height:
                                + " (start a new session file)")
 
 
+def remove_litter(path: str | os.PathLike[str]) -> int:
+    """Delete the hidden `.<name>.*.part` copies a controller killed mid-commit left beside `path`.
+
+    One controller owns a session file, and this runs before its next commit starts, so any
+    such copy is a dead one. Returns how many were removed.
+    """
+    target = Path(path)
+    if not target.parent.is_dir():
+        return 0
+    stale = list(target.parent.glob(f".{target.name}.*.part"))
+    for part in stale:
+        part.unlink(missing_ok=True)
+    return len(stale)
+
+
 def store_presentation(path: str | os.PathLike[str], segment: str, frames: np.ndarray, frame_rate: float,
                        cell_ids: np.ndarray, counts: np.ndarray) -> bool:
     """Append frames `[T, H, W]` and counts `[R, T, N]` as `segment`; False if it was already there."""
     if segment in stored_segments(path):
         return False
+    remove_litter(path)
     if Path(path).is_file():
-        writer = RecordingWriter.append_to(path)
+        writer = RecordingWriter.extend(path)  # in place: the 100th costs what the 1st did
     else:
         writer = RecordingWriter(path, frame_rate=frame_rate, height=frames.shape[1], width=frames.shape[2],
                                  cell_ids=np.asarray(cell_ids, dtype=np.int64), n_repeats=counts.shape[0],

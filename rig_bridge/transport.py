@@ -8,6 +8,7 @@ anyone present stimuli.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import socket as pysocket
 from urllib.parse import urlparse
@@ -17,9 +18,34 @@ from zmq.auth.thread import ThreadAuthenticator
 
 from rig_bridge.keys import load_client_keys, load_server_keys
 
+auth_log = logging.getLogger("rig_bridge.auth")
+
 
 class InsecureAddressError(ValueError):
     """Plain TCP was asked for on an address that is not loopback."""
+
+
+class _LoggingAuthenticator(ThreadAuthenticator):
+    """pyzmq's ZAP handler, plus one log line (with the peer's address) per refused controller.
+
+    pyzmq itself only logs at debug level, so a stranger knocking left no trace in the rig log.
+    Handshakes that fail before ZAP is asked (wrong server key, plain TCP against CurveZMQ)
+    are logged by the server's socket monitor.
+    """
+
+    _address = "?"
+
+    async def handle_zap_message(self, msg: list[bytes]) -> None:
+        if len(msg) > 3:
+            self._address = msg[3].decode("utf-8", "replace")
+        await super().handle_zap_message(msg)
+
+    def _send_zap_reply(self, request_id: bytes, status_code: bytes, status_text: bytes,
+                        user_id: str = "anonymous") -> None:
+        if status_code != b"200":
+            auth_log.warning("CurveZMQ handshake from %s refused: %s", self._address,
+                             status_text.decode("utf-8", "replace")[:200])
+        super()._send_zap_reply(request_id, status_code, status_text, user_id)
 
 
 def is_loopback(host: str) -> bool:
@@ -38,6 +64,18 @@ def host_of(address: str) -> str:
     return parsed.hostname
 
 
+def endpoint(host: str, port: int) -> str:
+    """`tcp://HOST:PORT`, with an IPv6 address in brackets as ZeroMQ wants it."""
+    host = host.strip("[]")
+    return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
+
+
+def _use_ipv6(sock: zmq.Socket, host: str) -> None:
+    # ZeroMQ sockets speak IPv4 only unless told otherwise.
+    if ":" in host.strip("[]"):
+        sock.ipv6 = True
+
+
 def check_insecure(host: str, allow_remote_insecure: bool) -> None:
     if not is_loopback(host) and not allow_remote_insecure:
         raise InsecureAddressError(
@@ -50,24 +88,27 @@ def bind_server_socket(ctx: zmq.Context, sock: zmq.Socket, host: str, port: int,
                        allow_remote_insecure: bool = False) -> ThreadAuthenticator | None:
     """Configure security on `sock`, bind it, and return the running authenticator (if any)."""
     auth = None
+    if insecure and keys_dir is not None:
+        raise ValueError("give either keys (CurveZMQ) or insecure (plain TCP), not both")
     if insecure:
         check_insecure(host, allow_remote_insecure)
     else:
         if keys_dir is None:
             raise ValueError("the rig needs --keys DIR (CurveZMQ), or --insecure for plain TCP on loopback")
         keys = load_server_keys(keys_dir)
-        auth = ThreadAuthenticator(ctx)
+        auth = _LoggingAuthenticator(ctx)
         auth.start()
         auth.configure_curve(domain="*", location=str(keys.authorized_dir))
         sock.curve_secretkey = keys.secret
         sock.curve_publickey = keys.public
         sock.curve_server = True
+    _use_ipv6(sock, host)
     try:
-        sock.bind(f"tcp://{host}:{port}")
-    except zmq.ZMQError:
+        sock.bind(endpoint(host, port))
+    except zmq.ZMQError as err:
         if auth is not None:
             auth.stop()
-        raise
+        raise OSError(f"cannot serve on {endpoint(host, port)}: {err.strerror}") from None
     return auth
 
 
@@ -75,6 +116,9 @@ def secure_client_socket(sock: zmq.Socket, address: str, *, keys_dir: str | os.P
                          insecure: bool, allow_remote_insecure: bool = False) -> None:
     """Apply the controller's CurveZMQ keys (or check that plain TCP is allowed) before connect."""
     host = host_of(address)
+    _use_ipv6(sock, host)
+    if insecure and keys_dir is not None:
+        raise ValueError("give either keys_dir (CurveZMQ) or insecure=True (plain TCP), not both")
     if insecure:
         check_insecure(host, allow_remote_insecure)
         return

@@ -15,7 +15,11 @@ import numpy as np
 
 from stimuli.recording import layout as L
 from stimuli.recording.errors import RecordingFormatError
-from stimuli.recording.validate import validate
+from stimuli.recording.validate import check_counts, validate
+
+# `verify()` reads bulk data in blocks of about this many bytes, so memory stays flat
+# whatever the length of the recording.
+_VERIFY_BLOCK_BYTES = 64 << 20
 
 
 class Recording:
@@ -86,7 +90,7 @@ class Recording:
         """`[N]` int64 cell ids (empty for a stimulus-only file)."""
         if not self.has_responses:
             return np.zeros(0, dtype=np.int64)
-        return self._file[L.CELL_IDS][()]
+        return self._read(L.CELL_IDS, ())
 
     def cell_index(self, cell_id: int) -> int:
         """Position of the cell whose id is `cell_id` along the cell axis."""
@@ -99,14 +103,23 @@ class Recording:
     def cell_types(self) -> list[str] | None:
         if not self.layout.has_types:
             return None
-        return [_plain(v) for v in self._file[L.CELL_TYPE][()]]
+        return [_plain(v) for v in self._read(L.CELL_TYPE, ())]
 
     @property
     def rf(self) -> np.ndarray | None:
         """`[N, H, W]` float32 receptive-field maps, or None where the file has none."""
-        return self._file[L.CELL_RF][()] if self.layout.has_rf else None
+        return self._read(L.CELL_RF, ()) if self.layout.has_rf else None
 
     # --- bulk data, read by range ---------------------------------------------------------
+    def _read(self, dataset: str, selection: tuple, frames: tuple[int, int] | None = None) -> np.ndarray:
+        """`dataset[selection]`; a corrupt chunk or failed checksum is refused naming file and dataset."""
+        try:
+            return self._file[dataset][selection]
+        except OSError as err:
+            part = f" in frames [{frames[0]}, {frames[1]})" if frames else ""
+            raise RecordingFormatError(self.path, dataset, f"cannot be read{part}: a chunk is corrupt "
+                                       f"or fails its checksum ({err})") from None
+
     def _range(self, segment: str | None, start: int | None, stop: int | None) -> tuple[int, int]:
         if segment is not None:
             if start is not None or stop is not None:
@@ -116,7 +129,7 @@ class Recording:
         a = 0 if start is None else int(start)
         b = self.n_frames if stop is None else int(stop)
         if not 0 <= a < b <= self.n_frames:
-            raise ValueError(f"frame range [{a}, {b}) is not inside [0, {self.n_frames})")
+            raise ValueError(f"{self.path}: frame range [{a}, {b}) is not inside [0, {self.n_frames})")
         return a, b
 
     def frames(
@@ -124,7 +137,7 @@ class Recording:
     ) -> np.ndarray:
         """Stimulus frames `[t, H, W]` uint8 of a segment or frame range (default: all)."""
         a, b = self._range(segment, start, stop)
-        return self._file[L.FRAMES][a:b]
+        return self._read(L.FRAMES, np.s_[a:b], (a, b))
 
     def counts(
         self, segment: str | None = None, start: int | None = None, stop: int | None = None
@@ -133,27 +146,49 @@ class Recording:
         if not self.has_responses:
             raise ValueError(f"{self.path}: stimulus-only file has no {L.COUNTS}")
         a, b = self._range(segment, start, stop)
-        out = self._file[L.COUNTS][:, a:b, :].astype(np.float32)
-        if np.isnan(out[0]).any():
-            raise RecordingFormatError(
-                self.path, L.COUNTS, f"repeat 0 holds NaN in frames [{a}, {b}); only repeats >= 1 may"
-            )
-        if (out[~np.isnan(out)] < 0).any():
-            raise RecordingFormatError(self.path, L.COUNTS, f"negative counts in frames [{a}, {b})")
+        out = self._read(L.COUNTS, np.s_[:, a:b, :], (a, b)).astype(np.float32)
+        check_counts(out, self.path, a)
         return out
 
     def repeats_shown(self, segment: str) -> int:
         """How many repeats of a segment hold data (reads one bin per repeat)."""
         seg = self.segment(segment)
-        first = self._file[L.COUNTS][:, seg.start, :] if self.has_responses else None
-        if first is None:
+        if not self.has_responses:
             return 0
+        first = self._read(L.COUNTS, np.s_[:, seg.start, :], (seg.start, seg.start + 1))
         return int((~np.isnan(first.astype(np.float32)).all(axis=1)).sum())
 
     def mean_response(self, segment: str | None = None, start: int | None = None,
                       stop: int | None = None) -> np.ndarray:
         """Trial-averaged counts `[t, N]` over the repeats that were shown."""
         return np.nanmean(self.counts(segment, start, stop), axis=0)
+
+    def verify(self) -> None:
+        """Read every chunk of the recording's datasets and check every value (slow, thorough).
+
+        Opening a file checks its metadata and that its data is stored; this also finds corrupt
+        chunks, failed checksums, and counts that are not whole numbers >= 0 (NaN only where a
+        repeat was not shown), anywhere in the file, in blocks of about 64 MiB.
+        Raises RecordingFormatError naming the file, the dataset and the frames.
+        """
+        t, h, w = self.shape
+        step = max(1, _VERIFY_BLOCK_BYTES // (h * w))
+        if self.has_responses:
+            step = min(step, max(1, _VERIFY_BLOCK_BYTES // (4 * self.n_repeats * self.n_cells)))
+        for a in range(0, t, step):
+            b = min(t, a + step)
+            self._read(L.FRAMES, np.s_[a:b], (a, b))
+            if self.has_responses:
+                self.counts(start=a, stop=b)
+        if self.has_responses:
+            self.cell_ids  # noqa: B018 - read for its checks
+            if self.layout.has_rf:
+                for n in range(self.n_cells):  # one map at a time: N x H x W may be large
+                    rf = self._read(L.CELL_RF, np.s_[n])
+                    if not np.isfinite(rf).all():
+                        raise RecordingFormatError(self.path, L.CELL_RF, f"map {n} holds NaN or infinite values")
+            if self.layout.has_types:
+                self.cell_types  # noqa: B018
 
     def to_xarray(self):
         """A lazy `xarray.Dataset`: `frames (time, y, x)`, `spike_counts (repeat, time, cell)`."""

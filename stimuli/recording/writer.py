@@ -2,11 +2,20 @@
 
 The writer fills a temporary file beside the target and renames it over the target only after
 the finished file validates, so a crash never leaves a half-written recording under the real
-name, and an existing recording is never lost.
+name, and an existing recording is never lost. The file and its folder are fsynced around the
+rename, so this holds across a power cut too.
+
+`RecordingWriter.extend` appends to an existing recording in place instead, so adding a block
+costs what the block costs, not a copy of the file. Before it touches the file it saves an
+undo record beside it (`<file>.undo`): every byte an append can overwrite, i.e. everything but
+the chunks of frames and counts that are full (appends write only past them), and the file's
+length. A crash mid-append leaves the undo record; `recover()` (run by every later `extend`)
+writes those bytes back and truncates the file, which restores it byte for byte.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -18,11 +27,13 @@ import h5py
 import numpy as np
 
 from stimuli.recording import layout as L
+from stimuli.recording.atomic import durable_replace, fsync_dir, fsync_file
 from stimuli.recording.validate import validate
 
 # Chunks along time so appends and range reads touch few chunks (spec: writers chunk along time).
 _FRAME_CHUNK_T = 64
 _COUNT_CHUNK_T = 256
+_COPY_BLOCK = 16 << 20  # undo records are read and written in blocks of this many bytes
 
 
 class RecordingWriter:
@@ -48,6 +59,7 @@ class RecordingWriter:
         _resume_from: str | None = None,
     ) -> None:
         self.path = Path(path)
+        self._in_place = False
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".part", dir=self.path.parent)
         os.close(fd)
@@ -99,6 +111,32 @@ class RecordingWriter:
             segments = list(rec.segments)
         writer = cls(path, frame_rate=1.0, height=1, width=1, _resume_from=str(path))
         writer._segments = segments
+        return writer
+
+    @classmethod
+    def extend(cls, path: str | os.PathLike[str]) -> RecordingWriter:
+        """Continue an existing recording in place (no copy); `commit()` or `abort()` ends it.
+
+        Crash-safe through the undo record described at the top of this module.
+        """
+        from stimuli.recording.reader import open_recording
+
+        recover(path)
+        with open_recording(path) as rec:  # refuse to extend a file that breaks the spec
+            segments = list(rec.segments)
+        _write_undo(Path(path))
+        writer = cls.__new__(cls)
+        writer.path = Path(path)
+        writer._in_place = True
+        writer._tmp = writer.path
+        writer._closed = False
+        try:
+            writer._f = h5py.File(writer.path, "r+")
+        except BaseException:
+            recover(path)
+            raise
+        writer._segments = segments
+        writer._load_state()
         return writer
 
     def _load_state(self) -> None:
@@ -221,8 +259,14 @@ class RecordingWriter:
         self._write_segments()
         validate(self._f, str(self.path))
         self._f.close()
+        if self._in_place:
+            fsync_file(self.path)  # the new block is on disk before its undo record goes
+            _undo_path(self.path).unlink()
+            fsync_dir(self.path.parent)
+            self._closed = True
+            return self.path
         os.chmod(self._tmp, _default_mode())  # mkstemp made it private; a recording is not
-        os.replace(self._tmp, self.path)
+        durable_replace(self._tmp, self.path)  # fsync file and folder: survives a power cut
         self._closed = True
         return self.path
 
@@ -231,7 +275,10 @@ class RecordingWriter:
         if self._closed:
             return
         self._f.close()
-        self._tmp.unlink(missing_ok=True)
+        if self._in_place:
+            recover(self.path)
+        else:
+            self._tmp.unlink(missing_ok=True)
         self._closed = True
 
     def _write_segments(self) -> None:
@@ -252,6 +299,75 @@ class RecordingWriter:
             self.commit()
         else:
             self.abort()
+
+
+def _undo_path(path: Path) -> Path:
+    return path.with_name(path.name + ".undo")
+
+
+def _write_undo(path: Path) -> None:
+    """Save every byte of `path` an append may overwrite (see the module docstring)."""
+    untouched: list[tuple[int, int]] = []
+    with h5py.File(path, "r") as f:
+        for name, axis in ((L.FRAMES, 0), (L.COUNTS, 1)):
+            ds = f.get(name)
+            if ds is None or ds.chunks is None:
+                continue
+            n, c = ds.shape[axis], ds.chunks[axis]
+
+            def visit(info, n: int = n, c: int = c, axis: int = axis) -> None:  # noqa: ANN001 - h5py StoreInfo
+                if info.chunk_offset[axis] + c <= n:  # full along time: appends never write to it
+                    untouched.append((int(info.byte_offset), int(info.size)))
+
+            ds.id.chunk_iter(visit)
+    length = path.stat().st_size
+    ranges, at = [], 0
+    for offset, size in sorted(untouched):
+        if offset > at:
+            ranges.append((at, offset - at))
+        at = max(at, offset + size)
+    if at < length:
+        ranges.append((at, length - at))
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.undo.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as out, open(path, "rb") as src:
+            header = json.dumps({"length": length, "ranges": ranges}).encode()
+            out.write(len(header).to_bytes(8, "little") + header)
+            for offset, size in ranges:
+                src.seek(offset)
+                _copy(src, out, size)
+        durable_replace(tmp, _undo_path(path))
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def recover(path: str | os.PathLike[str]) -> bool:
+    """Undo an in-place append that a crash interrupted; True if there was one to undo."""
+    path = Path(path)
+    undo = _undo_path(path)
+    if not undo.is_file():
+        return False
+    with open(undo, "rb") as src, open(path, "r+b") as f:
+        meta = json.loads(src.read(int.from_bytes(src.read(8), "little")))
+        for offset, size in meta["ranges"]:
+            f.seek(offset)
+            _copy(src, f, size)
+        f.truncate(meta["length"])
+        f.flush()
+        os.fsync(f.fileno())
+    undo.unlink()
+    fsync_dir(path.parent)
+    return True
+
+
+def _copy(src, dst, size: int) -> None:  # noqa: ANN001 - binary files
+    while size > 0:
+        block = src.read(min(size, _COPY_BLOCK))
+        if not block:
+            raise OSError(f"{getattr(src, 'name', src)}: undo record cut short")
+        dst.write(block)
+        size -= len(block)
 
 
 def _read_umask() -> int:
