@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from insilico.errors import InsilicoError
+
+if TYPE_CHECKING:  # the CLI imports this module before torch is needed
+    from vist_model.twin import TwinMetadata
 
 
 def parse_cells(spec: str | Sequence[int], cell_ids: Sequence[int]) -> list[int]:
@@ -25,3 +29,15 @@ def parse_cells(spec: str | Sequence[int], cell_ids: Sequence[int]) -> list[int]
     if missing:
         raise InsilicoError(f"the twin has no cells with ids {missing} (ids {min(cell_ids)}..{max(cell_ids)})")
     return list(dict.fromkeys(ids))
+
+
+def describe_cell_accuracy(meta: TwinMetadata, cell_id: int) -> str:
+    """One console line: how well the twin predicts this cell on held-out data, a warning if poorly."""
+    acc = meta.cell_accuracy(cell_id)
+    if acc is None:
+        return f"[yellow]note[/]: the twin's accuracy on cell {cell_id} was not measured (trained by an older version)"
+    warning = acc.warning()
+    where = f" on {meta.accuracy.segment}"
+    if warning is not None:
+        return f"[yellow]warning[/]: {warning}"
+    return f"twin's {acc.describe()}{where}"

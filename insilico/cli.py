@@ -90,6 +90,11 @@ def train(
                                      "or same (the readout grid covers the whole screen). Default: the preset's."),
     spatial_kernel: int = typer.Option(None, help="Spatial side of the TCN and CMST convolutions: 3 (published) "
                                        "or 1 (each grid position sees only its own patch). Default: the preset's."),
+    output: str = typer.Option(None, help="Vi-ST output: softplus (positive, expansive rates) or linear "
+                               "(published). Default: the preset's."),
+    loss: str = typer.Option(None, help="Training loss: poisson or vist (the paper's RMSE + negative-rate "
+                             "penalty + Soft-DTW; needs --output linear). Default: poisson for positive "
+                             "outputs, vist for a linear one."),
     epochs: int = typer.Option(None, help="Maximum epochs, early stopping on validation "
                                "(default: 8 for the cpu preset, 60 for vist)."),
     batch_size: int = typer.Option(None, help="Windows per batch (default: 4 for cpu, 16 for vist)."),
@@ -101,11 +106,13 @@ def train(
     """Train a twin (Vi-ST or a baseline) on a recording; resumes an interrupted run."""
     with friendly_errors():
         from insilico.console import progress
+        from vist_model.accuracy import KNOWS_CELL_CC
         from vist_model.fit_twin import TwinSpec, train_twin
         from vist_model.train import training_for
 
         spec = TwinSpec(kind=model, preset=preset, backbone=backbone, rf_conditioning=rf_conditioning,
-                        readout=readout, cmst_padding=cmst_padding, spatial_kernel=spatial_kernel)
+                        readout=readout, cmst_padding=cmst_padding, spatial_kernel=spatial_kernel,
+                        output=output, loss=loss)
         defaults = training_for(preset)
         cfg = replace(defaults, epochs=epochs or defaults.epochs, batch_size=batch_size or defaults.batch_size,
                       swa=swa, seed=seed)
@@ -118,6 +125,11 @@ def train(
         r = run.result
         console.print(f"trained {meta.kind} on {meta.n_cells} cells: {r.epochs_run} epochs, best validation "
                       f"loss {r.best_val_loss:.4f} (epoch {r.best_epoch + 1}), {r.seconds:.0f} s")
+        acc = meta.accuracy
+        if acc is not None and acc.n_frames:
+            known = sum(c.known for c in acc.cells)
+            console.print(f"held-out accuracy on {acc.segment}: median CC {acc.median_cc():.2f}; the twin knows "
+                          f"{known} of {len(acc.cells)} cells (CC >= {KNOWS_CELL_CC}); stored in the checkpoint")
         console.print(f"wrote [bold]{out / 'model.pt'}[/], {out / 'loss_curve.png'}")
 
 

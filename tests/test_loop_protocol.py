@@ -146,10 +146,16 @@ def test_round_figures_from_rows() -> None:
     assert json.dumps(rows)  # plain JSON for the round summary
 
 
-def test_pick_cells_keeps_42_and_adds_the_best_predicted() -> None:
+def test_pick_cells_keeps_42_when_the_twin_knows_it_and_adds_the_best_predicted() -> None:
     ids = (0, 1, 2, 42)
-    assert pick_cells(np.array([0.1, np.nan, 0.5, -0.2]), ids, (42,), 2) == [42, 2, 0]
-    assert pick_cells(np.array([0.1, 0.2, 0.5, 0.9]), ids, (99,), 1) == [42]
+    assert pick_cells(np.array([0.1, np.nan, 0.5, 0.4]), ids, (42,), 2) == ([42, 2, 0], [])
+    assert pick_cells(np.array([0.1, 0.2, 0.5, 0.9]), ids, (99,), 1) == ([42, 2], [])
+
+
+def test_pick_cells_drops_a_cell_the_twin_does_not_know() -> None:
+    ids = (0, 1, 2, 42)
+    # Cell 42 at held-out CC -0.2: its design would show the recorded STA, not the twin.
+    assert pick_cells(np.array([0.1, np.nan, 0.5, -0.2]), ids, (42,), 1) == ([2, 0], [42])
 
 
 def test_cli_refuses_bad_input_clearly(tmp_path: Path) -> None:

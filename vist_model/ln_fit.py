@@ -27,7 +27,7 @@ from vist_model.data import Block
 
 __all__ = ["RIDGE_GRID", "fit_ln"]
 
-RIDGE_GRID = tuple(10.0 ** k for k in range(-1, 6))
+RIDGE_GRID = tuple(10.0 ** k for k in range(-3, 6))
 """Ridge strengths tried, relative to the mean eigenvalue of the input covariance."""
 CHUNK = 1024  # frames per chunk of lagged inputs
 

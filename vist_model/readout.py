@@ -20,7 +20,10 @@ from torch import Tensor, nn
 
 from stimuli.recording.rf_geometry import rf_centre_and_size
 
-__all__ = ["FactorizedReadout", "Readout", "grid_centres"]
+__all__ = ["START_MASK_SIGMA", "FactorizedReadout", "Readout", "grid_centres"]
+
+START_MASK_SIGMA = 0.75
+"""Width of each cell's starting mask, in grid positions."""
 
 
 def _check_sizes(n_cells: int, height: int, width: int, in_channels: int) -> None:
@@ -63,7 +66,7 @@ class FactorizedReadout(nn.Module):
     """
 
     def __init__(self, n_cells: int, height: int, width: int, in_channels: int, centres: Tensor,
-                 sigma: float = 0.75) -> None:
+                 sigma: float = START_MASK_SIGMA) -> None:
         super().__init__()
         _check_sizes(n_cells, height, width, in_channels)
         if tuple(centres.shape) != (n_cells, 2):

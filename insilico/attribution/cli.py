@@ -51,6 +51,12 @@ def attribute_command(
         for r in results[:10]:
             console.print(f"cell {r.cell_id}: CC {r.cc:.2f}, map-RF r {r.rf_correlation:.2f}, "
                           f"completeness gap {r.completeness_gap:.3g}, sanity rho {r.sanity_similarity:.2f}")
+            for note in r.trust_notes():
+                console.print(f"  [yellow]warning[/]: {note}")
+        untrusted = [r.cell_id for r in results if r.trust_notes()]
+        if untrusted:
+            console.print(f"[yellow]{len(untrusted)} of {len(results)} maps come with a warning[/] "
+                          "(see each report): the twin does not predict those cells well")
         if len(results) > 10:
             console.print(f"... and {len(results) - 10} more")
         pages = [out / f"cell{r.cell_id}.html" for r in results]

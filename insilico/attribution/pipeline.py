@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,10 +30,13 @@ from insilico.attribution.summaries import (
 from insilico.cells import parse_cells
 from insilico.errors import InsilicoError
 from stimuli.recording import open_recording
+from stimuli.recording.rf_geometry import rf_centre_and_size
 from vist_model.fit_twin import resolve_device
 from vist_model.metrics import pearson_per_cell
 from vist_model.streaming import frozen
+from vist_model.readout import START_MASK_SIGMA
 from vist_model.twin import Twin
+from vist_model.vist import ViSTConfig
 
 
 @dataclass(frozen=True, eq=False)
@@ -155,9 +158,24 @@ def attribute_twin(twin: Twin, movie: TestMovie, cell_ids: Sequence[int], config
 
     method = config.method + ("+nt" if config.noise_tunnel else "")
     grid = input_grid(twin) if config.twin_resolution else None
-    return [_summarise(cid, index[cid], clips[cid], attrs, sanity, movie, cc, config, method,
-                       meta.describe_backbone(), meta.frame_rate, test_segment, seconds, grid)
-            for cid in cell_ids]
+    results = [_summarise(cid, index[cid], clips[cid], attrs, sanity, movie, cc, config, method,
+                          meta.describe_backbone(), meta.frame_rate, test_segment, seconds, grid)
+               for cid in cell_ids]
+    return [replace(r, held_out=meta.cell_accuracy(r.cell_id),
+                    start_mask_correlation=abs(map_correlation(r.spatial, start_mask(twin, r.index))))
+            for r in results]
+
+
+def start_mask(twin: Twin, i: int) -> np.ndarray | None:
+    """`[H, W]` the readout mask cell i's twin started from, in pixels (None: no such mask)."""
+    meta = twin.metadata
+    if meta.kind != "vist" or meta.network.get("readout") != "factorized":
+        return None
+    h, w = meta.frame_shape
+    (cy, cx), _ = rf_centre_and_size(meta.rf[i])
+    sigma = START_MASK_SIGMA * h / ViSTConfig.from_dict(meta.network).grid
+    rows, cols = np.mgrid[0:h, 0:w]
+    return np.exp(-((rows - cy) ** 2 + (cols - cx) ** 2) / (2 * sigma ** 2))
 
 
 def input_grid(twin: Twin) -> int | None:

@@ -28,6 +28,10 @@ def write_cell_file(result: CellAttribution, path: str | Path) -> Path:
             "completeness_gap": result.completeness_gap, "sanity_similarity": result.sanity_similarity,
             "effective_rf_centre": np.asarray(result.effective_rf.centre), "effective_rf_sigma": result.effective_rf.sigma,
             "is_linear": -1 if result.is_linear is None else int(result.is_linear),
+            "start_mask_correlation": result.start_mask_correlation,
+            "held_out_cc": result.held_out.cc if result.held_out else float("nan"),
+            "held_out_noise_ceiling": (result.held_out.noise_ceiling if result.held_out and
+                                       result.held_out.noise_ceiling is not None else float("nan")),
         })
         spatial = f.create_dataset("spatial", data=result.spatial)
         spatial.attrs["description"] = ("spatial part of the best space-time separable fit of the clip-mean "

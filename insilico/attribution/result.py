@@ -8,6 +8,10 @@ import numpy as np
 
 from insilico.attribution.clips import Clip
 from insilico.attribution.summaries import EffectiveRF
+from vist_model.accuracy import CellAccuracy
+
+MASK_LOOKALIKE_R = 0.7
+"""A map this close to the readout's starting mask says little about what the twin learned."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -41,6 +45,11 @@ class CellAttribution:
             randomised-weights twin on the same clips (low = the map depends on the training).
         random_spatial: `[H, W]` the randomised twin's map.
         seconds: compute time attributed to this cell.
+        held_out: the twin's held-out accuracy on this cell, as its checkpoint records it (None:
+            not measured).
+        start_mask_correlation: Pearson r of `spatial` with the readout mask the twin started
+            from (a Gaussian at the recorded RF; NaN for twins without one). Near 1 for a cell the
+            twin predicts poorly, the map shows the starting mask, not what the twin learned.
     """
 
     cell_id: int
@@ -70,3 +79,15 @@ class CellAttribution:
     backbone: str
     test_segment: str
     seconds: float
+    held_out: CellAccuracy | None = None
+    start_mask_correlation: float = float("nan")
+
+    def trust_notes(self) -> list[str]:
+        """Sentences a reader needs before trusting this map (empty when none apply)."""
+        notes = []
+        if self.held_out is not None and self.held_out.warning():
+            notes.append(self.held_out.warning())
+        if self.start_mask_correlation >= MASK_LOOKALIKE_R and (self.held_out is None or not self.held_out.known):
+            notes.append(f"the map matches the readout mask the twin started from (r = {self.start_mask_correlation:.2f}): "
+                         "it shows where the recorded RF put the mask, not what the twin learned")
+        return notes

@@ -46,7 +46,7 @@ def optimize_command(
     with friendly_errors():
         from dataclasses import replace
 
-        from insilico.cells import parse_cells
+        from insilico.cells import describe_cell_accuracy, parse_cells
         from insilico.console import progress
         from insilico.design.gradient import GradientConfig
         from insilico.design.run import DesignSettings, load_twins, optimize_cells
@@ -83,6 +83,7 @@ def optimize_command(
                 f"best parametric {p['parametric']:.3f} spikes/bin over frames {r.window[0]}..{r.window[1] - 1} "
                 f"at RMS {r.budget.rms:.3f}; {r.seconds:.1f} s -> [bold]{r.paths['design']}[/]"
             )
+            console.print(f"  {describe_cell_accuracy(twins[0].metadata, r.cell_id)}")
 
 
 def _sta_start(start_from: str, metadata) -> bool:  # noqa: ANN001

@@ -53,7 +53,7 @@ from stimuli.recording import open_recording
 from stimuli.recording.rf_geometry import rf_centre_and_size
 from vist_model.features import FeatureCache
 from vist_model.fit_twin import resolve_device
-from vist_model.twin import Twin
+from vist_model.twin import Twin, TwinMetadata
 
 METHODS = ("gradient", "optuna", "both")
 
@@ -344,6 +344,8 @@ def _write(out: Path, r: DesignResult, s: DesignSettings, meta, obj: Objective,
         "started_from": None if start is None else str(start),
         "rf_envelope": r.envelope,
         "ensemble_size": len(twins),
+        # Every predicted number above is only as good as the twin's word on this cell.
+        "twin_accuracy": _accuracy_record(meta, r.cell_id),
         "training_data": meta.training.get("data"),
         "backbone": twins[0].metadata.describe_backbone(),
         "device": str(twins[0].device),
@@ -355,6 +357,13 @@ def _write(out: Path, r: DesignResult, s: DesignSettings, meta, obj: Objective,
         summary["gradient_history"] = {k: v.tolist() for k, v in c.items()}
     paths["summary"] = write_json(out / f"{stem}.json", summary)
     return paths
+
+
+def _accuracy_record(meta: TwinMetadata, cell_id: int) -> dict[str, object]:
+    acc = meta.cell_accuracy(cell_id)
+    if acc is None:
+        return {"measured": False, "note": "this twin was saved without held-out accuracy (retrain to measure it)"}
+    return {"measured": True, "segment": meta.accuracy.segment, **acc.to_json(), "note": acc.warning()}
 
 
 def verify_design(design: str | Path, sim_seed: int | None = None, data: str | Path | None = None) -> Verification:

@@ -202,10 +202,13 @@ class ClosedLoop:
                         "window": list(r.window), "files": files, "design_predicted": r.predicted,
                         "rms_contrast": r.budget.rms, "method": r.method, "seconds": round(r.seconds, 3),
                         "refined_from": str(starts[r.cell_id]) if r.cell_id in starts else None,
+                        "twin_accuracy": None if (acc := twin.metadata.cell_accuracy(r.cell_id)) is None
+                        else acc.to_json(),
                     })
+                    known = "" if acc is None else f"; {acc.describe()}" + ("" if acc.known else " (twin does not know it)")
                     self.view.note(f"round {k}: cell {r.cell_id} {objective}: predicted design "
                                    f"{r.predicted['design']:.3f}, natural {r.predicted['natural']:.3f}, "
-                                   f"parametric {r.predicted.get('parametric', float('nan')):.3f}")
+                                   f"parametric {r.predicted.get('parametric', float('nan')):.3f}{known}")
                 self.state.mark(k, key, {"items": records, "seconds": _seconds_since(t0)})
             items.extend(self.state.record(k, key)["items"])
         self.state.mark(k, "design", items)
@@ -360,6 +363,7 @@ class ClosedLoop:
             "predicted_by_objective": by_objective(rows, "predicted"),
             "heldout": {key: steps["evaluate"][key] for key in ("cc_mean", "feve_mean", "segment")},
             "heldout_baseline": self.state.record(0, "baseline")["cc_mean"],
+            "target_accuracy": {str(it["cell"]): it.get("twin_accuracy") for it in items},
             "seconds": {"design": round(design_seconds, 3), "predict": steps["predict"]["seconds"],
                         "present": steps["present"]["seconds"], "finetune": steps["finetune"]["seconds"],
                         "evaluate": steps["evaluate"]["seconds"]},

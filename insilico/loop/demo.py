@@ -26,6 +26,7 @@ from insilico.loop.runner import RunOutcome, run_protocol
 from insilico.loop.state import write_json_atomic
 from insilico.simulate import SimulationConfig
 from rig_bridge.transport import free_port
+from vist_model.accuracy import KNOWS_CELL_CC
 
 
 @dataclass(frozen=True)
@@ -128,12 +129,18 @@ def _stage(timings: dict[str, float], name: str, t0: float) -> None:
     console.print(f"[green]✓[/] {name}: {timings[name]:.1f} s")
 
 
-def pick_cells(cc: np.ndarray, cell_ids: tuple[int, ...], fixed: tuple[int, ...], extra: int) -> list[int]:
-    """`fixed` cells plus the `extra` others the twin predicts best on the held-out movie."""
-    order = [cell_ids[i] for i in np.argsort(-np.nan_to_num(np.asarray(cc), nan=-2.0))]
-    picked = [c for c in fixed if c in cell_ids]
-    picked += [c for c in order if c not in picked][:extra]
-    return picked
+def pick_cells(cc: np.ndarray, cell_ids: tuple[int, ...], fixed: tuple[int, ...], extra: int,
+               min_cc: float = KNOWS_CELL_CC) -> tuple[list[int], list[int]]:
+    """Targets: the `fixed` cells the twin knows (held-out CC >= `min_cc`), then the cells it
+    predicts best until `len(fixed) + extra` are picked. Returns `(picked, fixed cells dropped)`:
+    a design for a cell the twin does not predict shows the recorded STA, not the twin."""
+    cc = np.nan_to_num(np.asarray(cc, dtype=np.float64), nan=-2.0)
+    score = dict(zip(cell_ids, cc, strict=True))
+    order = [cell_ids[i] for i in np.argsort(-cc)]
+    dropped = [c for c in fixed if c in score and score[c] < min_cc]
+    picked = [c for c in fixed if c in score and score[c] >= min_cc]
+    picked += [c for c in order if c not in picked and c not in dropped][:len(fixed) + extra - len(picked)]
+    return picked, dropped
 
 
 def run_demo(out_dir: str | Path = "demo", config: DemoConfig | None = None, *, live: bool = True) -> RunOutcome:
@@ -172,7 +179,11 @@ def run_demo(out_dir: str | Path = "demo", config: DemoConfig | None = None, *, 
     t0 = time.perf_counter()
     twin = Twin.load(model, device="cpu")
     cc = evaluate_twin(twin, data, "mov2", cache=cache).metrics.cc
-    cells = pick_cells(cc, twin.metadata.cell_ids, c.cells, c.extra_cells)
+    cells, dropped = pick_cells(cc, twin.metadata.cell_ids, c.cells, c.extra_cells)
+    for cell in dropped:
+        console.print(f"[yellow]note[/]: the twin predicts cell {cell} poorly (held-out CC "
+                      f"{cc[twin.metadata.cell_index(cell)]:.2f} < {KNOWS_CELL_CC}); it designs for the cells it "
+                      "predicts best instead")
     protocol = out / "demo_protocol.toml"
     text = PROTOCOL_TEMPLATE.format(
         rounds=c.rounds, cells=list(cells), objectives=list(c.objectives).__repr__().replace("'", '"'),
@@ -185,7 +196,7 @@ def run_demo(out_dir: str | Path = "demo", config: DemoConfig | None = None, *, 
             console.print(f"[yellow]note[/]: {protocol} changed; the closed loop in {out / 'exp'} starts over")
             _clear_loop(out / "exp")
         protocol.write_text(text)
-    console.print(f"target cells: {', '.join(map(str, cells))} (held-out CC "
+    console.print(f"target cells: {', '.join(map(str, cells))} (the twin's held-out CC "
                   + ", ".join(f"{cc[twin.metadata.cell_index(x)]:.2f}" for x in cells) + ")")
     _stage(timings, "pick target cells", t0)
 

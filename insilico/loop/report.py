@@ -206,6 +206,15 @@ def render_report(out: Path) -> str:
                               _num(x.get("measured_sem")), _num(x.get("predicted_margin")),
                               _num(x.get("measured_margin")), html.escape(x["file"])] for x in r["rows"]]))
         parts.append("<p>Margin: the target's window rate minus the strongest other cell's.</p>")
+        accuracy = r.get("target_accuracy") or {}
+        if accuracy:
+            parts.append("<h3>How well the twin that designed them knows each target</h3>")
+            parts.append(_table(["cell", "held-out CC", "noise ceiling", "CC / ceiling", "twin knows the cell"],
+                                [[c, _num(a["held_out_cc"]) if a else "not measured",
+                                  _num(a["noise_ceiling"]) if a else "", _num(a["fraction_of_ceiling"], 2) if a else "",
+                                  ("yes" if a["twin_knows_cell"] else "<b>no</b>: its predictions for this cell are "
+                                   "not to be trusted") if a else ""]
+                                 for c, a in accuracy.items()]))
         parts.append(_table(["stage", "seconds"], [[k, _num(v, 1)] for k, v in r["seconds"].items()]))
     style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}"
              "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;"

@@ -1,0 +1,200 @@
+"""The twin on a family of simulated retinas: accuracy per cell type and design fidelity.
+
+The family is generated (`insilico.simulate.retina_family`), not hand-picked: its members differ
+in screen size, cell count, cell-type mix, receptive-field size, contrast, training length,
+repeats and seed. Members `--tune` first ones are where the twin's settings may be chosen; the
+table that counts is over the others ("report" members), which no setting was chosen on.
+
+Per member and model, on the repeated test movie `mov2`: median CC, FEVE and CC / noise ceiling
+over the reliable cells (split-half r > 0.5), and CC / ceiling per cell type. Models: Vi-ST with
+the shipped defaults (`vist`), the published preset (`vist_published`: paper's loss, linear
+output, dense readout; slow on CPU), the LN fitted as labs fit it, the McIntosh CNN, and the
+oracle (the simulator's own expected rate: the ceiling any model can reach).
+
+Design fidelity (`--design-cells K`): for the K most reliable cells, each model's gradient design
+(`insilico optimize`'s defaults) is predicted by the model and played to the simulated retina;
+the table gives the median factor between the two (predicted / true, 1 is perfect), before and
+after one round of fine-tuning on the retina's recorded response to the designs.
+
+    python benchmarks/twin_family.py --work W [--members 6] [--tune 2] [--only 2,3]
+        [--models vist,ln,cnn,oracle] [--epochs 8] [--design-cells 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from insilico.design.run import DesignSettings, optimize_cells  # noqa: E402
+from insilico.design.verify import true_response  # noqa: E402
+from insilico.simulate import SimulationConfig, retina_family, retina_of_recording, simulate_recording  # noqa: E402
+from rig_bridge.simulated_retina import split_half_reliability  # noqa: E402
+from stimuli.recording import RecordingWriter, open_recording  # noqa: E402
+from vist_model.features import FeatureCache  # noqa: E402
+from vist_model.fit_twin import TwinSpec, finetune_twin, train_twin  # noqa: E402
+from vist_model.metrics import evaluate  # noqa: E402
+from vist_model.train import TrainConfig, training_for  # noqa: E402
+from vist_model.twin import Twin  # noqa: E402
+
+MODELS = {
+    "vist": TwinSpec(kind="vist"),  # the shipped defaults
+    "vist_published": TwinSpec(kind="vist", preset="vist", output="linear", loss="vist", readout="dense",
+                               cmst_padding="valid"),
+    "ln": TwinSpec(kind="ln"),
+    "cnn": TwinSpec(kind="cnn"),
+}
+RELIABLE = 0.5
+FINETUNE = TrainConfig(epochs=4, batch_size=4, warmup_epochs=1, lr=3e-4, final_lr=1e-4, patience=4, coverage=2.0)
+
+
+def member_data(work: Path, k: int, config: SimulationConfig) -> Path:
+    path = work / f"member{k}" / "data.h5"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        simulate_recording(path, config)
+    return path
+
+
+def train(data: Path, name: str, epochs: int, cache: FeatureCache) -> Twin:
+    run_dir = data.parent / name
+    if (run_dir / "model.pt").exists() and not (run_dir / "train_state.pt").exists():
+        return Twin.load(run_dir)
+    spec = MODELS[name]
+    config = replace(training_for(spec.preset), epochs=epochs) if spec.kind != "ln" else None
+    return train_twin(data, ["mov1"], run_dir, spec=spec, config=config, cache=cache).twin
+
+
+def scores(prediction: np.ndarray, counts: np.ndarray, types: np.ndarray, reliable: np.ndarray) -> dict:
+    m = evaluate(prediction, counts)
+    ratio = m.cc / m.noise_ceiling
+    per_type = {t: float(np.nanmedian(ratio[reliable & (types == t)]))
+                for t in sorted(set(types)) if (reliable & (types == t)).any()}
+    return {"cc": float(np.nanmedian(m.cc[reliable])), "feve": float(np.nanmedian(m.feve[reliable])),
+            "ratio": float(np.nanmedian(ratio[reliable])), "types": per_type,
+            "worst_type": min(per_type.values()) if per_type else float("nan")}
+
+
+def design_fidelity(twin: Twin, data: Path, retina, cells: list[int], work: Path, cache: FeatureCache) -> dict:
+    """Predicted / true response of each cell's gradient design, before and after one fine-tuning round."""
+    designs = optimize_cells(twin, cells, work / "designs", method="gradient", seeds=2,
+                             settings=DesignSettings(sta_start=True), cache=cache)
+    true, clips = [], []
+    for r in designs:
+        true.append(true_response(retina, retina.index_of(r.cell_id), r.design, r.window))
+        clips.append((r.cell_id, r.design, r.window))
+    before = _predicted(twin, clips, cache)
+    session = _record_designs(data, retina, clips, work / "session.h5")
+    tuned = finetune_twin(twin, [(data, ["mov1"]), (session, [f"design{c}" for c, _, _ in clips])], work / "tuned",
+                          config=FINETUNE, cache=cache, shares=[0.5, 0.5])
+    after = _predicted(tuned.twin, clips, cache)
+    factor = lambda p, t: float(np.exp(np.median(np.abs(np.log(np.maximum(p, 1e-6) / np.maximum(t, 1e-6))))))  # noqa: E731
+    return {"cells": cells, "predicted_before": before, "predicted_after": after, "true": true,
+            "factor_before": factor(np.array(before), np.array(true)),
+            "factor_after": factor(np.array(after), np.array(true))}
+
+
+def _predicted(twin: Twin, clips, cache: FeatureCache) -> list[float]:
+    """The twin's mean rate of each design's cell over its window, the clip played from grey."""
+    return [float(twin.predict(clip, cache)[a:b, twin.metadata.cell_index(cid)].mean()) for cid, clip, (a, b) in clips]
+
+
+def _record_designs(data: Path, retina, clips, out: Path, repeats: int = 5) -> Path:
+    """The simulated retina's recorded response to each design, one segment each."""
+    rng = np.random.default_rng(0)
+    with open_recording(data) as rec:
+        ids, fps, shape = rec.cell_ids, rec.frame_rate, rec.shape
+    out.unlink(missing_ok=True)
+    with RecordingWriter(out, frame_rate=fps, height=shape[1], width=shape[2], cell_ids=ids,
+                         n_repeats=repeats) as w:
+        for cid, clip, _ in clips:
+            rate = retina.rate(clip.astype(np.float64) / 255.0)
+            w.append_segment(f"design{cid}", clip, np.stack([rng.poisson(rate) for _ in range(repeats)]))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", type=Path, required=True)
+    ap.add_argument("--family-seed", type=int, default=0)
+    ap.add_argument("--members", type=int, default=6)
+    ap.add_argument("--tune", type=int, default=2, help="the first TUNE members are the tuning set")
+    ap.add_argument("--only", default="", help="member indices to run (default: all report members)")
+    ap.add_argument("--models", default="vist,ln,cnn,oracle")
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--design-cells", type=int, default=4)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    args.work.mkdir(parents=True, exist_ok=True)
+    family = retina_family(args.members, args.family_seed)
+    picked = ([int(k) for k in args.only.split(",")] if args.only else range(args.tune, args.members))
+    cache = FeatureCache(args.work / "features")
+    results_path = args.work / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    for k in picked:
+        cfg = family[k]
+        role = "tune" if k < args.tune else "report"
+        data = member_data(args.work, k, cfg)
+        with open_recording(data) as rec:
+            counts = rec.counts("mov2")
+            frames = rec.frames("mov2")
+            types = np.array(rec.cell_types)
+            reliability = split_half_reliability(counts)
+            retina = retina_of_recording(rec.attrs)
+            ids = [int(c) for c in rec.cell_ids]
+        reliable = reliability > RELIABLE
+        print(f"\nmember {k} ({role}): {cfg.size} px, {cfg.n_cells} cells, {cfg.train_seconds:.0f} s training, "
+              f"{cfg.test_repeats} repeats, contrast {cfg.rms_contrast:.2f}, RF scale {cfg.rf_scale:.2f}, "
+              f"{int(reliable.sum())} reliable cells", flush=True)
+        member = results.setdefault(str(k), {"role": role, "config": asdict(cfg), "models": {}})
+        top = [ids[i] for i in np.argsort(-np.nan_to_num(reliability))[: args.design_cells]]
+        for name in args.models.split(","):
+            if name in member["models"]:
+                continue
+            t0 = time.perf_counter()
+            if name == "oracle":
+                prediction = retina.rate(frames.astype(np.float64) / 255.0)
+                row = scores(prediction, counts, types, reliable)
+            else:
+                twin = train(data, name, args.epochs, cache)
+                row = scores(twin.predict(frames, cache), counts, types, reliable)
+                row["train_s"] = time.perf_counter() - t0
+                if args.design_cells:
+                    row["design"] = design_fidelity(twin, data, retina, top, data.parent / f"{name}_design", cache)
+            member["models"][name] = row
+            results_path.write_text(json.dumps(results, indent=1))
+            _print_row(name, row)
+    _summary(results)
+
+
+def _print_row(name: str, row: dict) -> None:
+    types = " ".join(f"{t[:9]} {v:.2f}" for t, v in row["types"].items())
+    design = row.get("design")
+    fid = f" design x{design['factor_before']:.2f} -> x{design['factor_after']:.2f}" if design else ""
+    print(f"  {name:<15} CC {row['cc']:.3f}  FEVE {row['feve']:.3f}  CC/ceiling {row['ratio']:.3f}  "
+          f"worst type {row['worst_type']:.2f}{fid}\n    {types}", flush=True)
+
+
+def _summary(results: dict) -> None:
+    report = {k: v for k, v in results.items() if v["role"] == "report"}
+    if not report:
+        return
+    names = sorted({n for v in report.values() for n in v["models"]})
+    print(f"\nreport members {sorted(report, key=int)}: median CC / ceiling (worst cell type) per member")
+    print(f"{'model':<15}" + "".join(f"{'member ' + k:>16}" for k in sorted(report, key=int)))
+    for n in names:
+        cells = [report[k]["models"].get(n) for k in sorted(report, key=int)]
+        print(f"{n:<15}" + "".join(f"{c['ratio']:>9.3f} ({c['worst_type']:.2f})" if c else f"{'-':>16}" for c in cells))
+
+
+if __name__ == "__main__":
+    main()
