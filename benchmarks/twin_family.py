@@ -36,7 +36,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from insilico.design.run import DesignSettings, optimize_cells  # noqa: E402
 from insilico.design.verify import true_response  # noqa: E402
-from insilico.simulate import SimulationConfig, retina_family, retina_of_recording, simulate_recording  # noqa: E402
+from insilico.simulate import (  # noqa: E402
+    SimulationConfig,
+    retina_family,
+    retina_of_recording,
+    simulate_recording,
+)
 from rig_bridge.simulated_retina import split_half_reliability  # noqa: E402
 from stimuli.recording import RecordingWriter, open_recording  # noqa: E402
 from vist_model.features import FeatureCache  # noqa: E402

@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from insilico.simulate import SimulationConfig, retina_family, retina_of_recording, simulate_recording
+from insilico.simulate import (
+    SimulationConfig,
+    retina_family,
+    retina_of_recording,
+    simulate_recording,
+)
 from stimuli.recording import open_recording
 from vist_model.accuracy import KNOWS_CELL_CC, CellAccuracy, HeldOutAccuracy
 from vist_model.baselines import LNConfig, LNModel, lagged_inputs

@@ -29,12 +29,12 @@ from vist_model.data import (
 )
 from vist_model.evaluate import evaluate_twin
 from vist_model.features import FeatureCache
-from vist_model.metrics import pearson_per_cell
 from vist_model.files import atomic_write_text
+from vist_model.ln_fit import fit_ln
 from vist_model.loss import PoissonLoss, ViSTLoss
+from vist_model.metrics import pearson_per_cell
 from vist_model.plots import plot_loss_curve
 from vist_model.receptive_fields import receptive_fields
-from vist_model.ln_fit import fit_ln
 from vist_model.train import TrainConfig, TrainResult, evaluate_loss, fit, training_for
 from vist_model.twin import (
     MODEL_KINDS,

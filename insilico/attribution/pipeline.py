@@ -33,8 +33,8 @@ from stimuli.recording import open_recording
 from stimuli.recording.rf_geometry import rf_centre_and_size
 from vist_model.fit_twin import resolve_device
 from vist_model.metrics import pearson_per_cell
-from vist_model.streaming import frozen
 from vist_model.readout import START_MASK_SIGMA
+from vist_model.streaming import frozen
 from vist_model.twin import Twin
 from vist_model.vist import ViSTConfig
 
