@@ -123,3 +123,32 @@ def test_family_is_generated_varied_and_rebuildable(tmp_path: Path) -> None:
     assert types.count("on_sustained") == 11 and types.count("off_transient") == 3  # 10.5 : 3.5, tie to the first
     assert list(retina.cell_types) == types
     assert json.loads(json.dumps(mix.type_weights)) == [["on_sustained", 3.0], ["off_transient", 1.0]]
+
+
+@pytest.mark.slow
+def test_vist_predicts_on_and_off_cells_and_does_not_underpredict_a_strong_stimulus(tmp_path: Path) -> None:
+    """The shipped defaults on a tiny ON/OFF retina: both polarities predicted, and the true
+    optimum (full contrast where the filter is) predicted within 5x of the retina's answer."""
+    from rig_bridge.retina.optimum import true_optimal_stimulus
+    from vist_model.evaluate import evaluate_twin
+    from vist_model.features import FeatureCache
+    from vist_model.fit_twin import train_twin
+    from vist_model.train import CPU_TRAINING
+
+    cfg = SimulationConfig(n_cells=8, size=32, train_seconds=60, test_seconds=10, test_repeats=4, noise_seconds=40,
+                           type_weights=(("on_sustained", 1.0), ("off_sustained", 1.0)), seed=3)
+    data = simulate_recording(tmp_path / "onoff.h5", cfg)
+    cache = FeatureCache(tmp_path / "features")
+    run = train_twin(data, ["mov1"], tmp_path / "twin", spec=TwinSpec(), config=CPU_TRAINING, cache=cache)
+    cc = evaluate_twin(run.twin, data, "mov2", cache=cache).metrics.cc
+    with open_recording(data) as rec:
+        types = np.array(rec.cell_types)
+        retina = retina_of_recording(rec.attrs)
+    assert np.median(cc[types == "on_sustained"]) > 0.4
+    assert np.median(cc[types == "off_sustained"]) > 0.4
+    for i in (int(np.flatnonzero(types == "on_sustained")[0]), int(np.flatnonzero(types == "off_sustained")[0])):
+        clip = true_optimal_stimulus(retina, i, 30, 0.2)
+        frames = np.round(clip * 255).astype(np.uint8)
+        true = retina.rate(frames / 255.0)[-3:, i].mean()
+        predicted = run.twin.predict(frames, cache)[-3:, i].mean()
+        assert predicted > true / 5, (types[i], predicted, true)

@@ -208,7 +208,7 @@ def train_twin(
         "spec": asdict(spec), "config": asdict(config), "result": asdict(result),
         "device": str(dev), "torch": torch.__version__,
     }
-    accuracy = measure_accuracy(twin, data, list(train_segments) + list(test_segments), val_blocks, cache)
+    accuracy = measure_accuracy(twin, data, list(train_segments), val_blocks, cache)
     twin.metadata = replace(twin.metadata, training=training, accuracy=accuracy)
     _save_run(twin, result, out)
     return TrainedRun(twin, result, split, out, rfs.source)
