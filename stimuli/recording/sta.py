@@ -18,6 +18,9 @@ import numpy as np
 DEFAULT_LAGS = range(0, 15)
 """0.5 s of lags at 30 frames/s."""
 
+NOISE_SEGMENT_NAMES = ("noise", "white_noise", "whitenoise", "checkerboard")
+"""Segment names (lower case) taken for white noise when receptive fields are estimated."""
+
 
 @dataclass(frozen=True, eq=False)
 class StaEstimate:
