@@ -25,6 +25,7 @@ from pynwb.file import Subject  # noqa: E402
 from pynwb.image import GrayscaleImage, Images, IndexSeries, OpticalSeries  # noqa: E402
 
 from stimuli.nwb import (  # noqa: E402
+    DesignRecord,
     NwbError,
     NwbImportSettings,
     NwbSessionMetadata,
@@ -330,7 +331,8 @@ def _assert_same_recording(a: Path, b: Path) -> None:
         assert x.cell_types == y.cell_types
         np.testing.assert_array_equal(x.rf, y.rf)
         assert x.frame_rate == pytest.approx(y.frame_rate, rel=1e-9)
-        assert x.pixel_size_um == pytest.approx(y.pixel_size_um, rel=1e-12)
+        assert (x.pixel_size_um is None and y.pixel_size_um is None) or \
+            x.pixel_size_um == pytest.approx(y.pixel_size_um, rel=1e-12)
 
 
 def test_export_passes_nwbinspector_and_round_trips_bin_centres(tmp_path: Path) -> None:
@@ -367,16 +369,17 @@ def test_round_trip_of_an_import_keeps_recorded_spike_and_flip_times(
 
 def test_export_writes_designs_as_time_intervals(tmp_path: Path) -> None:
     rec = _small_recording(tmp_path / "rec.h5")
-    with h5py.File(rec, "r+") as f:
-        f["designs/segment"] = np.array(["clip"], dtype=h5py.string_dtype())
-        f["designs/objective"] = np.array(["increase"], dtype=h5py.string_dtype())
-        f["designs/cell"] = np.array([8])
-        f["designs/twin"] = np.array(["runs/vist"], dtype=h5py.string_dtype())
-    export_nwb(rec, tmp_path / "out.nwb", META)
+    designs = [DesignRecord("clip", "increase", 8, "runs/vist"), DesignRecord("mov1", "increase", 8, "runs/vist",
+                                                                              role="natural")]
+    export_nwb(rec, tmp_path / "out.nwb", META, designs=designs)
+    assert critical(inspect_nwb(tmp_path / "out.nwb")) == []
     with NWBHDF5IO(str(tmp_path / "out.nwb"), "r") as io:
-        designs = io.read().intervals["designs"].to_dataframe()
-    assert designs["stimulus_name"].tolist() == ["clip", "clip"]  # one row per showing
-    assert designs["cell"].tolist() == [8, 8] and designs["objective"].iloc[0] == "increase"
+        table = io.read().intervals["designs"].to_dataframe()
+    assert table["stimulus_name"].tolist() == ["mov1", "clip", "clip"]  # one row per showing, in time order
+    assert table["role"].tolist() == ["natural", "design", "design"]
+    assert table["cell"].tolist() == [8, 8, 8] and set(table["objective"]) == {"increase"}
+    with pytest.raises(NwbError, match=r"designs: a design names segment 'gone'"):
+        export_nwb(rec, tmp_path / "x.nwb", META, designs=[DesignRecord("gone", "increase", 8, "t")])
 
 
 def test_export_refuses_missing_subject_fractional_counts_and_stimulus_only(tmp_path: Path) -> None:
@@ -434,3 +437,148 @@ def test_nwb_import_and_export_run_without_torch(tmp_path: Path, pipeline_nwb: P
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
+
+
+# --- sessions of the rig and of protocol runs written as NWB -------------------------------------------
+META_TOML = """subject_id = "mouse-7"\nspecies = "Mus musculus"\nsex = "F"\nage = "P90D"\n"""
+
+
+@pytest.fixture()
+def rig(tmp_path: Path):  # noqa: ANN201
+    from rig_bridge.server import RigServer, ServerConfig
+    from rig_bridge.sim_backend import SimBackend
+    from rig_bridge.transport import free_port
+
+    backend = SimBackend(n_cells=6, size=SIZE, frame_rate=RATE, seed=2)
+    srv = RigServer(backend, ServerConfig(port=free_port(), store_dir=tmp_path / "store", insecure=True,
+                                          heartbeat_s=0.2, rig_seed=2)).start()
+    yield srv.address
+    srv.stop()
+
+
+def test_rig_present_writes_the_session_as_nwb(tmp_path: Path, rig: str) -> None:
+    from typer.testing import CliRunner
+
+    from rig_bridge.cli import rig_app
+    from stimuli.recording import write_stimulus
+
+    stim = write_stimulus(tmp_path / "stim.h5", np.random.default_rng(1).integers(0, 256, (20, SIZE, SIZE),
+                                                                                  dtype=np.uint8), RATE)
+    (tmp_path / "meta.toml").write_text(META_TOML)
+    args = ["present", str(stim), "--rig", rig, "--insecure", "--out", str(tmp_path / "s.h5"),
+            "--nwb", str(tmp_path / "s.nwb"), "--nwb-metadata", str(tmp_path / "meta.toml")]
+    for repeats in ("2", "1"):  # a session holds as many repeats as its first presentation
+        r = CliRunner().invoke(rig_app, [*args, "--repeats", repeats])
+        assert r.exit_code == 0, r.output
+    assert "session written as NWB" in r.output
+    assert critical(inspect_nwb(tmp_path / "s.nwb")) == []
+    import_nwb(tmp_path / "s.nwb", tmp_path / "back.h5")
+    with open_recording(tmp_path / "s.h5") as a, open_recording(tmp_path / "back.h5") as b:
+        assert len(a.segments) == 2 and a.segments == b.segments
+        np.testing.assert_array_equal(a.counts(), b.counts())
+
+
+def test_rig_present_refuses_nwb_without_a_subject_before_showing_anything(tmp_path: Path, rig: str) -> None:
+    from typer.testing import CliRunner
+
+    from rig_bridge.cli import rig_app
+    from stimuli.recording import write_stimulus
+
+    stim = write_stimulus(tmp_path / "stim.h5", np.zeros((4, SIZE, SIZE), np.uint8), RATE)
+    r = CliRunner().invoke(rig_app, ["present", str(stim), "--rig", rig, "--insecure", "--out",
+                                     str(tmp_path / "s.h5"), "--nwb", str(tmp_path / "s.nwb")])
+    assert r.exit_code == 1 and "--nwb needs the subject's subject_id, species, sex, age" in r.output
+    assert not (tmp_path / "s.h5").exists() and not (tmp_path / "s.nwb").exists()
+
+
+CHARACTERIZE = """
+kind = "characterize"
+[presentation]
+repeats = 1
+isi_grey_frames = 2
+[[stimulus]]
+family = "white_noise"
+seconds = 1
+[[stimulus]]
+family = "natural_movie"
+seconds = 1
+repeats = 2
+"""
+
+
+def test_run_characterize_with_nwb_writes_session_nwb(tmp_path: Path, rig: str) -> None:
+    from insilico.loop.runner import run_protocol
+
+    (tmp_path / "p.toml").write_text(CHARACTERIZE)
+    (tmp_path / "meta.toml").write_text(META_TOML)
+    outcome = run_protocol(tmp_path / "p.toml", None, rig, tmp_path / "exp", insecure=True, timeout_s=30,
+                           live=False, nwb=tmp_path / "meta.toml")
+    session = tmp_path / "exp" / "characterize" / "session.h5"
+    assert session.with_suffix(".nwb") in outcome.files
+    assert critical(inspect_nwb(session.with_suffix(".nwb"))) == []
+    import_nwb(session.with_suffix(".nwb"), tmp_path / "back.h5")
+    _assert_same_recording(session, tmp_path / "back.h5")
+
+
+def test_run_refuses_incomplete_nwb_metadata_before_the_rig(tmp_path: Path) -> None:
+    from insilico.errors import InsilicoError
+    from insilico.loop.runner import run_protocol
+
+    (tmp_path / "p.toml").write_text(CHARACTERIZE)
+    (tmp_path / "meta.toml").write_text('subject_id = "m1"\n')
+    with pytest.raises(InsilicoError, match=r"meta.toml: NWB metadata lacks the subject's species, sex, age"):
+        run_protocol(tmp_path / "p.toml", None, "tcp://127.0.0.1:1", tmp_path / "exp", insecure=True, live=False,
+                     nwb=tmp_path / "meta.toml")
+
+
+CLOSED_LOOP = """
+kind = "mei_closed_loop"
+rounds = 1
+[design]
+cells = [3]
+objectives = ["increase"]
+controls = ["natural", "parametric"]
+n_frames = 40
+window_frames = 2
+seeds = 1
+steps = 1
+comparison_trials = 1
+natural_top_k = 1
+device = "cpu"
+[presentation]
+repeats = 2
+isi_grey_frames = 3
+[finetune]
+mode = "readout"
+epochs = 1
+window = 40
+include_training_data = false
+[evaluation]
+data = "{data}"
+segment = "mov2"
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_closed_loop_round_is_archived_as_nwb_with_its_designs(tiny_twin_dir: Path, tiny_recording: Path,
+                                                               feature_cache_dir: Path, tmp_path: Path) -> None:
+    from insilico.loop.runner import run_protocol
+    from rig_bridge.server import RigServer, ServerConfig
+    from rig_bridge.sim_backend import SimBackend
+    from rig_bridge.transport import free_port
+
+    (tmp_path / "loop.toml").write_text(CLOSED_LOOP.format(data=tiny_recording))
+    (tmp_path / "meta.toml").write_text(META_TOML)
+    backend = SimBackend(n_cells=12, size=32, frame_rate=RATE, seed=0)
+    with RigServer(backend, ServerConfig(port=free_port(), store_dir=tmp_path / "store", insecure=True)) as srv:
+        run_protocol(tmp_path / "loop.toml", tiny_twin_dir, srv.address, tmp_path / "exp", insecure=True,
+                     timeout_s=60, live=False, feature_cache=feature_cache_dir, nwb=tmp_path / "meta.toml")
+    nwb = tmp_path / "exp" / "round_1" / "session.nwb"
+    assert critical(inspect_nwb(nwb)) == []
+    with NWBHDF5IO(str(nwb), "r") as io:
+        designs = io.read().intervals["designs"].to_dataframe()
+    assert set(designs["role"]) == {"design", "natural", "parametric"}
+    assert set(designs["cell"]) == {3} and set(designs["objective"]) == {"increase"}
+    assert len(designs) == 3 * 2  # three clips, two repeats each
+    assert set(designs["twin"]) == {str(tiny_twin_dir)}

@@ -4,11 +4,12 @@ Needs `pynwb` (and `nwbinspector` for `inspect_nwb`), not torch: the rig compute
 """
 
 from stimuli.nwb.errors import NwbError
-from stimuli.nwb.exporter import NwbExportReport, NwbSessionMetadata, export_nwb
+from stimuli.nwb.exporter import DesignRecord, NwbExportReport, NwbSessionMetadata, export_nwb
 from stimuli.nwb.importer import ImportedSegment, NwbImportReport, NwbImportSettings, import_nwb
 from stimuli.nwb.inspect import Finding, critical, inspect_nwb
 
 __all__ = [
+    "DesignRecord",
     "Finding",
     "ImportedSegment",
     "NwbError",

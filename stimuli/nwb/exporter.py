@@ -13,7 +13,8 @@ What goes where (docs/nwb.md has the full table):
   t of a showing at t / frame_rate, showings back to back in file order (the notes say so).
 - every showing -> a row of the `presentations` TimeIntervals table (its `stop_time` is the end
   of the last frame, which the stimulus series cannot hold); recorded flips also go to
-  `acquisition/frame_flips`; designs (`/designs`) -> the `designs` TimeIntervals table.
+  `acquisition/frame_flips`; designs (`DesignRecord`s from the closed loop) -> the `designs`
+  TimeIntervals table, one row per showing of each designed or control clip.
 - session and subject metadata -> `NWBFile` and `Subject`, from `NwbSessionMetadata`, filled
   from the recording's `nwb_*` attributes where the caller leaves a field unset.
 """
@@ -24,6 +25,7 @@ import datetime as dt
 import os
 import tomllib
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
@@ -78,6 +80,21 @@ class NwbSessionMetadata:
                 found[f.name] = str(attrs[key])
         return replace(self, **found)
 
+    def missing(self) -> list[str]:
+        """The required subject fields (`REQUIRED_SUBJECT`) that are unset."""
+        return [k for k in REQUIRED_SUBJECT if getattr(self, k) is None]
+
+
+@dataclass(frozen=True)
+class DesignRecord:
+    """One clip of a closed-loop round: which segment showed it, for which cell and objective."""
+
+    segment: str
+    objective: str  # e.g. increase, discriminative
+    cell: int  # target cell id
+    twin: str  # the twin that designed it (its run folder)
+    role: str = "design"  # design, or the control it is: natural, parametric
+
 
 @dataclass(frozen=True)
 class NwbExportReport:
@@ -101,12 +118,12 @@ class _Extras:
     flips: dict[str, np.ndarray]  # segment -> [R_s, T + 1] s
     spike_times: list[np.ndarray] | None  # per cell, s
     electrode: np.ndarray | None  # [N] int64, -1 none
-    designs: list[dict[str, object]]
     timing_source: str | None
 
 
 def export_nwb(recording: str | os.PathLike[str], out: str | os.PathLike[str],
-               metadata: NwbSessionMetadata = NwbSessionMetadata()) -> NwbExportReport:
+               metadata: NwbSessionMetadata = NwbSessionMetadata(),
+               designs: Sequence[DesignRecord] = ()) -> NwbExportReport:
     """Write the recording as the NWB file `out` (atomically); raises `NwbError` on what it cannot say."""
     from pynwb import NWBHDF5IO
 
@@ -115,12 +132,12 @@ def export_nwb(recording: str | os.PathLike[str], out: str | os.PathLike[str],
         if not rec.has_responses:
             raise NwbError(src, "/responses", "a stimulus-only file has no units to export")
         meta = metadata.filled_from(rec.attrs)
-        missing = [k for k in REQUIRED_SUBJECT if getattr(meta, k) is None]
+        missing = meta.missing()
         if missing:
             raise NwbError(src, "metadata", f"the subject's {', '.join(missing)} are unknown; archives require "
                            "them: give them as metadata (insilico export nwb --metadata FILE.toml)")
         extras = _read_extras(src, rec.n_cells)
-        nwbfile, report = _build(src, rec, meta, extras)
+        nwbfile, report = _build(src, rec, meta, extras, designs)
         with atomic_path(out) as tmp, NWBHDF5IO(str(tmp), "w") as io:
             io.write(nwbfile)
     return replace(report, out=Path(out))
@@ -138,19 +155,12 @@ def _read_extras(src: str, n_cells: int) -> _Extras:
                 raise NwbError(src, "/spikes/index", f"has {len(ends)} entries for {n_cells} cells")
             spike_times = np.split(times, ends[:-1])
         electrode = np.asarray(f["cells/electrode"][()], dtype=np.int64) if "cells/electrode" in f else None
-        designs = []
-        if "designs" in f:
-            g = f["designs"]
-            cols = {k: g[k][()] for k in ("segment", "objective", "cell", "twin") if k in g}
-            if "segment" not in cols:
-                raise NwbError(src, "/designs/segment", "missing: which segment is each design?")
-            for i in range(len(cols["segment"])):
-                designs.append({k: _plain(v[i]) for k, v in cols.items()})
         source = f.attrs.get("timing_source")
-    return _Extras(flips, spike_times, electrode, designs, _plain(source) if source is not None else None)
+    return _Extras(flips, spike_times, electrode, _plain(source) if source is not None else None)
 
 
-def _build(src: str, rec, meta: NwbSessionMetadata, extras: _Extras):  # noqa: ANN001, ANN202
+def _build(src: str, rec, meta: NwbSessionMetadata, extras: _Extras,  # noqa: ANN001, ANN202
+           designs: Sequence[DesignRecord]):
     from hdmf.data_utils import DataChunkIterator
     from pynwb import NWBFile, TimeSeries
     from pynwb.base import ImageReferences
@@ -244,7 +254,7 @@ def _build(src: str, rec, meta: NwbSessionMetadata, extras: _Extras):  # noqa: A
             name="frame_flips", data=frame[order].astype(np.int64), unit="frame", timestamps=flips[order],
             description="every frame flip of every showing (data: frame index in its showing; index T marks the "
                         "end of a showing's last frame)"))
-    _add_designs(src, nwbfile, rec, extras.designs, timing)
+    _add_designs(src, nwbfile, designs, timing)
 
     # 4. Units.
     n_spikes, spike_source = _add_units(src, nwbfile, rec, extras, timing)
@@ -310,7 +320,7 @@ def _add_units(src: str, nwbfile, rec, extras: _Extras, timing: dict[str, np.nda
     return int(sum(len(s) for s in spikes)), source
 
 
-def _add_designs(src: str, nwbfile, rec, designs: list[dict[str, object]],  # noqa: ANN001
+def _add_designs(src: str, nwbfile, designs: Sequence[DesignRecord],  # noqa: ANN001
                  timing: dict[str, np.ndarray]) -> None:
     if not designs:
         return
@@ -321,16 +331,15 @@ def _add_designs(src: str, nwbfile, rec, designs: list[dict[str, object]],  # no
     table.add_column("objective", "what the design asked of the cell (e.g. increase, discriminative)")
     table.add_column("cell", "id of the target cell (a unit id)")
     table.add_column("twin", "the twin that designed it")
+    table.add_column("role", "design, or the control it is (natural, parametric)")
     rows = []
     for d in designs:
-        name = str(d["segment"])
-        if name not in timing:
-            raise NwbError(src, "/designs/segment", f"names {name!r}, which is not a segment of the recording")
-        for edges in timing[name]:
-            rows.append((float(edges[0]), float(edges[-1]), name, str(d.get("objective", "")),
-                         int(d.get("cell", -1)), str(d.get("twin", ""))))
-    for a, b, name, objective, cell, twin in sorted(rows):
-        table.add_row(start_time=a, stop_time=b, stimulus_name=name, objective=objective, cell=cell, twin=twin)
+        if d.segment not in timing:
+            raise NwbError(src, "designs", f"a design names segment {d.segment!r}, which the recording lacks")
+        rows += [(float(e[0]), float(e[-1]), d) for e in timing[d.segment]]
+    for a, b, d in sorted(rows, key=lambda row: row[:2]):
+        table.add_row(start_time=a, stop_time=b, stimulus_name=d.segment, objective=d.objective, cell=int(d.cell),
+                      twin=d.twin, role=d.role)
     nwbfile.add_time_intervals(table)
 
 
