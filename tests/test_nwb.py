@@ -171,9 +171,9 @@ def test_import_counts_equal_an_independent_binning(imported, session: Session) 
 def test_import_frame_rate_is_the_median_flip_interval(imported, session: Session) -> None:  # noqa: ANN001
     out, report = imported
     steps = np.concatenate([np.diff(e[:-1]) for shown in session.edges.values() for e in shown])
-    assert report.frame_rate == pytest.approx(1 / np.median(steps), rel=1e-12)
+    assert report.frame_rate == round(1 / np.median(steps), 6)  # to a micro-hertz
     with open_recording(out) as rec:
-        assert rec.frame_rate == pytest.approx(1 / np.median(steps), rel=1e-12)
+        assert rec.frame_rate == report.frame_rate
         assert "median flip interval" in rec.attrs["frame_rate_source"]
     assert abs(report.frame_rate - RATE) < 1.0  # jittered, not a different rate
 
@@ -582,3 +582,104 @@ def test_closed_loop_round_is_archived_as_nwb_with_its_designs(tiny_twin_dir: Pa
     assert set(designs["cell"]) == {3} and set(designs["objective"]) == {"increase"}
     assert len(designs) == 3 * 2  # three clips, two repeats each
     assert set(designs["twin"]) == {str(tiny_twin_dir)}
+
+
+# --- one mapping rule at a time, on one-series files ---------------------------------------------------
+def _tiny_nwb(path: Path, *stimuli, spikes: np.ndarray | None = None, templates=(), rf=None) -> Path:  # noqa: ANN001
+    nwb = NWBFile(session_description="tiny", identifier="tiny", session_start_time=dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+    if rf is not None:
+        nwb.add_unit_column("rf", "receptive field")
+    times = np.linspace(0.01, 3.0, 90) if spikes is None else spikes
+    nwb.add_unit(id=1, spike_times=times, **({"rf": rf} if rf is not None else {}))
+    for t in templates:
+        nwb.add_stimulus_template(t)
+    for s in stimuli:
+        nwb.add_stimulus(s)
+    with NWBHDF5IO(str(path), "w") as io:
+        io.write(nwb)
+    return path
+
+
+def test_starting_time_and_rate_give_one_flip_per_frame(tmp_path: Path) -> None:
+    frames = np.random.default_rng(0).integers(0, 256, (20, 4, 4), dtype=np.uint8)
+    path = _tiny_nwb(tmp_path / "x.nwb", OpticalSeries(name="mov", data=frames, unit="n.a.", format="raw",
+                                                       starting_time=0.25, rate=20.0))
+    spikes = np.linspace(0.01, 3.0, 90)
+    report = import_nwb(path, tmp_path / "r.h5")
+    assert report.frame_rate == 20.0
+    with open_recording(tmp_path / "r.h5") as rec:
+        edges = 0.25 + np.arange(21) / 20.0  # the last frame is held one interval (no later flip)
+        np.testing.assert_array_equal(rec.counts("mov")[0, :, 0], np.histogram(spikes, bins=edges)[0])
+
+
+def test_index_series_runs_become_repeats_and_float_frames_grey_levels(tmp_path: Path) -> None:
+    movie = np.random.default_rng(1).random((5, 4, 4))  # floats in [0, 1]
+
+    def frames() -> Images:
+        images = [GrayscaleImage(name=f"i{k}", data=m) for k, m in enumerate(movie)]
+        return Images(name="frames", images=images, order_of_images=ImageReferences(name="order_of_images",
+                                                                                    data=images))
+
+    template = frames()
+    index = np.array([4, 0, 2, 2] * 3, dtype=np.uint32)  # a held frame (2, 2) is no repeat
+    series = IndexSeries(name="mov", data=index, unit="N/A", indexed_images=template,
+                         timestamps=np.arange(12) / 30.0)
+    path = _tiny_nwb(tmp_path / "x.nwb", series, templates=[template])
+    report = import_nwb(path, tmp_path / "r.h5")
+    assert [(s.name, s.n_frames, s.repeats) for s in report.segments] == [("mov", 4, 3)]
+    with open_recording(tmp_path / "r.h5") as rec:
+        np.testing.assert_array_equal(rec.frames("mov"), np.rint(movie[[4, 0, 2, 2]] * 255).astype(np.uint8))
+    template = frames()
+    again = IndexSeries(name="once", data=np.array([0, 1, 2, 0, 1], dtype=np.uint32), unit="N/A",
+                        indexed_images=template, timestamps=np.arange(5) / 30.0)
+    report = import_nwb(_tiny_nwb(tmp_path / "y.nwb", again, templates=[template]), tmp_path / "s.h5")
+    assert [(s.n_frames, s.repeats) for s in report.segments] == [(5, 1)]  # not whole runs: one showing
+
+
+def test_a_units_rf_column_is_taken_over_the_sta(tmp_path: Path) -> None:
+    frames = (np.random.default_rng(2).integers(0, 2, (30, 4, 4)) * 255).astype(np.uint8)
+    rf = np.arange(16, dtype=np.float32).reshape(4, 4)
+    path = _tiny_nwb(tmp_path / "x.nwb", OpticalSeries(name="noise", data=frames, unit="n.a.", format="raw",
+                                                       starting_time=0.0, rate=30.0), rf=rf)
+    report = import_nwb(path, tmp_path / "r.h5")
+    assert report.rf_source == "/units/rf"
+    with open_recording(tmp_path / "r.h5") as rec:
+        np.testing.assert_array_equal(rec.rf[0], rf)
+
+
+def test_noise_segment_setting_picks_the_series_for_the_sta(tmp_path: Path) -> None:
+    frames = (np.random.default_rng(2).integers(0, 2, (30, 4, 4)) * 255).astype(np.uint8)
+    path = _tiny_nwb(tmp_path / "x.nwb", OpticalSeries(name="checks_4px", data=frames, unit="n.a.", format="raw",
+                                                       starting_time=0.0, rate=30.0))
+    assert import_nwb(path, tmp_path / "a.h5").rf_source is None  # not named as white noise
+    report = import_nwb(path, tmp_path / "b.h5", NwbImportSettings(noise_segment="checks_4px"))
+    assert report.rf_source == "spike-triggered average of segment 'checks_4px'"
+    with pytest.raises(NwbError, match=r"no series 'noise' to estimate receptive fields from"):
+        import_nwb(path, tmp_path / "c.h5", NwbImportSettings(noise_segment="noise"))
+
+
+def test_refuses_a_file_without_image_series(tmp_path: Path) -> None:
+    from pynwb import TimeSeries
+
+    path = _tiny_nwb(tmp_path / "x.nwb", TimeSeries(name="current", data=np.zeros(10), unit="A", rate=10.0))
+    with pytest.raises(NwbError, match=r"stimulus/presentation: holds no OpticalSeries, ImageSeries or IndexSeries"):
+        import_nwb(path, tmp_path / "r.h5")
+
+
+def test_refuses_frames_in_external_files(tmp_path: Path) -> None:
+    from pynwb.image import ImageSeries
+
+    series = ImageSeries(name="mov", external_file=["mov.avi"], format="external", starting_frame=[0],
+                         num_samples=30, rate=30.0, starting_time=0.0, unit="n.a.")
+    path = _tiny_nwb(tmp_path / "x.nwb", series)
+    with pytest.raises(NwbError, match=r"mov/external_file: frames live in external files"):
+        import_nwb(path, tmp_path / "r.h5")
+
+
+def test_refuses_a_presentation_that_stops_before_its_last_flip(tmp_path: Path, session: Session) -> None:
+    path = _write_pipeline_nwb(tmp_path / "x.nwb", session)
+    with h5py.File(path, "r+") as f:
+        stops = f["intervals/presentations/stop_time"]
+        stops[0] = session.edges["mov1"][0][-3]
+    with pytest.raises(NwbError, match=r"intervals/presentations: a row stops at .* before the last flip"):
+        import_nwb(path, tmp_path / "r.h5")

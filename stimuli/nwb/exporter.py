@@ -287,7 +287,7 @@ def _add_units(src: str, nwbfile, rec, extras: _Extras, timing: dict[str, np.nda
 
     # Spikes placed at bin centres are known to one frame; two in one bin share a time, which
     # the resolution declares (nwbinspector takes equal times as an error otherwise).
-    resolution = 1.0 / rec.frame_rate if source == "bin centres" else -1.0
+    resolution = 1.0 / rec.frame_rate if source == "bin centres" else float(rec.attrs.get("spike_time_resolution", -1.0))
     nwbfile.units = Units(name="units", resolution=resolution,
                           description="cells of the recording; id = the recording's cell id")
     nwbfile.add_unit_column("spike_times_source", "'recorded': spike times as recorded; 'bin centres': one time "

@@ -5,7 +5,7 @@ The mapping, rule by rule, is in docs/nwb.md. In short:
 1. Cells are the rows of `/units` (ids kept); their `spike_times` are the spikes.
 2. Each image series in `stimulus/presentation` is a segment named after it: an
    `OpticalSeries`/`ImageSeries` holds its frames in `data` and is one showing; an `IndexSeries`
-   points into a template (`Images` with `order_of_images`, or an `ImageSeries`) and, when its
+   points into an `Images` template (in the order of `order_of_images`) and, when its
    indices are one sequence repeated, each repetition is one showing (a repeat of the segment).
 3. Frame t of a showing is on screen from its flip to the next flip of that showing. The last
    frame ends at the `stop_time` of the showing's row in `intervals/presentations` when the file
@@ -160,9 +160,8 @@ def _precheck(src: str) -> None:
 def _import(src: str, nwbfile, out: Path, settings: NwbImportSettings) -> NwbImportReport:  # noqa: ANN001
     ids, spikes = _units(src, nwbfile, settings.units)
     series, ignored = _image_series(src, nwbfile, settings.stimuli)
-    all_series, _ = _image_series(src, nwbfile, None)  # any flip, taken or not, ends the frame before it
     median = _frame_interval(src, series, settings.rate_tolerance)
-    showings = _showings(src, nwbfile, series, all_series, median, settings.gap_intervals)
+    showings = _showings(src, nwbfile, series, _other_flips(nwbfile, series), median, settings.gap_intervals)
     sizes = {(s.height, s.width) for s in series}
     if len(sizes) > 1:
         listing = ", ".join(f"{s.name} {s.height}x{s.width}" for s in series)
@@ -174,13 +173,15 @@ def _import(src: str, nwbfile, out: Path, settings: NwbImportSettings) -> NwbImp
     pixel = next((s.pixel_size_um for s in order if s.pixel_size_um is not None), None)
     n_flips = sum(len(s.flips) for s in series)
     rate_source = f"1 / median flip interval, {median * 1e3:.3f} ms over {n_flips} flips"
+    # Rounded to a micro-hertz: flips written at exactly 1/rate come back as that rate.
+    frame_rate = round(1.0 / median, 6)
 
     inside = np.zeros(len(ids), dtype=np.int64)
     noise_name = _noise_name(src, order, settings.noise_segment)
     noise_frames: np.ndarray | None = None
     noise_counts: np.ndarray | None = None
     imported: list[ImportedSegment] = []
-    with RecordingWriter(out, frame_rate=1.0 / median, height=height, width=width, cell_ids=ids,
+    with RecordingWriter(out, frame_rate=frame_rate, height=height, width=width, cell_ids=ids,
                          n_repeats=n_repeats, counts_dtype="float32", pixel_size_um=pixel,
                          attrs=_session_attrs(src, nwbfile, rate_source)) as writer:
         for s in order:
@@ -209,7 +210,7 @@ def _import(src: str, nwbfile, out: Path, settings: NwbImportSettings) -> NwbImp
         totals = np.array([len(x) for x in spikes], dtype=np.int64)
         writer.set_cell_extra("n_spikes_outside", totals - inside)
     outside_only = tuple(int(i) for i, t, n in zip(ids, totals, inside, strict=True) if t > 0 and n == 0)
-    return NwbImportReport(out=out, n_cells=len(ids), frame_rate=1.0 / median, frame_rate_source=rate_source,
+    return NwbImportReport(out=out, n_cells=len(ids), frame_rate=frame_rate, frame_rate_source=rate_source,
                            segments=tuple(imported), n_spikes=int(totals.sum()),
                            n_spikes_outside=int((totals - inside).sum()), units_outside_only=outside_only,
                            rf_source=rf_source, ignored=tuple(ignored))
@@ -366,21 +367,9 @@ def _index_series(src: str, obj) -> _Series:  # noqa: ANN001
 
         pixel = next((_round(1e4 / float(img.resolution)) for img in template[:1]
                       if img.resolution is not None and float(img.resolution) > 0), None)
-    elif obj.indexed_timeseries is not None:
-        tseries = obj.indexed_timeseries
-        tname = f"stimulus/templates/{tseries.name}"
-        if tseries.external_file is not None and len(tseries.external_file) > 0:
-            raise NwbError(src, f"{tname}/external_file", "frames live in external files; store them in data to import")
-        n_template = int(tseries.data.shape[0])
-        height, width = _frame_shape(src, f"{tname}/data", tuple(int(s) for s in tseries.data.shape[1:]))
-
-        def frames_of(picked: np.ndarray) -> np.ndarray:
-            unique, back = np.unique(picked, return_inverse=True)
-            return _grey(src, f"{tname}/data", np.asarray(tseries.data[unique]))[back]
-
-        pixel = None
     else:
-        raise NwbError(src, where, "has neither indexed_images nor indexed_timeseries: no template to index")
+        # pynwb 4 no longer builds IndexSeries over an ImageSeries (indexed_timeseries).
+        raise NwbError(src, where, "has no indexed_images: no template to index")
     if index.min() < 0 or index.max() >= n_template:
         raise NwbError(src, f"{where}/data", f"indices run {index.min()}..{index.max()}; the template holds "
                        f"{n_template} frames")
@@ -448,11 +437,27 @@ def _series_medians(series: list[_Series]) -> list[tuple[_Series, float]]:
     return out
 
 
-def _showings(src: str, nwbfile, series: list[_Series], all_series: list[_Series], median: float,  # noqa: ANN001
+def _other_flips(nwbfile, series: list[_Series]) -> np.ndarray:  # noqa: ANN001
+    """Flip times of the presented image series not taken: their first frame ends the one before."""
+    from pynwb.image import ImageSeries, IndexSeries
+
+    taken = {s.name for s in series}
+    out = []
+    for name, obj in nwbfile.stimulus.items():
+        if name in taken or not isinstance(obj, ImageSeries | IndexSeries):
+            continue
+        if obj.timestamps is not None:
+            out.append(np.asarray(obj.timestamps[:], dtype=np.float64))
+        elif obj.rate is not None and obj.starting_time is not None and obj.data is not None:
+            out.append(float(obj.starting_time) + np.arange(len(obj.data)) / float(obj.rate))
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def _showings(src: str, nwbfile, series: list[_Series], other_flips: np.ndarray, median: float,  # noqa: ANN001
               gap_intervals: float) -> dict[str, list[_Showing]]:
     """Bin edges of every showing: frame flips plus the end of its last frame (module rule 3)."""
     stops = _presentation_stops(src, nwbfile)
-    every_flip = np.sort(np.concatenate([s.flips for s in all_series]))
+    every_flip = np.sort(np.concatenate([*(s.flips for s in series), other_flips]))
     out: dict[str, list[_Showing]] = {}
     for s in series:
         shown = []
@@ -528,6 +533,9 @@ def _session_attrs(src: str, nwbfile, rate_source: str) -> dict[str, object]:  #
     """Root attributes that carry the NWB session metadata, so an export can give it back."""
     attrs: dict[str, object] = {"source": "NWB import", "nwb_file": Path(src).name,
                                 "frame_rate_source": rate_source}
+    resolution = nwbfile.units.resolution if nwbfile.units is not None else None
+    if resolution is not None and float(resolution) > 0:
+        attrs["spike_time_resolution"] = float(resolution)  # s; an export declares it again
     plain = {"nwb_session_description": nwbfile.session_description, "nwb_identifier": nwbfile.identifier,
              "nwb_session_start_time": nwbfile.session_start_time.isoformat(), "nwb_lab": nwbfile.lab,
              "nwb_institution": nwbfile.institution}
