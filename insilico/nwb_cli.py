@@ -66,6 +66,11 @@ def export_nwb_command(
 def _check(path: Path) -> None:
     from stimuli.nwb import critical, inspect_nwb
 
+    try:
+        import nwbinspector  # noqa: F401
+    except ImportError:  # the rig computer installs pynwb only (requirements-rig.txt)
+        console.print("nwbinspector is not installed: the file was not checked (pip install nwbinspector)")
+        return
     findings = inspect_nwb(path)
     bad = critical(findings)
     for f in bad:

@@ -434,9 +434,13 @@ def test_nwb_import_and_export_run_without_torch(tmp_path: Path, pipeline_nwb: P
         f"import_nwb({str(pipeline_nwb)!r}, {str(tmp_path / 'r.h5')!r})\n"
         f"export_nwb({str(tmp_path / 'r.h5')!r}, {str(tmp_path / 'o.nwb')!r})\n"
         "assert not {'insilico', 'vist_model', 'torch'} & {m.split('.')[0] for m in sys.modules}\n"
+        "from typer.testing import CliRunner\n"
+        "from insilico.cli import app\n"
+        f"r = CliRunner().invoke(app, ['export', 'nwb', {str(tmp_path / 'r.h5')!r}, '--out', {str(tmp_path / 'c.nwb')!r}])\n"
+        "assert r.exit_code == 0, r.output\n"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
+    assert out.returncode == 0, out.stderr + out.stdout
 
 
 # --- sessions of the rig and of protocol runs written as NWB -------------------------------------------
