@@ -184,7 +184,9 @@ def test_import_keeps_cell_metadata_and_the_sta_of_the_noise(imported, session: 
         rf = rec.rf
     with h5py.File(out, "r") as f:
         assert f["cells/electrode"][()].tolist() == [201, 202, 203, 204, 205]
-        np.testing.assert_array_equal(f["timing/mov2/flip_time"][()], np.stack(session.edges["mov2"]))
+        # Every showing's bins, the end of its last frame included (from the presentations table).
+        for name, shown in session.edges.items():
+            np.testing.assert_array_equal(f[f"timing/{name}/flip_time"][()], np.stack(shown))
     counts = _expected_counts(session, "noise")[0]
     want = spike_triggered_average(session.frames["noise"].astype(np.float32) / 255.0, counts)
     np.testing.assert_allclose(rf, want, rtol=1e-5, atol=1e-6)
@@ -196,7 +198,7 @@ def test_import_without_presentations_table_ends_showings_by_the_next_flip_or_on
     path = _write_pipeline_nwb(tmp_path / "bare.nwb", session, stops=False)
     out = tmp_path / "rec.h5"
     report = import_nwb(path, out)
-    median = 1 / report.frame_rate
+    median = np.median(np.concatenate([np.diff(e[:-1]) for shown in session.edges.values() for e in shown]))
     with open_recording(out) as rec:
         for name, shown in session.edges.items():
             for r, true in enumerate(shown):
@@ -207,6 +209,8 @@ def test_import_without_presentations_table_ends_showings_by_the_next_flip_or_on
                 edges[-1] = nxt if nxt - true[-2] <= 1.5 * median else true[-2] + median
                 expected = np.stack([np.histogram(x, bins=edges)[0] for x in session.spikes], axis=1)
                 np.testing.assert_array_equal(rec.counts(name)[r], expected)
+                with h5py.File(out, "r") as f:
+                    np.testing.assert_array_equal(f[f"timing/{name}/flip_time"][r], edges)
     assert report.segments[1].repeats == 3
 
 
@@ -687,3 +691,29 @@ def test_refuses_a_presentation_that_stops_before_its_last_flip(tmp_path: Path, 
         stops[0] = session.edges["mov1"][0][-3]
     with pytest.raises(NwbError, match=r"intervals/presentations: a row stops at .* before the last flip"):
         import_nwb(path, tmp_path / "r.h5")
+
+
+def test_sta_accumulated_block_by_block_equals_the_whole_segment_sta() -> None:
+    from stimuli.recording.sta import StaAccumulator, sta_by_lag
+
+    rng = np.random.default_rng(4)
+    frames = rng.random((97, 5, 6))
+    counts = rng.poisson(0.8, (97, 7)).astype(np.float64)
+    counts[:, 3] = 0  # a cell that never fired
+    whole = sta_by_lag(frames, counts, range(0, 15))
+    acc = StaAccumulator(7, 5, 6, range(0, 15))
+    for a, b in ((0, 4), (4, 40), (40, 41), (41, 97)):  # blocks shorter than the longest lag too
+        acc.add(frames[a:b], counts[a:b])
+    got = acc.result()
+    np.testing.assert_allclose(got.by_lag, whole.by_lag, rtol=1e-10, atol=1e-12)
+    np.testing.assert_array_equal(got.peak_lag, whole.peak_lag)
+    np.testing.assert_array_equal(got.n_spikes, whole.n_spikes)
+
+
+def test_small_blocks_give_the_same_recording(tmp_path: Path, imported, pipeline_nwb: Path) -> None:  # noqa: ANN001
+    out, _ = imported
+    import_nwb(pipeline_nwb, tmp_path / "blocks.h5", NwbImportSettings(chunk_frames=7))
+    with open_recording(out) as a, open_recording(tmp_path / "blocks.h5") as b:
+        np.testing.assert_array_equal(a.frames(), b.frames())
+        np.testing.assert_array_equal(a.counts(), b.counts())
+        np.testing.assert_allclose(a.rf, b.rf, rtol=1e-5, atol=1e-7)

@@ -19,8 +19,9 @@ The mapping, rule by rule, is in docs/nwb.md. In short:
    are kept as cell metadata; flip times and spike times are kept beside the recording
    (`/timing`, `/spikes`) so that an export gives them back unchanged.
 
-Frames and counts are written segment by segment in blocks of `chunk_frames`; spike times (8
-bytes a spike) and flip times are what is held in memory.
+Frames and counts are written segment by segment in blocks of `chunk_frames`, and the STA is
+accumulated block by block; spike times (8 bytes a spike), flip times and one segment's counts
+are what is held in memory.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import numpy as np
 
 from stimuli.nwb.errors import NwbError
 from stimuli.recording import RecordingWriter
-from stimuli.recording.sta import DEFAULT_LAGS, NOISE_SEGMENT_NAMES, spike_triggered_average
+from stimuli.recording.sta import DEFAULT_LAGS, NOISE_SEGMENT_NAMES, StaAccumulator
 
 PRESENTATIONS = "presentations"
 """Name of the `intervals` table whose rows give each showing's start and stop (our export's)."""
@@ -178,8 +179,7 @@ def _import(src: str, nwbfile, out: Path, settings: NwbImportSettings) -> NwbImp
 
     inside = np.zeros(len(ids), dtype=np.int64)
     noise_name = _noise_name(src, order, settings.noise_segment)
-    noise_frames: np.ndarray | None = None
-    noise_counts: np.ndarray | None = None
+    sta: StaAccumulator | None = None
     imported: list[ImportedSegment] = []
     with RecordingWriter(out, frame_rate=frame_rate, height=height, width=width, cell_ids=ids,
                          n_repeats=n_repeats, counts_dtype="float32", pixel_size_um=pixel,
@@ -189,23 +189,25 @@ def _import(src: str, nwbfile, out: Path, settings: NwbImportSettings) -> NwbImp
             counts = np.stack([_bin(edges[r], spikes) for r in range(len(edges))])  # [R_s, T, N]
             inside += counts.sum(axis=(0, 1)).astype(np.int64)
             start = writer.n_frames
+            if s.name == noise_name:
+                lags = [lag for lag in settings.sta_lags if lag < s.period]
+                sta = StaAccumulator(len(ids), height, width, lags) if lags else None
             for a in range(0, s.period, settings.chunk_frames):
                 b = min(a + settings.chunk_frames, s.period)
-                writer.append(s.read(a, b), counts[:, a:b])
+                frames = s.read(a, b)
+                writer.append(frames, counts[:, a:b])
+                if s.name == noise_name and sta is not None:
+                    sta.add(frames.astype(np.float32) / 255.0, counts[:, a:b].mean(axis=0))
             writer.add_segment(s.name, start, start + s.period)
             writer.write_extra(f"/timing/{s.name}/flip_time", edges)
-            if s.name == noise_name:
-                noise_frames = s.read(0, s.period).astype(np.float32) / 255.0
-                noise_counts = counts.mean(axis=0)
             imported.append(ImportedSegment(s.name, s.kind, s.period, len(edges)))
         writer.set_attr("timing_source", f"flips of the NWB stimulus series in {Path(src).name}")
         flat = np.concatenate(spikes) if spikes else np.zeros(0)
         writer.write_extra("/spikes/times", flat.astype(np.float64))
         writer.write_extra("/spikes/index", np.cumsum([len(x) for x in spikes]).astype(np.int64))
         rf_source = _cell_metadata(src, nwbfile, writer, settings, ids, height, width)
-        if rf_source is None and noise_frames is not None and noise_counts is not None:
-            lags = [lag for lag in settings.sta_lags if lag < len(noise_frames)]
-            writer.set_rf(spike_triggered_average(noise_frames, noise_counts, lags).astype(np.float32))
+        if rf_source is None and sta is not None:
+            writer.set_rf(sta.result().spatial.astype(np.float32))
             rf_source = f"spike-triggered average of segment {noise_name!r}"
         totals = np.array([len(x) for x in spikes], dtype=np.int64)
         writer.set_cell_extra("n_spikes_outside", totals - inside)
