@@ -175,10 +175,11 @@ class StaAccumulator:
         if self.n_frames == 0 or self.lags.max() >= self.n_frames:
             raise ValueError(f"lags must lie in [0, T-1] = [0, {self.n_frames - 1}], got {self.lags.tolist()}")
         mean_frame = self._frame_sum / self.n_frames
-        fired = self._total > 0
-        by_lag = np.zeros_like(self._summed)
-        by_lag[fired] = self._summed[fired] / self._total[fired][:, None] - mean_frame
-        energy = (by_lag * by_lag).sum(axis=2)
+        fired = (self._total > 0)[..., None]
+        # In place on one [N, K, H*W] array: these sums are the largest thing an import holds.
+        by_lag = np.divide(self._summed, self._total[..., None], out=np.zeros_like(self._summed), where=fired)
+        np.subtract(by_lag, mean_frame, out=by_lag, where=fired)
+        energy = np.einsum("nkp,nkp->nk", by_lag, by_lag)
         peak = np.argmax(energy, axis=1)
         n_cells = by_lag.shape[0]
         h, w = self.shape
