@@ -33,7 +33,7 @@ def import_nwb_command(
     with friendly_errors():
         from stimuli.nwb import NwbImportSettings, import_nwb
 
-        keep = tuple(int(u) for u in units.split(",") if u.strip()) if units else None
+        keep = _ids(units) if units else None
         settings = NwbImportSettings(units=keep, stimuli=tuple(stimulus) if stimulus else None,
                                      noise_segment=noise_segment)
         report = import_nwb(file, out, settings)
@@ -61,6 +61,13 @@ def export_nwb_command(
         console.print(f"wrote [bold]{out}[/]")
         if check:
             _check(out)
+
+
+def _ids(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(u) for u in text.split(",") if u.strip())
+    except ValueError:
+        raise ValueError(f"--units takes unit ids separated by commas (e.g. 3,17,42), got {text!r}") from None
 
 
 def _check(path: Path) -> None:

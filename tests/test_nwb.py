@@ -717,3 +717,24 @@ def test_small_blocks_give_the_same_recording(tmp_path: Path, imported, pipeline
         np.testing.assert_array_equal(a.frames(), b.frames())
         np.testing.assert_array_equal(a.counts(), b.counts())
         np.testing.assert_allclose(a.rf, b.rf, rtol=1e-5, atol=1e-7)
+
+
+def test_cli_refuses_bad_unit_lists_and_metadata_files(tmp_path: Path, pipeline_nwb: Path) -> None:
+    from typer.testing import CliRunner
+
+    from insilico.cli import app
+
+    runner = CliRunner()
+    r = runner.invoke(app, ["import", "nwb", str(pipeline_nwb), "--out", str(tmp_path / "r.h5"), "--units", "3,x"])
+    assert r.exit_code == 2 and "--units takes unit ids separated by commas" in " ".join(r.output.split())
+    rec = _small_recording(tmp_path / "rec.h5")
+    (tmp_path / "m.toml").write_text(META_TOML + 'subjectid = "typo"\n')
+    r = runner.invoke(app, ["export", "nwb", str(rec), "--out", str(tmp_path / "o.nwb"), "--metadata",
+                            str(tmp_path / "m.toml")])
+    said = " ".join(r.output.split())
+    assert r.exit_code == 2 and "m.toml: metadata: unknown keys ['subjectid']" in said
+    (tmp_path / "m.toml").write_text("subject_id = \n")
+    r = runner.invoke(app, ["export", "nwb", str(rec), "--out", str(tmp_path / "o.nwb"), "--metadata",
+                            str(tmp_path / "m.toml")])
+    assert r.exit_code == 2 and "m.toml: metadata: not valid TOML" in " ".join(r.output.split())
+    assert not (tmp_path / "o.nwb").exists() and not (tmp_path / "r.h5").exists()

@@ -61,8 +61,13 @@ class NwbSessionMetadata:
     @classmethod
     def from_toml(cls, path: str | os.PathLike[str]) -> NwbSessionMetadata:
         """Read the fields from a TOML file (top-level keys named as the fields)."""
-        with open(path, "rb") as f:
-            table = tomllib.load(f)
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path}: no such metadata file")
+        try:
+            with open(path, "rb") as f:
+                table = tomllib.load(f)
+        except tomllib.TOMLDecodeError as err:
+            raise NwbError(str(path), "metadata", f"not valid TOML ({err})") from None
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(table) - known)
         if unknown:

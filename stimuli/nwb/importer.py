@@ -53,6 +53,11 @@ class NwbImportSettings:
     sta_lags: tuple[int, ...] = tuple(DEFAULT_LAGS)
     chunk_frames: int = 512  # frames written per block (bounds memory on long segments)
 
+    def __post_init__(self) -> None:
+        for name in ("rate_tolerance", "gap_intervals", "chunk_frames"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"NwbImportSettings.{name} must be > 0, got {getattr(self, name)!r}")
+
 
 @dataclass(frozen=True)
 class ImportedSegment:
