@@ -361,6 +361,8 @@ def test_round_trip_of_an_import_keeps_recorded_spike_and_flip_times(
     assert critical(inspect_nwb(tmp_path / "out.nwb")) == []
     import_nwb(tmp_path / "out.nwb", tmp_path / "back.h5")
     _assert_same_recording(rec, tmp_path / "back.h5")
+    with h5py.File(rec, "r") as a, h5py.File(tmp_path / "back.h5", "r") as b:
+        assert b["cells/electrode"][()].tolist() == a["cells/electrode"][()].tolist() == [201, 202, 203, 204, 205]
     with NWBHDF5IO(str(pipeline_nwb), "r") as a, NWBHDF5IO(str(tmp_path / "out.nwb"), "r") as b:
         first, again = a.read(), b.read()
         np.testing.assert_array_equal(first.units["spike_times"].target.data[:],

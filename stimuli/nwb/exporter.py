@@ -288,41 +288,44 @@ def _add_units(src: str, nwbfile, rec, extras: _Extras, timing: dict[str, np.nda
                     spikes[n].append(np.repeat(centres[r], block[:, n].astype(np.int64)))
         spikes = [np.sort(np.concatenate(s)) if s else np.zeros(0) for s in spikes]
         source = "bin centres"
+    from hdmf.common import DynamicTableRegion, VectorData, VectorIndex
     from pynwb.misc import Units
 
-    # Spikes placed at bin centres are known to one frame; two in one bin share a time, which
-    # the resolution declares (nwbinspector takes equal times as an error otherwise).
-    resolution = 1.0 / rec.frame_rate if source == "bin centres" else float(rec.attrs.get("spike_time_resolution", -1.0))
-    nwbfile.units = Units(name="units", resolution=resolution,
-                          description="cells of the recording; id = the recording's cell id")
-    nwbfile.add_unit_column("spike_times_source", "'recorded': spike times as recorded; 'bin centres': one time "
-                            "per counted spike at the centre of its frame bin (the recording kept only counts)")
-    types = rec.cell_types
-    if types is not None:
-        nwbfile.add_unit_column("cell_type", "cell type as the recording names it")
-    rf = rec.rf
-    if rf is not None:
-        nwbfile.add_unit_column("rf", "receptive-field map [row, column] on the stimulus grid (sign free)")
-    rows_of = {}
+    # The table is built from whole columns: add_unit would turn every spike time into a Python
+    # float (about 60 bytes a spike instead of 8).
+    n = len(ids)
+    times = VectorData(name="spike_times", description="spike times (s) of each unit",
+                       data=np.concatenate([np.asarray(x, dtype=np.float64) for x in spikes]) if n else np.zeros(0))
+    columns = [times, VectorIndex(name="spike_times_index", data=np.cumsum([len(x) for x in spikes]), target=times),
+               VectorData(name="spike_times_source", data=[source] * n,
+                          description="'recorded': spike times as recorded; 'bin centres': one time per counted "
+                                      "spike at the centre of its frame bin (the recording kept only counts)")]
+    if rec.cell_types is not None:
+        columns.append(VectorData(name="cell_type", description="cell type as the recording names it",
+                                  data=list(rec.cell_types)))
+    if rec.rf is not None:
+        columns.append(VectorData(name="rf", description="receptive-field map [row, column] on the stimulus grid "
+                                  "(sign free)", data=rec.rf))
     if extras.electrode is not None and (extras.electrode >= 0).any():
         device = nwbfile.create_device(name="array", description="recording array")
         group = nwbfile.create_electrode_group(name="array", description="electrodes of the units",
                                                location="retina", device=device)
+        row_of = {}
         for e in np.unique(extras.electrode[extras.electrode >= 0]):
-            rows_of[int(e)] = len(rows_of)
+            row_of[int(e)] = len(row_of)
             nwbfile.add_electrode(id=int(e), location="retina", group=group)
-    for n, cid in enumerate(ids):
-        kwargs: dict[str, object] = {"id": int(cid), "spike_times": np.asarray(spikes[n], dtype=np.float64),
-                                     "spike_times_source": source}
-        if types is not None:
-            kwargs["cell_type"] = types[n]
-        if rf is not None:
-            kwargs["rf"] = rf[n]
-        if rows_of:
-            e = int(extras.electrode[n])
-            kwargs["electrodes"] = [rows_of[e]] if e >= 0 else []
-        nwbfile.add_unit(**kwargs)
-    return int(sum(len(s) for s in spikes)), source
+        rows = [[row_of[int(e)]] if e >= 0 else [] for e in extras.electrode]
+        region = DynamicTableRegion(name="electrodes", description="the electrode each unit was sorted on",
+                                    data=np.array([r for row in rows for r in row], dtype=np.int64),
+                                    table=nwbfile.electrodes)
+        columns += [region, VectorIndex(name="electrodes_index", data=np.cumsum([len(r) for r in rows]),
+                                        target=region)]
+    # Spikes placed at bin centres are known to one frame; two in one bin share a time, which
+    # the resolution declares (nwbinspector takes equal times as an error otherwise).
+    resolution = 1.0 / rec.frame_rate if source == "bin centres" else float(rec.attrs.get("spike_time_resolution", -1.0))
+    nwbfile.units = Units(name="units", id=[int(i) for i in ids], columns=columns, resolution=resolution,
+                          description="cells of the recording; id = the recording's cell id")
+    return int(sum(len(x) for x in spikes)), source
 
 
 def _add_designs(src: str, nwbfile, designs: Sequence[DesignRecord],  # noqa: ANN001
