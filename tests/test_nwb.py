@@ -393,7 +393,7 @@ def test_export_refuses_missing_subject_fractional_counts_and_stimulus_only(tmp_
     with pytest.raises(NwbError, match=r"metadata: the subject's subject_id, species, sex, age are unknown"):
         export_nwb(rec, tmp_path / "a.nwb")
     frac = _small_recording(tmp_path / "frac.h5", fractional=True)
-    with pytest.raises(NwbError, match=r"/responses/spike_counts: segment 'mov1' holds counts that are not whole"):
+    with pytest.raises(ValueError, match=r"/responses/spike_counts: holds fractional counts"):
         export_nwb(frac, tmp_path / "b.nwb", META)
     from stimuli.recording import write_stimulus
 

@@ -32,10 +32,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from stimuli.atomic import atomic_path
 from stimuli.nwb.errors import NwbError
 from stimuli.nwb.importer import PRESENTATIONS
 from stimuli.recording import open_recording
+from stimuli.recording.atomic import atomic_path
 
 REQUIRED_SUBJECT = ("subject_id", "species", "sex", "age")
 """Subject fields an archive (and nwbinspector, as critical) asks for; export refuses without them."""
@@ -280,10 +280,7 @@ def _add_units(src: str, nwbfile, rec, extras: _Extras, timing: dict[str, np.nda
             edges = timing[seg.name]
             centres = (edges[:, :-1] + edges[:, 1:]) / 2
             for r in range(len(edges)):
-                block = counts[r]
-                if not np.array_equal(block, np.round(block)):
-                    raise NwbError(src, "/responses/spike_counts", f"segment {seg.name!r} holds counts that are "
-                                   "not whole numbers: they cannot be written as spike times")
+                block = counts[r]  # whole numbers: the reader refuses fractional counts
                 for n in range(len(ids)):
                     spikes[n].append(np.repeat(centres[r], block[:, n].astype(np.int64)))
         spikes = [np.sort(np.concatenate(s)) if s else np.zeros(0) for s in spikes]
