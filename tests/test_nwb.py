@@ -414,7 +414,7 @@ def test_cli_import_and_export(tmp_path: Path, pipeline_nwb: Path) -> None:
                             "--units", "101,102", "--stimulus", "mov1", "--stimulus", "mov2"])
     assert r.exit_code == 0, r.output
     said = " ".join(r.output.split())
-    assert "1 / median flip interval" in said and "segment 'mov2': IndexSeries, 20 frames x 3 repeats" in said
+    assert "1 / median flip interval" in said and "segment 'mov2': IndexSeries, 20 frames, shown 3 times" in said
     r = runner.invoke(app, ["export", "nwb", str(tmp_path / "rec.h5"), "--out", str(tmp_path / "out.nwb")])
     assert r.exit_code == 0, r.output
     assert "nwbinspector: no critical finding" in " ".join(r.output.split())

@@ -85,7 +85,8 @@ class NwbImportReport:
     def lines(self) -> list[str]:
         out = [f"{self.n_cells} cells, {len(self.segments)} segments at {self.frame_rate:.4f} Hz "
                f"({self.frame_rate_source})"]
-        out += [f"segment {s.name!r}: {s.kind}, {s.n_frames} frames x {s.repeats} repeats" for s in self.segments]
+        out += [f"segment {s.name!r}: {s.kind}, {s.n_frames} frames, shown "
+                f"{'once' if s.repeats == 1 else f'{s.repeats} times'}" for s in self.segments]
         share = self.n_spikes_outside / self.n_spikes if self.n_spikes else 0.0
         out.append(f"{self.n_spikes - self.n_spikes_outside} of {self.n_spikes} spikes binned; "
                    f"{self.n_spikes_outside} ({share:.1%}) fell outside every imported presentation")
