@@ -17,6 +17,7 @@ from insilico.console import console
 from insilico.design.cli import optimize_command, verify_command
 from insilico.errors import friendly_errors
 from insilico.loop.cli import demo_command, run_command
+from insilico.nwb_cli import export_app, import_app
 from rig_bridge.cli import rig_app
 
 app = typer.Typer(
@@ -195,6 +196,8 @@ app.command("verify")(verify_command)
 app.command("attribute")(attribute_command)
 app.command("run")(run_command)
 app.command("demo")(demo_command)
+app.add_typer(import_app, name="import", help="Bring a lab's recording into recording-v1 (nwb).")
+app.add_typer(export_app, name="export", help="Write a recording for archives and other tools (nwb).")
 
 
 def main() -> None:

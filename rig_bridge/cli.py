@@ -130,6 +130,9 @@ def present(
     keys: Annotated[Path | None, typer.Option(help="key directory (client.key_secret, server.key)")] = None,
     insecure: Annotated[bool, typer.Option(help="plain TCP (loopback only)")] = False,
     timeout: Annotated[float, typer.Option(help="seconds of rig silence before giving up")] = 10.0,
+    nwb: Annotated[Path | None, typer.Option(help="also write the whole session as this NWB file")] = None,
+    nwb_metadata: Annotated[Path | None, typer.Option(help="TOML of session and subject metadata for --nwb "
+                                                      "(subject_id, species, sex, age, ...)")] = None,
 ) -> None:
     """Present STIM on the rig and append the evoked spike counts to the session recording."""
     from rig_bridge.client import RigClient, load_stimulus_file
@@ -137,15 +140,38 @@ def present(
 
     logging.basicConfig(level=logging.WARNING, format="%(name)s %(levelname)s %(message)s")
     try:
+        meta = _nwb_metadata(nwb, nwb_metadata, out)  # refused before the rig shows anything
         frames, rate = load_stimulus_file(stim)
         with RigClient(rig, keys, insecure=insecure, timeout_s=timeout) as client:
             counts = client.present(frames, repeats=repeats, isi_grey_frames=isi, session_path=out,
                                     frame_rate=rate)
+        if nwb is not None:
+            from stimuli.nwb import export_nwb
+
+            export_nwb(out, nwb, meta)
     except (RigError, ValueError, FileNotFoundError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"stored {counts.shape[0]} x {counts.shape[1]} frames x {counts.shape[2]} cells, "
-               f"{int(counts.sum())} spikes, in {out}")
+               f"{int(counts.sum())} spikes, in {out}" + (f"; session written as NWB to {nwb}" if nwb else ""))
+
+
+def _nwb_metadata(nwb: Path | None, metadata: Path | None, session: Path):  # noqa: ANN202
+    """The metadata an NWB copy of the session needs, checked complete now (None without --nwb)."""
+    if nwb is None:
+        if metadata is not None:
+            raise ValueError("--nwb-metadata is for --nwb FILE.nwb: give both")
+        return None
+    from stimuli.nwb import NwbSessionMetadata
+    from stimuli.recording import open_recording
+
+    meta = NwbSessionMetadata.from_toml(metadata) if metadata else NwbSessionMetadata()
+    if session.is_file():
+        with open_recording(session) as rec:
+            meta = meta.filled_from(rec.attrs)
+    if meta.missing():
+        raise ValueError(f"--nwb needs the subject's {', '.join(meta.missing())}: give them in --nwb-metadata FILE.toml")
+    return meta
 
 
 def main() -> None:

@@ -13,9 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from stimuli.recording import Recording
-from stimuli.recording.sta import spike_triggered_average
-
-NOISE_SEGMENT_NAMES = ("noise", "white_noise", "whitenoise", "checkerboard")
+from stimuli.recording.sta import NOISE_SEGMENT_NAMES, spike_triggered_average
 
 
 @dataclass(frozen=True)

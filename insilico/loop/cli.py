@@ -24,6 +24,8 @@ def run_command(
     timeout: float = typer.Option(30.0, "--timeout", help="Seconds of rig silence before giving up."),
     data: Path = typer.Option(None, "--data", help="finetune: the session file to learn from."),
     live: bool = typer.Option(True, "--live/--no-live", help="Rich live view (off: one line per step)."),
+    nwb: Path = typer.Option(None, "--nwb", help="Also write every session as NWB (session.nwb beside "
+                             "session.h5), with this TOML of session and subject metadata."),
 ) -> None:
     """Run a protocol against a rig, or resume it where it stopped."""
     with friendly_errors():
@@ -33,7 +35,7 @@ def run_command(
             raise ValueError("give --keys DIR (CurveZMQ) or --insecure (plain TCP, loopback only)")
         try:
             outcome = run_protocol(protocol, model, rig, out, keys=keys, insecure=insecure, timeout_s=timeout,
-                                   data=data, live=live)
+                                   data=data, live=live, nwb=nwb)
         except KeyboardInterrupt:
             raise typer.Exit(code=130) from None  # the runner said how to resume
         console.print(f"{outcome.kind}: finished in {outcome.seconds:.0f} s; results in [bold]{outcome.out}[/]")

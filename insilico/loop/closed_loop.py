@@ -35,11 +35,13 @@ from insilico.design.gradient import GradientConfig
 from insilico.design.response import TwinResponse
 from insilico.design.run import DesignSettings, optimize_cells
 from insilico.errors import InsilicoError
+from insilico.loop.archive import round_designs, write_session_nwb
 from insilico.loop.live import LiveView, ResponseRow
 from insilico.loop.presenting import present_planned
 from insilico.loop.protocol import ClosedLoopProtocol, FinetunePlan
 from insilico.loop.rig_link import RigLink
 from insilico.loop.state import RunState, write_json_atomic
+from stimuli.nwb import NwbSessionMetadata
 from stimuli.recording import open_recording
 from vist_model.data import LossFocus
 from vist_model.evaluate import evaluate_twin
@@ -120,7 +122,7 @@ class ClosedLoop:
     """One closed-loop run; `run()` does (or resumes) every round."""
 
     def __init__(self, protocol: ClosedLoopProtocol, model: Path, out: Path, link: RigLink, view: LiveView,
-                 cache: FeatureCache) -> None:
+                 cache: FeatureCache, *, nwb: NwbSessionMetadata | None = None) -> None:
         self.p = protocol
         self.model = Path(model)
         self.paths = LoopPaths(Path(out))
@@ -130,6 +132,7 @@ class ClosedLoop:
         self.device = resolve_device(protocol.design.device)
         self.state = RunState.open(out, protocol.digest, protocol.kind, str(self.model))
         self.rows: list[ResponseRow] = []
+        self.nwb = nwb  # with metadata, each round's session is also written as NWB
 
     # --- the run ---------------------------------------------------------------------------------
     def run(self) -> list[Path]:
@@ -167,6 +170,9 @@ class ClosedLoop:
         predicted = self._predict(k, twin, plan)
         self._show_rows(k, items, plan, predicted, {})
         measured = self._present(k, items, plan, predicted)
+        if self.nwb is not None:
+            designs = round_designs(items, plan, self.state.get(k, "presented", {}), model)
+            write_session_nwb(self.paths.session(k), self.nwb, designs)
         self._finetune(k, model)
         self._evaluate(k)
         return self._summarise(k, model, items, plan, predicted, measured)

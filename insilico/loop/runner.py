@@ -14,6 +14,7 @@ from pathlib import Path
 
 from insilico.console import console
 from insilico.errors import InsilicoError
+from insilico.loop.archive import nwb_metadata, write_session_nwb
 from insilico.loop.characterize import render
 from insilico.loop.closed_loop import (
     ClosedLoop,
@@ -32,6 +33,7 @@ from insilico.loop.protocol import (
 )
 from insilico.loop.rig_link import RigLink
 from insilico.loop.state import RunState, write_json_atomic
+from stimuli.nwb import NwbSessionMetadata
 from stimuli.recording import open_recording
 from vist_model.features import FeatureCache
 
@@ -59,6 +61,7 @@ def run_protocol(
     data: str | Path | None = None,
     live: bool = True,
     feature_cache: str | Path | None = None,
+    nwb: str | Path | None = None,
 ) -> RunOutcome:
     """Run or resume a protocol.
 
@@ -72,9 +75,12 @@ def run_protocol(
         data: `finetune`: the session file (overrides the protocol's `[data] session`).
         live: show the rich live view (off: one line per step).
         feature_cache: backbone feature cache folder (default `OUT/features`).
+        nwb: TOML of session and subject metadata: also write every session as NWB
+            (`session.nwb` beside `session.h5`; see `insilico.loop.archive`).
     """
     t0 = time.perf_counter()
     protocol = load_protocol(protocol_path)
+    archive = nwb_metadata(nwb) if nwb is not None else None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cache = FeatureCache(Path(feature_cache) if feature_cache else out / "features")
@@ -84,7 +90,7 @@ def run_protocol(
         with view:
             if isinstance(protocol, ClosedLoopProtocol):
                 model_path = _need_model(model)
-                summaries = ClosedLoop(protocol, model_path, out, link, view, cache).run()
+                summaries = ClosedLoop(protocol, model_path, out, link, view, cache, nwb=archive).run()
                 view.step("writing the report")
                 from insilico.loop.report import write_report
 
@@ -92,7 +98,7 @@ def run_protocol(
                 view.step("done")
                 return RunOutcome(protocol.kind, out, report, (*summaries, report), time.perf_counter() - t0)
             if isinstance(protocol, CharacterizeProtocol):
-                files = run_characterize(protocol, out, link, view)
+                files = run_characterize(protocol, out, link, view, nwb=archive)
                 return RunOutcome(protocol.kind, out, None, files, time.perf_counter() - t0)
             files = run_finetune(protocol, _need_model(model), data, out, view, cache)
             return RunOutcome(protocol.kind, out, None, files, time.perf_counter() - t0)
@@ -113,7 +119,8 @@ def _need_model(model: str | Path | None) -> Path:
     return path
 
 
-def run_characterize(protocol: CharacterizeProtocol, out: Path, link: RigLink, view: LiveView) -> tuple[Path, ...]:
+def run_characterize(protocol: CharacterizeProtocol, out: Path, link: RigLink, view: LiveView, *,
+                     nwb: NwbSessionMetadata | None = None) -> tuple[Path, ...]:
     """Show every stimulus of the protocol into `OUT/characterize/session.h5`.
 
     A session file holds as many repeats per presentation as its first presentation, so the
@@ -143,6 +150,9 @@ def run_characterize(protocol: CharacterizeProtocol, out: Path, link: RigLink, v
         view.note(f"{spec.name}: {int(shown.counts.sum())} spikes stored as {shown.segment}")
     index = {s.name: state.record(0, f"present:{s.name}") for s in protocol.stimuli}
     path = write_json_atomic(out / "characterize" / "stimuli.json", {"session": str(session), "stimuli": index})
+    if nwb is not None:
+        view.step(f"writing {session.with_suffix('.nwb')}")
+        return session, path, write_session_nwb(session, nwb)
     view.step(f"done: {session}")
     return session, path
 

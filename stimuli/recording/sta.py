@@ -18,6 +18,9 @@ import numpy as np
 DEFAULT_LAGS = range(0, 15)
 """0.5 s of lags at 30 frames/s."""
 
+NOISE_SEGMENT_NAMES = ("noise", "white_noise", "whitenoise", "checkerboard")
+"""Segment names (lower case) taken for white noise when receptive fields are estimated."""
+
 
 @dataclass(frozen=True, eq=False)
 class StaEstimate:
@@ -120,3 +123,66 @@ def spike_triggered_average(
     if isinstance(lags, int | np.integer):
         return sta_by_lag(frames, counts, [int(lags)]).spatial
     return sta_by_lag(frames, counts, lags).spatial
+
+
+class StaAccumulator:
+    """`sta_by_lag` over frames that arrive block by block, for segments too long to hold.
+
+    Memory is the running sums (`[N, K, H*W]` float64) and the last `max(lags)` frames, not the
+    segment: a 20-minute white noise at 64 x 64 px would otherwise be 590 MB of float32 frames.
+    The result equals `sta_by_lag` of the whole segment up to float summation order.
+    """
+
+    def __init__(self, n_cells: int, height: int, width: int, lags: Sequence[int] = DEFAULT_LAGS) -> None:
+        self.lags = np.asarray(list(lags), dtype=np.int64)
+        if self.lags.ndim != 1 or self.lags.size == 0 or self.lags.min() < 0:
+            raise ValueError(f"lags must be a non-empty sequence of ints >= 0, got {lags}")
+        self.shape = (height, width)
+        self._summed = np.zeros((n_cells, self.lags.size, height * width))
+        self._total = np.zeros((n_cells, self.lags.size))
+        self._frame_sum = np.zeros(height * width)
+        self._n_spikes = np.zeros(n_cells)
+        self._history = np.zeros((0, height * width), dtype=np.float32)
+        self.n_frames = 0
+
+    def add(self, frames: np.ndarray, counts: np.ndarray) -> None:
+        """The next block: frames `[t, H, W]` float, counts `[t, N]` in the frames' bins."""
+        frames = np.asarray(frames)
+        if frames.ndim != 3 or frames.shape[1:] != self.shape or not np.issubdtype(frames.dtype, np.floating):
+            raise ValueError(f"frames must be float [t, {self.shape[0]}, {self.shape[1]}], got "
+                             f"{frames.dtype} {list(frames.shape)}")
+        counts = np.asarray(counts, dtype=np.float64)
+        if counts.shape != (frames.shape[0], self._summed.shape[0]):
+            raise ValueError(f"counts must be [{frames.shape[0]}, {self._summed.shape[0]}], got {list(counts.shape)}")
+        flat = frames.reshape(frames.shape[0], -1)
+        a, b = self.n_frames, self.n_frames + len(flat)
+        joined = np.concatenate([self._history, flat])  # frames a - len(history) .. b - 1
+        offset = a - len(self._history)
+        for k, lag in enumerate(self.lags):
+            first = max(a, int(lag))  # spikes in bin t pair with the frame shown at t - lag
+            if first >= b:
+                continue
+            weights = counts[first - a:]
+            self._summed[:, k] += weights.T @ joined[first - lag - offset:b - lag - offset]
+            self._total[:, k] += weights.sum(axis=0)
+        self._frame_sum += flat.sum(axis=0, dtype=np.float64)
+        self._n_spikes += counts.sum(axis=0)
+        keep = int(self.lags.max())
+        self._history = joined[len(joined) - keep:] if keep else joined[:0]
+        self.n_frames = b
+
+    def result(self) -> StaEstimate:
+        if self.n_frames == 0 or self.lags.max() >= self.n_frames:
+            raise ValueError(f"lags must lie in [0, T-1] = [0, {self.n_frames - 1}], got {self.lags.tolist()}")
+        mean_frame = self._frame_sum / self.n_frames
+        fired = (self._total > 0)[..., None]
+        # In place on one [N, K, H*W] array: these sums are the largest thing an import holds.
+        by_lag = np.divide(self._summed, self._total[..., None], out=np.zeros_like(self._summed), where=fired)
+        np.subtract(by_lag, mean_frame, out=by_lag, where=fired)
+        energy = np.einsum("nkp,nkp->nk", by_lag, by_lag)
+        peak = np.argmax(energy, axis=1)
+        n_cells = by_lag.shape[0]
+        h, w = self.shape
+        return StaEstimate(lags=self.lags, by_lag=by_lag.reshape(n_cells, self.lags.size, h, w),
+                           peak_lag=self.lags[peak], spatial=by_lag[np.arange(n_cells), peak].reshape(n_cells, h, w),
+                           energy=energy, n_spikes=self._n_spikes)

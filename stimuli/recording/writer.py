@@ -239,6 +239,21 @@ class RecordingWriter:
             raise ValueError(f"need {self.n_cells} cell types, got {len(types)}")
         _replace(self._f, L.CELL_TYPE, np.array(list(types), dtype=h5py.string_dtype()))
 
+    def set_cell_extra(self, name: str, values: np.ndarray | Sequence[object]) -> None:
+        """Store per-cell metadata `[N]` outside the spec's names as `/cells/<name>` (e.g. `electrode`).
+
+        Readers keep and ignore unknown datasets, so e.g. an NWB import can keep each unit's
+        electrode beside its id; the spec's own `id`, `rf` and `type` have their own methods.
+        """
+        if name in ("id", "rf", "type") or "/" in name or not name:
+            raise ValueError(f"/cells/{name} is not a free per-cell name; use the writer's own methods")
+        data = np.asarray(values)
+        if data.dtype.kind in ("U", "O"):
+            data = np.array([str(v) for v in data], dtype=h5py.string_dtype())
+        if data.ndim < 1 or data.shape[0] != self.n_cells:
+            raise ValueError(f"/cells/{name} needs {self.n_cells} entries, got shape {list(data.shape)}")
+        _replace(self._f, f"/cells/{name}", data)
+
     def set_attr(self, key: str, value: object) -> None:
         self._f.attrs[key] = value
 
