@@ -21,10 +21,13 @@ from vist_model.data import (
     DataSplit,
     FrameRange,
     LossFocus,
+    RecordingFrames,
+    TrialAverage,
+    close_rows,
     focus_weights,
     make_split,
+    row_range,
     shared_out,
-    trial_average,
 )
 from vist_model.features import FeatureCache
 from vist_model.files import atomic_write_text
@@ -96,17 +99,29 @@ def loss_for(kind: str) -> nn.Module:
 
 def _blocks(twin: Twin, rec: Recording, ranges: tuple[FrameRange, ...], cache: FeatureCache,
             focus: Sequence[LossFocus] = (), focus_weight: float = 1.0) -> list[Block]:
+    """Training or validation blocks whose inputs and targets are read from their files per window."""
     blocks = []
     for segment in sorted({r.name for r in ranges}):
         seg = rec.segment(segment)
         # Features are cached per whole segment, so train/val cuts and fine-tuning share them.
-        inputs = twin.inputs(rec.frames(segment), cache)
+        frames = RecordingFrames(rec.path, seg.start, seg.stop)
+        inputs = twin.inputs(frames, cache)
+        frames.close()  # pixel inputs reopen it when a window is read
         here = [f for f in focus if f.segment == segment]
         for r in (r for r in ranges if r.name == segment):
-            targets = trial_average(rec, r)
+            targets = TrialAverage(rec.path, r.start, r.stop)
             weights = focus_weights(r.start - seg.start, targets, here, focus_weight) if here else None
-            blocks.append(Block(inputs[r.start - seg.start:r.stop - seg.start], targets, loss_weights=weights))
+            blocks.append(Block(row_range(inputs, r.start - seg.start, r.stop - seg.start), targets,
+                                loss_weights=weights))
     return blocks
+
+
+def _release(blocks: Sequence[Block]) -> None:
+    # Lazy blocks hold their files open; closed here so that a recording can be appended to
+    # (the closed loop adds each round's segments to it) once training is over.
+    for b in blocks:
+        close_rows(b.inputs)
+        close_rows(b.targets)
 
 
 def new_twin(rec: Recording, spec: TwinSpec, rf_maps: np.ndarray, rf_source: str) -> Twin:
@@ -165,8 +180,11 @@ def train_twin(
         twin = new_twin(rec, spec, rfs.maps, rfs.source).to(dev)
         train_blocks = _blocks(twin, rec, split.train, cache)
         val_blocks = _blocks(twin, rec, split.val, cache)
-    result = fit(twin.network, loss_for(spec.kind), train_blocks, val_blocks, config, device=dev,
-                 state_path=out / "train_state.pt", progress=progress)
+    try:
+        result = fit(twin.network, loss_for(spec.kind), train_blocks, val_blocks, config, device=dev,
+                     state_path=out / "train_state.pt", progress=progress)
+    finally:
+        _release(train_blocks + val_blocks)
     training = {
         "data": str(data), "train_segments": list(train_segments), "split": asdict(split),
         "spec": asdict(spec), "config": asdict(config), "result": asdict(result),
@@ -218,8 +236,11 @@ def finetune_twin(
             groups.append(_blocks(twin, rec, split.train, cache, here, focus_weight))
             val_blocks += _blocks(twin, rec, split.val, cache)
     train_blocks = shared_out(groups, shares or [None] * len(groups), config.window)
-    result = fit(twin.network, loss_for(twin.metadata.kind), train_blocks, val_blocks, config,
-                 device=twin.device, state_path=out / "train_state.pt", progress=progress)
+    try:
+        result = fit(twin.network, loss_for(twin.metadata.kind), train_blocks, val_blocks, config,
+                     device=twin.device, state_path=out / "train_state.pt", progress=progress)
+    finally:
+        _release(train_blocks + val_blocks)
     history = list(twin.metadata.training.get("finetune", []))
     history.append({"recordings": [[str(p), s] for p, s in recordings], "config": asdict(config),
                     "shares": list(shares) if shares is not None else None,

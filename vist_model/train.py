@@ -22,7 +22,7 @@ import torch.distributed as dist
 from rich.progress import Progress
 from torch import Tensor, nn
 
-from vist_model.data import Block, WindowDataset
+from vist_model.data import Block, Rows, WindowDataset, read_rows
 
 LossFn = Callable[..., Tensor]  # (prediction, target[, weights]) -> scalar, all [B, T, N]
 
@@ -121,15 +121,39 @@ def _train_mode(model: nn.Module, readout_only: bool) -> None:
                 child.eval()
 
 
+# Frames per forward pass of validation (plus the network's history before them): a block of
+# any length is run in pieces of this size, so its inputs are never all in memory.
+EVAL_CHUNK = 256
+
+
+@torch.no_grad()
+def predict_rows(model: nn.Module, inputs: Rows, device: torch.device, chunk: int = EVAL_CHUNK) -> Tensor:
+    """Rates `[t, N]` of a causal model over inputs `[t, ...]`, `chunk` frames at a time.
+
+    Each piece is run with the `receptive_field - 1` frames before it, so the rates equal one
+    pass over the whole block; a model without `receptive_field` is run in one pass.
+    """
+    context = getattr(model, "receptive_field", None)
+    if context is None:
+        chunk, context = len(inputs), 1
+    context = int(context) - 1
+    out = []
+    for start in range(0, len(inputs), chunk):
+        lo = max(0, start - context)
+        x = torch.from_numpy(read_rows(inputs, lo, min(len(inputs), start + chunk)))[None].to(device)
+        out.append(model(x)[0, start - lo:])
+    return torch.cat(out)
+
+
 @torch.no_grad()
 def evaluate_loss(model: nn.Module, loss_fn: LossFn, blocks: Sequence[Block], device: torch.device) -> float:
-    """Mean loss over whole validation blocks (each run once, start to end)."""
+    """Mean loss over whole validation blocks (each run once, start to end, in `EVAL_CHUNK` pieces)."""
     model.eval()
     losses = []
     for b in blocks:
-        x = torch.from_numpy(np.asarray(b.inputs, dtype=np.float32))[None].to(device)
-        y = torch.from_numpy(np.asarray(b.targets, dtype=np.float32))[None].to(device)
-        losses.append(float(loss_fn(model(x), y)))
+        pred = predict_rows(model, b.inputs, device)[None]
+        y = torch.from_numpy(read_rows(b.targets))[None].to(device)
+        losses.append(float(loss_fn(pred, y)))
     return float(np.mean(losses)) if losses else float("nan")
 
 
