@@ -127,12 +127,13 @@ EVAL_CHUNK = 256
 
 
 @torch.no_grad()
-def predict_rows(model: nn.Module, inputs: Rows, device: torch.device, chunk: int = EVAL_CHUNK) -> Tensor:
-    """Rates `[t, N]` of a causal model over inputs `[t, ...]`, `chunk` frames at a time.
+def predict_rows(model: nn.Module, inputs: Rows, device: torch.device, chunk: int | None = None) -> Tensor:
+    """Rates `[t, N]` of a causal model over inputs `[t, ...]`, `chunk` (`EVAL_CHUNK`) frames at a time.
 
     Each piece is run with the `receptive_field - 1` frames before it, so the rates equal one
     pass over the whole block; a model without `receptive_field` is run in one pass.
     """
+    chunk = chunk or EVAL_CHUNK
     context = getattr(model, "receptive_field", None)
     if context is None:
         chunk, context = len(inputs), 1
