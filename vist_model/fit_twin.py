@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
@@ -34,7 +35,7 @@ from vist_model.files import atomic_write_text
 from vist_model.loss import PoissonLoss, ViSTLoss
 from vist_model.plots import plot_loss_curve
 from vist_model.receptive_fields import receptive_fields
-from vist_model.train import TrainConfig, TrainResult, fit, training_for
+from vist_model.train import TrainConfig, TrainResult, fit, is_main_process, training_for
 from vist_model.twin import (
     MODEL_KINDS,
     Twin,
@@ -85,9 +86,12 @@ DEFAULT_FINETUNING = TrainConfig(epochs=20, warmup_epochs=2, lr=3e-4, patience=6
 def resolve_device(device: str | None) -> torch.device:
     """`auto` (or None) picks CUDA when present; an unavailable device is refused clearly."""
     if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {device}: no CUDA GPU is visible to torch on this machine")
+    if device == "cuda" and "LOCAL_RANK" in os.environ:
+        # Under torchrun each process drives its own GPU of this machine.
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
     return torch.device(device)
 
 
@@ -191,7 +195,8 @@ def train_twin(
         "device": str(dev), "torch": torch.__version__,
     }
     twin.metadata = replace(twin.metadata, training=training)
-    _save_run(twin, result, out)
+    if is_main_process():  # under torchrun every rank trained the same twin
+        _save_run(twin, result, out)
     return TrainedRun(twin, result, split, out, rfs.source)
 
 
@@ -247,7 +252,8 @@ def finetune_twin(
                     "focus": [[asdict(f) for f in fs] for fs in focus] if focus is not None else None,
                     "focus_weight": focus_weight, "result": asdict(result)})
     twin.metadata = replace(twin.metadata, training={**twin.metadata.training, "finetune": history})
-    _save_run(twin, result, out)
+    if is_main_process():  # under torchrun every rank trained the same twin
+        _save_run(twin, result, out)
     return TrainedRun(twin, result, split, out, twin.metadata.rf_source)
 
 

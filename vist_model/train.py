@@ -3,7 +3,9 @@
 Random 128-frame windows, AdamW, linear warm-up then cosine decay (per step), early stopping
 on held-out validation blocks, optional SWA, bf16 autocast on GPU, resumable from the state
 saved after every epoch. Under `torchrun` it runs data-parallel (DistributedDataParallel) with
-no change by the user: each rank draws its share of the same windows, rank 0 writes.
+no change by the user: each rank draws its share of the same windows (`batch_size` windows a
+step each, so a step sees world x batch_size), gradients are averaged, every rank validates
+on the same blocks, the recorded training loss is the mean over all ranks, and rank 0 writes.
 """
 
 from __future__ import annotations
@@ -232,7 +234,7 @@ def fit(
             optimiser.step()
             epoch_losses.append(loss.item())
             step += 1
-        history_train.append(float(np.mean(epoch_losses)))
+        history_train.append(_mean_over_ranks(epoch_losses, world))
         val_loss = evaluate_loss(model, loss_fn, val, device) if val else history_train[-1]
         history_val.append(val_loss)
         if val_loss < best[0]:
@@ -267,6 +269,21 @@ def fit(
         best_val_loss=best[0], epochs_run=len(history_train),
         seconds=elapsed_before + time.perf_counter() - t0, stopped_early=stopped_early,
     )
+
+
+def _mean_over_ranks(losses: list[float], world: int) -> float:
+    """The epoch's mean batch loss over every rank's batches (this rank's alone without torchrun)."""
+    if world == 1:
+        return float(np.mean(losses))
+    # Each rank saw its share of the epoch's windows; the record is the whole epoch's.
+    total = torch.tensor([sum(losses), len(losses)], dtype=torch.float64)
+    dist.all_reduce(total)
+    return float(total[0] / total[1])
+
+
+def is_main_process() -> bool:
+    """Rank 0 under torchrun (the one that writes files), and any process started alone."""
+    return not dist.is_initialized() or dist.get_rank() == 0
 
 
 @torch.no_grad()
