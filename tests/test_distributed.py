@@ -123,6 +123,7 @@ search_parametric(response, increase(1, Window(2)), ContrastBudget(0.2), screen,
 """
 
 
+@pytest.mark.slow
 def test_two_workers_join_one_optuna_study_on_postgresql(postgres_url: str, tiny_twin_dir: Path,
                                                          tmp_path: Path) -> None:
     import optuna
