@@ -148,15 +148,16 @@ CHILDREN = {"train": child_train, "layers": child_layers, "design": child_design
 
 
 # --- the parent's set-up -------------------------------------------------------------------------
-def large_backbone(folder: Path) -> Path:
-    """A random DINOv2-large-shaped checkpoint saved with `save_pretrained` (once per work folder)."""
+def large_backbone(folder: Path, layers: int = LARGE["num_hidden_layers"]) -> Path:
+    """A random DINOv2-large-shaped checkpoint saved with `save_pretrained` (once per work folder);
+    fewer `layers` only to try a script out."""
     if (folder / "config.json").exists():
         return folder
     import torch
     from transformers import Dinov2Config, Dinov2Model
 
     torch.manual_seed(0)
-    Dinov2Model(Dinov2Config(**LARGE)).save_pretrained(folder)
+    Dinov2Model(Dinov2Config(**{**LARGE, "num_hidden_layers": layers})).save_pretrained(folder)
     return folder
 
 

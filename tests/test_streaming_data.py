@@ -57,7 +57,7 @@ def test_one_streamed_epoch_gives_the_losses_of_the_in_memory_path(
     assert streamed.train_loss == pytest.approx(in_memory.train_loss, rel=1e-5)
     assert streamed.val_loss == pytest.approx(in_memory.val_loss, rel=1e-5)
     # ... and validation in pieces (here 3 of 128 frames) gives the loss of one pass over the block.
-    monkeypatch.setattr("vist_model.train.EVAL_CHUNK", 128)
+    monkeypatch.setattr("vist_model.train.EVAL_CHUNK_BYTES", 128 * 32 * 16 * 16 * 4)  # 128 `tiny` frames
     network, loss = twin.network.eval(), loss_for("vist")
     long = Block(train[0].inputs[:300], train[0].targets[:300])
     with torch.no_grad():
@@ -80,7 +80,7 @@ def test_training_memory_does_not_grow_with_the_movie(tmp_path: Path, monkeypatc
     # trial average (2,160 training frames here: 5 MB of `pixels` features, 4x that of the
     # short movie); the streamed one holds a window, a batch of extraction and a validation
     # piece, which shorter pieces keep below both movies' validation blocks.
-    monkeypatch.setattr("vist_model.train.EVAL_CHUNK", 16, raising=False)
+    monkeypatch.setattr("vist_model.train.EVAL_CHUNK_BYTES", 16 * 2 * 16 * 16 * 4, raising=False)  # 16 frames
     cache = FeatureCache(tmp_path / "features")
     recordings = {}
     for seconds in (20, 80):

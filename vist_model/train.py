@@ -123,19 +123,23 @@ def _train_mode(model: nn.Module, readout_only: bool) -> None:
                 child.eval()
 
 
-# Frames per forward pass of validation (plus the network's history before them): a block of
-# any length is run in pieces of this size, so its inputs are never all in memory.
-EVAL_CHUNK = 256
+# Validation runs a block of any length in pieces of about this many bytes of float32 inputs
+# (plus the network's history before each piece), so a block is never all in memory: 256
+# frames of DINOv2-large features, 8,192 of `tiny`'s. Long pieces keep the history that is
+# run twice small against the piece.
+EVAL_CHUNK_BYTES = 256 << 20
 
 
 @torch.no_grad()
 def predict_rows(model: nn.Module, inputs: Rows, device: torch.device, chunk: int | None = None) -> Tensor:
-    """Rates `[t, N]` of a causal model over inputs `[t, ...]`, `chunk` (`EVAL_CHUNK`) frames at a time.
+    """Rates `[t, N]` of a causal model over inputs `[t, ...]`, `chunk` frames at a time
+    (default: `EVAL_CHUNK_BYTES` of inputs).
 
     Each piece is run with the `receptive_field - 1` frames before it, so the rates equal one
     pass over the whole block; a model without `receptive_field` is run in one pass.
     """
-    chunk = chunk or EVAL_CHUNK
+    frame_bytes = 4 * int(np.prod(tuple(inputs.shape)[1:], dtype=np.int64))
+    chunk = chunk or max(1, EVAL_CHUNK_BYTES // max(1, frame_bytes))
     context = getattr(model, "receptive_field", None)
     if context is None:
         chunk, context = len(inputs), 1
@@ -150,7 +154,7 @@ def predict_rows(model: nn.Module, inputs: Rows, device: torch.device, chunk: in
 
 @torch.no_grad()
 def evaluate_loss(model: nn.Module, loss_fn: LossFn, blocks: Sequence[Block], device: torch.device) -> float:
-    """Mean loss over whole validation blocks (each run once, start to end, in `EVAL_CHUNK` pieces)."""
+    """Mean loss over whole validation blocks (each run once, start to end, in pieces)."""
     model.eval()
     losses = []
     for b in blocks:
