@@ -123,11 +123,13 @@ def _train_mode(model: nn.Module, readout_only: bool) -> None:
                 child.eval()
 
 
-# Validation runs a block of any length in pieces of about this many bytes of float32 inputs
-# (plus the network's history before each piece), so a block is never all in memory: 256
-# frames of DINOv2-large features, 8,192 of `tiny`'s. Long pieces keep the history that is
-# run twice small against the piece.
+# Validation runs a block of any length in pieces (plus the network's history before each), so
+# a block is never all in memory: at most this many bytes of float32 inputs (256 frames of
+# DINOv2-large features) and at most `EVAL_CHUNK_FRAMES` frames (what the network's own
+# activations allow: about the frames of a training batch). Long pieces keep the history that
+# is run twice small against the piece (87 frames for the `cpu` preset).
 EVAL_CHUNK_BYTES = 256 << 20
+EVAL_CHUNK_FRAMES = 1024
 
 
 @torch.no_grad()
@@ -139,7 +141,7 @@ def predict_rows(model: nn.Module, inputs: Rows, device: torch.device, chunk: in
     pass over the whole block; a model without `receptive_field` is run in one pass.
     """
     frame_bytes = 4 * int(np.prod(tuple(inputs.shape)[1:], dtype=np.int64))
-    chunk = chunk or max(1, EVAL_CHUNK_BYTES // max(1, frame_bytes))
+    chunk = chunk or max(1, min(EVAL_CHUNK_FRAMES, EVAL_CHUNK_BYTES // max(1, frame_bytes)))
     context = getattr(model, "receptive_field", None)
     if context is None:
         chunk, context = len(inputs), 1
