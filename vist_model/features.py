@@ -3,6 +3,11 @@
 Training, evaluation and fine-tuning all read features from here. The cache key joins a
 fingerprint of the backbone (its spec and the bytes of its weights) with a hash of the frames'
 content, so a changed backbone or a changed video can never be served stale features.
+
+Nothing here holds a movie or its features whole: frames are hashed and run through the
+backbone a batch at a time, each batch's features are written to the file as they come, and
+`CachedFeatures` reads back only the frames it is sliced for. An hour of DINOv2-large
+features (53 GiB in float16) is read a window at a time.
 """
 
 from __future__ import annotations
