@@ -9,12 +9,16 @@ One prepared run for a machine with a CUDA GPU (CI has none, so nothing here is 
    small-batch schedule of `CPU_TRAINING` (two minutes of recording make two optimiser steps
    an epoch at batch 16);
 4. `insilico optimize --device cuda`, `insilico verify` and `insilico attribute --device cuda`
-   on cell 42, through the command line a user types.
+   on cell 42, through the command line a user types;
+5. with `--large`, the paper's backbone width: a DINOv2-large-shaped checkpoint (24 layers,
+   1024 channels, random weights saved with `save_pretrained`, loaded by path): extraction of
+   the training movie into the cache, one epoch of the `cpu` preset on its features, and a
+   gradient design step through backbone and twin (`benchmarks/scale.py`'s design child).
 
 Prints one table and writes `gpu_path.json`; with `--keep DIR` it copies the GPU-trained
 checkpoints there, so they can be benchmarked on a machine without a GPU.
 
-    python benchmarks/gpu_path.py --work /tmp/gpu [--keep OUT] [--epochs 30]
+    python benchmarks/gpu_path.py --work /tmp/gpu [--keep OUT] [--epochs 30] [--large]
 """
 
 from __future__ import annotations
@@ -56,6 +60,26 @@ def train(data: Path, out: Path, preset: str, config: TrainConfig, device: str, 
             "feve": float(np.nan_to_num(ev.mean_feve)), "config": asdict(config)}
 
 
+def large_backbone_path(data: Path, work: Path, device: str, cache: FeatureCache, layers: int,
+                        design_frames: int) -> dict:
+    """Extraction, one `cpu`-preset epoch and a design step with a DINOv2-large-shaped backbone."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from scale import child, large_backbone
+
+    folder = large_backbone(work / f"dinov2-large-shaped-{layers}", layers)
+    with open_recording(data) as rec:
+        movie = rec.segment("mov1").n_frames
+    t0 = time.perf_counter()
+    run = train_twin(data, ["mov1"], work / "large", spec=TwinSpec(kind="vist", preset="cpu", backbone=str(folder)),
+                     config=replace(CPU_TRAINING, epochs=1), device=device, cache=cache)
+    total = time.perf_counter() - t0
+    design = child("design", backbone=str(folder), frames=design_frames, device=device, extract_frames=64)
+    # Set-up and extraction: the run less its training loop (TrainResult.seconds).
+    return {"movie_frames": movie, "setup_and_extraction_s": total - run.result.seconds,
+            "epoch_s": run.result.seconds, "design_step_s": design["step_s"], "design_frames": design_frames,
+            "extract_s_per_frame": design["extract_s_per_frame"], "design_peak_rss_gib": design["peak_rss_gib"]}
+
+
 def cpu_gpu_agreement(model: Path, data: Path, gpu: str) -> dict:
     """Largest difference between CPU and CUDA rates of one checkpoint on the test movie."""
     with open_recording(data) as rec:
@@ -81,6 +105,9 @@ def main() -> None:
     p.add_argument("--device", default="cuda", help="the accelerator (cpu only to try the script out)")
     p.add_argument("--small", action="store_true", help="20 cells, 32 px, 30 s, 1 epoch: a dry run")
     p.add_argument("--speed-only", action="store_true", help="only the cpu preset's epoch on CPU and GPU")
+    p.add_argument("--large", action="store_true", help="also time a DINOv2-large-shaped backbone (step 5)")
+    p.add_argument("--large-layers", type=int, default=24, help="its layers (fewer only for a dry run)")
+    p.add_argument("--design-frames", type=int, default=32, help="frames of the large backbone's design clip")
     args = p.parse_args()
     gpu = args.device
     if gpu.startswith("cuda") and not torch.cuda.is_available():
@@ -119,6 +146,13 @@ def main() -> None:
     gpu_epoch = results["cpu preset, GPU"]["s_per_epoch"]
     report["cpu_preset_epoch_speedup"] = cpu_epoch / gpu_epoch
     print(f"cpu preset, one epoch: CPU {cpu_epoch:.1f} s, GPU {gpu_epoch:.1f} s, ratio {cpu_epoch / gpu_epoch:.1f}")
+    if args.large:
+        large = report["large_backbone"] = large_backbone_path(data, work, gpu, cache, args.large_layers,
+                                                               args.design_frames)
+        print(f"DINOv2-large-shaped ({args.large_layers} layers): {large['movie_frames']} frames set-up + extraction "
+              f"{large['setup_and_extraction_s']:.1f} s ({large['extract_s_per_frame'] * 1e3:.1f} ms/frame), "
+              f"cpu-preset epoch {large['epoch_s']:.1f} s, design step {large['design_step_s']:.2f} s for "
+              f"{large['design_frames']} frames", flush=True)
     if args.speed_only:
         (work / "gpu_path.json").write_text(json.dumps(report, indent=2, default=str))
         return

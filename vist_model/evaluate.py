@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from stimuli.recording import open_recording
+from vist_model.data import RecordingFrames
 from vist_model.features import FeatureCache
 from vist_model.files import atomic_write_text
 from vist_model.metrics import EvaluationResult, evaluate
@@ -57,10 +58,16 @@ def evaluate_twin(
         ids = tuple(int(i) for i in rec.cell_ids)
         if ids != twin.metadata.cell_ids:
             raise ValueError(f"{data}: its {len(ids)} cells are not the {twin.metadata.n_cells} cells the twin was trained on")
-        frames = rec.frames(segment)
+        seg = rec.segment(segment)
+        # The movie is read per batch for features and per piece for prediction; the counts of
+        # every repeat are what the metrics need, and a repeated test segment is short.
         counts = rec.counts(segment)
     counts = counts[~np.isnan(counts).all(axis=(1, 2))]
-    prediction = twin.predict(frames, cache)
+    frames = RecordingFrames(data, seg.start, seg.stop)
+    try:
+        prediction = twin.predict(frames, cache)
+    finally:
+        frames.close()
     metrics = evaluate(prediction, counts)
     result = TwinEvaluation(
         metrics=metrics, cell_ids=np.array(ids), prediction=prediction, trial_mean=counts.mean(axis=0),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
@@ -22,10 +23,14 @@ from vist_model.data import (
     DataSplit,
     FrameRange,
     LossFocus,
+    RecordingFrames,
+    TrialAverage,
+    close_rows,
     focus_weights,
     make_split,
+    read_rows,
+    row_range,
     shared_out,
-    trial_average,
 )
 from vist_model.evaluate import evaluate_twin
 from vist_model.features import FeatureCache
@@ -35,7 +40,15 @@ from vist_model.loss import PoissonLoss, ViSTLoss
 from vist_model.metrics import pearson_per_cell
 from vist_model.plots import plot_loss_curve
 from vist_model.receptive_fields import receptive_fields
-from vist_model.train import TrainConfig, TrainResult, evaluate_loss, fit, training_for
+from vist_model.train import (
+    TrainConfig,
+    TrainResult,
+    evaluate_loss,
+    fit,
+    is_main_process,
+    predict_rows,
+    training_for,
+)
 from vist_model.twin import (
     MODEL_KINDS,
     Twin,
@@ -91,9 +104,12 @@ DEFAULT_FINETUNING = TrainConfig(epochs=20, warmup_epochs=2, lr=3e-4, patience=6
 def resolve_device(device: str | None) -> torch.device:
     """`auto` (or None) picks CUDA when present; an unavailable device is refused clearly."""
     if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {device}: no CUDA GPU is visible to torch on this machine")
+    if device == "cuda" and "LOCAL_RANK" in os.environ:
+        # Under torchrun each process drives its own GPU of this machine.
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
     return torch.device(device)
 
 
@@ -127,17 +143,29 @@ def twin_loss(twin: Twin) -> nn.Module:
 
 def _blocks(twin: Twin, rec: Recording, ranges: tuple[FrameRange, ...], cache: FeatureCache,
             focus: Sequence[LossFocus] = (), focus_weight: float = 1.0) -> list[Block]:
+    """Training or validation blocks whose inputs and targets are read from their files per window."""
     blocks = []
     for segment in sorted({r.name for r in ranges}):
         seg = rec.segment(segment)
         # Features are cached per whole segment, so train/val cuts and fine-tuning share them.
-        inputs = twin.inputs(rec.frames(segment), cache)
+        frames = RecordingFrames(rec.path, seg.start, seg.stop)
+        inputs = twin.inputs(frames, cache)
+        frames.close()  # pixel inputs reopen it when a window is read
         here = [f for f in focus if f.segment == segment]
         for r in (r for r in ranges if r.name == segment):
-            targets = trial_average(rec, r)
+            targets = TrialAverage(rec.path, r.start, r.stop)
             weights = focus_weights(r.start - seg.start, targets, here, focus_weight) if here else None
-            blocks.append(Block(inputs[r.start - seg.start:r.stop - seg.start], targets, loss_weights=weights))
+            blocks.append(Block(row_range(inputs, r.start - seg.start, r.stop - seg.start), targets,
+                                loss_weights=weights))
     return blocks
+
+
+def _release(blocks: Sequence[Block]) -> None:
+    # Lazy blocks hold their files open; closed here so that a recording can be appended to
+    # (the closed loop adds each round's segments to it) once training is over.
+    for b in blocks:
+        close_rows(b.inputs)
+        close_rows(b.targets)
 
 
 def new_twin(rec: Recording, spec: TwinSpec, rf_maps: np.ndarray, rf_source: str) -> Twin:
@@ -198,19 +226,23 @@ def train_twin(
         train_blocks = _blocks(twin, rec, split.train, cache)
         val_blocks = _blocks(twin, rec, split.val, cache)
     loss = loss_for(spec.kind, twin.metadata.network, spec.loss)
-    if spec.kind == "ln":
-        result = _fit_ln_run(twin.network, loss, train_blocks, val_blocks, dev)
-    else:
-        result = fit(twin.network, loss, train_blocks, val_blocks, config, device=dev,
-                     state_path=out / "train_state.pt", progress=progress)
+    try:
+        if spec.kind == "ln":
+            result = _fit_ln_run(twin.network, loss, train_blocks, val_blocks, dev)
+        else:
+            result = fit(twin.network, loss, train_blocks, val_blocks, config, device=dev,
+                         state_path=out / "train_state.pt", progress=progress)
+        accuracy = measure_accuracy(twin, data, list(train_segments), val_blocks, cache)
+    finally:
+        _release(train_blocks + val_blocks)
     training = {
         "data": str(data), "train_segments": list(train_segments), "split": asdict(split),
         "spec": asdict(spec), "config": asdict(config), "result": asdict(result),
         "device": str(dev), "torch": torch.__version__,
     }
-    accuracy = measure_accuracy(twin, data, list(train_segments), val_blocks, cache)
     twin.metadata = replace(twin.metadata, training=training, accuracy=accuracy)
-    _save_run(twin, result, out)
+    if is_main_process():  # under torchrun every rank trained the same twin
+        _save_run(twin, result, out)
     return TrainedRun(twin, result, split, out, rfs.source)
 
 
@@ -227,8 +259,11 @@ def measure_accuracy(twin: Twin, data: str | Path, seen: Sequence[str], val_bloc
     if not val_blocks:
         return HeldOutAccuracy.from_metrics("none", twin.metadata.cell_ids, np.full(n, np.nan),
                                             np.full(n, np.nan), 0, 0)
-    prediction = np.concatenate([twin.predict_inputs(b.inputs) for b in val_blocks])
-    target = np.concatenate([b.targets for b in val_blocks])
+    with torch.no_grad():
+        twin.network.eval()
+        prediction = np.concatenate([predict_rows(twin.network, b.inputs, twin.device).clamp_min(0).cpu().numpy()
+                                     for b in val_blocks])
+    target = np.concatenate([read_rows(b.targets) for b in val_blocks])
     return HeldOutAccuracy.from_metrics("validation", twin.metadata.cell_ids, pearson_per_cell(prediction, target),
                                         np.full(n, np.nan), 1, len(target))
 
@@ -297,16 +332,21 @@ def finetune_twin(
             groups.append(_blocks(twin, rec, split.train, cache, here, focus_weight))
             val_blocks += _blocks(twin, rec, split.val, cache)
     train_blocks = shared_out(groups, shares or [None] * len(groups), config.window)
-    result = fit(twin.network, twin_loss(twin), train_blocks, val_blocks, config,
-                 device=twin.device, state_path=out / "train_state.pt", progress=progress)
+    try:
+        result = fit(twin.network, twin_loss(twin), train_blocks, val_blocks, config,
+                     device=twin.device, state_path=out / "train_state.pt", progress=progress)
+        accuracy = _remeasure(twin, recordings, val_blocks, cache)
+    finally:
+        _release(train_blocks + val_blocks)
     history = list(twin.metadata.training.get("finetune", []))
     history.append({"recordings": [[str(p), s] for p, s in recordings], "config": asdict(config),
                     "shares": list(shares) if shares is not None else None,
                     "focus": [[asdict(f) for f in fs] for fs in focus] if focus is not None else None,
                     "focus_weight": focus_weight, "result": asdict(result)})
     twin.metadata = replace(twin.metadata, training={**twin.metadata.training, "finetune": history},
-                            accuracy=_remeasure(twin, recordings, val_blocks, cache))
-    _save_run(twin, result, out)
+                            accuracy=accuracy)
+    if is_main_process():  # under torchrun every rank trained the same twin
+        _save_run(twin, result, out)
     return TrainedRun(twin, result, split, out, twin.metadata.rf_source)
 
 

@@ -3,7 +3,9 @@
 Random 128-frame windows, AdamW, linear warm-up then cosine decay (per step), early stopping
 on held-out validation blocks, optional SWA, bf16 autocast on GPU, resumable from the state
 saved after every epoch. Under `torchrun` it runs data-parallel (DistributedDataParallel) with
-no change by the user: each rank draws its share of the same windows, rank 0 writes.
+no change by the user: each rank draws its share of the same windows (`batch_size` windows a
+step each, so a step sees world x batch_size), gradients are averaged, every rank validates
+on the same blocks, the recorded training loss is the mean over all ranks, and rank 0 writes.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch.distributed as dist
 from rich.progress import Progress
 from torch import Tensor, nn
 
-from vist_model.data import Block, WindowDataset
+from vist_model.data import Block, Rows, WindowDataset, read_rows
 
 LossFn = Callable[..., Tensor]  # (prediction, target[, weights]) -> scalar, all [B, T, N]
 
@@ -121,15 +123,46 @@ def _train_mode(model: nn.Module, readout_only: bool) -> None:
                 child.eval()
 
 
+# Validation runs a block of any length in pieces (plus the network's history before each), so
+# a block is never all in memory: at most this many bytes of float32 inputs (256 frames of
+# DINOv2-large features) and at most `EVAL_CHUNK_FRAMES` frames (what the network's own
+# activations allow: about the frames of a training batch). Long pieces keep the history that
+# is run twice small against the piece (87 frames for the `cpu` preset).
+EVAL_CHUNK_BYTES = 256 << 20
+EVAL_CHUNK_FRAMES = 1024
+
+
+@torch.no_grad()
+def predict_rows(model: nn.Module, inputs: Rows, device: torch.device, chunk: int | None = None) -> Tensor:
+    """Rates `[t, N]` of a causal model over inputs `[t, ...]`, `chunk` frames at a time
+    (default: `EVAL_CHUNK_BYTES` of inputs).
+
+    Each piece is run with the `receptive_field - 1` frames before it, so the rates equal one
+    pass over the whole block; a model without `receptive_field` is run in one pass.
+    """
+    frame_bytes = 4 * int(np.prod(tuple(inputs.shape)[1:], dtype=np.int64))
+    chunk = chunk or max(1, min(EVAL_CHUNK_FRAMES, EVAL_CHUNK_BYTES // max(1, frame_bytes)))
+    context = getattr(model, "receptive_field", None)
+    if context is None:
+        chunk, context = len(inputs), 1
+    context = int(context) - 1
+    out = []
+    for start in range(0, len(inputs), chunk):
+        lo = max(0, start - context)
+        x = torch.from_numpy(read_rows(inputs, lo, min(len(inputs), start + chunk)))[None].to(device)
+        out.append(model(x)[0, start - lo:])
+    return torch.cat(out)
+
+
 @torch.no_grad()
 def evaluate_loss(model: nn.Module, loss_fn: LossFn, blocks: Sequence[Block], device: torch.device) -> float:
-    """Mean loss over whole validation blocks (each run once, start to end)."""
+    """Mean loss over whole validation blocks (each run once, start to end, in pieces)."""
     model.eval()
     losses = []
     for b in blocks:
-        x = torch.from_numpy(np.asarray(b.inputs, dtype=np.float32))[None].to(device)
-        y = torch.from_numpy(np.asarray(b.targets, dtype=np.float32))[None].to(device)
-        losses.append(float(loss_fn(model(x), y)))
+        pred = predict_rows(model, b.inputs, device)[None]
+        y = torch.from_numpy(read_rows(b.targets))[None].to(device)
+        losses.append(float(loss_fn(pred, y)))
     return float(np.mean(losses)) if losses else float("nan")
 
 
@@ -207,7 +240,7 @@ def fit(
             optimiser.step()
             epoch_losses.append(loss.item())
             step += 1
-        history_train.append(float(np.mean(epoch_losses)))
+        history_train.append(_mean_over_ranks(epoch_losses, world))
         val_loss = evaluate_loss(model, loss_fn, val, device) if val else history_train[-1]
         history_val.append(val_loss)
         if val_loss < best[0]:
@@ -242,6 +275,21 @@ def fit(
         best_val_loss=best[0], epochs_run=len(history_train),
         seconds=elapsed_before + time.perf_counter() - t0, stopped_early=stopped_early,
     )
+
+
+def _mean_over_ranks(losses: list[float], world: int) -> float:
+    """The epoch's mean batch loss over every rank's batches (this rank's alone without torchrun)."""
+    if world == 1:
+        return float(np.mean(losses))
+    # Each rank saw its share of the epoch's windows; the record is the whole epoch's.
+    total = torch.tensor([sum(losses), len(losses)], dtype=torch.float64)
+    dist.all_reduce(total)
+    return float(total[0] / total[1])
+
+
+def is_main_process() -> bool:
+    """Rank 0 under torchrun (the one that writes files), and any process started alone."""
+    return not dist.is_initialized() or dist.get_rank() == 0
 
 
 @torch.no_grad()

@@ -19,7 +19,8 @@ from torch import nn
 from vist_model.accuracy import CellAccuracy, HeldOutAccuracy
 from vist_model.backbone import Backbone, BackboneSpec, load_backbone
 from vist_model.baselines import CNNConfig, LNConfig, LNModel, McIntoshCNN
-from vist_model.features import FeatureCache, backbone_fingerprint, state_fingerprint
+from vist_model.data import PixelInputs, Rows
+from vist_model.features import FeatureCache, FrameSource, backbone_fingerprint, state_fingerprint
 from vist_model.receptive_fields import rf_to_grid
 from vist_model.vist import TwinWithBackbone, ViST, ViSTConfig
 
@@ -127,11 +128,17 @@ class Twin:
         return int(self.network.receptive_field)
 
     # --- inputs and predictions -------------------------------------------------------------
-    def inputs(self, frames: np.ndarray, cache: FeatureCache | None = None) -> np.ndarray:
-        """What the network reads for frames `[T, H, W]` uint8: features `[T, C, h, w]` or pixels."""
+    def inputs(self, frames: FrameSource, cache: FeatureCache | None = None) -> Rows:
+        """What the network reads for frames `[T, H, W]` uint8: features `[T, C, h, w]` or pixels.
+
+        Features come from the cache (`CachedFeatures`, read per slice). Pixels of frames in
+        memory are an array; of frames read lazily (`vist_model.data.RecordingFrames`), lazy.
+        """
         frames = self._check_frames(frames)
         if self.backbone is None:
-            return frames.astype(np.float32) / 255.0
+            if isinstance(frames, np.ndarray):
+                return frames.astype(np.float32) / 255.0
+            return PixelInputs(frames)
         cache = cache or FeatureCache()
         return cache.features(self.backbone, frames, device=self.device, fingerprint=self.fingerprint)
 
@@ -142,7 +149,7 @@ class Twin:
         return self._fingerprint
 
     @torch.no_grad()
-    def predict_inputs(self, inputs: np.ndarray, chunk: int = 512) -> np.ndarray:
+    def predict_inputs(self, inputs: Rows, chunk: int = 512) -> np.ndarray:
         """Rates `[T, N]` (clamped at 0) from network inputs `[T, ...]`, in chunks with context."""
         self.network.eval()
         context = self.receptive_field - 1
@@ -154,7 +161,7 @@ class Twin:
             out.append(rates.float().cpu().numpy())
         return np.concatenate(out)
 
-    def predict(self, frames: np.ndarray, cache: FeatureCache | None = None) -> np.ndarray:
+    def predict(self, frames: FrameSource, cache: FeatureCache | None = None) -> np.ndarray:
         """Predicted spikes per frame bin `[T, N]` for frames `[T, H, W]` uint8."""
         return self.predict_inputs(self.inputs(frames, cache))
 
@@ -164,9 +171,10 @@ class Twin:
             return self.network
         return TwinWithBackbone(self.backbone, self.network, self.metadata.frame_shape)
 
-    def _check_frames(self, frames: np.ndarray) -> np.ndarray:
-        frames = np.asarray(frames)
-        if frames.dtype != np.uint8 or frames.ndim != 3:
+    def _check_frames(self, frames: FrameSource) -> FrameSource:
+        if not isinstance(frames, Rows):  # a list or other array-like: read it
+            frames = np.asarray(frames)
+        if frames.dtype != np.uint8 or len(frames.shape) != 3:
             raise ValueError(f"frames must be uint8 [T, H, W], got {frames.dtype} {list(frames.shape)}")
         if tuple(frames.shape[1:]) != self.metadata.frame_shape:
             raise ValueError(f"frames are {frames.shape[1]}x{frames.shape[2]} px; the twin was trained on "

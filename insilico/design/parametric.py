@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import json
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -60,6 +61,27 @@ def storage_for(url: str | None, default_journal: str | Path) -> optuna.storages
     from optuna.storages.journal import JournalFileBackend
 
     return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+
+
+def open_storage(storage: optuna.storages.BaseStorage | str, attempts: int = 5) -> optuna.storages.BaseStorage:
+    """The storage itself, a database URL opened as Optuna's `RDBStorage`.
+
+    Workers that start together on a new database race to create Optuna's tables; the loser's
+    `CREATE` fails with "already exists" (PostgreSQL: DuplicateObject), so opening is retried
+    and then finds the tables the winner made.
+    """
+    if not isinstance(storage, str):
+        return storage
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(storage)
+        except (ProgrammingError, IntegrityError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 @dataclass(frozen=True)
@@ -212,6 +234,7 @@ def search_parametric(
     if n_trials < 1 or cmaes_trials < 0:
         raise ValueError(f"need >= 1 TPE trial and >= 0 CMA-ES trials, got {n_trials}, {cmaes_trials}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = open_storage(storage)  # once for both studies
     score = _scorer(response, objective, budget, screen)
     names = families(screen)
 
