@@ -22,7 +22,7 @@ from insilico.simulate import SimulationConfig, simulate_recording
 from stimuli.recording import open_recording
 from vist_model.data import Block, RecordingFrames, TrialAverage, make_split, trial_average
 from vist_model.features import CachedFeatures, FeatureCache, frames_hash
-from vist_model.fit_twin import TwinSpec, loss_for, new_twin, train_twin
+from vist_model.fit_twin import TwinSpec, new_twin, train_twin, twin_loss
 from vist_model.receptive_fields import receptive_fields
 from vist_model.train import TrainConfig, evaluate_loss, fit
 
@@ -53,12 +53,12 @@ def test_one_streamed_epoch_gives_the_losses_of_the_in_memory_path(
         twin = new_twin(rec, spec, rfs.maps, rfs.source)
         train = _in_memory_blocks(twin, rec, split.train, cache)
         val = _in_memory_blocks(twin, rec, split.val, cache)
-    in_memory = fit(twin.network, loss_for("vist"), train, val, CONFIG, device=torch.device("cpu"))
+    in_memory = fit(twin.network, twin_loss(twin), train, val, CONFIG, device=torch.device("cpu"))
     assert streamed.train_loss == pytest.approx(in_memory.train_loss, rel=1e-5)
     assert streamed.val_loss == pytest.approx(in_memory.val_loss, rel=1e-5)
     # ... and validation in pieces (here 3 of 128 frames) gives the loss of one pass over the block.
     monkeypatch.setattr("vist_model.train.EVAL_CHUNK_BYTES", 128 * 32 * 16 * 16 * 4)  # 128 `tiny` frames
-    network, loss = twin.network.eval(), loss_for("vist")
+    network, loss = twin.network.eval(), twin_loss(twin)
     long = Block(train[0].inputs[:300], train[0].targets[:300])
     with torch.no_grad():
         one_pass = float(loss(network(torch.from_numpy(long.inputs)[None]), torch.from_numpy(long.targets)[None]))
