@@ -78,7 +78,9 @@ def test_replies_wait_for_a_controller_that_stopped_reading(backend: SimBackend,
         for i in range(n):
             _send(sock, "status", "s-slow", f"q-{i}", {})
         time.sleep(0.5)  # not reading: the rig's queue towards us fills up
-        got = [m.request_id for m in _replies(sock, n) if m.type == "ok"]
+        # A generous deadline: on a loaded machine 600 replies take longer than 10 s; a dropped
+        # reply never comes at all.
+        got = [m.request_id for m in _replies(sock, n, timeout_s=60.0) if m.type == "ok"]
     finally:
         sock.close(0)
         srv.stop()

@@ -83,8 +83,8 @@ class LNModel(nn.Module):
         # Small filters: the initial rates sit near softplus(bias) for any movie.
         nn.init.normal_(self.filters.weight, 0.0, 0.01 / (config.n_lags * r * r) ** 0.5)
         nn.init.zeros_(self.filters.bias)
-        # The output nonlinearity's amplitude per cell (`fit_ln` fits it; 1 for SGD training).
-        self.scale = nn.Parameter(torch.ones(config.n_cells), requires_grad=False)
+        # The output nonlinearity's amplitude per cell: `fit_ln` fits it, gradient training leaves it 1.
+        self.register_buffer("scale", torch.ones(config.n_cells))
 
     def _load_from_state_dict(self, state_dict: dict[str, Tensor], prefix: str, *args: Any, **kwargs: Any) -> None:
         # LN twins saved before the output scale existed had a plain softplus: scale 1.
