@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from insilico.errors import InsilicoError
+from stimuli.cell_ids import id_ranges
 
 
 def parse_cells(spec: str | Sequence[int], cell_ids: Sequence[int]) -> list[int]:
@@ -23,5 +24,5 @@ def parse_cells(spec: str | Sequence[int], cell_ids: Sequence[int]) -> list[int]
     known = set(cell_ids)
     missing = [i for i in ids if i not in known]
     if missing:
-        raise InsilicoError(f"the twin has no cells with ids {missing} (ids {min(cell_ids)}..{max(cell_ids)})")
+        raise InsilicoError(f"the twin has no cells with ids {missing} (its cell ids: {id_ranges(cell_ids)})")
     return list(dict.fromkeys(ids))

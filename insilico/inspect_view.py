@@ -6,6 +6,7 @@ import numpy as np
 from rich.table import Table
 
 from insilico.console import console
+from stimuli.cell_ids import id_ranges
 from stimuli.recording.summary import RecordingSummary
 
 
@@ -17,6 +18,7 @@ def print_summary(s: RecordingSummary) -> None:
     if s.n_cells:
         rates = np.array(s.cell_mean_rate_hz)
         head.add_row("cells", f"{s.n_cells} (receptive fields: {'yes' if s.has_rf else 'no'})")
+        head.add_row("cell ids", id_ranges(s.cell_ids))
         head.add_row("repeats", str(s.n_repeats))
         head.add_row("mean rate", f"{np.nanmean(rates):.2f} Hz (cells {np.nanmin(rates):.2f} .. {np.nanmax(rates):.2f})")
         if s.cell_types:
@@ -25,7 +27,9 @@ def print_summary(s: RecordingSummary) -> None:
         head.add_row("cells", "none (stimulus-only file)")
     console.print(head)
     seg = Table(title="segments")
-    for col in ("name", "frames", "seconds", "repeats", "mean rate (Hz)", "split-half reliability"):
+    # Names are what users type back (--train, --test): never cut them, let numbers wrap instead.
+    seg.add_column("name", no_wrap=True, min_width=max([4, *(len(g.name) for g in s.segments)]))
+    for col in ("frames", "seconds", "repeats", "mean rate (Hz)", "split-half reliability"):
         seg.add_column(col)
     for g in s.segments:
         seg.add_row(

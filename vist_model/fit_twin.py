@@ -30,6 +30,7 @@ from vist_model.features import FeatureCache
 from vist_model.files import atomic_write_text
 from vist_model.loss import PoissonLoss, ViSTLoss
 from vist_model.plots import plot_loss_curve
+from vist_model.provenance import data_record
 from vist_model.receptive_fields import receptive_fields
 from vist_model.train import TrainConfig, TrainResult, fit, training_for
 from vist_model.twin import (
@@ -168,7 +169,7 @@ def train_twin(
     result = fit(twin.network, loss_for(spec.kind), train_blocks, val_blocks, config, device=dev,
                  state_path=out / "train_state.pt", progress=progress)
     training = {
-        "data": str(data), "train_segments": list(train_segments), "split": asdict(split),
+        **data_record(data), "train_segments": list(train_segments), "split": asdict(split),
         "spec": asdict(spec), "config": asdict(config), "result": asdict(result),
         "device": str(dev), "torch": torch.__version__,
     }
@@ -221,7 +222,7 @@ def finetune_twin(
     result = fit(twin.network, loss_for(twin.metadata.kind), train_blocks, val_blocks, config,
                  device=twin.device, state_path=out / "train_state.pt", progress=progress)
     history = list(twin.metadata.training.get("finetune", []))
-    history.append({"recordings": [[str(p), s] for p, s in recordings], "config": asdict(config),
+    history.append({"recordings": [[str(Path(p).resolve()), s] for p, s in recordings], "config": asdict(config),
                     "shares": list(shares) if shares is not None else None,
                     "focus": [[asdict(f) for f in fs] for fs in focus] if focus is not None else None,
                     "focus_weight": focus_weight, "result": asdict(result)})

@@ -57,11 +57,12 @@ Spike-duration KL (SD-KL, paper supplement Algorithm 1; public code
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.signal import find_peaks, peak_widths
+from scipy.signal import PeakPropertyWarning, find_peaks, peak_widths
 from scipy.special import rel_entr
 
 __all__ = [
@@ -182,7 +183,10 @@ def spike_durations(trace: np.ndarray) -> np.ndarray:
     peaks, _ = find_peaks(x, height=0)
     if len(peaks) == 0:
         return np.empty(0)
-    return peak_widths(np.minimum(x, 1.0), peaks, rel_height=1.0)[0]
+    with warnings.catch_warnings():
+        # A peak clipped at 1 has zero prominence and width; it counts as such, as in the public code.
+        warnings.simplefilter("ignore", PeakPropertyWarning)
+        return peak_widths(np.minimum(x, 1.0), peaks, rel_height=1.0)[0]
 
 
 def _kde(samples: np.ndarray, grid: np.ndarray, bandwidth: float) -> np.ndarray:

@@ -280,10 +280,8 @@ def _twins(model_path, device: str) -> list[Twin]:
 
 
 def _training_data_or_fail(meta) -> tuple[Path, list[str]]:
-    data, segments = training_data(meta)
-    if not data.is_file():
-        raise InsilicoError(f"the twin's training data {data} is gone: the best natural clip (the comparison "
-                            "every design is reported against) is drawn from it")
+    data, segments = training_data(meta, ": the best natural clip (the comparison every design is reported "
+                                         "against) is drawn from it")
     return data, segments
 
 

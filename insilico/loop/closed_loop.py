@@ -45,6 +45,7 @@ from vist_model.data import LossFocus
 from vist_model.evaluate import evaluate_twin
 from vist_model.features import FeatureCache
 from vist_model.fit_twin import finetune_twin, resolve_device
+from vist_model.provenance import TrainingDataMissing, locate_training_data
 from vist_model.train import TrainConfig
 from vist_model.twin import Twin
 
@@ -71,10 +72,7 @@ def _seconds_since(t0: float) -> float:
 
 def heldout_source(protocol: ClosedLoopProtocol | Any, twin: Twin) -> tuple[Path, str]:
     """The held-out recording and segment (default: the twin's own training recording)."""
-    data = protocol.evaluation.data or (Path(twin.metadata.training["data"]) if twin.metadata.training.get("data")
-                                        else None)
-    if data is None:
-        raise InsilicoError("the twin does not name its training recording: set [evaluation] data in the protocol")
+    data = protocol.evaluation.data or twin_training_recording(twin, "[evaluation] data")
     if not Path(data).is_file():
         raise FileNotFoundError(f"held-out recording {data} not found (set [evaluation] data in the protocol)")
     with open_recording(data) as rec:
@@ -83,9 +81,24 @@ def heldout_source(protocol: ClosedLoopProtocol | Any, twin: Twin) -> tuple[Path
     if segment not in names:
         raise InsilicoError(f"held-out segment {segment!r} is not in {data} (segments: {', '.join(names)})")
     train_segments = twin.metadata.training.get("train_segments") or []
-    if Path(twin.metadata.training.get("data", "")) == Path(data) and segment in train_segments:
+    trained_on = twin_training_recording(twin, "[evaluation] data")
+    if trained_on.resolve() == Path(data).resolve() and segment in train_segments:
         raise InsilicoError(f"held-out segment {segment!r} is one the twin was trained on: choose another")
     return Path(data), segment
+
+
+def twin_training_recording(twin: Twin, setting: str) -> Path:
+    """The twin's training recording, found where it was stored (or moved to the current folder).
+
+    `setting` is the protocol key that names another recording instead, for the error.
+    """
+    try:
+        data = locate_training_data(twin.metadata.training)
+    except TrainingDataMissing as err:
+        raise InsilicoError(f"{err}: set {setting} in the protocol") from None
+    if data is None:
+        raise InsilicoError(f"the twin does not name its training recording: set {setting} in the protocol")
+    return data
 
 
 def evaluation_record(twin: Twin, data: Path, segment: str, cache: FeatureCache) -> dict[str, Any]:
@@ -296,12 +309,12 @@ class ClosedLoop:
         twin = self._load(model)
         recordings: list[tuple[Path, list[str]]] = []
         if f.include_training_data:
-            data = twin.metadata.training.get("data")
+            data = twin_training_recording(twin, "[finetune] include_training_data = false")
             segments = list(twin.metadata.training.get("train_segments") or [])
-            if not data or not segments or not Path(data).is_file():
-                raise InsilicoError(f"finetune.include_training_data: the twin's training recording {data} is not "
-                                    "available; set it to false in the protocol")
-            recordings.append((Path(data), segments))
+            if not segments:
+                raise InsilicoError("the twin does not name its training segments: set [finetune] "
+                                    "include_training_data = false in the protocol")
+            recordings.append((data, segments))
         for j in range(1, k + 1):
             with open_recording(self.paths.session(j)) as rec:
                 recordings.append((self.paths.session(j), [s.name for s in rec.segments]))

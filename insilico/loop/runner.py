@@ -20,6 +20,7 @@ from insilico.loop.closed_loop import (
     evaluation_record,
     finetune_config,
     heldout_source,
+    twin_training_recording,
     val_fraction_for,
 )
 from insilico.loop.live import LiveView
@@ -173,7 +174,8 @@ def run_finetune(protocol: FinetuneProtocol, model: Path, data: str | Path | Non
     f = protocol.finetune
     recordings: list[tuple[Path, list[str]]] = [(session, segments)]
     if f.include_training_data:
-        recordings.insert(0, (Path(twin.metadata.training["data"]), list(twin.metadata.training["train_segments"])))
+        recordings.insert(0, (twin_training_recording(twin, "[finetune] include_training_data = false"),
+                              list(twin.metadata.training["train_segments"])))
     if not state.done(0, "finetune"):
         view.step(f"fine-tune ({f.mode}, {f.epochs} epochs) on {session}")
         t0 = time.perf_counter()
