@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -19,6 +20,9 @@ from insilico.design.cli import optimize_command, verify_command
 from insilico.errors import InsilicoError, friendly_errors
 from insilico.loop.cli import demo_command, run_command
 from rig_bridge.cli import rig_app
+
+if TYPE_CHECKING:
+    from stimuli.presentation.rig_profile import RigProfile
 
 app = typer.Typer(
     name="insilico",
@@ -195,20 +199,38 @@ def evaluate(
 @app.command()
 def render(
     stim: Path = typer.Argument(..., help="Stimulus file (recording-v1, stimulus-only or full)."),
-    profile: Path = typer.Option(Path("rigs/default.toml"), "--profile", help="Rig profile (TOML)."),
+    profile: str = typer.Option("default", "--profile", help="Rig profile: a TOML file, or the name of a "
+                                "shipped one (default, projector_example)."),
     out: Path = typer.Option(..., "--out", help="Where to write the captured frames and flip log."),
-    headless: bool = typer.Option(True, "--headless/--no-headless", help="Render offscreen (Xvfb) and pace flips."),
+    headless: bool = typer.Option(True, "--headless/--no-headless", help="Render offscreen with clock-paced "
+                                  "flips (on the current display, or an Xvfb started for the run)."),
     show: bool = typer.Option(False, "--show", help="Open a real window on the lab's own screen."),
     segment: str = typer.Option(None, help="Present only this segment."),
 ) -> None:
     """Present a stimulus through PsychoPy and capture every frame that was shown."""
     with friendly_errors():
-        from stimuli.presentation import render_file
+        from contextlib import nullcontext
 
-        log = render_file(stim, profile, out, headless=headless and not show, show=show, segment=segment)
+        checks.input_file(stim, "STIM")
+        checks.output_file(out, "--out")
+        from stimuli.presentation import NoDisplayError, load_profile, render_file
+        from stimuli.presentation.xvfb import XvfbUnavailable, virtual_display
+
+        rig = load_profile(profile)
+        offscreen = headless and not show
+        try:
+            with virtual_display(*_xvfb_size(rig)) if offscreen else nullcontext():
+                log = render_file(stim, rig, out, headless=offscreen, show=show, segment=segment)
+        except (NoDisplayError, XvfbUnavailable) as err:
+            raise InsilicoError(str(err)) from None
         console.print(f"presented {len(log.flip_time)} frames at {log.frame_rate_hz:g} Hz "
                       f"({log.n_refreshes_per_frame} refreshes each); dropped: {log.n_dropped}")
         console.print(f"wrote [bold]{out}[/] (captured frames and /presentation flip log)")
+
+
+def _xvfb_size(rig: RigProfile) -> tuple[int, int]:
+    # The virtual screen must hold the rig's whole window (the presenter checks that it fits).
+    return max(1024, rig.monitor_width_px), max(768, rig.monitor_height_px)
 
 
 def _names(text: str, flag: str) -> list[str]:

@@ -34,14 +34,14 @@ from stimuli.presentation import (
 )
 from stimuli.presentation.geometry import Rect
 from stimuli.presentation.luminance import apply_lut
-from stimuli.presentation.rig_profile import profile_from_dict
+from stimuli.presentation.rig_profile import SHIPPED_PROFILES, profile_from_dict
 from stimuli.recording import RecordingWriter, open_recording
 
 # PsychoPy's own import-time deprecation noise is not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:psychopy.*")
 
 REPO = Path(__file__).resolve().parents[1]
-RIGS = REPO / "rigs"
+RIGS = SHIPPED_PROFILES
 
 
 # --- stimuli (numpy only, so these tests do not depend on the stimulus families) ----------
