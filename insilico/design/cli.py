@@ -53,6 +53,8 @@ def optimize_command(
 
         if cells is None:
             raise ValueError("name the cells with --cell 42, --cells 3,42,77 or --cells all")
+        _check_design_arguments(model, cells, out, method, frames, objective, rms_contrast, seeds, steps,
+                                trials, window, rf_envelope, start, start_from)
         twins = load_twins(model, device)
         starts = {}
         if start is not None:
@@ -83,6 +85,34 @@ def optimize_command(
                 f"best parametric {p['parametric']:.3f} spikes/bin over frames {r.window[0]}..{r.window[1] - 1} "
                 f"at RMS {r.budget.rms:.3f}; {r.seconds:.1f} s -> [bold]{r.paths['design']}[/]"
             )
+
+
+def _check_design_arguments(models: list[Path], cells: str, out: Path, method: str, frames: int, objective: str,
+                            rms_contrast: float | None, seeds: int, steps: int, trials: int, window: int,
+                            rf_envelope: float, start: Path | None, start_from: str) -> None:
+    """Every argument of `optimize`, before the twins load (which takes seconds to tens of seconds)."""
+    from insilico import checks
+    from insilico.design.objectives import OBJECTIVES
+    from insilico.design.run import METHODS
+    from insilico.errors import InsilicoError
+
+    checks.cell_list(cells)
+    checks.one_of(method, METHODS, "--method")
+    checks.one_of(objective, OBJECTIVES, "--objective")
+    checks.one_of(start_from, ("auto", "sta", "grey"), "--start-from")
+    for value, minimum, flag in ((frames, 1, "--frames"), (seeds, 1, "--seeds"), (steps, 0, "--steps"),
+                                 (trials, 1, "--trials"), (window, 1, "--window"), (rf_envelope, 0, "--rf-envelope")):
+        checks.at_least(value, minimum, flag)
+    if window > frames:
+        raise InsilicoError(f"--window {window} is longer than the clip (--frames {frames})")
+    if rms_contrast is not None and not 0.0 < rms_contrast < 0.5:
+        raise InsilicoError(f"--rms-contrast must be in (0, 0.5) at mean grey 0.5, got {rms_contrast:g}")
+    for path in models:
+        if not path.exists():
+            raise FileNotFoundError(f"--model {path}: no such run folder or model.pt")
+    if start is not None:
+        checks.input_file(start, "--start")
+    checks.output_folder(out, "--out")
 
 
 def _sta_start(start_from: str, metadata) -> bool:  # noqa: ANN001

@@ -1,4 +1,4 @@
-"""Experiment protocols: TOML files in `protocols/`, checked on load.
+"""Experiment protocols: TOML files (shipped ones in `insilico/loop/protocols/`), checked on load.
 
 Three kinds, told apart by the top-level `kind` key:
 
@@ -320,11 +320,35 @@ def _evaluation(t: _Table) -> EvaluationPlan:
     return plan
 
 
+SHIPPED_PROTOCOLS = Path(__file__).with_name("protocols")
+
+
+def shipped_protocols() -> list[str]:
+    """Names of the protocols shipped with the package (`characterize`, `mei_closed_loop`, `finetune`)."""
+    return sorted(p.stem for p in SHIPPED_PROTOCOLS.glob("*.toml"))
+
+
+def resolve_protocol(name_or_path: str | Path) -> Path:
+    """A protocol file: the path if it exists, else the shipped protocol of that name.
+
+    `mei_closed_loop`, `mei_closed_loop.toml` and `protocols/mei_closed_loop.toml` (the
+    repository's layout before the protocols became package data) name the shipped one from
+    any folder where no such file is.
+    """
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    name = path.stem if path.suffix == ".toml" else path.name
+    shipped = SHIPPED_PROTOCOLS / f"{name}.toml"
+    if path.parent in (Path("."), Path("protocols")) and shipped.is_file():
+        return shipped
+    raise FileNotFoundError(f"{path}: no such protocol file (a TOML file, or a shipped protocol: "
+                            f"{', '.join(shipped_protocols())})")
+
+
 def load_protocol(path: str | Path) -> Protocol:
-    """Read and check a protocol TOML file; raises `ProtocolError` naming the file and key."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such protocol file")
+    """Read and check a protocol (a TOML path or a shipped name); `ProtocolError` names the file and key."""
+    path = resolve_protocol(path)
     raw = path.read_bytes()
     try:
         data = tomllib.loads(raw.decode("utf-8"))
