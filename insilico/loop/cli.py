@@ -28,10 +28,9 @@ def run_command(
 ) -> None:
     """Run a protocol against a rig, or resume it where it stopped."""
     with friendly_errors():
-        from insilico.loop.runner import run_protocol
-
         from insilico import checks
         from insilico.loop.protocol import load_protocol
+        from insilico.loop.runner import run_protocol
 
         if rig is not None and keys is None and not insecure:
             raise ValueError("give --keys DIR (CurveZMQ) or --insecure (plain TCP, loopback only)")
