@@ -62,7 +62,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.signal import PeakPropertyWarning, find_peaks, peak_widths
+from scipy.signal import find_peaks, peak_widths
 from scipy.special import rel_entr
 
 __all__ = [
@@ -185,7 +185,8 @@ def spike_durations(trace: np.ndarray) -> np.ndarray:
         return np.empty(0)
     with warnings.catch_warnings():
         # A peak clipped at 1 has zero prominence and width; it counts as such, as in the public code.
-        warnings.simplefilter("ignore", PeakPropertyWarning)
+        # (scipy's PeakPropertyWarning has no public import path.)
+        warnings.filterwarnings("ignore", message="some peaks have a (prominence|width) of 0")
         return peak_widths(np.minimum(x, 1.0), peaks, rel_height=1.0)[0]
 
 

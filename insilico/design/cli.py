@@ -56,9 +56,9 @@ def optimize_command(
         _check_design_arguments(model, cells, out, method, frames, objective, rms_contrast, seeds, steps,
                                 trials, window, rf_envelope, start, start_from)
         twins = load_twins(model, device)
+        ids = parse_cells(cells, twins[0].metadata.cell_ids)  # the ids, once the twin says which it has
         starts = {}
         if start is not None:
-            ids = parse_cells(cells, twins[0].metadata.cell_ids)
             if len(ids) != 1:
                 raise ValueError(f"--start refines one cell's design: name one --cell, not {len(ids)}")
             if method == "optuna":

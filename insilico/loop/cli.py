@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from insilico.console import console
 from insilico.errors import friendly_errors
@@ -42,7 +43,9 @@ def run_command(
             checks.input_file(data, "--data")
         if not timeout > 0:
             raise ValueError(f"--timeout must be > 0 seconds, got {timeout:g}")
-        load_protocol(protocol)  # a protocol's mistakes before anything else is read or contacted
+        # A protocol's mistakes come before anything else is read or contacted.
+        for note in load_protocol(protocol).notes:
+            console.print(f"[yellow]note[/]: {escape(note)}")
         checks.output_folder(out, "--out")
         try:
             outcome = run_protocol(protocol, model, rig, out, keys=keys, insecure=insecure, timeout_s=timeout,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +120,7 @@ class CharacterizeProtocol:
     presentation: Presentation
     stimuli: tuple[CharacterizeStimulus, ...]
     kind: str = "characterize"
+    notes: tuple[str, ...] = ()  # tables left out and filled with defaults, said when the run starts
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,7 @@ class ClosedLoopProtocol:
     finetune: FinetunePlan
     evaluation: EvaluationPlan
     kind: str = "mei_closed_loop"
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -145,6 +147,7 @@ class FinetuneProtocol:
     finetune: FinetunePlan
     evaluation: EvaluationPlan
     kind: str = "finetune"
+    notes: tuple[str, ...] = ()
 
 
 Protocol = CharacterizeProtocol | ClosedLoopProtocol | FinetuneProtocol
@@ -386,4 +389,24 @@ def load_protocol(path: str | Path) -> Protocol:
                                     tuple(segments), _finetune(top.table("finetune")),
                                     _evaluation(top.table("evaluation")))
     top.done()
-    return protocol
+    return replace(protocol, notes=_defaulted_tables(protocol, data))
+
+
+def _defaulted_tables(protocol: Protocol, data: Mapping[str, Any]) -> tuple[str, ...]:
+    """One line per optional table the file leaves out, with the defaults that stand in for it."""
+    tables = {"presentation": getattr(protocol, "presentation", None), "finetune": getattr(protocol, "finetune", None),
+              "evaluation": getattr(protocol, "evaluation", None)}
+    notes = []
+    for name, plan in tables.items():
+        if plan is not None and name not in data:
+            values = ", ".join(f"{k} = {_toml_value(v)}" for k, v in asdict(plan).items())
+            notes.append(f"{protocol.path} has no [{name}] table: using the defaults ({values})")
+    return tuple(notes)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "unset"
+    return repr(value) if isinstance(value, str) else str(value)
