@@ -206,3 +206,27 @@ def test_inspect_lists_cell_ids_and_errors_give_them_as_ranges(tiny_recording: P
     assert id_ranges([0, 1, 2, 3, 42]) == "0-3, 42"
     line = _fails(["optimize", "--model", str(ln_run), "--cell", "999", "--out", str(ln_run.parent / "d")])
     assert f"(its cell ids: {id_ranges(ids)})" in line
+
+
+# --- item 3: output that could mislead ----------------------------------------------------------
+def test_design_behind_the_natural_clip_and_verify_on_another_retina_are_said(
+        ln_run: Path, tiny_recording: Path, tmp_path: Path) -> None:
+    out = _ok(["optimize", "--model", str(ln_run), "--cell", "3", "--out", str(tmp_path), "--steps", "0",
+               "--seeds", "1", "--frames", "8", "--window", "2", "--start-from", "grey"])
+    assert "predicts its best natural clip above the design" in " ".join(out.split())  # 0 steps: grey
+    design = str(tmp_path / "cell3.h5")
+    assert "warning" not in _ok(["verify", "--design", design, "--data", str(tiny_recording)])
+    text = " ".join(_ok(["verify", "--design", design, "--sim", "1"]).split())
+    assert "warning: the twin was trained on the simulated retina with seed 0 (12 cells); this is seed 1" in text
+    assert json.loads(_ok(["verify", "--design", design, "--sim", "1", "--json"]))["retina_note"]
+
+
+def test_ratios_of_rates_too_small_to_measure_are_not_given() -> None:
+    from insilico.design.cli import _ratio
+    from insilico.design.verify import Verification
+
+    v = Verification(3, "on", True, (6, 8), 0.2, design=0.0323, natural=0.0044, parametric=None, optimum=9.5,
+                     design_path="d.h5")
+    assert v.vs_natural is None and v.too_small(v.natural) and not v.too_small(v.optimum)
+    assert _ratio(v.fraction_of_optimum, v.optimum) == "0.0034"  # not "0.00"
+    assert _ratio(v.vs_natural, v.natural).startswith("n/a")

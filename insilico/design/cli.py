@@ -85,6 +85,15 @@ def optimize_command(
                 f"best parametric {p['parametric']:.3f} spikes/bin over frames {r.window[0]}..{r.window[1] - 1} "
                 f"at RMS {r.budget.rms:.3f}; {r.seconds:.1f} s -> [bold]{r.paths['design']}[/]"
             )
+        behind = [str(r.cell_id) for r in results if r.predicted["design"] < r.predicted["natural"]]
+        if behind and objective == "increase":
+            # The natural clip is the twin's pick from thousands of windows, scored by the same
+            # twin, so its predicted rate is the twin's most flattering one; the design is not.
+            console.print(f"[yellow]note[/]: for cell{'s' if len(behind) > 1 else ''} {', '.join(behind)} the twin "
+                          "predicts its best natural clip above the design. Both numbers are the twin's, and the "
+                          "clip was picked as the twin's highest among every window of the training movies; the "
+                          "retina can rank them the other way: measure both (`insilico verify` on simulated data, "
+                          "`insilico rig present` on a rig)")
 
 
 def _check_design_arguments(models: list[Path], cells: str, out: Path, method: str, frames: int, objective: str,
@@ -147,18 +156,31 @@ def verify_command(
         if as_json:
             typer.echo(json.dumps(v.to_json_dict(), indent=2))
             return
+        if v.retina_note:
+            console.print(f"[yellow]warning[/]: {v.retina_note}")
         console.print(f"cell {v.cell_id} ({v.cell_type}), true mean rate over frames {v.window[0]}..{v.window[1] - 1} "
-                      f"at RMS {v.rms_contrast:.3f}:")
+                      f"at RMS {v.rms_contrast:.3f}, in expected spikes per bin:")
         console.print(f"  design          {v.design:.4f}")
         if v.natural is not None:
-            console.print(f"  natural clip    {v.natural:.4f}   design / natural = {_ratio(v.vs_natural)}")
+            console.print(f"  natural clip    {v.natural:.4f}   design / natural = {_ratio(v.vs_natural, v.natural)}")
         if v.parametric is not None:
             console.print(f"  parametric      {v.parametric:.4f}")
         if v.optimum is not None:
-            console.print(f"  true optimum    {v.optimum:.4f}   design / optimum = {_ratio(v.fraction_of_optimum)}")
+            console.print(f"  true optimum    {v.optimum:.4f}   design / optimum = "
+                          f"{_ratio(v.fraction_of_optimum, v.optimum)}")
         else:
             console.print("  true optimum    (not defined: the cell is not linear)")
+        small = [name for name, rate in (("design", v.design), ("natural clip", v.natural)) if v.too_small(rate)]
+        if small:
+            from insilico.design.verify import MIN_COMPARABLE_RATE
+
+            console.print(f"[yellow]note[/]: {' and '.join(small)} drive{'s' if len(small) == 1 else ''} the cell "
+                          f"under {MIN_COMPARABLE_RATE:g} spikes/bin: too little to compare "
+                          + ("(neither drives it)" if len(small) == 2 else "by ratio"))
 
 
-def _ratio(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2f}"
+def _ratio(value: float | None, denominator: float | None = None) -> str:
+    if value is None:
+        return "n/a (denominator too small)" if denominator is not None else "n/a"
+    # Two significant digits below 0.1, so a design at 0.3 % of the optimum does not read as 0.00.
+    return f"{value:.2f}" if value >= 0.1 else f"{value:.2g}"
