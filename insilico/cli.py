@@ -18,6 +18,7 @@ from insilico.attribution.cli import attribute_command
 from insilico.console import console, err_console
 from insilico.design.cli import optimize_command, verify_command
 from insilico.errors import InsilicoError, friendly_errors
+from insilico.import_video import import_video_command
 from insilico.loop.cli import demo_command, run_command
 from rig_bridge.cli import rig_app
 
@@ -30,8 +31,14 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # Plain help: typer's rich panels label every flag `<bool>`, as if it took a value.
+    rich_markup_mode=None,
 )
 app.add_typer(rig_app, name="rig", help="The rig bridge: serve a rig, make keys, present stimuli.")
+import_app = typer.Typer(help="Bring outside files in as recording-v1 files.", no_args_is_help=True,
+                         add_completion=False)
+app.add_typer(import_app, name="import")
+import_app.command("video")(import_video_command)
 
 
 @app.command()

@@ -230,3 +230,26 @@ def test_ratios_of_rates_too_small_to_measure_are_not_given() -> None:
     assert v.vs_natural is None and v.too_small(v.natural) and not v.too_small(v.optimum)
     assert _ratio(v.fraction_of_optimum, v.optimum) == "0.0034"  # not "0.00"
     assert _ratio(v.vs_natural, v.natural).startswith("n/a")
+
+
+# --- item 8: --help ------------------------------------------------------------------------------
+def _commands(group, path=()):  # noqa: ANN001, ANN202
+    import click
+
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            yield from _commands(command, (*path, name))
+        else:
+            yield (*path, name), command
+
+
+def test_every_option_has_help_and_no_flag_reads_as_taking_a_value() -> None:
+    import typer.main
+
+    group = typer.main.get_command(app)
+    missing = []
+    for path, command in _commands(group):
+        missing += [f"{' '.join(path)} {p.opts[0]}" for p in command.params if not getattr(p, "help", "x")]
+        text = _ok([*path, "--help"])
+        assert "<bool>" not in text, f"insilico {' '.join(path)} --help"
+    assert not missing, missing
