@@ -151,6 +151,9 @@ class GradientRun:
                 ax.plot(c["step"], c[key][:, b], label=f"seed {seed}")
             ax.set_xlabel("step")
             ax.set_title(key.replace("_", " "))
+            # Plain numbers: the contrast is held at its budget, and the default offset
+            # notation turned its flat line into an axis of "1e-7 + 1.99815e-1".
+            ax.ticklabel_format(axis="y", useOffset=False, style="plain")
         axes[0].legend(fontsize=7)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -89,7 +89,7 @@ def run_protocol(
                 view.step("writing the report")
                 from insilico.loop.report import write_report
 
-                report = write_report(out)
+                report = write_report(out, protocol.description)
                 view.step("done")
                 return RunOutcome(protocol.kind, out, report, (*summaries, report), time.perf_counter() - t0)
             if isinstance(protocol, CharacterizeProtocol):
