@@ -101,9 +101,10 @@ def keys(
 
     try:
         generate_keys(out, overwrite=overwrite)
-    except FileExistsError as err:
-        typer.echo(str(err), err=True)
-        raise typer.Exit(1) from None
+    except FileExistsError:
+        # The library's message names its parameter (overwrite=True); a user types the flag.
+        typer.echo(f"error: {out} already holds keys; pass --overwrite to replace them", err=True)
+        raise typer.Exit(2) from None
     typer.echo(f"keys written to {out}: rig needs server.key_secret + authorized_clients/, "
                "controller needs client.key_secret + server.key")
 

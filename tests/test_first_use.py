@@ -125,6 +125,12 @@ def test_bad_arguments_fail_first_naming_the_flag(tmp_path: Path, monkeypatch: p
     assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
 
 
+def test_rig_keys_twice_names_the_flag(tmp_path: Path) -> None:
+    _ok(["rig", "keys", "--out", str(tmp_path / "keys")])
+    line = _fails(["rig", "keys", "--out", str(tmp_path / "keys")])
+    assert "pass --overwrite to replace them" in line and "overwrite=True" not in line
+
+
 def test_errors_keep_their_toml_tables(tiny_recording: Path, tmp_path: Path) -> None:
     # Rich read "[monitor]" as markup and printed "unknown key 'widht_px' in  (known: ...)".
     bad = tmp_path / "bad.toml"
