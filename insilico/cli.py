@@ -175,6 +175,8 @@ def evaluate(
     with friendly_errors():
         from stimuli.recording import open_recording
 
+        if not model.exists():
+            raise FileNotFoundError(f"--model {model}: no twin checkpoint here (train one with `insilico train`)")
         checks.input_file(data, "--data")
         png = png_out or (json_out.with_suffix(".png") if json_out else None)
         for path, flag in ((json_out, "--json"), (csv_out, "--csv"), (png, "--png")):

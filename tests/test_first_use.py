@@ -20,7 +20,6 @@ import pytest
 from typer.testing import CliRunner
 
 from insilico.cli import app
-from vist_model.provenance import file_digest, locate_training_data
 from vist_model.twin import Twin
 
 runner = CliRunner()
@@ -59,6 +58,8 @@ def ln_run(tiny_recording: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 # --- item 1: a twin works from any folder --------------------------------------------------------
 def test_a_twin_works_from_another_folder(ln_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from vist_model.provenance import file_digest
+
     training = Twin.load(ln_run).metadata.training
     data = ln_run.parent / "data.h5"
     assert training["data"] == str(data.resolve()) and training["data_digest"] == file_digest(data)
@@ -70,6 +71,8 @@ def test_a_twin_works_from_another_folder(ln_run: Path, tmp_path: Path, monkeypa
 
 def test_a_moved_training_recording_is_found_by_content_or_named(ln_run: Path, tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from vist_model.provenance import locate_training_data
+
     training = dict(Twin.load(ln_run).metadata.training)
     training["data"] = str(tmp_path / "gone" / "data.h5")  # as if the lab folder had moved
     monkeypatch.chdir(tmp_path)

@@ -81,7 +81,7 @@ def overview_figure(rounds: list[dict[str, Any]], baseline_cc: float | None) -> 
     rel = axes[0].twinx()
     rel.plot(ks, [r["design_error"]["relative"] for r in rounds], "s--", color="tab:red", label="relative")
     rel.set_ylabel("relative to measured", color="tab:red")
-    rel.set_ylim(bottom=0)
+    rel.set_ylim(bottom=0, top=1.15 * max([r["design_error"]["relative"] for r in rounds] + [1e-9]))
     axes[0].legend(handles=axes[0].get_lines() + rel.get_lines(), fontsize=8)
     # Each objective by what it asks: an increase design by the target's rate, a
     # discriminative one by how far the target leads the other cells.
@@ -133,7 +133,9 @@ def traces_figure(summary: dict[str, Any], frame_rate: float | None = None) -> s
         ax.set_title(f"cell {r['cell']} · {r['objective']}", fontsize=9)
         ax.set_xlabel("frame")
     axes.flat[0].set_ylabel("spikes / bin")
-    axes.flat[0].legend(fontsize=7)
+    # Above the panels: inside the first one, the legend hid the traces it names.
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, ncol=2, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
     fig.tight_layout()
     return _png(fig)
 
