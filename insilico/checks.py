@@ -26,12 +26,12 @@ def one_of(value: str | None, options: Sequence[str], flag: str) -> None:
         raise InsilicoError(f"{flag} must be {', '.join(options[:-1])} or {options[-1]}, got {value!r}")
 
 
-def input_file(path: Path, flag: str) -> Path:
-    """An existing, readable file."""
+def input_file(path: Path, flag: str, what: str = "file") -> Path:
+    """An existing, readable file; `what` names it in the error ("recording", "stimulus file")."""
     if path.is_dir():
-        raise InsilicoError(f"{flag} {path}: is a folder, not a file")
+        raise InsilicoError(f"{flag} {path}: is a folder, not a {what}")
     if not path.is_file():
-        raise FileNotFoundError(f"{flag} {path}: no such file")
+        raise FileNotFoundError(f"{flag} {path}: no such {what}")
     if not os.access(path, os.R_OK):
         raise InsilicoError(f"{flag} {path}: not readable (permissions)")
     return path

@@ -111,7 +111,7 @@ def train(
     """Train a twin (Vi-ST or a baseline) on a recording; resumes an interrupted run."""
     with friendly_errors():
         # Every argument is checked before the recording is read or a backbone loaded.
-        checks.input_file(data, "--data")
+        checks.input_file(data, "--data", "recording")
         segments = _names(train_segments, "--train")
         checks.one_of(model, ("vist", "ln", "cnn"), "--model")
         checks.one_of(preset, ("cpu", "vist"), "--preset")
@@ -177,7 +177,7 @@ def evaluate(
 
         if not model.exists():
             raise FileNotFoundError(f"--model {model}: no twin checkpoint here (train one with `insilico train`)")
-        checks.input_file(data, "--data")
+        checks.input_file(data, "--data", "recording")
         png = png_out or (json_out.with_suffix(".png") if json_out else None)
         for path, flag in ((json_out, "--json"), (csv_out, "--csv"), (png, "--png")):
             if path is not None:
@@ -220,7 +220,7 @@ def render(
     with friendly_errors():
         from contextlib import nullcontext
 
-        checks.input_file(stim, "STIM")
+        checks.input_file(stim, "STIM", "stimulus file")
         checks.output_file(out, "--out")
         from stimuli.presentation import NoDisplayError, load_profile, render_file
         from stimuli.presentation.xvfb import XvfbUnavailable, virtual_display

@@ -40,7 +40,7 @@ def attribute_command(
         checks.at_least(ig_steps, 1, "--ig-steps")
         if not model.exists():
             raise FileNotFoundError(f"--model {model}: no such run folder or model.pt")
-        checks.input_file(data, "--data")
+        checks.input_file(data, "--data", "recording")
         checks.output_folder(out, "--out")
         steps = {} if ig_steps is None else {"ig_steps": ig_steps}
         config = AttributionConfig(method=method, n_clips=clips, n_random=random_share(clips),

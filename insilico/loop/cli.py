@@ -40,7 +40,7 @@ def run_command(
         if model is not None and not model.exists():
             raise FileNotFoundError(f"--model {model}: no such run folder or model.pt")
         if data is not None:
-            checks.input_file(data, "--data")
+            checks.input_file(data, "--data", "recording")
         if not timeout > 0:
             raise ValueError(f"--timeout must be > 0 seconds, got {timeout:g}")
         # A protocol's mistakes come before anything else is read or contacted.
