@@ -81,8 +81,11 @@ def heldout_source(protocol: ClosedLoopProtocol | Any, twin: Twin) -> tuple[Path
     if segment not in names:
         raise InsilicoError(f"held-out segment {segment!r} is not in {data} (segments: {', '.join(names)})")
     train_segments = twin.metadata.training.get("train_segments") or []
-    trained_on = twin_training_recording(twin, "[evaluation] data")
-    if trained_on.resolve() == Path(data).resolve() and segment in train_segments:
+    try:
+        trained_on = twin_training_recording(twin, "[evaluation] data")
+    except InsilicoError:
+        trained_on = None  # gone: then it cannot be the held-out recording named here
+    if trained_on is not None and trained_on.resolve() == Path(data).resolve() and segment in train_segments:
         raise InsilicoError(f"held-out segment {segment!r} is one the twin was trained on: choose another")
     return Path(data), segment
 
