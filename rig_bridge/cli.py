@@ -125,6 +125,9 @@ def present(
     from rig_bridge.errors import RigError
 
     logging.basicConfig(level=logging.WARNING, format="%(name)s %(levelname)s %(message)s")
+    if keys is None and not insecure:  # before the transport's message, which names keys_dir=
+        typer.echo("error: give --keys DIR (CurveZMQ) or --insecure (plain TCP, loopback only)", err=True)
+        raise typer.Exit(2)
     try:
         frames, rate = load_stimulus_file(stim)
         with RigClient(rig, keys, insecure=insecure, timeout_s=timeout) as client:

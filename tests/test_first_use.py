@@ -134,6 +134,11 @@ def test_rig_keys_twice_names_the_flag(tmp_path: Path) -> None:
     assert "pass --overwrite to replace them" in line and "overwrite=True" not in line
 
 
+def test_rig_present_without_keys_names_the_flags(tiny_recording: Path, tmp_path: Path) -> None:
+    line = _fails(["rig", "present", str(tiny_recording), "--out", str(tmp_path / "s.h5")])
+    assert "--keys DIR" in line and "--insecure" in line and "keys_dir" not in line
+
+
 def test_errors_keep_their_toml_tables(tiny_recording: Path, tmp_path: Path) -> None:
     # Rich read "[monitor]" as markup and printed "unknown key 'widht_px' in  (known: ...)".
     bad = tmp_path / "bad.toml"
