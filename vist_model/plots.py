@@ -11,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def plot_loss_curve(train: Sequence[float], val: Sequence[float], best_epoch: int, path: Path, title: str = "") -> Path:
@@ -21,6 +22,7 @@ def plot_loss_curve(train: Sequence[float], val: Sequence[float], best_epoch: in
     if best_epoch >= 0:
         ax.axvline(best_epoch + 1, color="grey", ls="--", lw=0.8, label=f"best (epoch {best_epoch + 1})")
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no "1.2" ticks
     ax.set_ylabel("loss")
     ax.set_title(title, fontsize=9, wrap=True)
     ax.legend(frameon=False)
