@@ -164,6 +164,16 @@ def test_a_protocol_without_a_finetune_table_says_it_uses_the_defaults(tmp_path:
     assert "no [finetune] table: using the defaults (mode = 'readout', epochs = 8" in notes[1]
 
 
+def test_a_readout_fine_tuning_of_a_twin_without_a_readout_fails_before_the_first_round(
+        ln_run: Path, tmp_path: Path) -> None:
+    protocol = tmp_path / "p.toml"
+    protocol.write_text('kind = "mei_closed_loop"\nrounds = 1\n[design]\ncells = [3]\n')
+    result = runner.invoke(app, ["run", str(protocol), "--model", str(ln_run), "--rig", "tcp://127.0.0.1:1",
+                                 "--insecure", "--out", str(tmp_path / "exp"), "--no-live"])
+    assert result.exit_code == 2 and "Traceback" not in result.output  # notes of the defaults come first
+    assert 'mode = "readout" (the default) needs a twin with a readout layer' in result.output.splitlines()[-1]
+
+
 # --- item 2: shipped profiles and protocols from any folder -----------------------------------
 def test_shipped_profiles_and_protocols_resolve_from_any_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from insilico.loop.protocol import load_protocol

@@ -154,6 +154,10 @@ class ClosedLoop:
             missing = [c for c in self.p.design.cells if c not in twin0.metadata.cell_ids]
             if missing:
                 raise InsilicoError(f"{self.p.path}: design.cells names cell {missing[0]}, which the twin does not model")
+        if self.p.finetune.readout_only and not hasattr(twin0.network, "readout"):
+            # Found here, not after a round of design and presentation.
+            raise InsilicoError(f"{self.p.path}: [finetune] mode = \"readout\" (the default) needs a twin with a "
+                                f"readout layer; this {twin0.metadata.kind} twin has none: set mode = \"full\"")
         self.link.cell_ids = twin0.metadata.cell_ids
         self.link.frame_shape = twin0.metadata.frame_shape
         self.link.frame_rate = twin0.metadata.frame_rate
@@ -322,7 +326,8 @@ class ClosedLoop:
             with open_recording(self.paths.session(j)) as rec:
                 recordings.append((self.paths.session(j), [s.name for s in rec.segments]))
         n_sessions = k
-        self.view.step(f"round {k}/{self.p.rounds}: fine-tune ({f.mode}, {f.epochs} epochs) on {n_sessions} "
+        self.view.step(f"round {k}/{self.p.rounds}: fine-tune ({f.mode}, {f.epochs} epoch{'s' if f.epochs > 1 else ''}) "
+                       f"on {n_sessions} "
                        f"session{'s' if n_sessions > 1 else ''}" + (" + training data" if f.include_training_data else ""))
         t0 = time.perf_counter()
         shares = None
