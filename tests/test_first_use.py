@@ -62,7 +62,7 @@ def test_a_twin_works_from_another_folder(ln_run: Path, tmp_path: Path, monkeypa
 
     training = Twin.load(ln_run).metadata.training
     data = ln_run.parent / "data.h5"
-    assert training["data"] == str(data.resolve()) and training["data_digest"] == file_digest(data)
+    assert training["data"] == str(data.resolve()) and training["data_sha256"] == file_digest(data)
     monkeypatch.chdir(tmp_path)
     out = _ok(["optimize", "--model", str(ln_run), "--cell", "3", "--out", "designs", "--steps", "1",
                "--seeds", "1", "--frames", "8", "--window", "2", "--start-from", "grey"])
@@ -76,7 +76,7 @@ def test_a_moved_training_recording_is_found_by_content_or_named(ln_run: Path, t
     training = dict(Twin.load(ln_run).metadata.training)
     training["data"] = str(tmp_path / "gone" / "data.h5")  # as if the lab folder had moved
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(FileNotFoundError, match=f"gone.*digest {training['data_digest'][:12]}"):
+    with pytest.raises(FileNotFoundError, match=f"gone.*SHA-256 {training['data_sha256'][:12]}"):
         locate_training_data(training)
     shutil.copy(ln_run.parent / "data.h5", tmp_path / "data.h5")
     assert locate_training_data(training) == (tmp_path / "data.h5").resolve()

@@ -3,7 +3,7 @@
 A twin is used from other folders than the one it was trained in (`insilico optimize` reads
 its training movies for the contrast budget and the natural clips; the closed loop holds out
 and fine-tunes on them), so the checkpoint stores the recording's resolved path, and its
-BLAKE2b digest and size so that a moved copy can be recognised and a lost one named.
+SHA-256 digest and size so that a moved copy can be recognised and a lost one named.
 """
 
 from __future__ import annotations
@@ -22,8 +22,12 @@ class TrainingDataMissing(FileNotFoundError):
 
 
 def file_digest(path: str | Path) -> str:
-    """BLAKE2b-128 hex digest of a file's bytes, read in 1 MiB chunks (memory stays flat)."""
-    h = hashlib.blake2b(digest_size=16)
+    """SHA-256 hex digest of a file's bytes, read in 1 MiB chunks (memory stays flat).
+
+    SHA-256 rather than BLAKE2b: CPUs with SHA extensions hash it faster
+    (`benchmarks/digest.py`, docs/benchmarks.md).
+    """
+    h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(CHUNK_BYTES):
             h.update(chunk)
@@ -33,7 +37,7 @@ def file_digest(path: str | Path) -> str:
 def data_record(path: str | Path) -> dict[str, Any]:
     """What a checkpoint stores about its training recording: absolute path, size and digest."""
     path = Path(path).resolve()
-    return {"data": str(path), "data_bytes": path.stat().st_size, "data_digest": file_digest(path)}
+    return {"data": str(path), "data_bytes": path.stat().st_size, "data_sha256": file_digest(path)}
 
 
 def locate_training_data(training: Mapping[str, Any], search: Iterable[str | Path] = ()) -> Path | None:
@@ -50,13 +54,13 @@ def locate_training_data(training: Mapping[str, Any], search: Iterable[str | Pat
     path = Path(stored)
     if path.is_file():
         return path
-    digest, size = training.get("data_digest"), training.get("data_bytes")
+    digest, size = training.get("data_sha256"), training.get("data_bytes")
     folders = [Path.cwd(), *(Path(f) for f in search)]
     if digest is not None:
         for folder in folders:
             candidate = folder / path.name
             if candidate.is_file() and os.path.getsize(candidate) == size and file_digest(candidate) == digest:
                 return candidate.resolve()
-    where = f" (content digest {digest[:12]}; no file of that name and content in {', '.join(map(str, folders))})" \
+    where = f" (SHA-256 {digest[:12]}; no file of that name and content in {', '.join(map(str, folders))})" \
         if digest is not None else ""
     raise TrainingDataMissing(f"the twin's training recording {path} is gone{where}")
