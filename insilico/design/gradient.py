@@ -158,7 +158,7 @@ class GradientRun:
             ax.ticklabel_format(axis="y", useOffset=False, style="plain")
             values = np.asarray(c[key], dtype=np.float64)
             centre = float(np.nanmean(values))
-            if np.nanmax(values) - np.nanmin(values) <= 1e-3 * abs(centre):
+            if centre != 0 and np.nanmax(values) - np.nanmin(values) <= 1e-3 * abs(centre):
                 # Flat to 0.1 %: autoscaling would blow float noise up into steep swings.
                 ax.set_ylim(centre * 0.9, centre * 1.1)
         axes[0].legend(fontsize=7)
