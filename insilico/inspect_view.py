@@ -26,11 +26,12 @@ def print_summary(s: RecordingSummary) -> None:
     else:
         head.add_row("cells", "none (stimulus-only file)")
     console.print(head)
-    seg = Table(title="segments")
+    seg = Table(title="segments", caption="rate: mean over cells and repeats; reliability: split-half, "
+                "Spearman-Brown corrected, mean over cells")
     # Names are what users type back (--train, --test): never cut them, let numbers wrap instead.
     seg.add_column("name", no_wrap=True, min_width=max([4, *(len(g.name) for g in s.segments)]))
-    for col in ("frames", "seconds", "repeats", "mean rate (Hz)", "split-half reliability"):
-        seg.add_column(col)
+    for col in ("frames", "seconds", "repeats", "rate (Hz)", "reliability"):
+        seg.add_column(col, overflow="fold")
     for g in s.segments:
         seg.add_row(
             g.name, f"[{g.start}, {g.stop})", f"{(g.stop - g.start) / s.frame_rate:.1f}", str(g.repeats),

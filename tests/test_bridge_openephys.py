@@ -16,7 +16,6 @@ from rig_bridge.psychopy_backend import build_sequence
 from rig_bridge.transport import free_port
 
 
-
 class _FakeOpenEphys:
     """A local publisher speaking the ZMQ Interface plugin's documented message format."""
 

@@ -232,6 +232,19 @@ def test_inspect_lists_cell_ids_and_errors_give_them_as_ranges(tiny_recording: P
     assert f"(its cell ids: {id_ranges(ids)})" in line
 
 
+def test_inspect_never_cuts_a_segment_name(tmp_path: Path) -> None:
+    import numpy as np
+
+    from stimuli.recording import RecordingWriter
+
+    names = ["natural_movie_with_a_very_long_name_01", "checkerboard_white_noise_binary_40px"]
+    with RecordingWriter(tmp_path / "long.h5", frame_rate=30.0, height=8, width=8) as w:
+        for name in names:
+            w.append_segment(name, np.zeros((5, 8, 8), np.uint8))
+    out = _ok(["inspect", str(tmp_path / "long.h5")])  # CliRunner's terminal is 80 columns wide
+    assert all(name in out for name in names), out
+
+
 # --- item 3: output that could mislead ----------------------------------------------------------
 def test_design_behind_the_natural_clip_and_verify_on_another_retina_are_said(
         ln_run: Path, tiny_recording: Path, tmp_path: Path) -> None:
