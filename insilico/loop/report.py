@@ -82,7 +82,8 @@ def overview_figure(rounds: list[dict[str, Any]], baseline_cc: float | None) -> 
     rel.plot(ks, [r["design_error"]["relative"] for r in rounds], "s--", color="tab:red", label="relative")
     rel.set_ylabel("relative to measured", color="tab:red")
     rel.set_ylim(bottom=0, top=1.15 * max([r["design_error"]["relative"] for r in rounds] + [1e-9]))
-    axes[0].legend(handles=axes[0].get_lines() + rel.get_lines(), fontsize=8)
+    # Lower right: both lines sit high, errors drawn from zero.
+    axes[0].legend(handles=axes[0].get_lines() + rel.get_lines(), fontsize=8, loc="lower right")
     # Each objective by what it asks: an increase design by the target's rate, a
     # discriminative one by how far the target leads the other cells.
     for ax, objective in zip(axes[1:], objectives, strict=False):
