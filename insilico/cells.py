@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from insilico.errors import InsilicoError
+from stimuli.cell_ids import id_ranges
 
 if TYPE_CHECKING:  # the CLI imports this module before torch is needed
     from vist_model.twin import TwinMetadata
@@ -27,7 +28,7 @@ def parse_cells(spec: str | Sequence[int], cell_ids: Sequence[int]) -> list[int]
     known = set(cell_ids)
     missing = [i for i in ids if i not in known]
     if missing:
-        raise InsilicoError(f"the twin has no cells with ids {missing} (ids {min(cell_ids)}..{max(cell_ids)})")
+        raise InsilicoError(f"the twin has no cells with ids {missing} (its cell ids: {id_ranges(cell_ids)})")
     return list(dict.fromkeys(ids))
 
 

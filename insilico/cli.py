@@ -9,16 +9,22 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
+from insilico import checks
 from insilico.attribution.cli import attribute_command
-from insilico.console import console
+from insilico.console import console, err_console
 from insilico.design.cli import optimize_command, verify_command
-from insilico.errors import friendly_errors
+from insilico.errors import InsilicoError, friendly_errors
+from insilico.import_video import import_video_command
 from insilico.loop.cli import demo_command, run_command
 from insilico.nwb_cli import export_app, import_app
 from rig_bridge.cli import rig_app
+
+if TYPE_CHECKING:
+    from stimuli.presentation.rig_profile import RigProfile
 
 app = typer.Typer(
     name="insilico",
@@ -26,8 +32,12 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # Plain help: typer's rich panels label every flag `<bool>`, as if it took a value.
+    rich_markup_mode=None,
 )
 app.add_typer(rig_app, name="rig", help="The rig bridge: serve a rig, make keys, present stimuli.")
+# One `import` group: NWB (`insilico.nwb_cli`) and video files.
+import_app.command("video")(import_video_command)
 
 
 @app.command()
@@ -44,6 +54,7 @@ def simulate(
 ) -> None:
     """Simulate a retina recording: mov1 (train), mov2 (test, repeated), white noise, STA RFs."""
     with friendly_errors():
+        checks.output_file(out, "--out")
         from insilico.simulate import SimulationConfig, simulate_recording
 
         config = SimulationConfig(
@@ -100,32 +111,65 @@ def train(
                                "(default: 8 for the cpu preset, 60 for vist)."),
     batch_size: int = typer.Option(None, help="Windows per batch (default: 4 for cpu, 16 for vist)."),
     swa: bool = typer.Option(False, help="Stochastic weight averaging over the last quarter."),
-    seed: int = typer.Option(0),
+    seed: int = typer.Option(0, help="Seed of the initial weights and of the training windows."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     noise_segment: str = typer.Option(None, help="White-noise segment for STA RFs when the file has no /cells/rf."),
 ) -> None:
     """Train a twin (Vi-ST or a baseline) on a recording; resumes an interrupted run."""
     with friendly_errors():
+        # Every argument is checked before the recording is read or a backbone loaded.
+        checks.input_file(data, "--data", "recording")
+        segments = _names(train_segments, "--train")
+        checks.one_of(model, ("vist", "ln", "cnn"), "--model")
+        checks.one_of(preset, ("cpu", "vist"), "--preset")
+        checks.one_of(rf_conditioning, ("sum", "per_cell"), "--rf-conditioning")
+        checks.one_of(readout, ("dense", "factorized"), "--readout")
+        checks.one_of(cmst_padding, ("valid", "same"), "--cmst-padding")
+        checks.one_of(output, ("softplus", "linear"), "--output")
+        checks.one_of(loss, ("poisson", "vist"), "--loss")
+        if loss == "poisson" and (output == "linear" or (output is None and preset == "vist")):
+            raise InsilicoError("--loss poisson needs positive rates: add --output softplus")
+        checks.at_least(spatial_kernel, 1, "--spatial-kernel")
+        if spatial_kernel is not None and spatial_kernel % 2 == 0:
+            raise InsilicoError(f"--spatial-kernel must be odd (1, 3, 5, ...), got {spatial_kernel}")
+        checks.at_least(epochs, 1, "--epochs")
+        checks.at_least(batch_size, 1, "--batch-size")
+        checks.output_folder(out, "--out")
+
         from insilico.console import progress
         from vist_model.accuracy import KNOWS_CELL_CC
         from vist_model.fit_twin import TwinSpec, train_twin
         from vist_model.train import training_for
+        from vist_model.twin import interrupted_epoch
 
         spec = TwinSpec(kind=model, preset=preset, backbone=backbone, rf_conditioning=rf_conditioning,
                         readout=readout, cmst_padding=cmst_padding, spatial_kernel=spatial_kernel,
                         output=output, loss=loss)
         defaults = training_for(preset)
-        cfg = replace(defaults, epochs=epochs or defaults.epochs, batch_size=batch_size or defaults.batch_size,
-                      swa=swa, seed=seed)
-        with progress() as bar:
-            run = train_twin(data, _names(train_segments), out, spec=spec, config=cfg, device=device,
-                             noise_segment=noise_segment, progress=bar)
+        cfg = replace(defaults, epochs=defaults.epochs if epochs is None else epochs,
+                      batch_size=defaults.batch_size if batch_size is None else batch_size, swa=swa, seed=seed)
+        done = interrupted_epoch(out)
+        if done is not None:
+            console.print(f"resuming the run in {out} interrupted after epoch {done} of {cfg.epochs} "
+                          f"({out / 'train_state.pt'}); delete that file to start afresh")
+        try:
+            with progress() as bar:
+                run = train_twin(data, segments, out, spec=spec, config=cfg, device=device,
+                                 noise_segment=noise_segment, progress=bar)
+        except KeyboardInterrupt:
+            done = interrupted_epoch(out)
+            where = f"after epoch {done} of {cfg.epochs}" if done is not None else "before the first epoch ended"
+            err_console.print(f"[yellow]interrupted[/] {where}: run the same command to "
+                              + ("resume" if done is not None else "start again"))
+            raise typer.Exit(code=130) from None
         meta = run.twin.metadata
         console.print(f"backbone: {meta.describe_backbone()}")
         console.print(f"receptive fields: {run.rf_source}")
         r = run.result
-        console.print(f"trained {meta.kind} on {meta.n_cells} cells: {r.epochs_run} epochs, best validation "
-                      f"loss {r.best_val_loss:.4f} (epoch {r.best_epoch + 1}), {r.seconds:.0f} s")
+        stop = (f"stopped early: no better validation loss for {cfg.patience} epochs"
+                if r.stopped_early else f"of {cfg.epochs}")
+        console.print(f"trained {meta.kind} on {meta.n_cells} cells: {_count(r.epochs_run, 'epoch')} ({stop}), "
+                      f"best validation loss {r.best_val_loss:.4f} (epoch {r.best_epoch + 1}), {r.seconds:.0f} s")
         acc = meta.accuracy
         if acc is not None and acc.n_frames:
             known = sum(c.known for c in acc.cells)
@@ -141,11 +185,30 @@ def evaluate(
     test: str = typer.Option("mov2", "--test", help="Test segment (repeated for a noise ceiling)."),
     json_out: Path = typer.Option(None, "--json", help="Write the metrics as JSON here."),
     csv_out: Path = typer.Option(None, "--csv", help="Write per-cell metrics as CSV here."),
-    png_out: Path = typer.Option(None, "--png", help="Traces figure (default: beside the JSON or model)."),
-    device: str = typer.Option("auto"),
+    png_out: Path = typer.Option(None, "--png", help="Traces figure of the best, median and worst cell "
+                                 "(default: beside --json; none without either)."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
 ) -> None:
     """Per-cell CC, FEVE, noise ceiling and SD-KL of a twin on a test segment."""
     with friendly_errors():
+        from stimuli.recording import open_recording
+
+        if not model.exists():
+            raise FileNotFoundError(f"--model {model}: no twin checkpoint here (train one with `insilico train`)")
+        checks.input_file(data, "--data", "recording")
+        png = png_out or (json_out.with_suffix(".png") if json_out else None)
+        for path, flag in ((json_out, "--json"), (csv_out, "--csv"), (png, "--png")):
+            if path is not None:
+                checks.output_file(path, flag)
+        with open_recording(data) as rec:
+            names = [s.name for s in rec.segments]
+            if test not in names:
+                raise InsilicoError(f"--test {test}: no such segment in {data} (segments: {', '.join(names)})")
+            repeats = rec.repeats_shown(test)
+        if repeats < 2:
+            console.print(f"[yellow]note[/]: {test} was shown once in {data}; FEVE and the noise ceiling need "
+                          "at least 2 repeats, so they are n/a (CC and SD-KL are against the one trial)")
+
         from insilico.report_tables import print_evaluation
         from vist_model.evaluate import evaluate_twin, write_evaluation
         from vist_model.fit_twin import resolve_device
@@ -153,41 +216,59 @@ def evaluate(
 
         twin = Twin.load(model, device=resolve_device(device))
         console.print(f"backbone: {twin.metadata.describe_backbone()}")
-        png = png_out or (json_out.with_suffix(".png") if json_out else _run_dir(model) / f"traces_{test}.png")
         result = evaluate_twin(twin, data, test, traces_png=png)
         write_evaluation(result, json_path=json_out, csv_path=csv_out)
         print_evaluation(result)
-        console.print(f"traces: {png}")
+        if png is not None:
+            console.print(f"traces: {png}")
 
 
 @app.command()
 def render(
     stim: Path = typer.Argument(..., help="Stimulus file (recording-v1, stimulus-only or full)."),
-    profile: Path = typer.Option(Path("rigs/default.toml"), "--profile", help="Rig profile (TOML)."),
+    profile: str = typer.Option("default", "--profile", help="Rig profile: a TOML file, or the name of a "
+                                "shipped one (default, projector_example)."),
     out: Path = typer.Option(..., "--out", help="Where to write the captured frames and flip log."),
-    headless: bool = typer.Option(True, "--headless/--no-headless", help="Render offscreen (Xvfb) and pace flips."),
+    headless: bool = typer.Option(True, "--headless/--no-headless", help="Render offscreen with clock-paced "
+                                  "flips (on the current display, or an Xvfb started for the run)."),
     show: bool = typer.Option(False, "--show", help="Open a real window on the lab's own screen."),
     segment: str = typer.Option(None, help="Present only this segment."),
 ) -> None:
     """Present a stimulus through PsychoPy and capture every frame that was shown."""
     with friendly_errors():
-        from stimuli.presentation import render_file
+        from contextlib import nullcontext
 
-        log = render_file(stim, profile, out, headless=headless and not show, show=show, segment=segment)
+        checks.input_file(stim, "STIM", "stimulus file")
+        checks.output_file(out, "--out")
+        from stimuli.presentation import NoDisplayError, load_profile, render_file
+        from stimuli.presentation.xvfb import XvfbUnavailable, virtual_display
+
+        rig = load_profile(profile)
+        offscreen = headless and not show
+        try:
+            with virtual_display(*_xvfb_size(rig)) if offscreen else nullcontext():
+                log = render_file(stim, rig, out, headless=offscreen, show=show, segment=segment)
+        except (NoDisplayError, XvfbUnavailable) as err:
+            raise InsilicoError(str(err)) from None
         console.print(f"presented {len(log.flip_time)} frames at {log.frame_rate_hz:g} Hz "
                       f"({log.n_refreshes_per_frame} refreshes each); dropped: {log.n_dropped}")
         console.print(f"wrote [bold]{out}[/] (captured frames and /presentation flip log)")
 
 
-def _names(text: str) -> list[str]:
+def _xvfb_size(rig: RigProfile) -> tuple[int, int]:
+    # The virtual screen must hold the rig's whole window (the presenter checks that it fits).
+    return max(1024, rig.monitor_width_px), max(768, rig.monitor_height_px)
+
+
+def _names(text: str, flag: str) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     if not names:
-        raise ValueError("name at least one segment")
+        raise InsilicoError(f"{flag}: name at least one segment")
     return names
 
 
-def _run_dir(model: Path) -> Path:
-    return model if model.is_dir() else model.parent
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 # Commands that live beside their library code, listed after the data and twin commands.
@@ -196,7 +277,7 @@ app.command("verify")(verify_command)
 app.command("attribute")(attribute_command)
 app.command("run")(run_command)
 app.command("demo")(demo_command)
-app.add_typer(import_app, name="import", help="Bring a lab's recording into recording-v1 (nwb).")
+app.add_typer(import_app, name="import", help="Bring outside files in as recording-v1 files (nwb, video).")
 app.add_typer(export_app, name="export", help="Write a recording for archives and other tools (nwb).")
 
 

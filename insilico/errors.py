@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import typer
+from rich.markup import escape
 
 from insilico.console import err_console
 
@@ -26,5 +27,11 @@ def friendly_errors() -> Iterator[None]:
         yield
     except EXPECTED as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        err_console.print(f"[bold red]error:[/] {message}")
+        # Messages name TOML tables ([evaluation] data) and sections: text, not console markup.
+        err_console.print(f"[bold red]error:[/] {escape(str(message))}", soft_wrap=True)
         raise typer.Exit(code=2) from None
+    except KeyboardInterrupt:
+        # Commands that can resume (train, run, demo) catch this first and say how.
+        err_console.print("[yellow]interrupted[/]: the files written so far are whole (each is written to a temporary name "
+                          "and renamed); run the command again for the rest", soft_wrap=True)
+        raise typer.Exit(code=130) from None

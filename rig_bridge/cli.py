@@ -113,9 +113,10 @@ def keys(
 
     try:
         generate_keys(out, overwrite=overwrite)
-    except FileExistsError as err:
-        typer.echo(str(err), err=True)
-        raise typer.Exit(1) from None
+    except FileExistsError:
+        # The library's message names its parameter (overwrite=True); a user types the flag.
+        typer.echo(f"error: {out} already holds keys; pass --overwrite to replace them", err=True)
+        raise typer.Exit(2) from None
     typer.echo(f"keys written to {out}: rig needs server.key_secret + authorized_clients/, "
                "controller needs client.key_secret + server.key")
 
@@ -139,6 +140,9 @@ def present(
     from rig_bridge.errors import RigError
 
     logging.basicConfig(level=logging.WARNING, format="%(name)s %(levelname)s %(message)s")
+    if keys is None and not insecure:  # before the transport's message, which names keys_dir=
+        typer.echo("error: give --keys DIR (CurveZMQ) or --insecure (plain TCP, loopback only)", err=True)
+        raise typer.Exit(2)
     try:
         meta = _nwb_metadata(nwb, nwb_metadata, out)  # refused before the rig shows anything
         frames, rate = load_stimulus_file(stim)

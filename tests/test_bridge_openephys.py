@@ -15,8 +15,6 @@ from rig_bridge.openephys import CellMap, OpenEphysSubscriber
 from rig_bridge.psychopy_backend import build_sequence
 from rig_bridge.transport import free_port
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 class _FakeOpenEphys:
     """A local publisher speaking the ZMQ Interface plugin's documented message format."""
@@ -139,7 +137,7 @@ def test_psychopy_backend_session(tmp_path: Path) -> None:
     from rig_bridge.sim_spikes import presentation_seed, repeat_counts, repeat_rng
 
     source = SimulatedSource(n_cells=8, size=16, frame_rate=30.0, seed=2)
-    backend = PsychopyBackend(REPO / "rigs" / "default.toml", source, headless=True)
+    backend = PsychopyBackend("default", source, headless=True)
     frames = np.random.default_rng(3).integers(0, 256, (6, 16, 16), dtype=np.uint8)
     config = ServerConfig(port=free_port(), store_dir=tmp_path, insecure=True, rig_seed=2)
     with RigServer(backend, config) as srv, RigClient(srv.address, insecure=True, timeout_s=10) as client:

@@ -12,6 +12,7 @@ from insilico.errors import InsilicoError
 from insilico.loop.closed_loop import by_objective, by_role, design_error, response_rows
 from insilico.loop.demo import pick_cells
 from insilico.loop.protocol import (
+    SHIPPED_PROTOCOLS,
     CharacterizeProtocol,
     ClosedLoopProtocol,
     FinetuneProtocol,
@@ -20,7 +21,7 @@ from insilico.loop.protocol import (
 )
 from insilico.loop.state import RunState
 
-PROTOCOLS = Path(__file__).resolve().parents[1] / "protocols"
+PROTOCOLS = SHIPPED_PROTOCOLS
 
 MINIMAL_LOOP = """
 kind = "mei_closed_loop"

@@ -34,14 +34,14 @@ from stimuli.presentation import (
 )
 from stimuli.presentation.geometry import Rect
 from stimuli.presentation.luminance import apply_lut
-from stimuli.presentation.rig_profile import profile_from_dict
+from stimuli.presentation.rig_profile import SHIPPED_PROFILES, profile_from_dict
 from stimuli.recording import RecordingWriter, open_recording
 
 # PsychoPy's own import-time deprecation noise is not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:psychopy.*")
 
 REPO = Path(__file__).resolve().parents[1]
-RIGS = REPO / "rigs"
+RIGS = SHIPPED_PROFILES
 
 
 # --- stimuli (numpy only, so these tests do not depend on the stimulus families) ----------
@@ -201,7 +201,7 @@ def test_frame_rates_must_divide_the_refresh_rate() -> None:
 
 def test_stimulus_must_fit_and_avoid_the_photodiode() -> None:
     p = small_profile()
-    with pytest.raises(ValueError, match="does not fit the 120x160 screen"):
+    with pytest.raises(ValueError, match="does not fit the 160x120 screen"):
         stimulus_rect(p, 40, 40)  # 120 px tall at offset 7
     with pytest.raises(ValueError, match="photodiode patch .* overlaps"):
         stimulus_rect(small_profile(offset_x_px=100, offset_y_px=60), 20, 20)

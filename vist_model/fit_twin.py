@@ -39,6 +39,7 @@ from vist_model.ln_fit import fit_ln
 from vist_model.loss import PoissonLoss, ViSTLoss
 from vist_model.metrics import pearson_per_cell
 from vist_model.plots import plot_loss_curve
+from vist_model.provenance import data_record
 from vist_model.receptive_fields import receptive_fields
 from vist_model.train import (
     TrainConfig,
@@ -236,7 +237,7 @@ def train_twin(
     finally:
         _release(train_blocks + val_blocks)
     training = {
-        "data": str(data), "train_segments": list(train_segments), "split": asdict(split),
+        **data_record(data), "train_segments": list(train_segments), "split": asdict(split),
         "spec": asdict(spec), "config": asdict(config), "result": asdict(result),
         "device": str(dev), "torch": torch.__version__,
     }
@@ -339,7 +340,7 @@ def finetune_twin(
     finally:
         _release(train_blocks + val_blocks)
     history = list(twin.metadata.training.get("finetune", []))
-    history.append({"recordings": [[str(p), s] for p, s in recordings], "config": asdict(config),
+    history.append({"recordings": [[str(Path(p).resolve()), s] for p, s in recordings], "config": asdict(config),
                     "shares": list(shares) if shares is not None else None,
                     "focus": [[asdict(f) for f in fs] for fs in focus] if focus is not None else None,
                     "focus_weight": focus_weight, "result": asdict(result)})

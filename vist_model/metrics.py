@@ -57,6 +57,7 @@ Spike-duration KL (SD-KL, paper supplement Algorithm 1; public code
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -182,7 +183,11 @@ def spike_durations(trace: np.ndarray) -> np.ndarray:
     peaks, _ = find_peaks(x, height=0)
     if len(peaks) == 0:
         return np.empty(0)
-    return peak_widths(np.minimum(x, 1.0), peaks, rel_height=1.0)[0]
+    with warnings.catch_warnings():
+        # A peak clipped at 1 has zero prominence and width; it counts as such, as in the public code.
+        # (scipy's PeakPropertyWarning has no public import path.)
+        warnings.filterwarnings("ignore", message="some peaks have a (prominence|width) of 0")
+        return peak_widths(np.minimum(x, 1.0), peaks, rel_height=1.0)[0]
 
 
 def _kde(samples: np.ndarray, grid: np.ndarray, bandwidth: float) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def plot_loss_curve(train: Sequence[float], val: Sequence[float], best_epoch: int, path: Path, title: str = "") -> Path:
@@ -20,13 +22,12 @@ def plot_loss_curve(train: Sequence[float], val: Sequence[float], best_epoch: in
     if best_epoch >= 0:
         ax.axvline(best_epoch + 1, color="grey", ls="--", lw=0.8, label=f"best (epoch {best_epoch + 1})")
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no "1.2" ticks
     ax.set_ylabel("loss")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(title, fontsize=9, wrap=True)
     ax.legend(frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=120)
 
 
 def plot_traces(
@@ -47,6 +48,19 @@ def plot_traces(
     axes[0, 0].legend(frameon=False, fontsize=8, loc="upper right")
     axes[-1, 0].set_xlabel("time (s)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    return _save(fig, path, dpi=110)
+
+
+def _save(fig: plt.Figure, path: str | Path, dpi: int) -> Path:
+    """PNG written to a temporary name and renamed (a reader never sees half a figure).
+
+    `bbox_inches="tight"` keeps what sticks out of the axes, such as a long backbone title
+    that the fixed canvas cut at both ends.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.part.png")
+    fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
     plt.close(fig)
+    os.replace(tmp, path)
     return path

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from stimuli.cell_ids import id_ranges
 from vist_model.accuracy import CellAccuracy, HeldOutAccuracy
 from vist_model.backbone import Backbone, BackboneSpec, load_backbone
 from vist_model.baselines import CNNConfig, LNConfig, LNModel, McIntoshCNN
@@ -71,7 +72,7 @@ class TwinMetadata:
         try:
             return self.cell_ids.index(int(cell_id))
         except ValueError:
-            raise KeyError(f"the twin has no cell with id {cell_id} (ids {self.cell_ids[0]}..{self.cell_ids[-1]})") from None
+            raise KeyError(f"the twin has no cell with id {cell_id} (its cell ids: {id_ranges(self.cell_ids)})") from None
 
     def cell_accuracy(self, cell_id: int) -> CellAccuracy | None:
         """How well the twin predicts a cell on held-out data (None: not measured)."""
@@ -210,6 +211,10 @@ class Twin:
         if path.is_dir():
             path = path / "model.pt"
         if not path.is_file():
+            done = interrupted_epoch(path.parent)
+            if done is not None:
+                raise FileNotFoundError(f"{path.parent}: a training run was interrupted here after epoch {done}: "
+                                        "run the same `insilico train` command to resume it")
             raise FileNotFoundError(f"{path}: no twin checkpoint here (train one with `insilico train`)")
         try:
             payload = torch.load(path, map_location="cpu", weights_only=False)
@@ -246,6 +251,22 @@ class Twin:
                 # Under the installed names, so that the twin saved again loads again.
                 meta = replace(meta, backbone={**meta.backbone, "fingerprint": backbone_fingerprint(backbone)})
         return cls(network, meta, backbone).to(device)
+
+
+def interrupted_epoch(run_dir: str | Path) -> int | None:
+    """The last finished epoch (1-based) of an interrupted run in `run_dir`, None if none is there.
+
+    `vist_model.train.fit` saves its state after every epoch and a finished run deletes it, so
+    a state file means a run stopped part-way.
+    """
+    state_path = Path(run_dir) / "train_state.pt"
+    if not state_path.is_file():
+        return None
+    try:
+        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        return int(state["epoch"]) + 1
+    except (OSError, RuntimeError, EOFError, KeyError, TypeError, ValueError):
+        return None  # not a state `fit` wrote (it writes atomically): nothing to resume
 
 
 def backbone_metadata(backbone: Backbone) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from insilico import checks
 from insilico.console import console, progress
 from insilico.errors import friendly_errors
 
@@ -26,12 +27,21 @@ def attribute_command(
 ) -> None:
     """Per-cell attribution reports (Captum): where and when each cell's twin responds."""
     with friendly_errors():
-        from insilico.attribution.config import AttributionConfig, random_share
+        from insilico.attribution.config import METHODS, AttributionConfig, random_share
         from insilico.attribution.pipeline import attribute_cells
 
         if (cell is None) == (cells is None):
             raise ValueError("give exactly one of --cell ID or --cells all|3,42")
         selection = str(cell) if cell is not None else cells
+        # Arguments first: loading the twin and its test movie takes seconds.
+        checks.cell_list(cells)
+        checks.one_of(method, METHODS, "--method")
+        checks.at_least(clips, 1, "--clips")
+        checks.at_least(ig_steps, 1, "--ig-steps")
+        if not model.exists():
+            raise FileNotFoundError(f"--model {model}: no such run folder or model.pt")
+        checks.input_file(data, "--data", "recording")
+        checks.output_folder(out, "--out")
         steps = {} if ig_steps is None else {"ig_steps": ig_steps}
         config = AttributionConfig(method=method, n_clips=clips, n_random=random_share(clips),
                                    noise_tunnel=noise_tunnel, **steps)

@@ -15,17 +15,27 @@ from insilico.attribution.result import CellAttribution  # noqa: E402
 
 def _png(fig: plt.Figure) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")  # nothing clipped at the edges
     plt.close(fig)
     return buf.getvalue()
 
 
-def _signed(ax: plt.Axes, image: np.ndarray, title: str) -> None:
+def lag_label(lag_ms: float) -> str:
+    """`-33 ms` before the clip's end; the last frame is `0 ms`, not `-0 ms`."""
+    return "0 ms" if round(lag_ms) == 0 else f"\u2212{lag_ms:.0f} ms"
+
+
+def _signed(ax: plt.Axes, image: np.ndarray, title: str, colorbar: bool = False) -> None:
     limit = float(np.nanmax(np.abs(image))) or 1.0
-    ax.imshow(image, cmap="RdBu_r", vmin=-limit, vmax=limit)
+    shown = ax.imshow(image, cmap="RdBu_r", vmin=-limit, vmax=limit)
     ax.set_title(title, fontsize=9)
     ax.set_xticks([])
     ax.set_yticks([])
+    if colorbar:
+        # Each map on its own symmetric scale: the bar says what red and blue amount to.
+        # Each tick its own number: a shared "1e-4" offset sat on the next panel's title.
+        bar = ax.figure.colorbar(shown, ax=ax, fraction=0.046, pad=0.03, format="{x:.2g}")
+        bar.ax.tick_params(labelsize=7)
 
 
 def maps_figure(r: CellAttribution) -> bytes:
@@ -37,7 +47,7 @@ def maps_figure(r: CellAttribution) -> bytes:
         panels.append((r.random_spatial, f"randomised twin (rho={r.sanity_similarity:.2f})"))
     fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 2.8))
     for ax, (image, title) in zip(np.atleast_1d(axes), panels, strict=True):
-        _signed(ax, image, title)
+        _signed(ax, image, title, colorbar=True)
     cy, cx = r.effective_rf.centre
     if np.isfinite(cy):
         for ax in np.atleast_1d(axes)[:2]:
@@ -75,7 +85,7 @@ def clips_figure(r: CellAttribution, n_clips: int = 3, n_frames: int = 5) -> byt
             ax.set_yticks([])
             lag = (length - 1 - t) / r.frame_rate * 1000
             if row == 0:
-                ax.set_title(f"-{lag:.0f} ms", fontsize=8)
+                ax.set_title(lag_label(lag), fontsize=8)
         clip = r.clips[row]
         axes[row, 0].set_ylabel(f"{clip.kind} @{clip.end}", fontsize=8)
     fig.tight_layout()

@@ -16,6 +16,7 @@ import numpy as np
 
 from insilico.errors import InsilicoError
 from stimuli.recording import open_recording
+from vist_model.provenance import TrainingDataMissing, locate_training_data
 from vist_model.twin import TwinMetadata
 
 CHUNK_FRAMES = 1024
@@ -30,21 +31,25 @@ class Budget:
     source: str  # "--rms-contrast" or "training movies <path> [segments]"
 
 
-def training_data(meta: TwinMetadata) -> tuple[Path, list[str]]:
-    """The recording and training segments named in a twin's metadata."""
-    data = meta.training.get("data")
+def training_data(meta: TwinMetadata, needed_for: str = "") -> tuple[Path, list[str]]:
+    """The recording (found where it was stored, or moved beside the current folder) and segments.
+
+    `needed_for` ends the error when the recording is gone: what the user loses without it.
+    """
     segments = list(meta.training.get("train_segments") or [])
-    if not data or not segments:
+    try:
+        data = locate_training_data(meta.training)
+    except TrainingDataMissing as err:
+        raise InsilicoError(f"{err}{needed_for}") from None
+    if data is None or not segments:
         raise InsilicoError("the twin's checkpoint does not name its training data; pass --rms-contrast")
-    return Path(data), segments
+    return data, segments
 
 
 def training_rms_contrast(meta: TwinMetadata) -> float:
     """Pixel std over all training frames (pooled), in units of full range."""
-    path, segments = training_data(meta)
-    if not path.is_file():
-        raise InsilicoError(f"the twin's training data {path} is gone, so the default contrast budget "
-                            "(the training movies' RMS contrast) is unknown: pass --rms-contrast C")
+    path, segments = training_data(meta, ", so the default contrast budget (the training movies' RMS "
+                                         "contrast) is unknown: pass --rms-contrast C")
     total = total_sq = 0.0
     count = 0
     with open_recording(path) as rec:

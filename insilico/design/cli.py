@@ -53,10 +53,12 @@ def optimize_command(
 
         if cells is None:
             raise ValueError("name the cells with --cell 42, --cells 3,42,77 or --cells all")
+        _check_design_arguments(model, cells, out, method, frames, objective, rms_contrast, seeds, steps,
+                                trials, window, rf_envelope, start, start_from)
         twins = load_twins(model, device)
+        ids = parse_cells(cells, twins[0].metadata.cell_ids)  # the ids, once the twin says which it has
         starts = {}
         if start is not None:
-            ids = parse_cells(cells, twins[0].metadata.cell_ids)
             if len(ids) != 1:
                 raise ValueError(f"--start refines one cell's design: name one --cell, not {len(ids)}")
             if method == "optuna":
@@ -84,6 +86,43 @@ def optimize_command(
                 f"at RMS {r.budget.rms:.3f}; {r.seconds:.1f} s -> [bold]{r.paths['design']}[/]"
             )
             console.print(f"  {describe_cell_accuracy(twins[0].metadata, r.cell_id)}")
+        behind = [str(r.cell_id) for r in results if r.predicted["design"] < r.predicted["natural"]]
+        if behind and objective == "increase":
+            # The natural clip is the twin's pick from thousands of windows, scored by the same
+            # twin, so its predicted rate is the twin's most flattering one; the design is not.
+            console.print(f"[yellow]note[/]: for cell{'s' if len(behind) > 1 else ''} {', '.join(behind)} the twin "
+                          "predicts its best natural clip above the design. Both numbers are the twin's, and the "
+                          "clip was picked as the twin's highest among every window of the training movies; the "
+                          "retina can rank them the other way: measure both (`insilico verify` on simulated data, "
+                          "`insilico rig present` on a rig)")
+
+
+def _check_design_arguments(models: list[Path], cells: str, out: Path, method: str, frames: int, objective: str,
+                            rms_contrast: float | None, seeds: int, steps: int, trials: int, window: int,
+                            rf_envelope: float, start: Path | None, start_from: str) -> None:
+    """Every argument of `optimize`, before the twins load (which takes seconds to tens of seconds)."""
+    from insilico import checks
+    from insilico.design.objectives import OBJECTIVES
+    from insilico.design.run import METHODS
+    from insilico.errors import InsilicoError
+
+    checks.cell_list(cells)
+    checks.one_of(method, METHODS, "--method")
+    checks.one_of(objective, OBJECTIVES, "--objective")
+    checks.one_of(start_from, ("auto", "sta", "grey"), "--start-from")
+    for value, minimum, flag in ((frames, 1, "--frames"), (seeds, 1, "--seeds"), (steps, 0, "--steps"),
+                                 (trials, 1, "--trials"), (window, 1, "--window"), (rf_envelope, 0, "--rf-envelope")):
+        checks.at_least(value, minimum, flag)
+    if window > frames:
+        raise InsilicoError(f"--window {window} is longer than the clip (--frames {frames})")
+    if rms_contrast is not None and not 0.0 < rms_contrast < 0.5:
+        raise InsilicoError(f"--rms-contrast must be in (0, 0.5) at mean grey 0.5, got {rms_contrast:g}")
+    for path in models:
+        if not path.exists():
+            raise FileNotFoundError(f"--model {path}: no such run folder or model.pt")
+    if start is not None:
+        checks.input_file(start, "--start")
+    checks.output_folder(out, "--out")
 
 
 def _sta_start(start_from: str, metadata) -> bool:  # noqa: ANN001
@@ -118,18 +157,31 @@ def verify_command(
         if as_json:
             typer.echo(json.dumps(v.to_json_dict(), indent=2))
             return
+        if v.retina_note:
+            console.print(f"[yellow]warning[/]: {v.retina_note}")
         console.print(f"cell {v.cell_id} ({v.cell_type}), true mean rate over frames {v.window[0]}..{v.window[1] - 1} "
-                      f"at RMS {v.rms_contrast:.3f}:")
+                      f"at RMS {v.rms_contrast:.3f}, in expected spikes per bin:")
         console.print(f"  design          {v.design:.4f}")
         if v.natural is not None:
-            console.print(f"  natural clip    {v.natural:.4f}   design / natural = {_ratio(v.vs_natural)}")
+            console.print(f"  natural clip    {v.natural:.4f}   design / natural = {_ratio(v.vs_natural, v.natural)}")
         if v.parametric is not None:
             console.print(f"  parametric      {v.parametric:.4f}")
         if v.optimum is not None:
-            console.print(f"  true optimum    {v.optimum:.4f}   design / optimum = {_ratio(v.fraction_of_optimum)}")
+            console.print(f"  true optimum    {v.optimum:.4f}   design / optimum = "
+                          f"{_ratio(v.fraction_of_optimum, v.optimum)}")
         else:
             console.print("  true optimum    (not defined: the cell is not linear)")
+        small = [name for name, rate in (("design", v.design), ("natural clip", v.natural)) if v.too_small(rate)]
+        if small:
+            from insilico.design.verify import MIN_COMPARABLE_RATE
+
+            console.print(f"[yellow]note[/]: {' and '.join(small)} drive{'s' if len(small) == 1 else ''} the cell "
+                          f"under {MIN_COMPARABLE_RATE:g} spikes/bin: too little to compare "
+                          + ("(neither drives it)" if len(small) == 2 else "by ratio"))
 
 
-def _ratio(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2f}"
+def _ratio(value: float | None, denominator: float | None = None) -> str:
+    if value is None:
+        return "n/a (denominator too small)" if denominator is not None else "n/a"
+    # Two significant digits below 0.1, so a design at 0.3 % of the optimum does not read as 0.00.
+    return f"{value:.2f}" if value >= 0.1 else f"{value:.2g}"

@@ -143,6 +143,7 @@ class GradientRun:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
 
         c = self.curves()
         fig, axes = plt.subplots(1, 3, figsize=(11, 3), constrained_layout=True)
@@ -150,7 +151,16 @@ class GradientRun:
             for b, seed in enumerate(self.seeds):
                 ax.plot(c["step"], c[key][:, b], label=f"seed {seed}")
             ax.set_xlabel("step")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_title(key.replace("_", " "))
+            # Plain numbers: the contrast is held at its budget, and the default offset
+            # notation turned its flat line into an axis of "1e-7 + 1.99815e-1".
+            ax.ticklabel_format(axis="y", useOffset=False, style="plain")
+            values = np.asarray(c[key], dtype=np.float64)
+            centre = float(np.nanmean(values))
+            if centre != 0 and np.nanmax(values) - np.nanmin(values) <= 1e-3 * abs(centre):
+                # Flat to 0.1 %: autoscaling would blow float noise up into steep swings.
+                ax.set_ylim(centre * 0.9, centre * 1.1)
         axes[0].legend(fontsize=7)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -81,10 +81,12 @@ def contact_sheet(path: Path, frames: np.ndarray, centre: tuple[int, int], frame
     half = max(1, len(shown) // 2)
     for k, (cut, label) in enumerate(((frames[:, y, :], "x"), (frames[:, :, x], "y"))):
         ax = fig.add_subplot(grid[1, k * half:(k + 1) * half if k == 0 else len(shown)])
-        ax.imshow(cut, cmap="gray", vmin=0, vmax=255, aspect="auto",
-                  extent=(0, cut.shape[1], t / frame_rate, 0))
+        shown_cut = ax.imshow(cut, cmap="gray", vmin=0, vmax=255, aspect="auto",
+                              extent=(0, cut.shape[1], t / frame_rate, 0))
         ax.set_xlabel(f"{label} (px) through the RF centre")
         ax.set_ylabel("time (s)")
+    # Every panel shares the 0..255 scale, mean grey 128 in the middle.
+    fig.colorbar(shown_cut, ax=ax, label="grey level", ticks=[0, 64, 128, 192, 255], fraction=0.05)
     fig.suptitle(title, fontsize=9)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.part.png")

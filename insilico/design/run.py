@@ -280,10 +280,8 @@ def _twins(model_path, device: str) -> list[Twin]:
 
 
 def _training_data_or_fail(meta) -> tuple[Path, list[str]]:
-    data, segments = training_data(meta)
-    if not data.is_file():
-        raise InsilicoError(f"the twin's training data {data} is gone: the best natural clip (the comparison "
-                            "every design is reported against) is drawn from it")
+    data, segments = training_data(meta, ": the best natural clip (the comparison every design is reported "
+                                         "against) is drawn from it")
     return data, segments
 
 
@@ -299,6 +297,23 @@ def read_start(path: str | Path, shape: tuple[int, int, int], frame_rate: float)
     return frames.astype(np.float32) / 255.0
 
 
+SIM_IDENTITY = ("sim_seed", "sim_n_cells", "sim_size")
+
+
+def twin_retina(meta) -> dict[str, int]:  # noqa: ANN001
+    """`twin_sim_seed` etc. of the simulated retina behind the twin's training data ({} if not simulated).
+
+    Written into each design so that `insilico verify` can say when it plays a design to a
+    retina the twin never saw (another seed or population), where a ratio means little.
+    """
+    data, _ = training_data(meta)
+    with open_recording(data) as rec:
+        attrs = rec.attrs
+    if not all(k in attrs for k in SIM_IDENTITY):
+        return {}
+    return {f"twin_{k}": int(attrs[k]) for k in SIM_IDENTITY}
+
+
 def _write(out: Path, r: DesignResult, s: DesignSettings, meta, obj: Objective,
            twins: Sequence[Twin], start: str | Path | None = None) -> dict[str, Path]:
     stem = f"cell{r.cell_id}"
@@ -307,6 +322,7 @@ def _write(out: Path, r: DesignResult, s: DesignSettings, meta, obj: Objective,
         "cell_id": r.cell_id, "n_cells": meta.n_cells, "objective": obj.describe(), "window": list(r.window),
         "window_unit": "frames [start, stop) of the clip", "rms_contrast": r.budget.rms, "mean_grey": r.budget.mean,
         "budget_source": r.budget.source, "training_data": meta.training.get("data"),
+        **twin_retina(meta),
     }
     paths = {
         "design": write_clip(out / f"{stem}.h5", r.design, meta.frame_rate,

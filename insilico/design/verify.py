@@ -22,6 +22,11 @@ from insilico.simulate import build_retina, retina_of_recording
 from rig_bridge.simulated_retina import SimulatedRetina, true_optimal_stimulus
 from stimuli.recording import open_recording
 
+MIN_COMPARABLE_RATE = 0.05
+"""Expected spikes per bin under which a rate is not compared by ratio. Over a 3-frame window
+shown 5 times, 0.05 is under one spike in all (0.75): a design at 0.032 against a natural clip at
+0.0044 is "7.4 times better" on a difference no rig could measure."""
+
 
 @dataclass(frozen=True)
 class Verification:
@@ -41,14 +46,20 @@ class Verification:
     parametric: float | None
     optimum: float | None
     design_path: str
+    # Why a ratio here would mislead (the retina is not the twin's), or None.
+    retina_note: str | None = None
 
     @property
     def vs_natural(self) -> float | None:
-        return None if self.natural is None or self.natural <= 0 else self.design / self.natural
+        """design / natural, None where the natural clip barely drives the cell (`MIN_COMPARABLE_RATE`)."""
+        return None if self.natural is None or self.natural < MIN_COMPARABLE_RATE else self.design / self.natural
 
     @property
     def fraction_of_optimum(self) -> float | None:
-        return None if self.optimum is None or self.optimum <= 0 else self.design / self.optimum
+        return None if self.optimum is None or self.optimum < MIN_COMPARABLE_RATE else self.design / self.optimum
+
+    def too_small(self, rate: float | None) -> bool:
+        return rate is not None and rate < MIN_COMPARABLE_RATE
 
     def to_json_dict(self) -> dict[str, object]:
         return {
@@ -57,6 +68,7 @@ class Verification:
             "true_response": {"design": self.design, "natural": self.natural, "parametric": self.parametric,
                               "true_optimum": self.optimum},
             "design_vs_natural": self.vs_natural, "fraction_of_optimum": self.fraction_of_optimum,
+            "min_comparable_rate": MIN_COMPARABLE_RATE, "retina_note": self.retina_note,
             "design_path": self.design_path,
         }
 
@@ -94,6 +106,7 @@ def verify_design(design: str | Path, sim_seed: int | None = None, data: str | P
     if "cell_id" not in attrs:
         raise InsilicoError(f"{design}: not a design written by `insilico optimize` (no @cell_id)")
     retina = retina_for(attrs, frames.shape, frame_rate, sim_seed, data)
+    note = _other_retina(attrs, retina, sim_seed, data)
     if (retina.height, retina.width) != frames.shape[1:]:
         raise InsilicoError(f"the retina's screen is {retina.height}x{retina.width} px, the design's "
                             f"{frames.shape[1]}x{frames.shape[2]} px: not the same setting")
@@ -111,4 +124,22 @@ def verify_design(design: str | Path, sim_seed: int | None = None, data: str | P
         optimum = true_response(retina, i, best, window)
     return Verification(cell_id, retina.cell_types[i], retina.is_linear(i), window, rms,
                         true_response(retina, i, frames, window), siblings["natural"], siblings["parametric"],
-                        optimum, str(design))
+                        optimum, str(design), note)
+
+
+def _other_retina(attrs: dict[str, object], retina: SimulatedRetina, sim_seed: int | None,
+                  data: str | Path | None) -> str | None:
+    """A note when the retina verified against is not the one behind the twin's training data."""
+    twin = {k: attrs.get(f"twin_sim_{k}") for k in ("seed", "n_cells")}
+    if twin["seed"] is None:
+        return None  # a design from before the twin's retina was recorded, or a twin of real data
+    if sim_seed is not None:
+        here = {"seed": int(sim_seed), "n_cells": len(retina.cell_ids)}
+    else:
+        with open_recording(data) as rec:
+            here = {"seed": rec.attrs.get("sim_seed"), "n_cells": rec.attrs.get("sim_n_cells")}
+    if all(here[k] is not None and int(here[k]) == int(twin[k]) for k in twin):
+        return None
+    return (f"the twin was trained on the simulated retina with seed {twin['seed']} ({twin['n_cells']} cells); "
+            f"this is seed {here['seed']} ({here['n_cells']} cells), a retina the twin never saw: its "
+            "responses say nothing about how well the twin designs")

@@ -9,13 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from insilico.console import console
 from insilico.errors import friendly_errors
 
 
 def run_command(
-    protocol: Path = typer.Argument(..., help="Protocol TOML (protocols/characterize.toml, mei_closed_loop.toml, finetune.toml)."),
+    protocol: str = typer.Argument(..., help="Protocol: a TOML file, or a shipped one by name (characterize, "
+                                   "mei_closed_loop, finetune)."),
     model: Path = typer.Option(None, "--model", help="The twin's run folder (closed loop, fine-tuning)."),
     rig: str = typer.Option(None, "--rig", help="Rig server address, tcp://HOST:PORT (closed loop, characterize)."),
     out: Path = typer.Option(Path("exp"), "--out", help="Experiment folder; the same command resumes it."),
@@ -29,10 +31,24 @@ def run_command(
 ) -> None:
     """Run a protocol against a rig, or resume it where it stopped."""
     with friendly_errors():
+        from insilico import checks
+        from insilico.loop.protocol import load_protocol
         from insilico.loop.runner import run_protocol
 
         if rig is not None and keys is None and not insecure:
             raise ValueError("give --keys DIR (CurveZMQ) or --insecure (plain TCP, loopback only)")
+        if keys is not None and not keys.is_dir():
+            raise FileNotFoundError(f"--keys {keys}: no such folder (make one with `insilico rig keys --out {keys}`)")
+        if model is not None and not model.exists():
+            raise FileNotFoundError(f"--model {model}: no such run folder or model.pt")
+        if data is not None:
+            checks.input_file(data, "--data", "recording")
+        if not timeout > 0:
+            raise ValueError(f"--timeout must be > 0 seconds, got {timeout:g}")
+        # A protocol's mistakes come before anything else is read or contacted.
+        for note in load_protocol(protocol).notes:
+            console.print(f"[yellow]note[/]: {escape(note)}")
+        checks.output_folder(out, "--out")
         try:
             outcome = run_protocol(protocol, model, rig, out, keys=keys, insecure=insecure, timeout_s=timeout,
                                    data=data, live=live, nwb=nwb)
@@ -49,7 +65,10 @@ def demo_command(
 ) -> None:
     """The closed loop on built-in data: simulate, train, design, present to a simulated rig, report."""
     with friendly_errors():
+        from insilico import checks
         from insilico.loop.demo import run_demo
+
+        checks.output_folder(out, "--out")
 
         try:
             run_demo(out, live=live)

@@ -47,6 +47,7 @@ from vist_model.data import LossFocus
 from vist_model.evaluate import evaluate_twin
 from vist_model.features import FeatureCache
 from vist_model.fit_twin import finetune_twin, resolve_device
+from vist_model.provenance import TrainingDataMissing, locate_training_data
 from vist_model.train import TrainConfig
 from vist_model.twin import Twin
 
@@ -73,10 +74,7 @@ def _seconds_since(t0: float) -> float:
 
 def heldout_source(protocol: ClosedLoopProtocol | Any, twin: Twin) -> tuple[Path, str]:
     """The held-out recording and segment (default: the twin's own training recording)."""
-    data = protocol.evaluation.data or (Path(twin.metadata.training["data"]) if twin.metadata.training.get("data")
-                                        else None)
-    if data is None:
-        raise InsilicoError("the twin does not name its training recording: set [evaluation] data in the protocol")
+    data = protocol.evaluation.data or twin_training_recording(twin, "[evaluation] data")
     if not Path(data).is_file():
         raise FileNotFoundError(f"held-out recording {data} not found (set [evaluation] data in the protocol)")
     with open_recording(data) as rec:
@@ -85,9 +83,27 @@ def heldout_source(protocol: ClosedLoopProtocol | Any, twin: Twin) -> tuple[Path
     if segment not in names:
         raise InsilicoError(f"held-out segment {segment!r} is not in {data} (segments: {', '.join(names)})")
     train_segments = twin.metadata.training.get("train_segments") or []
-    if Path(twin.metadata.training.get("data", "")) == Path(data) and segment in train_segments:
+    try:
+        trained_on = twin_training_recording(twin, "[evaluation] data")
+    except InsilicoError:
+        trained_on = None  # gone: then it cannot be the held-out recording named here
+    if trained_on is not None and trained_on.resolve() == Path(data).resolve() and segment in train_segments:
         raise InsilicoError(f"held-out segment {segment!r} is one the twin was trained on: choose another")
     return Path(data), segment
+
+
+def twin_training_recording(twin: Twin, setting: str) -> Path:
+    """The twin's training recording, found where it was stored (or moved to the current folder).
+
+    `setting` is the protocol key that names another recording instead, for the error.
+    """
+    try:
+        data = locate_training_data(twin.metadata.training)
+    except TrainingDataMissing as err:
+        raise InsilicoError(f"{err}: set {setting} in the protocol") from None
+    if data is None:
+        raise InsilicoError(f"the twin does not name its training recording: set {setting} in the protocol")
+    return data
 
 
 def evaluation_record(twin: Twin, data: Path, segment: str, cache: FeatureCache) -> dict[str, Any]:
@@ -141,6 +157,10 @@ class ClosedLoop:
             missing = [c for c in self.p.design.cells if c not in twin0.metadata.cell_ids]
             if missing:
                 raise InsilicoError(f"{self.p.path}: design.cells names cell {missing[0]}, which the twin does not model")
+        if self.p.finetune.readout_only and not hasattr(twin0.network, "readout"):
+            # Found here, not after a round of design and presentation.
+            raise InsilicoError(f"{self.p.path}: [finetune] mode = \"readout\" (the default) needs a twin with a "
+                                f"readout layer; this {twin0.metadata.kind} twin has none: set mode = \"full\"")
         self.link.cell_ids = twin0.metadata.cell_ids
         self.link.frame_shape = twin0.metadata.frame_shape
         self.link.frame_rate = twin0.metadata.frame_rate
@@ -305,17 +325,18 @@ class ClosedLoop:
         twin = self._load(model)
         recordings: list[tuple[Path, list[str]]] = []
         if f.include_training_data:
-            data = twin.metadata.training.get("data")
+            data = twin_training_recording(twin, "[finetune] include_training_data = false")
             segments = list(twin.metadata.training.get("train_segments") or [])
-            if not data or not segments or not Path(data).is_file():
-                raise InsilicoError(f"finetune.include_training_data: the twin's training recording {data} is not "
-                                    "available; set it to false in the protocol")
-            recordings.append((Path(data), segments))
+            if not segments:
+                raise InsilicoError("the twin does not name its training segments: set [finetune] "
+                                    "include_training_data = false in the protocol")
+            recordings.append((data, segments))
         for j in range(1, k + 1):
             with open_recording(self.paths.session(j)) as rec:
                 recordings.append((self.paths.session(j), [s.name for s in rec.segments]))
         n_sessions = k
-        self.view.step(f"round {k}/{self.p.rounds}: fine-tune ({f.mode}, {f.epochs} epochs) on {n_sessions} "
+        self.view.step(f"round {k}/{self.p.rounds}: fine-tune ({f.mode}, {f.epochs} epoch{'s' if f.epochs > 1 else ''}) "
+                       f"on {n_sessions} "
                        f"session{'s' if n_sessions > 1 else ''}" + (" + training data" if f.include_training_data else ""))
         t0 = time.perf_counter()
         shares = None

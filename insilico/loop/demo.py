@@ -66,7 +66,7 @@ class DemoConfig:
 PROTOCOL_TEMPLATE = """\
 # Written by `insilico demo`: the closed loop on the simulated retina (see protocols/mei_closed_loop.toml).
 kind = "mei_closed_loop"
-description = "insilico demo: {rounds} rounds on the simulated retina"
+description = "insilico demo: {rounds} rounds on a small simulated retina at reduced settings for 2 CPU cores ({n_cells} cells, {train_seconds:g} s of training movie, {train_epochs} training epochs, {seeds} seed and {steps} steps per design, {finetune_epochs} fine-tuning epochs, {finetune_mode}): it shows the loop working, its numbers are not measurements (README: benchmarks/closed_loop.py for those)"
 rounds = {rounds}
 
 [design]
@@ -186,7 +186,8 @@ def run_demo(out_dir: str | Path = "demo", config: DemoConfig | None = None, *, 
                       "predicts best instead")
     protocol = out / "demo_protocol.toml"
     text = PROTOCOL_TEMPLATE.format(
-        rounds=c.rounds, cells=list(cells), objectives=list(c.objectives).__repr__().replace("'", '"'),
+        rounds=c.rounds, cells=list(cells), n_cells=c.simulation.n_cells, train_seconds=c.simulation.train_seconds,
+        train_epochs=c.train_epochs, objectives=list(c.objectives).__repr__().replace("'", '"'),
         n_frames=c.n_frames, seeds=c.seeds, steps=c.steps, comparison_trials=c.comparison_trials,
         natural_top_k=c.natural_top_k, refine=str(c.refine).lower(), repeats=c.repeats, finetune_mode=c.finetune_mode,
         finetune_epochs=c.finetune_epochs, finetune_batch_size=c.finetune_batch_size, focus_weight=c.focus_weight,

@@ -1,4 +1,4 @@
-"""Experiment protocols: TOML files in `protocols/`, checked on load.
+"""Experiment protocols: TOML files (shipped ones in `insilico/loop/protocols/`), checked on load.
 
 Three kinds, told apart by the top-level `kind` key:
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +120,7 @@ class CharacterizeProtocol:
     presentation: Presentation
     stimuli: tuple[CharacterizeStimulus, ...]
     kind: str = "characterize"
+    notes: tuple[str, ...] = ()  # tables left out and filled with defaults, said when the run starts
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,7 @@ class ClosedLoopProtocol:
     finetune: FinetunePlan
     evaluation: EvaluationPlan
     kind: str = "mei_closed_loop"
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -145,6 +147,7 @@ class FinetuneProtocol:
     finetune: FinetunePlan
     evaluation: EvaluationPlan
     kind: str = "finetune"
+    notes: tuple[str, ...] = ()
 
 
 Protocol = CharacterizeProtocol | ClosedLoopProtocol | FinetuneProtocol
@@ -320,11 +323,35 @@ def _evaluation(t: _Table) -> EvaluationPlan:
     return plan
 
 
+SHIPPED_PROTOCOLS = Path(__file__).with_name("protocols")
+
+
+def shipped_protocols() -> list[str]:
+    """Names of the protocols shipped with the package (`characterize`, `mei_closed_loop`, `finetune`)."""
+    return sorted(p.stem for p in SHIPPED_PROTOCOLS.glob("*.toml"))
+
+
+def resolve_protocol(name_or_path: str | Path) -> Path:
+    """A protocol file: the path if it exists, else the shipped protocol of that name.
+
+    `mei_closed_loop`, `mei_closed_loop.toml` and `protocols/mei_closed_loop.toml` (the
+    repository's layout before the protocols became package data) name the shipped one from
+    any folder where no such file is.
+    """
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    name = path.stem if path.suffix == ".toml" else path.name
+    shipped = SHIPPED_PROTOCOLS / f"{name}.toml"
+    if path.parent in (Path("."), Path("protocols")) and shipped.is_file():
+        return shipped
+    raise FileNotFoundError(f"{path}: no such protocol file (a TOML file, or a shipped protocol: "
+                            f"{', '.join(shipped_protocols())})")
+
+
 def load_protocol(path: str | Path) -> Protocol:
-    """Read and check a protocol TOML file; raises `ProtocolError` naming the file and key."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such protocol file")
+    """Read and check a protocol (a TOML path or a shipped name); `ProtocolError` names the file and key."""
+    path = resolve_protocol(path)
     raw = path.read_bytes()
     try:
         data = tomllib.loads(raw.decode("utf-8"))
@@ -362,4 +389,24 @@ def load_protocol(path: str | Path) -> Protocol:
                                     tuple(segments), _finetune(top.table("finetune")),
                                     _evaluation(top.table("evaluation")))
     top.done()
-    return protocol
+    return replace(protocol, notes=_defaulted_tables(protocol, data))
+
+
+def _defaulted_tables(protocol: Protocol, data: Mapping[str, Any]) -> tuple[str, ...]:
+    """One line per optional table the file leaves out, with the defaults that stand in for it."""
+    tables = {"presentation": getattr(protocol, "presentation", None), "finetune": getattr(protocol, "finetune", None),
+              "evaluation": getattr(protocol, "evaluation", None)}
+    notes = []
+    for name, plan in tables.items():
+        if plan is not None and name not in data:
+            values = ", ".join(f"{k} = {_toml_value(v)}" for k, v in asdict(plan).items())
+            notes.append(f"{protocol.path} has no [{name}] table: using the defaults ({values})")
+    return tuple(notes)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "unset"
+    return repr(value) if isinstance(value, str) else str(value)

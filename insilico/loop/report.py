@@ -74,13 +74,16 @@ def overview_figure(rounds: list[dict[str, Any]], baseline_cc: float | None) -> 
     axes[0].plot(ks, [r["design_error"]["mae"] for r in rounds], "o-", color="k", label="absolute")
     axes[0].set_title("twin's error on its own designs")
     axes[0].set_ylabel("|predicted − measured| (spikes/bin)")
+    # From zero: autoscaled, a change of 0.01 in 6 filled the panel and read as a steep fall.
+    axes[0].set_ylim(bottom=0, top=1.15 * max([r["design_error"]["mae"] for r in rounds] + [1e-9]))
     # The designs drive the cells harder each round, so the error relative to the measured
     # response is the figure that compares rounds.
     rel = axes[0].twinx()
     rel.plot(ks, [r["design_error"]["relative"] for r in rounds], "s--", color="tab:red", label="relative")
     rel.set_ylabel("relative to measured", color="tab:red")
-    rel.set_ylim(bottom=0)
-    axes[0].legend(handles=axes[0].get_lines() + rel.get_lines(), fontsize=8)
+    rel.set_ylim(bottom=0, top=1.15 * max([r["design_error"]["relative"] for r in rounds] + [1e-9]))
+    # Lower right: both lines sit high, errors drawn from zero.
+    axes[0].legend(handles=axes[0].get_lines() + rel.get_lines(), fontsize=8, loc="lower right")
     # Each objective by what it asks: an increase design by the target's rate, a
     # discriminative one by how far the target leads the other cells.
     for ax, objective in zip(axes[1:], objectives, strict=False):
@@ -90,6 +93,8 @@ def overview_figure(rounds: list[dict[str, Any]], baseline_cc: float | None) -> 
                 ax.plot(ks, [np.nan if v is None else v for v in values], "o-", color=colour, label=role)
         if objective == "discriminative":
             ax.axhline(0, color="grey", lw=0.8)
+        else:
+            ax.set_ylim(bottom=0)  # rates: differences read against zero, not against each other
         ax.set_title(f"measured: {objective}")
         ax.set_ylabel(YARDSTICKS.get(objective, "spikes/bin"), fontsize=8)
         ax.legend(fontsize=8)
@@ -99,6 +104,7 @@ def overview_figure(rounds: list[dict[str, Any]], baseline_cc: float | None) -> 
         axes[-1].axhline(baseline_cc, color="grey", ls="--", label="starting twin")
     axes[-1].set_title("held-out accuracy")
     axes[-1].set_ylabel("mean CC")
+    axes[-1].set_ylim(min(0.0, *(c - 0.05 for c in cc if np.isfinite(c))), 1.0)
     axes[-1].legend(fontsize=8)
     for ax in axes:
         ax.set_xlabel("round")
@@ -128,7 +134,9 @@ def traces_figure(summary: dict[str, Any], frame_rate: float | None = None) -> s
         ax.set_title(f"cell {r['cell']} · {r['objective']}", fontsize=9)
         ax.set_xlabel("frame")
     axes.flat[0].set_ylabel("spikes / bin")
-    axes.flat[0].legend(fontsize=7)
+    # Above the panels: inside the first one, the legend hid the traces it names.
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, ncol=2, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
     fig.tight_layout()
     return _png(fig)
 
@@ -152,7 +160,8 @@ def controls_figure(summary: dict[str, Any]) -> str | None:
                    label=f"{role} predicted" if n == 0 else None)
     ax.set_xticks(range(len(items)), [f"cell {c}\n{o}" for c, o in items], fontsize=8)
     ax.set_ylabel("mean rate over window (spikes/bin)")
-    ax.legend(fontsize=7, ncol=3)
+    # Below the axes: inside, the legend covered the tallest bar.
+    ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.22), frameon=False)
     fig.tight_layout()
     return _png(fig)
 
@@ -163,13 +172,16 @@ def _table(header: list[str], body: list[list[str]]) -> str:
     return f"<table><tr>{head}</tr>{rows}</table>"
 
 
-def render_report(out: Path) -> str:
+def render_report(out: Path, description: str | None = None) -> str:
+    """The page; `description` (the protocol's) is shown under the title."""
     rounds = load_rounds(out)
     state_path = out / "state.json"
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
     baseline = state.get("steps", {}).get("0", {}).get("baseline")
     baseline_cc = baseline["cc_mean"] if baseline else None
     parts = [f"<h1>Closed loop: {html.escape(str(out))}</h1>"]
+    if description:
+        parts.append(f"<p class='about'>{html.escape(description)}</p>")
     if not rounds:
         parts.append("<p>No round has finished yet.</p>")
     else:
@@ -218,12 +230,13 @@ def render_report(out: Path) -> str:
         parts.append(_table(["stage", "seconds"], [[k, _num(v, 1)] for k, v in r["seconds"].items()]))
     style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}"
              "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;"
-             "font-size:13px;text-align:right}img{max-width:100%}")
+             "font-size:13px;text-align:right}img{max-width:100%}"
+             ".about{background:#fff8e1;border-left:4px solid #f0b400;padding:6px 10px}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>insilico closed loop</title>"
             f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
 
 
-def write_report(out: str | Path) -> Path:
+def write_report(out: str | Path, description: str | None = None) -> Path:
     """Write `OUT/report.html` atomically; returns its path."""
     out = Path(out)
-    return atomic_write_text(out / "report.html", render_report(out))
+    return atomic_write_text(out / "report.html", render_report(out, description))

@@ -21,6 +21,7 @@ from insilico.loop.closed_loop import (
     evaluation_record,
     finetune_config,
     heldout_source,
+    twin_training_recording,
     val_fraction_for,
 )
 from insilico.loop.live import LiveView
@@ -94,7 +95,7 @@ def run_protocol(
                 view.step("writing the report")
                 from insilico.loop.report import write_report
 
-                report = write_report(out)
+                report = write_report(out, protocol.description)
                 view.step("done")
                 return RunOutcome(protocol.kind, out, report, (*summaries, report), time.perf_counter() - t0)
             if isinstance(protocol, CharacterizeProtocol):
@@ -183,7 +184,8 @@ def run_finetune(protocol: FinetuneProtocol, model: Path, data: str | Path | Non
     f = protocol.finetune
     recordings: list[tuple[Path, list[str]]] = [(session, segments)]
     if f.include_training_data:
-        recordings.insert(0, (Path(twin.metadata.training["data"]), list(twin.metadata.training["train_segments"])))
+        recordings.insert(0, (twin_training_recording(twin, "[finetune] include_training_data = false"),
+                              list(twin.metadata.training["train_segments"])))
     if not state.done(0, "finetune"):
         view.step(f"fine-tune ({f.mode}, {f.epochs} epochs) on {session}")
         t0 = time.perf_counter()

@@ -54,8 +54,9 @@ def stimulus_rect(profile: RigProfile, height: int, width: int) -> Rect:
     rect = Rect(x, y, w, h)
     if x < 0 or y < 0 or x + w > ws or y + h > hs:
         raise ValueError(
-            f"a {height}x{width} stimulus at scale {profile.scale} is {h}x{w} screen px at "
-            f"({x}, {y}) and does not fit the {hs}x{ws} screen of rig {profile.name!r}; "
+            # Width x height throughout, as the profile's width_px and height_px and X11 say it.
+            f"a {width}x{height} px stimulus (width x height) at scale {profile.scale} is {w}x{h} screen px "
+            f"at ({x}, {y}) and does not fit the {ws}x{hs} screen of rig {profile.name!r}; "
             "lower the scale, move the offset or use a smaller stimulus")
     patch = photodiode_rect(profile)
     if patch is not None and patch.overlaps(rect):

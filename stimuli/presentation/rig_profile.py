@@ -1,6 +1,7 @@
 """What a rig's display path looks like: screen, where the stimulus lands, optics, luminance.
 
-A profile is a TOML file (see `rigs/default.toml` and `rigs/projector_example.toml`):
+A profile is a TOML file, named by its path or, for the profiles shipped with the package
+(`stimuli/presentation/rigs/`: `default`, `projector_example`), by its name from any folder:
 
 ```toml
 name = "default"                 # required
@@ -175,11 +176,34 @@ class RigProfile:
         return int(n)
 
 
+SHIPPED_PROFILES = Path(__file__).with_name("rigs")
+
+
+def shipped_profiles() -> list[str]:
+    """Names of the profiles shipped with the package (`default`, `projector_example`)."""
+    return sorted(p.stem for p in SHIPPED_PROFILES.glob("*.toml"))
+
+
+def resolve_profile(name_or_path: str | os.PathLike[str]) -> Path:
+    """A profile file: the path if it exists, else the shipped profile of that name.
+
+    `default`, `default.toml` and `rigs/default.toml` (the repository's layout before the
+    profiles became package data) all name the shipped default when no such file is here.
+    """
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    name = path.stem if path.suffix == ".toml" else path.name
+    shipped = SHIPPED_PROFILES / f"{name}.toml"
+    if path.parent in (Path("."), Path("rigs")) and shipped.is_file():
+        return shipped
+    raise FileNotFoundError(f"{path}: no such rig profile (a TOML file, or a shipped profile: "
+                            f"{', '.join(shipped_profiles())})")
+
+
 def load_profile(path: str | os.PathLike[str]) -> RigProfile:
-    """Read and validate a rig profile TOML file; errors name the file and the key."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such rig profile")
+    """Read and validate a rig profile (a TOML path or a shipped name); errors name the file and key."""
+    path = resolve_profile(path)
     try:
         with path.open("rb") as fh:
             data = tomllib.load(fh)

@@ -21,6 +21,8 @@ from stimuli.recording.validate import check_counts, validate
 # whatever the length of the recording.
 _VERIFY_BLOCK_BYTES = 64 << 20
 
+VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".gif")
+
 
 class Recording:
     """An open recording-v1 file. Use as a context manager or call `close()`."""
@@ -32,6 +34,9 @@ class Recording:
         try:
             self._file = h5py.File(self.path, "r")
         except OSError as err:
+            if Path(self.path).suffix.lower() in VIDEO_SUFFIXES:
+                raise RecordingFormatError(self.path, "file", "a video, not a recording-v1 HDF5 file: convert it "
+                                           "first with `insilico import video FILE --out stim.h5`") from None
             raise RecordingFormatError(self.path, "file", f"not a readable HDF5 file ({err})") from None
         try:
             self.layout = validate(self._file, self.path)

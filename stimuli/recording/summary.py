@@ -35,6 +35,7 @@ class RecordingSummary:
     cell_types: dict[str, int]
     segments: tuple[SegmentSummary, ...]
     cell_mean_rate_hz: tuple[float, ...]  # per cell, over every shown bin
+    cell_ids: tuple[int, ...] = ()  # in the order of /cells/ids, which the rates follow
 
     def to_json_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -73,4 +74,5 @@ def summarize(rec: Recording) -> RecordingSummary:
         duration_s=rec.n_frames / rec.frame_rate, n_cells=rec.n_cells, n_repeats=rec.n_repeats,
         has_rf=rec.layout.has_rf, cell_types=types, segments=tuple(segs),
         cell_mean_rate_hz=tuple(float(x) for x in cell_rates),
+        cell_ids=tuple(int(i) for i in rec.cell_ids) if rec.n_cells else (),
     )
