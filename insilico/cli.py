@@ -168,8 +168,12 @@ def train(
         r = run.result
         stop = (f"stopped early: no better validation loss for {cfg.patience} epochs"
                 if r.stopped_early else f"of {cfg.epochs}")
-        console.print(f"trained {meta.kind} on {meta.n_cells} cells: {_count(r.epochs_run, 'epoch')} ({stop}), "
-                      f"best validation loss {r.best_val_loss:.4f} (epoch {r.best_epoch + 1}), {r.seconds:.0f} s")
+        if meta.kind == "ln":  # fitted in closed form (`vist_model.ln_fit`): epochs do not apply
+            console.print(f"fitted ln on {meta.n_cells} cells (ridge filter, then a Poisson-fitted output "
+                          f"nonlinearity): validation loss {r.best_val_loss:.4f}, {r.seconds:.0f} s")
+        else:
+            console.print(f"trained {meta.kind} on {meta.n_cells} cells: {_count(r.epochs_run, 'epoch')} ({stop}), "
+                          f"best validation loss {r.best_val_loss:.4f} (epoch {r.best_epoch + 1}), {r.seconds:.0f} s")
         acc = meta.accuracy
         if acc is not None and acc.n_frames:
             known = sum(c.known for c in acc.cells)

@@ -201,7 +201,7 @@ def test_render_without_a_display_starts_its_own(tiny_recording: Path, tmp_path:
 def test_ctrl_c_in_train_says_how_to_resume(tiny_recording: Path, tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     run = tmp_path / "run"
-    args = ["train", "--data", str(tiny_recording), "--model", "ln", "--out", str(run), "--epochs", "500"]
+    args = ["train", "--data", str(tiny_recording), "--model", "cnn", "--out", str(run), "--epochs", "500"]
     proc = subprocess.Popen([sys.executable, "-m", "insilico.cli", *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
