@@ -75,6 +75,10 @@ def test_summary_and_previews(designs: Path) -> None:
     assert (designs / f"cell{CELL}.png").stat().st_size > 1000
     assert (designs / f"cell{CELL}.gif").read_bytes()[:3] == b"GIF"
     assert (designs / "optuna.journal").is_file()
+    # The predicted numbers come with the twin's held-out accuracy on this cell.
+    acc = summary["twin_accuracy"]
+    assert acc["measured"] and acc["segment"] == "mov2" and -1 <= acc["held_out_cc"] <= 1
+    assert acc["twin_knows_cell"] == (acc["held_out_cc"] >= 0.3) and (acc["note"] is None) == acc["twin_knows_cell"]
 
 
 def test_verify_reports_true_responses(app: typer.Typer, designs: Path, tiny_recording: Path) -> None:
