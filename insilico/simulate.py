@@ -19,7 +19,7 @@ from rig_bridge.simulated_retina import SimulatedRetina
 from stimuli.families import checkerboard_noise
 from stimuli.natural import disjoint_photo_sets, natural_movie
 from stimuli.recording import RecordingWriter
-from stimuli.recording.sta import spike_triggered_average
+from stimuli.recording.sta import receptive_field_maps
 from stimuli.stimulus import Stimulus
 
 PIXEL_SIZE_UM = 25.0
@@ -147,7 +147,7 @@ def simulate_recording(out: str | Path, config: SimulationConfig | None = None) 
                 if name == "noise":
                     noise_counts = counts[0]
                 bar.update(task, advance=1, status=name)
-            writer.set_rf(spike_triggered_average(stims["noise"].as_float(), noise_counts))
+            writer.set_rf(receptive_field_maps(stims["noise"].as_float(), noise_counts).maps)
             writer.set_cell_types(retina.cell_types)
             bar.update(task, advance=1, status="done")
     return Path(out)

@@ -35,7 +35,7 @@ from stimuli.nwb import (  # noqa: E402
     inspect_nwb,
 )
 from stimuli.recording import RecordingWriter, open_recording  # noqa: E402
-from stimuli.recording.sta import spike_triggered_average  # noqa: E402
+from stimuli.recording.sta import receptive_field_maps  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 16  # screen side (px); movies are at least this long so OpticalSeries stay time-first
@@ -188,9 +188,10 @@ def test_import_keeps_cell_metadata_and_the_sta_of_the_noise(imported, session: 
         for name, shown in session.edges.items():
             np.testing.assert_array_equal(f[f"timing/{name}/flip_time"][()], np.stack(shown))
     counts = _expected_counts(session, "noise")[0]
-    want = spike_triggered_average(session.frames["noise"].astype(np.float32) / 255.0, counts)
-    np.testing.assert_allclose(rf, want, rtol=1e-5, atol=1e-6)
-    assert report.rf_source == "spike-triggered average of segment 'noise'"
+    want = receptive_field_maps(session.frames["noise"].astype(np.float32) / 255.0, counts)
+    np.testing.assert_allclose(rf, want.maps, rtol=1e-4, atol=1e-6)
+    assert report.rf_source == want.source("noise")
+    assert report.rf_source.startswith("spike-triggered average of segment 'noise'")
 
 
 def test_import_without_presentations_table_ends_showings_by_the_next_flip_or_one_interval(
@@ -663,7 +664,7 @@ def test_noise_segment_setting_picks_the_series_for_the_sta(tmp_path: Path) -> N
                                                        starting_time=0.0, rate=30.0))
     assert import_nwb(path, tmp_path / "a.h5").rf_source is None  # not named as white noise
     report = import_nwb(path, tmp_path / "b.h5", NwbImportSettings(noise_segment="checks_4px"))
-    assert report.rf_source == "spike-triggered average of segment 'checks_4px'"
+    assert report.rf_source.startswith("spike-triggered average of segment 'checks_4px'")
     with pytest.raises(NwbError, match=r"no series 'noise' to estimate receptive fields from"):
         import_nwb(path, tmp_path / "c.h5", NwbImportSettings(noise_segment="noise"))
 

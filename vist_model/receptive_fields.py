@@ -1,7 +1,8 @@
 """Receptive-field maps for the twin's AdaLN conditioning, and where they came from.
 
 The recording's `/cells/rf` is used when present; otherwise spike-triggered averages from a
-white-noise segment; otherwise a flat map, and the caller is told which it was.
+white-noise segment (`stimuli.recording.sta.ReceptiveFieldAccumulator`: linear, or contrast energy
+for cells whose linear STA is flat); otherwise a flat map, and the caller is told which it was.
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ import torch
 import torch.nn.functional as F
 
 from stimuli.recording import Recording
-from stimuli.recording.sta import NOISE_SEGMENT_NAMES, spike_triggered_average
+from stimuli.recording.sta import NOISE_SEGMENT_NAMES, ReceptiveFieldAccumulator
+
+BLOCK_FRAMES = 1024
+"""Frames of the white-noise segment read at a time (memory does not grow with its length)."""
 
 
 @dataclass(frozen=True)
@@ -36,9 +40,15 @@ def receptive_fields(rec: Recording, noise_segment: str | None = None) -> Recept
     for name in candidates:
         if name not in names:
             raise ValueError(f"no segment named {name!r} to estimate receptive fields from")
-        counts = np.nanmean(rec.counts(name), axis=0)
-        spatial = spike_triggered_average(rec.frames(name).astype(np.float32) / 255.0, counts)
-        return ReceptiveFields(spatial.astype(np.float32), f"spike-triggered average of segment {name!r}")
+        seg = rec.segment(name)
+        _, h, w = rec.shape
+        acc = ReceptiveFieldAccumulator(rec.n_cells, h, w)
+        for a in range(seg.start, seg.stop, BLOCK_FRAMES):
+            b = min(a + BLOCK_FRAMES, seg.stop)
+            acc.add(rec.frames(start=a, stop=b).astype(np.float32) / 255.0,
+                    np.nanmean(rec.counts(start=a, stop=b), axis=0))
+        rf = acc.result()
+        return ReceptiveFields(rf.maps, rf.source(name))
     _, h, w = rec.shape
     flat = np.ones((rec.n_cells, h, w), dtype=np.float32)
     return ReceptiveFields(flat, "flat maps (the file has no /cells/rf and no white-noise segment)")

@@ -35,7 +35,7 @@ import numpy as np
 
 from stimuli.nwb.errors import NwbError
 from stimuli.recording import RecordingWriter
-from stimuli.recording.sta import DEFAULT_LAGS, NOISE_SEGMENT_NAMES, StaAccumulator
+from stimuli.recording.sta import DEFAULT_LAGS, NOISE_SEGMENT_NAMES, ReceptiveFieldAccumulator
 
 PRESENTATIONS = "presentations"
 """Name of the `intervals` table whose rows give each showing's start and stop (our export's)."""
@@ -185,7 +185,7 @@ def _import(src: str, nwbfile, out: Path, settings: NwbImportSettings) -> NwbImp
 
     inside = np.zeros(len(ids), dtype=np.int64)
     noise_name = _noise_name(src, order, settings.noise_segment)
-    sta: StaAccumulator | None = None
+    sta: ReceptiveFieldAccumulator | None = None
     imported: list[ImportedSegment] = []
     with RecordingWriter(out, frame_rate=frame_rate, height=height, width=width, cell_ids=ids,
                          n_repeats=n_repeats, counts_dtype="float32", pixel_size_um=pixel,
@@ -197,7 +197,7 @@ def _import(src: str, nwbfile, out: Path, settings: NwbImportSettings) -> NwbImp
             start = writer.n_frames
             if s.name == noise_name:
                 lags = [lag for lag in settings.sta_lags if lag < s.period]
-                sta = StaAccumulator(len(ids), height, width, lags) if lags else None
+                sta = ReceptiveFieldAccumulator(len(ids), height, width, lags) if lags else None
             for a in range(0, s.period, settings.chunk_frames):
                 b = min(a + settings.chunk_frames, s.period)
                 frames = s.read(a, b)
@@ -213,8 +213,9 @@ def _import(src: str, nwbfile, out: Path, settings: NwbImportSettings) -> NwbImp
         writer.write_extra("/spikes/index", np.cumsum([len(x) for x in spikes]).astype(np.int64))
         rf_source = _cell_metadata(src, nwbfile, writer, settings, ids, height, width)
         if rf_source is None and sta is not None:
-            writer.set_rf(sta.result().spatial.astype(np.float32))
-            rf_source = f"spike-triggered average of segment {noise_name!r}"
+            rf = sta.result()
+            writer.set_rf(rf.maps)
+            rf_source = rf.source(noise_name)
         totals = np.array([len(x) for x in spikes], dtype=np.int64)
         writer.set_cell_extra("n_spikes_outside", totals - inside)
     outside_only = tuple(int(i) for i, t, n in zip(ids, totals, inside, strict=True) if t > 0 and n == 0)

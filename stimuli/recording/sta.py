@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.ndimage import gaussian_filter
 
 DEFAULT_LAGS = range(0, 15)
 """0.5 s of lags at 30 frames/s."""
@@ -186,3 +187,107 @@ class StaAccumulator:
         return StaEstimate(lags=self.lags, by_lag=by_lag.reshape(n_cells, self.lags.size, h, w),
                            peak_lag=self.lags[peak], spatial=by_lag[np.arange(n_cells), peak].reshape(n_cells, h, w),
                            energy=energy, n_spikes=self._n_spikes)
+
+
+ENERGY_SIGMAS_PX: tuple[float, ...] = (1.0, 2.0, 4.0)
+"""Spatial scales (Gaussian sigma, pixels) at which the contrast-energy STA is measured."""
+Z_SMOOTH_PX = 1.0
+
+
+def map_significance(rf: np.ndarray) -> float:
+    """How far a map's peak stands above its own noise floor, in robust standard deviations.
+
+    The map is smoothed by `Z_SMOOTH_PX` and taken by magnitude; its median and MAD estimate the
+    floor that pixels outside the receptive field form, so maps in different units (a linear STA
+    in luminance, an energy STA in luminance squared) compare on one scale.
+    """
+    s = np.abs(gaussian_filter(np.asarray(rf, dtype=np.float64), Z_SMOOTH_PX))
+    floor = float(np.median(s))
+    spread = 1.4826 * float(np.median(np.abs(s - floor)))
+    return (float(s.max()) - floor) / max(spread, 1e-12)
+
+
+@dataclass(frozen=True, eq=False)
+class ReceptiveFieldMaps:
+    """Each cell's receptive-field map from white noise and the estimate it came from.
+
+    Attributes:
+        maps: ``[N, H, W]`` float32; a linear STA keeps its sign, an energy STA is >= 0 where the
+            cell looks (it has no polarity to keep).
+        kinds: per cell, ``"linear"`` or ``"energy <sigma> px"``.
+        significance: ``[N]`` the chosen map's `map_significance`.
+    """
+
+    maps: np.ndarray
+    kinds: tuple[str, ...]
+    significance: np.ndarray
+
+    @property
+    def n_energy(self) -> int:
+        return sum(k != "linear" for k in self.kinds)
+
+    def source(self, segment: str) -> str:
+        """Where the maps came from, as a user reads it."""
+        text = f"spike-triggered average of segment {segment!r}"
+        if self.n_energy:
+            text += f" (contrast energy for {self.n_energy} of {len(self.kinds)} cells whose linear STA is flat)"
+        return text
+
+
+class ReceptiveFieldAccumulator:
+    """Receptive fields from white noise, block by block: per cell, the linear STA or, where a
+    contrast-energy STA stands further above its noise floor, that.
+
+    A cell that sums rectified ON and OFF pathways (ON-OFF, many subunit cells) answers a bright
+    and a dark patch alike: its linear STA cancels to noise, and the readout and design envelope
+    placed at that noise's peak land anywhere on the screen. Its spikes still follow frames whose
+    contrast is strong inside its RF in either direction, so the STA of the squared, smoothed
+    contrast `(G_sigma * (s - mean))**2` peaks there. Binary checkerboards make plain squared
+    contrast constant, hence the smoothing, at a few scales since RF sizes differ between retinas;
+    the map whose peak is most significant wins (`map_significance`).
+
+    The centred energy STA needs the segment's mean frame, known only at the end; by linearity of
+    the smoothing it is ``STA[(G s)^2] - 2 (G m) * (G STA[s])`` with both terms accumulated in one
+    pass (`result` derives it), so memory is the accumulators', never the segment.
+    """
+
+    def __init__(self, n_cells: int, height: int, width: int, lags: Sequence[int] = DEFAULT_LAGS,
+                 sigmas: Sequence[float] = ENERGY_SIGMAS_PX) -> None:
+        self.sigmas = tuple(float(s) for s in sigmas)
+        self._linear = StaAccumulator(n_cells, height, width, lags)
+        self._energy = [StaAccumulator(n_cells, height, width, lags) for _ in self.sigmas]
+
+    def add(self, frames: np.ndarray, counts: np.ndarray) -> None:
+        """The next block: frames `[t, H, W]` float, counts `[t, N]` in the frames' bins."""
+        self._linear.add(frames, counts)
+        for sigma, acc in zip(self.sigmas, self._energy, strict=True):
+            smooth = gaussian_filter(np.asarray(frames, dtype=np.float32), (0, sigma, sigma))
+            acc.add(smooth * smooth, counts)
+
+    def result(self) -> ReceptiveFieldMaps:
+        linear = self._linear.result()
+        mean_frame = (self._linear._frame_sum / self._linear.n_frames).reshape(linear.by_lag.shape[2:])
+        candidates = [("linear", linear.spatial)]
+        for sigma, acc in zip(self.sigmas, self._energy, strict=True):
+            raw = acc.result()
+            smooth_mean = gaussian_filter(mean_frame, sigma)
+            smooth_sta = gaussian_filter(linear.by_lag, (0, 0, sigma, sigma))
+            by_lag = raw.by_lag - 2.0 * smooth_mean * smooth_sta  # [N, K, H, W]
+            energy = np.einsum("nkhw,nkhw->nk", by_lag, by_lag)
+            peak = np.argmax(energy, axis=1)
+            candidates.append((f"energy {sigma:g} px", by_lag[np.arange(len(peak)), peak]))
+        n_cells = linear.spatial.shape[0]
+        z = np.array([[map_significance(maps[i]) for _, maps in candidates] for i in range(n_cells)])
+        best = np.argmax(z, axis=1)
+        maps = np.stack([candidates[b][1][i] for i, b in enumerate(best)]).astype(np.float32)
+        return ReceptiveFieldMaps(maps=maps, kinds=tuple(candidates[b][0] for b in best),
+                                  significance=z[np.arange(n_cells), best])
+
+
+def receptive_field_maps(frames: np.ndarray, counts: np.ndarray, lags: Sequence[int] = DEFAULT_LAGS,
+                         sigmas: Sequence[float] = ENERGY_SIGMAS_PX) -> ReceptiveFieldMaps:
+    """`ReceptiveFieldAccumulator` over frames `[T, H, W]` float and counts `[T, N]` held in memory."""
+    frames, counts, lag_array = _check(frames, counts, lags)
+    acc = ReceptiveFieldAccumulator(counts.shape[1], frames.shape[1], frames.shape[2], lag_array, sigmas)
+    acc.add(frames, counts)
+    return acc.result()
