@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from insilico.design.envelope import rf_envelope
-from insilico.design.gradient import GradientConfig, optimise_gradient
+from insilico.design.gradient import optimize_gradient
+from insilico.design.settings import GradientConfig
 from insilico.design.objectives import Window, increase
 from insilico.design.postprocess import ContrastBudget
 from insilico.design.response import TwinResponse, lead_in_for
@@ -33,7 +34,7 @@ def response(twin: Twin) -> TwinResponse:
 def _run(response: TwinResponse, seeds: tuple[int, ...], steps: int) -> object:
     h, w = response.metadata.frame_shape
     config = GradientConfig(steps=steps, lr=0.2, jitter_px=1, time_shift=1)
-    return optimise_gradient(response, increase(0, WINDOW), (T, h, w), ContrastBudget(0.2), seeds, config)
+    return optimize_gradient(response, increase(0, WINDOW), (T, h, w), ContrastBudget(0.2), seeds, config)
 
 
 @pytest.mark.slow
@@ -97,7 +98,7 @@ def test_an_envelope_keeps_the_design_inside_the_receptive_field(response: TwinR
     rf = np.exp(-((rows - h / 3) ** 2 + (cols - w / 3) ** 2) / (2 * 1.5**2))
     envelope = rf_envelope(rf, 1.5)
     config = GradientConfig(steps=2, lr=0.2, jitter_px=0, time_shift=0)
-    run = optimise_gradient(response, increase(0, WINDOW), (T, h, w), ContrastBudget(0.2), (0,), config,
+    run = optimize_gradient(response, increase(0, WINDOW), (T, h, w), ContrastBudget(0.2), (0,), config,
                             envelope=envelope)
     clip = run.stimuli[0]
     # Outside the envelope the screen is one uniform level (it balances the clip's mean grey).
@@ -108,7 +109,7 @@ def test_an_envelope_keeps_the_design_inside_the_receptive_field(response: TwinR
     start = run.history[0]
     assert start.contrast[0] <= 0.2 + 1e-6
     with pytest.raises(ValueError, match="envelope"):
-        optimise_gradient(response, increase(0, WINDOW), (T, h, w), ContrastBudget(0.2), (0,), config,
+        optimize_gradient(response, increase(0, WINDOW), (T, h, w), ContrastBudget(0.2), (0,), config,
                           envelope=envelope[:-1])
 
 
@@ -118,14 +119,14 @@ def test_a_run_can_refine_a_given_clip(response: TwinResponse) -> None:
     start = budget(torch.rand(1, T, h, w, generator=torch.Generator().manual_seed(3)))[0].numpy()
     still = GradientConfig(steps=0)
     # No step: the first member is the given clip itself, the next ones lie around it.
-    run = optimise_gradient(response, increase(0, WINDOW), (T, h, w), budget, (0, 1), still, start=start)
+    run = optimize_gradient(response, increase(0, WINDOW), (T, h, w), budget, (0, 1), still, start=start)
     np.testing.assert_allclose(run.stimuli[0], start, atol=1e-6)
     spread = np.abs(run.stimuli[1] - start)
     assert 0 < spread.mean() < 0.05
     # A step moves it, towards a higher objective than where it started.
-    moved = optimise_gradient(response, increase(0, WINDOW), (T, h, w), budget, (0,),
+    moved = optimize_gradient(response, increase(0, WINDOW), (T, h, w), budget, (0,),
                               GradientConfig(steps=2, lr=0.2, jitter_px=0, time_shift=0), start=start)
     assert not np.allclose(moved.stimuli[0], start)
     assert moved.objective[0] > run.objective[0]
     with pytest.raises(ValueError, match="start clip"):
-        optimise_gradient(response, increase(0, WINDOW), (T, h, w), budget, (0,), still, start=start[:-1])
+        optimize_gradient(response, increase(0, WINDOW), (T, h, w), budget, (0,), still, start=start[:-1])

@@ -22,6 +22,7 @@ from vist_model.backbone import Backbone, BackboneSpec, load_backbone
 from vist_model.baselines import CNNConfig, LNConfig, LNModel, McIntoshCNN
 from vist_model.data import PixelInputs, Rows
 from vist_model.features import FeatureCache, FrameSource, backbone_fingerprint, state_fingerprint
+from vist_model.provenance import TrainingRecord
 from vist_model.receptive_fields import rf_to_grid
 from vist_model.vist import TwinWithBackbone, ViST, ViSTConfig
 
@@ -77,6 +78,11 @@ class TwinMetadata:
     def cell_accuracy(self, cell_id: int) -> CellAccuracy | None:
         """How well the twin predicts a cell on held-out data (None: not measured)."""
         return self.accuracy.of(cell_id) if self.accuracy is not None else None
+
+    @property
+    def training_record(self) -> TrainingRecord:
+        """`training`, typed: the recording, segments and spec the twin was trained on."""
+        return TrainingRecord.from_json(self.training)
 
     def describe_backbone(self) -> str:
         if self.backbone is None:

@@ -36,62 +36,8 @@ from insilico.design.objectives import Objective
 from insilico.design.postprocess import ContrastBudget
 from insilico.design.preconditioners import blur, named_preconditioner, unit_rms
 from insilico.design.regularisers import TemporalSmoothness, TotalVariation
+from insilico.design.settings import GradientConfig
 from insilico.design.transforms import Compose, Jitter, TimeShift
-
-INITS = ("grey", "noise")
-
-
-@dataclass(frozen=True)
-class GradientConfig:
-    """Settings of a gradient design (defaults sized for a CPU: see `insilico.design.run`).
-
-    Attributes:
-        steps: optimiser steps.
-        lr: RMS pixel change of the first step (cosine-decayed to lr / 10).
-        jitter_px: random spatial shift per step, pixels.
-        time_shift: random temporal shift per step, frames.
-        tv_weight: total-variation penalty weight.
-        smooth_weight: temporal-smoothness penalty weight.
-        preconditioner: "blur", "fourier" or "none".
-        blur_sigma: (start, end) of the annealed blur, pixels. It ends at 1.5 px: below
-            that, the ViT's patch grid (4 px on a 64-px screen) shows through in the design,
-            and the twin, not the cell, responds to it.
-        diversity_weight: reward for RMS distance between batch members (0 = off).
-        init_sigma: spatial blur (pixels) of the random start.
-        init: "grey" starts at mean grey plus seeded noise of `init_scale` times the budget's
-            RMS, so the first step is the twin's own gradient and no budget is left on noise
-            the cell cannot see; "noise" starts from smooth noise at the full budget.
-        init_scale: amplitude of the grey start's noise, relative to the budget's RMS.
-        rf_envelope: sigma of the spatial envelope around the cell's receptive field, in
-            RF-centre sigmas (`insilico.design.envelope`); 0 leaves the whole screen free.
-    """
-
-    steps: int = 12
-    lr: float = 0.15
-    jitter_px: int = 1
-    time_shift: int = 1
-    tv_weight: float = 0.0
-    smooth_weight: float = 0.0
-    preconditioner: str = "blur"
-    blur_sigma: tuple[float, float] = (2.0, 1.5)
-    diversity_weight: float = 0.0
-    init_sigma: float = 2.0
-    init: str = "grey"
-    init_scale: float = 0.05
-    rf_envelope: float = 1.0
-
-    def __post_init__(self) -> None:
-        if self.steps < 0:
-            raise ValueError(f"steps must be >= 0, got {self.steps}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.init not in INITS:
-            raise ValueError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
-        if not 0 < self.init_scale <= 1:
-            raise ValueError(f"init_scale must be in (0, 1], got {self.init_scale}")
-        if self.rf_envelope < 0:
-            raise ValueError(f"rf_envelope must be >= 0 RF sigmas (0 = off), got {self.rf_envelope}")
-        named_preconditioner(self.preconditioner)  # validates the name
 
 
 @dataclass(frozen=True)
@@ -209,13 +155,13 @@ def diversity(frames: Tensor) -> Tensor:
     return d.sum(dim=1) / (b - 1)
 
 
-def optimise_gradient(
+def optimize_gradient(
     response: Callable[[Tensor], Tensor],
     objective: Objective,
     shape: tuple[int, int, int],
     budget: ContrastBudget,
     seeds: Sequence[int] = (0,),
-    config: GradientConfig = GradientConfig(),
+    config: GradientConfig | None = None,
     device: torch.device | str = "cpu",
     on_step: Callable[[StepRecord], None] | None = None,
     envelope: np.ndarray | Tensor | None = None,
@@ -230,7 +176,7 @@ def optimise_gradient(
         shape: `(T, H, W)` of a clip.
         budget: the post-processor every step ends with.
         seeds: one batch member per seed.
-        config: step settings.
+        config: step settings (None: the defaults).
         device: where the clips live (the twin's device).
         on_step: called with each step's record (progress display).
         envelope: `[H, W]` weights in [0, 1] for the start and every gradient step
@@ -242,6 +188,7 @@ def optimise_gradient(
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must differ, got {list(seeds)}")
     started = time.perf_counter()
+    config = config or GradientConfig()
     device = torch.device(device)
     gens = [torch.Generator().manual_seed(int(s) + 1_000_003) for s in seeds]
     env = None if envelope is None else torch.as_tensor(envelope, dtype=torch.float32, device=device)

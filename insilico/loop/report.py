@@ -21,7 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from insilico.loop.closed_loop import ROLES  # noqa: E402
+from insilico.loop.records import ROLES  # noqa: E402
 from vist_model.files import atomic_write_text  # noqa: E402
 
 ROLE_COLOURS = {"design": "#d62728", "natural": "#1f77b4", "parametric": "#2ca02c"}
