@@ -10,10 +10,10 @@ import torch
 
 from insilico.design.envelope import rf_envelope
 from insilico.design.gradient import optimize_gradient
-from insilico.design.settings import GradientConfig
 from insilico.design.objectives import Window, increase
 from insilico.design.postprocess import ContrastBudget
 from insilico.design.response import TwinResponse, lead_in_for
+from insilico.design.settings import GradientConfig
 from vist_model.twin import Twin
 
 T = 8

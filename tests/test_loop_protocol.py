@@ -13,8 +13,6 @@ import numpy as np
 import pytest
 
 from insilico.errors import InsilicoError
-from insilico.loop.records import DesignItem, PlanEntry
-from insilico.loop.rows import by_objective, by_role, design_error, response_rows
 from insilico.loop.demo import pick_cells
 from insilico.loop.protocol import (
     SHIPPED_PROTOCOLS,
@@ -24,6 +22,8 @@ from insilico.loop.protocol import (
     ProtocolError,
     load_protocol,
 )
+from insilico.loop.records import DesignItem, PlanEntry
+from insilico.loop.rows import by_objective, by_role, design_error, response_rows
 from insilico.loop.state import RunState
 
 PROTOCOLS = SHIPPED_PROTOCOLS
