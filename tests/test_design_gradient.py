@@ -130,3 +130,38 @@ def test_a_run_can_refine_a_given_clip(response: TwinResponse) -> None:
     assert moved.objective[0] > run.objective[0]
     with pytest.raises(ValueError, match="start clip"):
         optimize_gradient(response, increase(0, WINDOW), (T, h, w), budget, (0,), still, start=start[:-1])
+
+
+# --- the optimiser on a toy response, in milliseconds (no twin) ----------------------------------
+TOY_SHAPE = (6, 8, 8)
+
+
+def _toy_response(frames: torch.Tensor) -> torch.Tensor:
+    """Rates `[B, T, 1]`: a fixed centre-minus-surround weighting of each frame (a linear toy cell)."""
+    yy, xx = torch.meshgrid(torch.arange(8.0), torch.arange(8.0), indexing="ij")
+    r2 = (yy - 3.5) ** 2 + (xx - 3.5) ** 2
+    weights = torch.exp(-r2 / 2.0) - 0.5 * torch.exp(-r2 / 8.0)
+    return (frames * weights).sum(dim=(2, 3))[..., None]
+
+
+def _toy_run(seeds: tuple[int, ...], steps: int = 6) -> object:
+    config = GradientConfig(steps=steps, lr=0.3, jitter_px=1, time_shift=1, blur_sigma=(1.0, 0.5))
+    return optimize_gradient(_toy_response, increase(0, WINDOW), TOY_SHAPE, ContrastBudget(0.2), seeds, config)
+
+
+def test_toy_ascent_raises_the_objective_within_the_budget() -> None:
+    run = _toy_run((0, 1))
+    objective = run.curves()["objective"]
+    assert objective.shape == (7, 2) and (objective[-1] > objective[0] + 0.1).all()
+    # Every step ends on the budget: mean grey, RMS contrast 0.2, pixels in [0, 1].
+    np.testing.assert_allclose(run.curves()["contrast"][1:], 0.2, atol=1e-4)
+    np.testing.assert_allclose(run.stimuli.mean(axis=(1, 2, 3)), 0.5, atol=1e-4)
+    assert run.stimuli.min() >= 0.0 and run.stimuli.max() <= 1.0
+
+
+def test_toy_ascent_same_seed_same_clip() -> None:
+    a, b, c = _toy_run((5,)), _toy_run((5,)), _toy_run((6,))
+    assert np.array_equal(a.stimuli, b.stimuli) and np.array_equal(a.objective, b.objective)
+    assert not np.array_equal(a.stimuli, c.stimuli)
+    # A batch member is its seed's clip whatever else is in the batch.
+    np.testing.assert_allclose(_toy_run((6, 5)).stimuli[1], a.stimuli[0], atol=1e-6)

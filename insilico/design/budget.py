@@ -70,8 +70,8 @@ def resolve_budget(meta: TwinMetadata, rms_contrast: float | None = None, mean: 
         if not 0.0 < rms_contrast < 0.5:
             raise ValueError(f"design setting rms_contrast must be in (0, 0.5) at mean grey 0.5, got {rms_contrast}")
         return Budget(float(rms_contrast), mean, "design setting rms_contrast")
+    rms = training_rms_contrast(meta)  # first: its error says the budget can be set instead
     path, segments = training_data(meta)
-    rms = training_rms_contrast(meta)
     if rms <= 0.0:
         raise InsilicoError(f"the training movies in {path} have no contrast; set the design setting rms_contrast")
     return Budget(rms, mean, f"training movies {path} [{', '.join(segments)}]")

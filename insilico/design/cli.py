@@ -6,6 +6,7 @@ Registered by `insilico/cli.py` as `app.command("optimize")(optimize_command)` a
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import typer
@@ -14,10 +15,12 @@ from insilico.console import console
 from insilico.design.settings import DesignSettings, default
 from insilico.errors import InsilicoError, friendly_errors
 
-# The flag of each design setting the command takes (the library's errors name the setting).
-FLAGS = {"method": "--method", "n_frames": "--frames", "objective": "--objective", "rms_contrast": "--rms-contrast",
-         "seeds": "--seeds", "storage": "--storage", "steps": "--steps", "trials": "--trials",
-         "window_frames": "--window", "rf_envelope": "--rf-envelope", "start": "--start-from"}
+# Each design setting the command takes: its parameter and flag (the library's errors name the setting).
+FLAGS = {"method": ("method", "--method"), "n_frames": ("frames", "--frames"), "objective": ("objective", "--objective"),
+         "rms_contrast": ("rms_contrast", "--rms-contrast"), "seeds": ("seeds", "--seeds"),
+         "storage": ("storage", "--storage"), "steps": ("steps", "--steps"), "trials": ("trials", "--trials"),
+         "window_frames": ("window", "--window"), "rf_envelope": ("rf_envelope", "--rf-envelope"),
+         "start": ("start_from", "--start-from")}
 
 
 def optimize_command(
@@ -58,9 +61,9 @@ def optimize_command(
 
         if cells is None:
             raise InsilicoError("name the cells with --cell 42, --cells 3,42,77 or --cells all")
-        settings = command_settings(method=method, n_frames=frames, objective=objective, rms_contrast=rms_contrast,
-                                    seeds=seeds, storage=storage, steps=steps, trials=trials, window_frames=window,
-                                    rf_envelope=rf_envelope, start=start_from)
+        settings = command_settings(dict(method=method, frames=frames, objective=objective, rms_contrast=rms_contrast,
+                                         seeds=seeds, storage=storage, steps=steps, trials=trials, window=window,
+                                         rf_envelope=rf_envelope, start_from=start_from))
         _check_design_arguments(model, cells, out, start)
         twins = load_twins(model, device)
         ids = parse_cells(cells, twins[0].metadata.cell_ids)  # the ids, once the twin says which it has
@@ -97,17 +100,17 @@ def optimize_command(
                           "`insilico rig present` on a rig)")
 
 
-def command_settings(**values: object) -> DesignSettings:
-    """The design settings of `insilico optimize` from its flags' values (by setting name).
+def command_settings(params: Mapping[str, object]) -> DesignSettings:
+    """The design settings of `insilico optimize` from its parameters' values (`FLAGS`).
 
     A bad value is an error naming the flag, before the twins load (seconds to tens of seconds).
     """
     from insilico.design.settings import DesignSettingError, design_settings
 
     try:
-        return design_settings(**values)
+        return design_settings(**{setting: params[param] for setting, (param, _) in FLAGS.items()})
     except DesignSettingError as err:
-        flag = FLAGS.get(err.setting)
+        flag = FLAGS[err.setting][1] if err.setting in FLAGS else None
         raise InsilicoError(f"{flag} {err.problem}" if flag else str(err)) from None
 
 
