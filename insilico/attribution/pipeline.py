@@ -170,19 +170,20 @@ def attribute_twin(twin: Twin, movie: TestMovie, cell_ids: Sequence[int], config
 def start_mask(twin: Twin, i: int) -> np.ndarray | None:
     """`[H, W]` the readout mask cell i's twin started from, in pixels (None: no such mask)."""
     meta = twin.metadata
-    if meta.kind != "vist" or meta.network.get("readout") != "factorized":
+    config = meta.network_config
+    if not isinstance(config, ViSTConfig) or config.readout != "factorized":
         return None
     h, w = meta.frame_shape
     (cy, cx), _ = rf_centre_and_size(meta.rf[i])
-    sigma = START_MASK_SIGMA * h / ViSTConfig.from_dict(meta.network).grid
+    sigma = START_MASK_SIGMA * h / config.grid
     rows, cols = np.mgrid[0:h, 0:w]
     return np.exp(-((rows - cy) ** 2 + (cols - cx) ** 2) / (2 * sigma ** 2))
 
 
 def input_grid(twin: Twin) -> int | None:
     """Side of the patch grid through which the twin sees the screen (None if per pixel)."""
-    network = twin.metadata.network
-    return network.get("grid") if twin.metadata.kind == "vist" else network.get("resolution")
+    config = twin.metadata.network_config
+    return config.grid if isinstance(config, ViSTConfig) else getattr(config, "resolution", None)
 
 
 def _run(network: nn.Module, twin: Twin, movie: TestMovie, clips: dict[int, list[Clip]],

@@ -16,7 +16,7 @@ import numpy as np
 
 from insilico.errors import InsilicoError
 from stimuli.recording import open_recording
-from vist_model.provenance import TrainingDataMissing, locate_training_data
+from vist_model.provenance import TrainingDataMissing
 from vist_model.twin import TwinMetadata
 
 CHUNK_FRAMES = 1024
@@ -36,9 +36,10 @@ def training_data(meta: TwinMetadata, needed_for: str = "") -> tuple[Path, list[
 
     `needed_for` ends the error when the recording is gone: what the user loses without it.
     """
-    segments = list(meta.training.get("train_segments") or [])
+    record = meta.training_record
+    segments = list(record.segments)
     try:
-        data = locate_training_data(meta.training)
+        data = record.recording()
     except TrainingDataMissing as err:
         raise InsilicoError(f"{err}{needed_for}") from None
     if data is None or not segments:

@@ -328,7 +328,7 @@ def _write(out: Path, r: DesignResult, s: DesignSettings, meta, obj: Objective,
     common = {
         "cell_id": r.cell_id, "n_cells": meta.n_cells, "objective": obj.describe(), "window": list(r.window),
         "window_unit": "frames [start, stop) of the clip", "rms_contrast": r.budget.rms, "mean_grey": r.budget.mean,
-        "budget_source": r.budget.source, "training_data": meta.training.get("data"),
+        "budget_source": r.budget.source, "training_data": meta.training_record.data,
         **twin_retina(meta),
     }
     paths = {
@@ -369,7 +369,7 @@ def _write(out: Path, r: DesignResult, s: DesignSettings, meta, obj: Objective,
         "ensemble_size": len(twins),
         # Every predicted number above is only as good as the twin's word on this cell.
         "twin_accuracy": _accuracy_record(meta, r.cell_id),
-        "training_data": meta.training.get("data"),
+        "training_data": meta.training_record.data,
         "backbone": twins[0].metadata.describe_backbone(),
         "device": str(twins[0].device),
         "seconds": r.seconds,
