@@ -14,10 +14,10 @@ through the twin (the ensemble mean if several models are given), objective on t
 clamped at 0. "Predicted response" in the outputs is the cell's mean rate (spikes per bin)
 over the time window.
 
-CPU defaults: 60 frames, 4 seeds and 12 steps; 24 TPE + 12 CMA-ES trials. Gradient designs
-are confined to an envelope around the cell's recorded receptive field (`envelope`) and
-start from grey, or with `sta_start` (the CLI's default where the recording has white noise)
-from the cell's denoised STA (`sta_start`). Cell 42 of the default simulation (90 cells,
+Every setting and its default (sized for a CPU) is in `insilico.design.settings`. Gradient
+designs are confined to an envelope around the cell's recorded receptive field (`envelope`)
+and start (`start`) from the cell's denoised STA where the recording has white noise
+(`sta_start`), else from grey. Cell 42 of the default simulation (90 cells,
 64 x 64 px, cpu-preset twin) takes 41 s on 2 idle cores with `--method gradient`, and the
 command 62 s with loading torch and the backbone (`benchmarks/mei.py` measures the rest).
 """
