@@ -10,7 +10,7 @@ Every setting and its default is in `settings` (`DesignSettings`, `GradientConfi
 a protocol's `[design]` table and the demo build them there.
 
 One module per job: `response` (the twin as a differentiable function of a clip, after a
-grey screen), `transforms`, `objectives`, `regularisers`, `preconditioners`, `envelope` (the
+grey screen), `transforms`, `objectives`, `regularizers`, `preconditioners`, `envelope` (the
 window around the cell's receptive field), `postprocess` (the contrast budget), `gradient`
 (the step loop), `parametric` (Optuna over stimulus families), `budget`, `natural_control`,
 `outputs`, `verify`, `settings`, `run` and `cli`.

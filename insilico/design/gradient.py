@@ -2,8 +2,8 @@
 
 One step is a fixed sequence of small stages (sinzlab/mei, Lucid)::
 
-    transform (jitter, time shift) -> objective -> regularisers -> backward
-      -> precondition (blur / Fourier scaling, then unit RMS) -> optimiser step
+    transform (jitter, time shift) -> objective -> regularizers -> backward
+      -> precondition (blur / Fourier scaling, then unit RMS) -> optimizer step
       -> post-process (mean grey, RMS budget, [0, 1])
 
 A batch of clips, one per seed, is optimised in one pass; each member draws its start and
@@ -13,7 +13,7 @@ starts exactly there, the others from it plus their seed's noise. An optional
 diversity term rewards batch members for differing from each other. Every step is recorded
 (objective, RMS contrast and gradient norm per seed) and `GradientRun.plot` draws them.
 
-The optimiser is plain SGD on a gradient scaled to unit RMS per clip, so the learning rate
+The optimizer is plain SGD on a gradient scaled to unit RMS per clip, so the learning rate
 is the RMS pixel change of one step (before post-processing), falling by a cosine schedule
 from `lr` to `lr / 10`. Because the post-processor projects every step back onto the budget,
 this is projected gradient ascent: for a near-linear cell it turns the clip towards the
@@ -35,7 +35,7 @@ from torch import Tensor
 from insilico.design.objectives import Objective
 from insilico.design.postprocess import ContrastBudget
 from insilico.design.preconditioners import blur, named_preconditioner, unit_rms
-from insilico.design.regularisers import TemporalSmoothness, TotalVariation
+from insilico.design.regularizers import TemporalSmoothness, TotalVariation
 from insilico.design.settings import GradientConfig
 from insilico.design.transforms import Compose, Jitter, TimeShift
 
@@ -200,9 +200,9 @@ def optimize_gradient(
                      else given_start(start, b, s, config, budget, device, env) for b, s in enumerate(seeds)])
     x.requires_grad_(True)
     transform = Compose((Jitter(config.jitter_px), TimeShift(config.time_shift)))
-    regularisers = (TotalVariation(config.tv_weight), TemporalSmoothness(config.smooth_weight))
+    regularizers = (TotalVariation(config.tv_weight), TemporalSmoothness(config.smooth_weight))
     precondition = named_preconditioner(config.preconditioner, *config.blur_sigma)
-    optimiser = torch.optim.SGD([x], lr=config.lr)
+    optimizer = torch.optim.SGD([x], lr=config.lr)
     history: list[StepRecord] = []
 
     def record(step: int, value: Tensor, grad_norm: Tensor) -> None:
@@ -213,10 +213,10 @@ def optimize_gradient(
             on_step(rec)
 
     for step in range(config.steps):
-        optimiser.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=True)
         seen = transform(x, gens)                                   # 1. transform
         value = objective(response(seen))                           # 2. objective [B]
-        penalty = sum(reg(x) for reg in regularisers)               # 3. regularisers [B]
+        penalty = sum(reg(x) for reg in regularizers)               # 3. regularizers [B]
         gain = value - penalty
         if config.diversity_weight:
             gain = gain + config.diversity_weight * diversity(x)
@@ -225,9 +225,9 @@ def optimize_gradient(
         grad_norm = grad.detach().flatten(1).norm(dim=1)
         shaped = precondition(grad, step, config.steps)             # 5. precondition
         x.grad = unit_rms(shaped if env is None else shaped * env)
-        for group in optimiser.param_groups:
+        for group in optimizer.param_groups:
             group["lr"] = _cosine(config.lr, step, config.steps)
-        optimiser.step()                                            # 6. optimiser step
+        optimizer.step()                                            # 6. optimizer step
         with torch.no_grad():
             x.copy_(budget(x))                                      # 7. post-process
         record(step, value.detach(), grad_norm)

@@ -49,7 +49,7 @@ class GradientConfig:
     """Settings of a gradient design (defaults sized for a CPU).
 
     Attributes:
-        steps: optimiser steps.
+        steps: optimizer steps.
         lr: RMS pixel change of the first step (cosine-decayed to lr / 10).
         jitter_px: random spatial shift per step, pixels.
         time_shift: random temporal shift per step, frames.
