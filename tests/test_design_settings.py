@@ -106,7 +106,7 @@ def test_parametric_trials_follow_one_rule() -> None:
 def test_a_bad_setting_is_named_as_the_setting_the_flag_or_the_key(tmp_path: Path) -> None:
     with pytest.raises(DesignSettingError, match="design setting window_frames 9 is longer than the clip"):
         design_settings(n_frames=8, window_frames=9)
-    with pytest.raises(InsilicoError, match="^--window 9 is longer than the clip"):
+    with pytest.raises(InsilicoError, match=r"^--window 9 is longer than the clip \(--frames 8\)"):
         _flag_settings(["--frames", "8", "--window", "9"])
     path = tmp_path / "p.toml"
     path.write_text(LOOP.format(design="n_frames = 40\nwindow_frames = 41"))

@@ -105,13 +105,18 @@ def command_settings(params: Mapping[str, object]) -> DesignSettings:
 
     A bad value is an error naming the flag, before the twins load (seconds to tens of seconds).
     """
+    import re
+
     from insilico.design.settings import DesignSettingError, design_settings
 
     try:
         return design_settings(**{setting: params[param] for setting, (param, _) in FLAGS.items()})
     except DesignSettingError as err:
-        flag = FLAGS[err.setting][1] if err.setting in FLAGS else None
-        raise InsilicoError(f"{flag} {err.problem}" if flag else str(err)) from None
+        if err.setting not in FLAGS:
+            raise
+        # The problem may name another setting ("longer than the clip (n_frames 8)"): its flag too.
+        problem = re.sub(r"\b\w+\b", lambda m: FLAGS[m[0]][1] if m[0] in FLAGS else m[0], err.problem)
+        raise InsilicoError(f"{FLAGS[err.setting][1]} {problem}") from None
 
 
 def _check_design_arguments(models: list[Path], cells: str, out: Path, start: Path | None) -> None:
