@@ -21,11 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from math import nan
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from insilico.design.settings import design_settings  # noqa: E402
 from insilico.loop.demo import DemoConfig, run_demo  # noqa: E402
 from insilico.loop.report import YARDSTICKS, load_rounds, objectives_of  # noqa: E402
 from insilico.simulate import SimulationConfig  # noqa: E402
@@ -56,14 +58,19 @@ def main() -> None:
     p.add_argument("--refine", action=argparse.BooleanOptionalAction, default=True,
                    help="from round 2 on, start each design from the round before's (design.refine)")
     a = p.parse_args()
-    config = DemoConfig(
+    base = DemoConfig()
+    config = replace(
+        base,
         simulation=SimulationConfig(n_cells=a.cells, size=a.size, train_seconds=a.train_seconds,
                                     test_seconds=10.0, noise_seconds=30.0),
         train_epochs=a.epochs, extra_cells=a.targets - 1,
-        objectives=tuple(a.objectives.split(",")), rounds=a.rounds, n_frames=a.frames, seeds=a.seeds,
-        steps=a.steps, comparison_trials=a.trials, repeats=a.repeats, finetune_mode=a.finetune,
-        finetune_epochs=a.finetune_epochs, finetune_batch_size=a.finetune_batch_size,
-        session_share=a.session_share, focus_weight=a.focus_weight, refine=a.refine,
+        objectives=tuple(a.objectives.split(",")), rounds=a.rounds,
+        design=design_settings(base.design, n_frames=a.frames, seeds=a.seeds, steps=a.steps,
+                               comparison_trials=a.trials),
+        presentation=replace(base.presentation, repeats=a.repeats),
+        finetune=replace(base.finetune, mode=a.finetune, epochs=a.finetune_epochs, batch_size=a.finetune_batch_size,
+                         session_share=a.session_share, focus_weight=a.focus_weight),
+        refine=a.refine,
     )
     outcome = run_demo(a.work, config, live=False)
     timings = json.loads((a.work / "timings.json").read_text())

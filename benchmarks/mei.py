@@ -25,9 +25,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from insilico.design.budget import resolve_budget  # noqa: E402
-from insilico.design.gradient import GradientConfig  # noqa: E402
 from insilico.design.postprocess import ContrastBudget  # noqa: E402
-from insilico.design.run import DesignSettings, optimize_cells  # noqa: E402
+from insilico.design.run import optimize_cells  # noqa: E402
+from insilico.design.settings import default, design_settings  # noqa: E402
 from insilico.design.verify import true_response  # noqa: E402
 from insilico.simulate import SimulationConfig, retina_of_recording, simulate_recording  # noqa: E402
 from rig_bridge.simulated_retina import split_half_reliability, true_optimal_stimulus  # noqa: E402
@@ -57,7 +57,7 @@ def main() -> None:
     p.add_argument("--twin", type=Path, default=None,
                    help="a twin already trained on WORK/sim.h5 (default: train one in WORK/twin)")
     p.add_argument("--cell-ids", default="", help="comma-separated cells to design (default: the reliable ones)")
-    p.add_argument("--rf-envelope", type=float, default=GradientConfig().rf_envelope,
+    p.add_argument("--rf-envelope", type=float, default=default("rf_envelope"),
                    help="gradient designs' envelope around the RF, in RF sigmas (0: whole screen)")
     p.add_argument("--sta-start", action="store_true", help="start gradient designs from the denoised STA")
     args = p.parse_args()
@@ -90,13 +90,12 @@ def main() -> None:
     print(f"{len(reliable)} of {len(ids)} cells reliable (split-half r > {args.reliability}); designing {len(chosen)}")
 
     best_natural = truly_best_natural(data, retina, args.frames, resolve_budget(twin.metadata, None).rms, 3)
-    settings = DesignSettings(trials=args.trials, cmaes_trials=args.trials // 2, sta_start=args.sta_start,
-                              gradient=replace(GradientConfig(), steps=args.steps,
-                                                       rf_envelope=args.rf_envelope))
+    settings = design_settings(method="both", n_frames=args.frames, seeds=args.seeds, trials=args.trials,
+                               start="sta" if args.sta_start else "grey", steps=args.steps,
+                               rf_envelope=args.rf_envelope)
     rows = []
     for cid in chosen:
-        r = optimize_cells(twin, [cid], work / "designs", method="both", n_frames=args.frames,
-                           seeds=args.seeds, settings=settings, cache=cache)[0]
+        r = optimize_cells(twin, [cid], work / "designs", settings, cache=cache)[0]
         i = retina.index_of(cid)
         window = r.window
         pick = r.design if r.objective["design"] >= r.objective["parametric"] else r.parametric.frames

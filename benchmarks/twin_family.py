@@ -34,7 +34,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from insilico.design.run import DesignSettings, optimize_cells  # noqa: E402
+from insilico.design.run import optimize_cells  # noqa: E402
+from insilico.design.settings import design_settings  # noqa: E402
 from insilico.design.verify import true_response  # noqa: E402
 from insilico.simulate import (  # noqa: E402
     SimulationConfig,
@@ -90,8 +91,7 @@ def scores(prediction: np.ndarray, counts: np.ndarray, types: np.ndarray, reliab
 
 def design_fidelity(twin: Twin, data: Path, retina, cells: list[int], work: Path, cache: FeatureCache) -> dict:
     """Predicted / true response of each cell's gradient design, before and after one fine-tuning round."""
-    designs = optimize_cells(twin, cells, work / "designs", method="gradient", seeds=2,
-                             settings=DesignSettings(sta_start=True), cache=cache)
+    designs = optimize_cells(twin, cells, work / "designs", design_settings(seeds=2, start="sta"), cache=cache)
     true, clips = [], []
     for r in designs:
         true.append(true_response(retina, retina.index_of(r.cell_id), r.design, r.window))

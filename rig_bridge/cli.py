@@ -5,10 +5,34 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
 import typer
+
+
+@dataclass(frozen=True)
+class BackendSettings:
+    """What `insilico rig serve` builds its backend from; `serve`'s defaults are read from here."""
+
+    backend: str = "sim"  # "sim" (simulated retina, no display) or "psychopy"
+    sim_seed: int = 0
+    sim_cells: int = 90
+    sim_size: int = 64
+    sim_rate: float = 30.0
+    realtime: bool = False  # sim: release frames at the pace they would be shown
+    spike_format: str = "times"  # sim: spike "times" or "counts" per frame
+    profile: Path = Path("rigs/default.toml")  # psychopy: rig profile TOML
+    headless: bool = False  # psychopy: offscreen-style window (Xvfb)
+    spikes: str = "sim"  # psychopy: spike source, "sim" or "openephys"
+    openephys: str = "tcp://127.0.0.1:5556"  # Open Ephys ZMQ interface data address
+    cell_map: Path | None = None  # CSV electrode,sorted_id,cell_id for Open Ephys
+    photodiode_line: int = 0  # Open Ephys TTL line of the photodiode
+    sample_rate: float = 30_000.0  # rig sample clock (Hz)
+
+
+B = BackendSettings
 
 rig_app = typer.Typer(help="The rig bridge: serve a rig, make CurveZMQ keys, present stimuli.",
                       no_args_is_help=True, add_completion=False)
@@ -16,26 +40,26 @@ rig_app = typer.Typer(help="The rig bridge: serve a rig, make CurveZMQ keys, pre
 
 @rig_app.command()
 def serve(
-    backend: Annotated[str, typer.Option(help="sim (simulated retina, no display) or psychopy")] = "sim",
+    backend: Annotated[str, typer.Option(help="sim (simulated retina, no display) or psychopy")] = B.backend,
     port: Annotated[int, typer.Option(help="TCP port for controllers")] = 5555,
     host: Annotated[str | None, typer.Option(help="address to bind (default 0.0.0.0 with keys, 127.0.0.1 insecure)")] = None,
     keys: Annotated[Path | None, typer.Option(help="key directory from `insilico rig keys`")] = None,
     insecure: Annotated[bool, typer.Option(help="plain TCP without CurveZMQ (loopback only)")] = False,
     force_insecure: Annotated[bool, typer.Option(help="allow plain TCP on a non-loopback address")] = False,
-    sim_seed: Annotated[int, typer.Option(help="seed of the simulated retina and its spikes")] = 0,
-    sim_cells: Annotated[int, typer.Option(help="cells of the simulated retina")] = 90,
-    sim_size: Annotated[int, typer.Option(help="screen side (pixels) the simulated retina sees")] = 64,
-    sim_rate: Annotated[float, typer.Option(help="frame rate (Hz) of the simulated retina")] = 30.0,
-    realtime: Annotated[bool, typer.Option(help="sim: release frames at the pace they would be shown")] = False,
-    spike_format: Annotated[str, typer.Option(help="sim: stream spike 'times' or 'counts' per frame")] = "times",
+    sim_seed: Annotated[int, typer.Option(help="seed of the simulated retina and its spikes")] = B.sim_seed,
+    sim_cells: Annotated[int, typer.Option(help="cells of the simulated retina")] = B.sim_cells,
+    sim_size: Annotated[int, typer.Option(help="screen side (pixels) the simulated retina sees")] = B.sim_size,
+    sim_rate: Annotated[float, typer.Option(help="frame rate (Hz) of the simulated retina")] = B.sim_rate,
+    realtime: Annotated[bool, typer.Option(help="sim: release frames at the pace they would be shown")] = B.realtime,
+    spike_format: Annotated[str, typer.Option(help="sim: stream spike 'times' or 'counts' per frame")] = B.spike_format,
     store: Annotated[Path | None, typer.Option(help="rig store directory (stimuli, finished presentations)")] = None,
-    profile: Annotated[Path, typer.Option(help="psychopy: rig profile TOML")] = Path("rigs/default.toml"),
-    headless: Annotated[bool, typer.Option(help="psychopy: offscreen-style window (Xvfb)")] = False,
-    spikes: Annotated[str, typer.Option(help="psychopy: spike source, 'sim' or 'openephys'")] = "sim",
-    openephys: Annotated[str, typer.Option(help="Open Ephys ZMQ interface data address")] = "tcp://127.0.0.1:5556",
-    cell_map: Annotated[Path | None, typer.Option(help="CSV electrode,sorted_id,cell_id for Open Ephys")] = None,
-    photodiode_line: Annotated[int, typer.Option(help="Open Ephys TTL line of the photodiode")] = 0,
-    sample_rate: Annotated[float, typer.Option(help="rig sample clock (Hz)")] = 30_000.0,
+    profile: Annotated[Path, typer.Option(help="psychopy: rig profile TOML")] = B.profile,
+    headless: Annotated[bool, typer.Option(help="psychopy: offscreen-style window (Xvfb)")] = B.headless,
+    spikes: Annotated[str, typer.Option(help="psychopy: spike source, 'sim' or 'openephys'")] = B.spikes,
+    openephys: Annotated[str, typer.Option(help="Open Ephys ZMQ interface data address")] = B.openephys,
+    cell_map: Annotated[Path | None, typer.Option(help="CSV electrode,sorted_id,cell_id for Open Ephys")] = B.cell_map,
+    photodiode_line: Annotated[int, typer.Option(help="Open Ephys TTL line of the photodiode")] = B.photodiode_line,
+    sample_rate: Annotated[float, typer.Option(help="rig sample clock (Hz)")] = B.sample_rate,
     heartbeat: Annotated[float, typer.Option(help="heartbeat interval (s)")] = 0.5,
 ) -> None:
     """Run a rig server until interrupted."""
@@ -56,10 +80,10 @@ def serve(
             check_insecure(bind, force_insecure)
         except InsecureAddressError as err:
             raise typer.BadParameter(f"--host {bind}: {err}") from None
-    rig = _make_backend(backend, sim_seed=sim_seed, sim_cells=sim_cells, sim_size=sim_size, sim_rate=sim_rate,
-                        realtime=realtime, spike_format=spike_format, profile=profile, headless=headless,
-                        spikes=spikes, openephys=openephys, cell_map=cell_map,
-                        photodiode_line=photodiode_line, sample_rate=sample_rate)
+    rig = make_backend(BackendSettings(backend=backend, sim_seed=sim_seed, sim_cells=sim_cells, sim_size=sim_size,
+                                       sim_rate=sim_rate, realtime=realtime, spike_format=spike_format,
+                                       profile=profile, headless=headless, spikes=spikes, openephys=openephys,
+                                       cell_map=cell_map, photodiode_line=photodiode_line, sample_rate=sample_rate))
     config = ServerConfig(host=bind, port=port, store_dir=store or default_store_dir(), keys_dir=keys,
                           insecure=insecure, allow_remote_insecure=force_insecure, heartbeat_s=heartbeat,
                           rig_seed=sim_seed)
@@ -78,29 +102,28 @@ def serve(
         rig.close()
 
 
-def _make_backend(backend: str, *, sim_seed: int, sim_cells: int, sim_size: int, sim_rate: float,
-                  realtime: bool, spike_format: str, profile: Path, headless: bool, spikes: str,
-                  openephys: str, cell_map: Path | None, photodiode_line: int, sample_rate: float):  # noqa: ANN202
-    if backend == "sim":
+def make_backend(s: BackendSettings):  # noqa: ANN201 (a SimBackend or a PsychopyBackend, imported lazily)
+    """The rig's backend: the simulated retina, or PsychoPy with simulated or Open Ephys spikes."""
+    if s.backend == "sim":
         from rig_bridge.sim_backend import SimBackend
 
-        return SimBackend(n_cells=sim_cells, size=sim_size, frame_rate=sim_rate, seed=sim_seed,
-                          realtime=realtime, sample_rate=sample_rate, spike_format=spike_format)
+        return SimBackend(n_cells=s.sim_cells, size=s.sim_size, frame_rate=s.sim_rate, seed=s.sim_seed,
+                          realtime=s.realtime, sample_rate=s.sample_rate, spike_format=s.spike_format)
     from rig_bridge.psychopy_backend import OpenEphysSource, PsychopyBackend, SimulatedSource
 
-    if spikes == "sim":
-        source = SimulatedSource(n_cells=sim_cells, size=sim_size, frame_rate=sim_rate, seed=sim_seed,
-                                 sample_rate=sample_rate)
-    elif spikes == "openephys":
+    if s.spikes == "sim":
+        source = SimulatedSource(n_cells=s.sim_cells, size=s.sim_size, frame_rate=s.sim_rate, seed=s.sim_seed,
+                                 sample_rate=s.sample_rate)
+    elif s.spikes == "openephys":
         from rig_bridge.openephys import CellMap, OpenEphysSubscriber
 
-        if cell_map is None:
+        if s.cell_map is None:
             raise typer.BadParameter("--spikes openephys needs --cell-map CSV (electrode,sorted_id,cell_id)")
-        sub = OpenEphysSubscriber(openephys, CellMap.load(cell_map), photodiode_line=photodiode_line).start()
-        source = OpenEphysSource(sub, sample_rate)
+        sub = OpenEphysSubscriber(s.openephys, CellMap.load(s.cell_map), photodiode_line=s.photodiode_line).start()
+        source = OpenEphysSource(sub, s.sample_rate)
     else:
-        raise typer.BadParameter(f"--spikes must be sim or openephys, got {spikes!r}")
-    return PsychopyBackend(profile, source, headless=headless)
+        raise typer.BadParameter(f"--spikes must be sim or openephys, got {s.spikes!r}")
+    return PsychopyBackend(s.profile, source, headless=s.headless)
 
 
 @rig_app.command()

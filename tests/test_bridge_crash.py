@@ -52,6 +52,16 @@ def _presenting(session: Path) -> bool:
     return journal.is_file() and b'"intent"' in journal.read_bytes()
 
 
+def _rig_showing_count(log: Path) -> int:
+    """How many presentations the rig has started (its log says "presenting <request>")."""
+    return log.read_text(errors="replace").count("presenting ") if log.is_file() else 0
+
+
+def _rig_showing(log: Path, n: int) -> bool:
+    """The rig has started its n-th presentation: a kill now lands mid-presentation (2.4 s long)."""
+    return _rig_showing_count(log) >= n
+
+
 def _kill(proc: subprocess.Popen) -> None:
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(10)
@@ -68,18 +78,18 @@ def test_kill_rig_then_controller_mid_presentation(tmp_path: Path) -> None:
     try:
         # 1. The rig dies mid-presentation and comes back; the controller waits and resumes.
         controller = _present(port, stim, session, log)
-        _wait_for(lambda: _presenting(session), 30, "the first presentation to start")
-        time.sleep(0.8)
+        _wait_for(lambda: _presenting(session) and _rig_showing(log, 1), 30, "the rig to start the first presentation")
         _kill(rig)
         assert controller.poll() is None, log.read_text()
-        time.sleep(0.5)
+        time.sleep(0.5)  # the rig stays down a while (an outage, not a wait for something)
         rig = _serve(port, store, log)
         assert controller.wait(40) == 0, log.read_text()
 
         # 2. The controller dies mid-presentation; rerun with the same command, it resumes.
         controller = _present(port, stim, session, log)
-        _wait_for(lambda: len(SessionJournal(session).intents) == 2, 30, "the second presentation to start")
-        time.sleep(0.8)
+        shown = _rig_showing_count(log)
+        _wait_for(lambda: len(SessionJournal(session).intents) == 2 and _rig_showing(log, shown + 1), 30,
+                  "the rig to start the second presentation")
         _kill(controller)
         assert not SessionJournal(session).stored >= set(SessionJournal(session).intents)
         rerun = _present(port, stim, session, log)

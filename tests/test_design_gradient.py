@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from insilico.design.envelope import rf_envelope
-from insilico.design.gradient import GradientConfig, optimise_gradient
+from insilico.design.gradient import optimize_gradient
 from insilico.design.objectives import Window, increase
 from insilico.design.postprocess import ContrastBudget
 from insilico.design.response import TwinResponse, lead_in_for
+from insilico.design.settings import GradientConfig
 from vist_model.twin import Twin
 
 T = 8
@@ -33,7 +34,7 @@ def response(twin: Twin) -> TwinResponse:
 def _run(response: TwinResponse, seeds: tuple[int, ...], steps: int) -> object:
     h, w = response.metadata.frame_shape
     config = GradientConfig(steps=steps, lr=0.2, jitter_px=1, time_shift=1)
-    return optimise_gradient(response, increase(0, WINDOW), (T, h, w), ContrastBudget(0.2), seeds, config)
+    return optimize_gradient(response, increase(0, WINDOW), (T, h, w), ContrastBudget(0.2), seeds, config)
 
 
 @pytest.mark.slow
@@ -97,7 +98,7 @@ def test_an_envelope_keeps_the_design_inside_the_receptive_field(response: TwinR
     rf = np.exp(-((rows - h / 3) ** 2 + (cols - w / 3) ** 2) / (2 * 1.5**2))
     envelope = rf_envelope(rf, 1.5)
     config = GradientConfig(steps=2, lr=0.2, jitter_px=0, time_shift=0)
-    run = optimise_gradient(response, increase(0, WINDOW), (T, h, w), ContrastBudget(0.2), (0,), config,
+    run = optimize_gradient(response, increase(0, WINDOW), (T, h, w), ContrastBudget(0.2), (0,), config,
                             envelope=envelope)
     clip = run.stimuli[0]
     # Outside the envelope the screen is one uniform level (it balances the clip's mean grey).
@@ -108,7 +109,7 @@ def test_an_envelope_keeps_the_design_inside_the_receptive_field(response: TwinR
     start = run.history[0]
     assert start.contrast[0] <= 0.2 + 1e-6
     with pytest.raises(ValueError, match="envelope"):
-        optimise_gradient(response, increase(0, WINDOW), (T, h, w), ContrastBudget(0.2), (0,), config,
+        optimize_gradient(response, increase(0, WINDOW), (T, h, w), ContrastBudget(0.2), (0,), config,
                           envelope=envelope[:-1])
 
 
@@ -118,14 +119,49 @@ def test_a_run_can_refine_a_given_clip(response: TwinResponse) -> None:
     start = budget(torch.rand(1, T, h, w, generator=torch.Generator().manual_seed(3)))[0].numpy()
     still = GradientConfig(steps=0)
     # No step: the first member is the given clip itself, the next ones lie around it.
-    run = optimise_gradient(response, increase(0, WINDOW), (T, h, w), budget, (0, 1), still, start=start)
+    run = optimize_gradient(response, increase(0, WINDOW), (T, h, w), budget, (0, 1), still, start=start)
     np.testing.assert_allclose(run.stimuli[0], start, atol=1e-6)
     spread = np.abs(run.stimuli[1] - start)
     assert 0 < spread.mean() < 0.05
     # A step moves it, towards a higher objective than where it started.
-    moved = optimise_gradient(response, increase(0, WINDOW), (T, h, w), budget, (0,),
+    moved = optimize_gradient(response, increase(0, WINDOW), (T, h, w), budget, (0,),
                               GradientConfig(steps=2, lr=0.2, jitter_px=0, time_shift=0), start=start)
     assert not np.allclose(moved.stimuli[0], start)
     assert moved.objective[0] > run.objective[0]
     with pytest.raises(ValueError, match="start clip"):
-        optimise_gradient(response, increase(0, WINDOW), (T, h, w), budget, (0,), still, start=start[:-1])
+        optimize_gradient(response, increase(0, WINDOW), (T, h, w), budget, (0,), still, start=start[:-1])
+
+
+# --- the optimiser on a toy response, in milliseconds (no twin) ----------------------------------
+TOY_SHAPE = (6, 8, 8)
+
+
+def _toy_response(frames: torch.Tensor) -> torch.Tensor:
+    """Rates `[B, T, 1]`: a fixed centre-minus-surround weighting of each frame (a linear toy cell)."""
+    yy, xx = torch.meshgrid(torch.arange(8.0), torch.arange(8.0), indexing="ij")
+    r2 = (yy - 3.5) ** 2 + (xx - 3.5) ** 2
+    weights = torch.exp(-r2 / 2.0) - 0.5 * torch.exp(-r2 / 8.0)
+    return (frames * weights).sum(dim=(2, 3))[..., None]
+
+
+def _toy_run(seeds: tuple[int, ...], steps: int = 6) -> object:
+    config = GradientConfig(steps=steps, lr=0.3, jitter_px=1, time_shift=1, blur_sigma=(1.0, 0.5))
+    return optimize_gradient(_toy_response, increase(0, WINDOW), TOY_SHAPE, ContrastBudget(0.2), seeds, config)
+
+
+def test_toy_ascent_raises_the_objective_within_the_budget() -> None:
+    run = _toy_run((0, 1))
+    objective = run.curves()["objective"]
+    assert objective.shape == (7, 2) and (objective[-1] > objective[0] + 0.1).all()
+    # Every step ends on the budget: mean grey, RMS contrast 0.2, pixels in [0, 1].
+    np.testing.assert_allclose(run.curves()["contrast"][1:], 0.2, atol=1e-4)
+    np.testing.assert_allclose(run.stimuli.mean(axis=(1, 2, 3)), 0.5, atol=1e-4)
+    assert run.stimuli.min() >= 0.0 and run.stimuli.max() <= 1.0
+
+
+def test_toy_ascent_same_seed_same_clip() -> None:
+    a, b, c = _toy_run((5,)), _toy_run((5,)), _toy_run((6,))
+    assert np.array_equal(a.stimuli, b.stimuli) and np.array_equal(a.objective, b.objective)
+    assert not np.array_equal(a.stimuli, c.stimuli)
+    # A batch member is its seed's clip whatever else is in the batch.
+    np.testing.assert_allclose(_toy_run((6, 5)).stimuli[1], a.stimuli[0], atol=1e-6)

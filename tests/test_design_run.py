@@ -14,6 +14,8 @@ from typer.testing import CliRunner
 from insilico.design.cli import optimize_command, verify_command
 from insilico.design.postprocess import clip_stats
 from insilico.design.run import optimize_cells, verify_design
+from insilico.design.settings import design_settings
+from insilico.errors import InsilicoError
 from stimuli.recording import open_recording
 from vist_model.twin import Twin
 
@@ -100,8 +102,8 @@ def test_verify_reports_true_responses(app: typer.Typer, designs: Path, tiny_rec
 def test_missing_training_data_needs_an_explicit_budget(tiny_twin_dir: Path, tmp_path: Path) -> None:
     twin = Twin.load(tiny_twin_dir)
     twin.metadata = replace(twin.metadata, training={**twin.metadata.training, "data": str(tmp_path / "gone.h5")})
-    with pytest.raises(Exception, match="--rms-contrast"):
-        optimize_cells(twin, [CELL], tmp_path / "d", n_frames=6, seeds=1)
+    with pytest.raises(InsilicoError, match="design setting rms_contrast"):
+        optimize_cells(twin, [CELL], tmp_path / "d", design_settings(n_frames=6, seeds=1))
 
 
 def test_cli_refuses_bad_input_clearly(app: typer.Typer, tiny_twin_dir: Path, tmp_path: Path) -> None:
@@ -137,7 +139,7 @@ def test_a_design_can_start_from_the_measured_sta(app: typer.Typer, tiny_twin_di
     result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "sta")])
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "sta" / f"cell{CELL}.json").read_text())
-    assert summary["started_from"].startswith("denoised STA of") and summary["settings"]["sta_start"]
+    assert summary["started_from"].startswith("denoised STA of") and summary["settings"]["start"] == "sta"
     with open_recording(tmp_path / "sta" / f"cell{CELL}.h5") as rec:
         frames = rec.frames().astype(float)
     # No step: the clip is the STA's lags before the window's middle frame (4), grey after it.

@@ -10,7 +10,7 @@ from insilico.design.envelope import MIN_RF_PEAK_SNR, rf_envelope, rf_peak_snr
 from insilico.design.objectives import Window, decrease, discriminative, increase, others
 from insilico.design.postprocess import ContrastBudget
 from insilico.design.preconditioners import FourierScaling, GaussianBlur, blur
-from insilico.design.regularisers import TemporalSmoothness, TotalVariation
+from insilico.design.regularizers import TemporalSmoothness, TotalVariation
 from insilico.design.run import design_envelope
 from insilico.design.sta_start import rank_one, sta_start
 from insilico.design.transforms import Compose, Jitter, TimeShift
@@ -125,7 +125,7 @@ def test_transforms_follow_their_seeds() -> None:
     assert shifted.shape == x.shape
 
 
-def test_regularisers_penalise_noise_more_than_smooth_clips() -> None:
+def test_regularizers_penalize_noise_more_than_smooth_clips() -> None:
     noise = torch.rand(1, 6, 16, 16, generator=torch.Generator().manual_seed(0))
     smooth = blur(noise, 3.0)
     assert TotalVariation(1.0)(noise) > TotalVariation(1.0)(smooth)

@@ -204,10 +204,12 @@ def test_ctrl_c_in_train_says_how_to_resume(tiny_recording: Path, tmp_path: Path
     args = ["train", "--data", str(tiny_recording), "--model", "cnn", "--out", str(run), "--epochs", "500"]
     proc = subprocess.Popen([sys.executable, "-m", "insilico.cli", *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
+    # The state file appears (renamed into place whole) once the first epoch is done: then interrupt.
     deadline = time.monotonic() + 120
-    while not (run / "train_state.pt").exists() and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-    time.sleep(0.5)  # let a state file written mid-rename settle
+    while not (run / "train_state.pt").exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no epoch finished in 120 s"
+        time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stdout + stderr

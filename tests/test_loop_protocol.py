@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from dataclasses import FrozenInstanceError
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from insilico.errors import InsilicoError
-from insilico.loop.closed_loop import by_objective, by_role, design_error, response_rows
 from insilico.loop.demo import pick_cells
 from insilico.loop.protocol import (
     SHIPPED_PROTOCOLS,
@@ -19,6 +22,8 @@ from insilico.loop.protocol import (
     ProtocolError,
     load_protocol,
 )
+from insilico.loop.records import DesignItem, PlanEntry
+from insilico.loop.rows import by_objective, by_role, design_error, response_rows
 from insilico.loop.state import RunState
 
 PROTOCOLS = SHIPPED_PROTOCOLS
@@ -54,9 +59,9 @@ def test_shipped_protocols_load() -> None:
 
 def test_defaults_fill_optional_tables(tmp_path: Path) -> None:
     p = load_protocol(_write(tmp_path, MINIMAL_LOOP))
-    assert p.design.cells == (42, 3) and p.design.n_frames == 48
+    assert p.design.cells == (42, 3) and p.design.settings.n_frames == 48
     assert p.presentation.repeats == 5 and p.finetune.window == 40 and p.evaluation.segment == "mov2"
-    assert p.design.rms_contrast is None and not p.design.refine
+    assert p.design.settings.rms_contrast is None and not p.design.refine
     # The digest identifies the file's content (a resumed run refuses an edited protocol).
     assert load_protocol(_write(tmp_path, MINIMAL_LOOP + "\n# edit\n", "q.toml")).digest != p.digest
 
@@ -118,11 +123,11 @@ def test_state_round_trip_and_refusals(tmp_path: Path) -> None:
 
 
 def test_round_figures_from_rows() -> None:
-    items = [{"cell": 42, "cell_index": 1, "objective": "increase", "window": [2, 4]},
-             {"cell": 42, "cell_index": 1, "objective": "discriminative", "window": [2, 4]}]
-    plan = [{"index": 0, "file": "d.h5", "uses": [[0, "design"]]},
-            {"index": 1, "file": "n.h5", "uses": [[0, "natural"], [1, "natural"]]},
-            {"index": 2, "file": "x.h5", "uses": [[1, "design"]]}]
+    items = [DesignItem(42, 1, "increase", (2, 4), {"design": "d.h5", "natural": "n.h5"}),
+             DesignItem(42, 1, "discriminative", (2, 4), {"design": "x.h5", "natural": "n.h5"})]
+    plan = [PlanEntry(0, "d.h5", "s0", 4, ((0, "design"),)),
+            PlanEntry(1, "n.h5", "s1", 4, ((0, "natural"), (1, "natural"))),
+            PlanEntry(2, "x.h5", "s2", 4, ((1, "design"),))]
     predicted = {0: np.array([[0, 0], [0, 0], [0, 3.0], [0, 5.0]]), 1: np.ones((4, 2)),
                  2: np.array([[0, 0], [0, 0], [1.0, 3.0], [1.0, 3.0]])}
     # Two repeats of clip 0; the target's window means are 1.0 and 3.0 (mean 2, s.e.m. 1).
@@ -177,3 +182,35 @@ def test_cli_refuses_bad_input_clearly(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["run", str(good), "--rig", "tcp://127.0.0.1:1", "--insecure",
                                       "--out", str(tmp_path / "e")])
     assert result.exit_code == 2 and "--model" in result.output
+
+
+# A design item and a plan entry as the run state of a round stored them before they were records.
+OLD_ITEM = {"cell": 42, "cell_index": 1, "objective": "increase", "window": [57, 60],
+            "files": {"design": "round_1/designs/increase/cell42.h5", "natural": "round_1/n.h5"},
+            "design_predicted": {"design": 2.5, "natural": 1.0, "parametric": 0.5}, "rms_contrast": 0.2,
+            "method": "gradient", "seconds": 3.2, "refined_from": None, "twin_accuracy": None}
+OLD_ENTRY = {"index": 0, "file": "round_1/designs/increase/cell42.h5", "stimulus_id": "abc", "n_frames": 60,
+             "uses": [[0, "design"], [1, "natural"]]}
+
+
+def test_records_read_old_run_state_and_write_it_back_unchanged(tmp_path: Path) -> None:
+    state = RunState.open(tmp_path, "abc", "mei_closed_loop", None)
+    state.mark(1, "design", [OLD_ITEM])
+    state.mark(1, "plan", [OLD_ENTRY])
+    again = RunState.open(tmp_path, "abc", "mei_closed_loop", None)
+    item = DesignItem.from_json(again.record(1, "design")[0])
+    entry = PlanEntry.from_json(again.record(1, "plan")[0])
+    assert item.files["design"].endswith("cell42.h5") and item.window == (57, 60) and item.cell_index == 1
+    assert entry.uses == ((0, "design"), (1, "natural"))
+    assert item.to_json() == OLD_ITEM and entry.to_json() == OLD_ENTRY
+    with pytest.raises(FrozenInstanceError):
+        item.cell = 3  # type: ignore[misc]
+
+
+def test_report_and_rows_import_without_torch() -> None:
+    """The report, the runner and the round figures run on a machine without torch until a twin is needed."""
+    code = ("import sys; import insilico.loop.report, insilico.loop.rows, insilico.loop.runner, "
+            "insilico.loop.protocol, insilico.loop.evaluation; print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert out.stdout.strip() == "False", out.stderr

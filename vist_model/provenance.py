@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -64,3 +65,36 @@ def locate_training_data(training: Mapping[str, Any], search: Iterable[str | Pat
     where = f" (SHA-256 {digest[:12]}; no file of that name and content in {', '.join(map(str, folders))})" \
         if digest is not None else ""
     raise TrainingDataMissing(f"the twin's training recording {path} is gone{where}")
+
+
+@dataclass(frozen=True)
+class TrainingRecord:
+    """A twin's record of its training (`TwinMetadata.training` as the checkpoint stores it), typed.
+
+    Attributes:
+        data: the training recording's path as stored (`data_record`); None if not named.
+        data_bytes, data_sha256: its size and digest, to recognise a moved copy.
+        segments: the segments trained on.
+        spec: the twin's spec (`vist_model.fit_twin.TwinSpec` fields).
+        finetune: one entry per fine-tuning since (oldest first).
+        stored: the whole record as stored, keys this class does not name included.
+    """
+
+    data: str | None = None
+    data_bytes: int | None = None
+    data_sha256: str | None = None
+    segments: tuple[str, ...] = ()
+    spec: Mapping[str, Any] = field(default_factory=dict)
+    finetune: tuple[Mapping[str, Any], ...] = ()
+    stored: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any] | None) -> TrainingRecord:
+        d = dict(d or {})
+        return cls(data=d.get("data") or None, data_bytes=d.get("data_bytes"), data_sha256=d.get("data_sha256"),
+                   segments=tuple(str(s) for s in d.get("train_segments") or ()), spec=dict(d.get("spec") or {}),
+                   finetune=tuple(d.get("finetune") or ()), stored=d)
+
+    def recording(self, search: Iterable[str | Path] = ()) -> Path | None:
+        """The training recording, where it was stored or moved to (`locate_training_data`)."""
+        return locate_training_data(self.stored, search)

@@ -180,101 +180,152 @@ def fit(
     """Train `model` in place; on return it holds the best (or SWA-averaged) weights.
 
     With `state_path`, the full training state is saved there after each epoch, and a run that
-    finds it continues from the next epoch (same windows, same learning rates).
+    finds it continues from the next epoch (same windows, same learning rates). Stages:
+    set-up (optimiser, windows, DDP, SWA) -> resume -> one `_train_epoch` per epoch, each
+    followed by validation, the SWA average and the saved state -> the final weights.
     """
-    rank, world = _distributed()
-    seed_everything(cfg.seed + rank)
-    model.to(device)
-    params = trainable_parameters(model, cfg.readout_only)
-    if cfg.readout_only:
-        for p in model.parameters():
-            p.requires_grad_(False)
-        for p in params:
-            p.requires_grad_(True)
-    optimiser = torch.optim.AdamW(params, lr=cfg.warmup_start_lr, weight_decay=cfg.weight_decay)
-    data = WindowDataset(train, window=cfg.window, seed=cfg.seed, coverage=cfg.coverage)
-    sampler = torch.utils.data.DistributedSampler(data, world, rank, shuffle=False) if world > 1 else None
-    loader = torch.utils.data.DataLoader(data, batch_size=cfg.batch_size, sampler=sampler,
-                                         num_workers=cfg.num_workers, drop_last=False)
-    steps_per_epoch = len(loader)
-    net: nn.Module = nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    swa = torch.optim.swa_utils.AveragedModel(model) if cfg.swa else None
-    use_bf16 = cfg.bf16 and device.type == "cuda"
-
-    history_train: list[float] = []
-    history_val: list[float] = []
-    best = (math.inf, -1)
-    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    start_epoch, bad_epochs, step = 0, 0, 0
-    elapsed_before = 0.0
+    run = _Run.set_up(model, train, cfg, device)
+    state = _FitState.initial(model)
     if state_path is not None and state_path.exists():
-        state = torch.load(state_path, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimiser.load_state_dict(state["optimiser"])
-        history_train, history_val = list(state["train_loss"]), list(state["val_loss"])
-        best, best_state = tuple(state["best"]), state["best_state"]
-        start_epoch, bad_epochs, step = state["epoch"] + 1, state["bad_epochs"], state["step"]
-        elapsed_before = state["seconds"]
-        if swa is not None and state.get("swa") is not None:
-            swa.load_state_dict(state["swa"])
-        torch.set_rng_state(state["torch_rng"])
+        state = _FitState.resume(state_path, run, device)
     t0 = time.perf_counter()
-    task = progress.add_task("train", total=cfg.epochs, completed=start_epoch, status="") if progress else None
+    task = progress.add_task("train", total=cfg.epochs, completed=state.epoch, status="") if progress else None
     stopped_early = False
-    for epoch in range(start_epoch, cfg.epochs):
-        if bad_epochs >= cfg.patience:
+    for epoch in range(state.epoch, cfg.epochs):
+        if state.bad_epochs >= cfg.patience:
             stopped_early = True
             break
-        data.set_epoch(epoch)
-        _train_mode(model, cfg.readout_only)
-        epoch_losses = []
-        for x, y, w in loader:
-            for group in optimiser.param_groups:
-                group["lr"] = lr_at(step, steps_per_epoch, cfg)
-            x, y, w = x.to(device), y.to(device), w.to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                pred = net(x)
-            loss = loss_fn(pred.float(), y, w)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            epoch_losses.append(loss.item())
-            step += 1
-        history_train.append(_mean_over_ranks(epoch_losses, world))
-        val_loss = evaluate_loss(model, loss_fn, val, device) if val else history_train[-1]
-        history_val.append(val_loss)
-        if val_loss < best[0]:
-            best = (val_loss, epoch)
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            bad_epochs = 0
-        else:
-            bad_epochs += 1
-        if swa is not None and epoch >= int(cfg.swa_start * cfg.epochs):
-            swa.update_parameters(model)
-        if state_path is not None and rank == 0:
-            _save_state(state_path, {
-                "model": model.state_dict(), "optimiser": optimiser.state_dict(),
-                "train_loss": history_train, "val_loss": history_val, "best": best,
-                "best_state": best_state, "epoch": epoch, "bad_epochs": bad_epochs, "step": step,
-                "seconds": elapsed_before + time.perf_counter() - t0,
-                "swa": swa.state_dict() if swa is not None else None,
-                "torch_rng": torch.get_rng_state(), "config": asdict(cfg),
-            })
+        state.train_loss.append(_train_epoch(run, state, loss_fn, epoch))
+        val_loss = evaluate_loss(model, loss_fn, val, device) if val else state.train_loss[-1]
+        state.end_epoch(epoch, val_loss, model)
+        if run.swa is not None and epoch >= int(cfg.swa_start * cfg.epochs):
+            run.swa.update_parameters(model)
+        if state_path is not None and run.rank == 0:
+            _save_state(state_path, state.checkpoint(run, epoch, time.perf_counter() - t0))
         if progress is not None:
-            progress.update(task, advance=1, status=f"loss {history_train[-1]:.4f} val {val_loss:.4f}")
-    else:
-        stopped_early = False
+            progress.update(task, advance=1, status=f"loss {state.train_loss[-1]:.4f} val {val_loss:.4f}")
 
-    if swa is not None and swa.n_averaged.item() > 0:
-        _swa_batchnorm(swa, loader, device)
-        model.load_state_dict(swa.module.state_dict())
+    if run.swa is not None and run.swa.n_averaged.item() > 0:
+        _swa_batchnorm(run.swa, run.loader, device)
+        model.load_state_dict(run.swa.module.state_dict())
     else:
-        model.load_state_dict(best_state)
+        model.load_state_dict(state.best_state)
     return TrainResult(
-        train_loss=tuple(history_train), val_loss=tuple(history_val), best_epoch=best[1],
-        best_val_loss=best[0], epochs_run=len(history_train),
-        seconds=elapsed_before + time.perf_counter() - t0, stopped_early=stopped_early,
+        train_loss=tuple(state.train_loss), val_loss=tuple(state.val_loss), best_epoch=state.best[1],
+        best_val_loss=state.best[0], epochs_run=len(state.train_loss),
+        seconds=state.seconds_before + time.perf_counter() - t0, stopped_early=stopped_early,
     )
+
+
+@dataclass(frozen=True, eq=False)
+class _Run:
+    """What stays fixed through a training run: the model, its optimiser, windows, DDP and SWA wrappers."""
+
+    model: nn.Module
+    net: nn.Module  # the model, or its DistributedDataParallel wrapper under torchrun
+    optimiser: torch.optim.Optimizer
+    data: WindowDataset
+    loader: torch.utils.data.DataLoader
+    swa: torch.optim.swa_utils.AveragedModel | None
+    cfg: TrainConfig
+    device: torch.device
+    rank: int
+    world: int
+    bf16: bool  # autocast the forward pass to bfloat16 (CUDA only)
+
+    @classmethod
+    def set_up(cls, model: nn.Module, train: Sequence[Block], cfg: TrainConfig, device: torch.device) -> _Run:
+        rank, world = _distributed()
+        seed_everything(cfg.seed + rank)
+        model.to(device)
+        params = trainable_parameters(model, cfg.readout_only)
+        if cfg.readout_only:
+            for p in model.parameters():
+                p.requires_grad_(False)
+            for p in params:
+                p.requires_grad_(True)
+        optimiser = torch.optim.AdamW(params, lr=cfg.warmup_start_lr, weight_decay=cfg.weight_decay)
+        data = WindowDataset(train, window=cfg.window, seed=cfg.seed, coverage=cfg.coverage)
+        sampler = torch.utils.data.DistributedSampler(data, world, rank, shuffle=False) if world > 1 else None
+        loader = torch.utils.data.DataLoader(data, batch_size=cfg.batch_size, sampler=sampler,
+                                             num_workers=cfg.num_workers, drop_last=False)
+        net: nn.Module = nn.parallel.DistributedDataParallel(model) if world > 1 else model
+        swa = torch.optim.swa_utils.AveragedModel(model) if cfg.swa else None
+        return cls(model=model, net=net, optimiser=optimiser, data=data, loader=loader, swa=swa, cfg=cfg,
+                   device=device, rank=rank, world=world, bf16=cfg.bf16 and device.type == "cuda")
+
+
+@dataclass
+class _FitState:
+    """What changes epoch by epoch (and what a resumed run reads back from `state_path`)."""
+
+    train_loss: list[float]
+    val_loss: list[float]
+    best: tuple[float, int]  # (validation loss, epoch)
+    best_state: dict[str, Tensor]
+    epoch: int = 0  # the next epoch to run
+    bad_epochs: int = 0
+    step: int = 0
+    seconds_before: float = 0.0  # wall time of the epochs run before a resume
+
+    @classmethod
+    def initial(cls, model: nn.Module) -> _FitState:
+        return cls([], [], (math.inf, -1), {k: v.detach().clone() for k, v in model.state_dict().items()})
+
+    @classmethod
+    def resume(cls, path: Path, run: _Run, device: torch.device) -> _FitState:
+        state = torch.load(path, map_location=device, weights_only=False)
+        run.model.load_state_dict(state["model"])
+        run.optimiser.load_state_dict(state["optimiser"])
+        if run.swa is not None and state.get("swa") is not None:
+            run.swa.load_state_dict(state["swa"])
+        torch.set_rng_state(state["torch_rng"])
+        return cls(list(state["train_loss"]), list(state["val_loss"]), tuple(state["best"]), state["best_state"],
+                   epoch=state["epoch"] + 1, bad_epochs=state["bad_epochs"], step=state["step"],
+                   seconds_before=state["seconds"])
+
+    def end_epoch(self, epoch: int, val_loss: float, model: nn.Module) -> None:
+        """Record an epoch's validation loss; keep the best weights (early stopping counts the rest)."""
+        self.val_loss.append(val_loss)
+        if val_loss < self.best[0]:
+            self.best = (val_loss, epoch)
+            self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            self.bad_epochs = 0
+        else:
+            self.bad_epochs += 1
+
+    def checkpoint(self, run: _Run, epoch: int, seconds: float) -> dict:
+        """The full state after `epoch`, as `state_path` holds it."""
+        return {
+            "model": run.model.state_dict(), "optimiser": run.optimiser.state_dict(),
+            "train_loss": self.train_loss, "val_loss": self.val_loss, "best": self.best,
+            "best_state": self.best_state, "epoch": epoch, "bad_epochs": self.bad_epochs, "step": self.step,
+            "seconds": self.seconds_before + seconds,
+            "swa": run.swa.state_dict() if run.swa is not None else None,
+            "torch_rng": torch.get_rng_state(), "config": asdict(run.cfg),
+        }
+
+
+def _train_epoch(run: _Run, state: _FitState, loss_fn: LossFn, epoch: int) -> float:
+    """One pass over the epoch's windows; returns the mean training loss (over every rank)."""
+    cfg, device = run.cfg, run.device
+    run.data.set_epoch(epoch)
+    _train_mode(run.model, cfg.readout_only)
+    losses = []
+    steps_per_epoch = len(run.loader)
+    for x, y, w in run.loader:
+        for group in run.optimiser.param_groups:
+            group["lr"] = lr_at(state.step, steps_per_epoch, cfg)
+        x, y, w = x.to(device), y.to(device), w.to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=run.bf16):
+            pred = run.net(x)
+        loss = loss_fn(pred.float(), y, w)
+        run.optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        run.optimiser.step()
+        losses.append(loss.item())
+        state.step += 1
+    return _mean_over_ranks(losses, run.world)
 
 
 def _mean_over_ranks(losses: list[float], world: int) -> float:

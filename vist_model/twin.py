@@ -22,6 +22,7 @@ from vist_model.backbone import Backbone, BackboneSpec, load_backbone
 from vist_model.baselines import CNNConfig, LNConfig, LNModel, McIntoshCNN
 from vist_model.data import PixelInputs, Rows
 from vist_model.features import FeatureCache, FrameSource, backbone_fingerprint, state_fingerprint
+from vist_model.provenance import TrainingRecord
 from vist_model.receptive_fields import rf_to_grid
 from vist_model.vist import TwinWithBackbone, ViST, ViSTConfig
 
@@ -78,22 +79,41 @@ class TwinMetadata:
         """How well the twin predicts a cell on held-out data (None: not measured)."""
         return self.accuracy.of(cell_id) if self.accuracy is not None else None
 
-    def describe_backbone(self) -> str:
+    @property
+    def training_record(self) -> TrainingRecord:
+        """`training`, typed: the recording, segments and spec the twin was trained on."""
+        return TrainingRecord.from_json(self.training)
+
+    @property
+    def network_config(self) -> ViSTConfig | LNConfig | CNNConfig:
+        """`network`, typed: the config of the twin's kind (defaults fill keys older twins lack)."""
+        if self.kind == "vist":
+            return ViSTConfig.from_dict(self.network)
+        config_cls, _ = BASELINES[self.kind]
+        return config_cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in self.network.items()})
+
+    @property
+    def backbone_spec(self) -> BackboneSpec | None:
+        """`backbone`, typed (None: a pixel-space baseline); its weights' fingerprint is `backbone["fingerprint"]`."""
         if self.backbone is None:
+            return None
+        return BackboneSpec(**{k: self.backbone[k] for k in ("name", "source", "pretrained", "hidden_size", "grid")})
+
+    def describe_backbone(self) -> str:
+        b = self.backbone_spec
+        if b is None:
             return "none (pixel-space baseline)"
-        b = self.backbone
-        weights = "pretrained" if b["pretrained"] else "random (no visual prior)"
-        return f"{b['name']} ({b['source']}; {weights}; {b['hidden_size']} channels)"
+        weights = "pretrained" if b.pretrained else "random (no visual prior)"
+        return f"{b.name} ({b.source}; {weights}; {b.hidden_size} channels)"
 
 
 def build_network(meta: TwinMetadata) -> nn.Module:
     """An untrained network of the twin's kind and config."""
-    if meta.kind == "vist":
-        config = ViSTConfig.from_dict(meta.network)
+    config = meta.network_config
+    if isinstance(config, ViSTConfig):
         return ViST(config, rf_to_grid(meta.rf, config.grid))
-    config_cls, model_cls = BASELINES[meta.kind]
-    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in meta.network.items()}
-    return model_cls(config_cls(**fields))
+    _, model_cls = BASELINES[meta.kind]
+    return model_cls(config)
 
 
 def baseline_config(kind: str, n_cells: int, height: int, width: int) -> dict[str, Any]:
@@ -233,7 +253,7 @@ class Twin:
         network.load_state_dict(payload["state_dict"])
         backbone = None
         if meta.backbone is not None:
-            spec = BackboneSpec(**{k: meta.backbone[k] for k in ("name", "source", "pretrained", "hidden_size", "grid")})
+            spec = meta.backbone_spec
             backbone = load_backbone(backbone_path or spec.name, source=None if backbone_path else spec.source)
             stored = payload.get("backbone_state")
             # Stored weights are checked as saved: the installed transformers may name them otherwise.

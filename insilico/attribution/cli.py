@@ -49,7 +49,7 @@ def attribute_command(
 
         meta = Twin.load(model, device="cpu").metadata  # cheap: for the banner only
         console.print(f"backbone: {meta.describe_backbone()}")
-        kernel = meta.network.get("spatial_kernel", 3) if meta.kind == "vist" else 1
+        kernel = getattr(meta.network_config, "spatial_kernel", 1)  # baselines: per pixel
         if kernel > 1:
             # Measured: median |r| with the true filters 0.59 with 3 x 3 kernels, 0.83 with 1 x 1.
             console.print(f"note: this twin's layers mix neighbouring positions (spatial kernel {kernel}), "

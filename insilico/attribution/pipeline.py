@@ -20,6 +20,7 @@ from insilico.attribution.response import ClipResponse
 from insilico.attribution.result import CellAttribution
 from insilico.attribution.sanity import randomised_network
 from insilico.attribution.summaries import (
+    EffectiveRF,
     effective_rf,
     map_correlation,
     rank_similarity,
@@ -158,9 +159,9 @@ def attribute_twin(twin: Twin, movie: TestMovie, cell_ids: Sequence[int], config
 
     method = config.method + ("+nt" if config.noise_tunnel else "")
     grid = input_grid(twin) if config.twin_resolution else None
-    results = [_summarise(cid, index[cid], clips[cid], attrs, sanity, movie, cc, config, method,
-                          meta.describe_backbone(), meta.frame_rate, test_segment, seconds, grid)
-               for cid in cell_ids]
+    run = _Attributed(attrs, sanity, movie, cc, method, meta.describe_backbone(), meta.frame_rate, test_segment,
+                      seconds, grid)
+    results = [_summarize(run, cid, index[cid], clips[cid]) for cid in cell_ids]
     return [replace(r, held_out=meta.cell_accuracy(r.cell_id),
                     start_mask_correlation=abs(map_correlation(r.spatial, start_mask(twin, r.index))))
             for r in results]
@@ -169,19 +170,20 @@ def attribute_twin(twin: Twin, movie: TestMovie, cell_ids: Sequence[int], config
 def start_mask(twin: Twin, i: int) -> np.ndarray | None:
     """`[H, W]` the readout mask cell i's twin started from, in pixels (None: no such mask)."""
     meta = twin.metadata
-    if meta.kind != "vist" or meta.network.get("readout") != "factorized":
+    config = meta.network_config
+    if not isinstance(config, ViSTConfig) or config.readout != "factorized":
         return None
     h, w = meta.frame_shape
     (cy, cx), _ = rf_centre_and_size(meta.rf[i])
-    sigma = START_MASK_SIGMA * h / ViSTConfig.from_dict(meta.network).grid
+    sigma = START_MASK_SIGMA * h / config.grid
     rows, cols = np.mgrid[0:h, 0:w]
     return np.exp(-((rows - cy) ** 2 + (cols - cx) ** 2) / (2 * sigma ** 2))
 
 
 def input_grid(twin: Twin) -> int | None:
     """Side of the patch grid through which the twin sees the screen (None if per pixel)."""
-    network = twin.metadata.network
-    return network.get("grid") if twin.metadata.kind == "vist" else network.get("resolution")
+    config = twin.metadata.network_config
+    return config.grid if isinstance(config, ViSTConfig) else getattr(config, "resolution", None)
 
 
 def _run(network: nn.Module, twin: Twin, movie: TestMovie, clips: dict[int, list[Clip]],
@@ -236,41 +238,66 @@ def _row(result: ClipAttribution, j: int) -> ClipAttribution:
                            result.gap[j:j + 1])
 
 
-def _summarise(cid: int, i: int, clips: list[Clip], attrs: dict[tuple[int, int], ClipAttribution],
-               sanity: dict[tuple[int, int], ClipAttribution], movie: TestMovie, cc: np.ndarray,
-               config: AttributionConfig, method: str, backbone: str, frame_rate: float,
-               test_segment: str, seconds: float, grid: int | None) -> CellAttribution:
-    rows = [attrs[(cid, c.end)] for c in clips]
+@dataclass(frozen=True, eq=False)
+class _Attributed:
+    """What every cell's summary of one `attribute_twin` call shares."""
+
+    attrs: dict[tuple[int, int], ClipAttribution]  # per (cell id, clip end)
+    sanity: dict[tuple[int, int], ClipAttribution]  # the same on the randomised network (a subset)
+    movie: TestMovie
+    cc: np.ndarray  # [N] the twin's CC on the test movie
+    method: str
+    backbone: str
+    frame_rate: float
+    test_segment: str
+    seconds: float  # per cell
+    grid: int | None  # the twin's input grid, when maps are summarised at its resolution
+
+
+def _summarize(run: _Attributed, cid: int, i: int, clips: list[Clip]) -> CellAttribution:
+    """One cell's maps, completeness and sanity check from its clips' attributions."""
+    rows = [run.attrs[(cid, c.end)] for c in clips]
     a = np.stack([r.attributions for r in rows]).astype(np.float32)
-    seen = to_resolution(a, grid)
     response = np.concatenate([r.response for r in rows])
     base = np.concatenate([r.baseline_response for r in rows])
     gap = np.concatenate([r.gap for r in rows])
-    spatial = spatial_map(seen)
-    erf = effective_rf(spatial)
-    radius = max(2.0, erf.sigma) if np.isfinite(erf.sigma) else 2.0
-    temporal = temporal_profile(seen, spatial, radius)
+    spatial, temporal, erf = _maps(to_resolution(a, run.grid))
     drive = np.abs(response - base).sum()
     completeness = float(np.abs(gap).sum() / drive) if np.isfinite(gap).all() and drive > 0 else float("nan")
-    similarity, random_spatial = float("nan"), None
-    used = [c for c in clips if (cid, c.end) in sanity]
-    if used:
-        trained = spatial_map(to_resolution(np.stack([attrs[(cid, c.end)].attributions for c in used]), grid))
-        random_spatial = spatial_map(to_resolution(np.stack([sanity[(cid, c.end)].attributions for c in used]), grid))
-        similarity = rank_similarity(trained, random_spatial)
+    similarity, random_spatial = _sanity(run, cid, clips)
+    movie = run.movie
     true = movie.true_filters[i] if movie.true_filters is not None else None
     sl = [slice(c.start, c.end) for c in clips]
     return CellAttribution(
-        cell_id=int(cid), index=i, method=method, clips=tuple(clips),
+        cell_id=int(cid), index=i, method=run.method, clips=tuple(clips),
         frames=np.stack([movie.frames[s] for s in sl]), attributions=a, spatial=spatial.astype(np.float32),
         temporal=temporal.astype(np.float32), effective_rf=erf, recorded_rf=movie.recorded_rf[i],
         true_filter=true, is_linear=bool(movie.linear[i]) if movie.linear is not None else None,
         rf_correlation=map_correlation(spatial, movie.recorded_rf[i]),
-        truth_correlation=map_correlation(spatial, true), cc=float(cc[i]),
+        truth_correlation=map_correlation(spatial, true), cc=float(run.cc[i]),
         response=response, baseline_response=base, completeness_gap=completeness,
         gap=gap,
         predicted=np.stack([np.clip(movie.predicted[s, i], 0, None) for s in sl]),
         recorded=np.stack([movie.recorded[s, i] for s in sl]),
-        sanity_similarity=similarity, random_spatial=random_spatial, frame_rate=frame_rate,
-        backbone=backbone, test_segment=test_segment, seconds=seconds,
+        sanity_similarity=similarity, random_spatial=random_spatial, frame_rate=run.frame_rate,
+        backbone=run.backbone, test_segment=run.test_segment, seconds=run.seconds,
     )
+
+
+def _maps(seen: np.ndarray) -> tuple[np.ndarray, np.ndarray, EffectiveRF]:
+    """`(spatial [H, W], temporal [T], effective RF)` of attributions `[K, T, H, W]`."""
+    spatial = spatial_map(seen)
+    erf = effective_rf(spatial)
+    radius = max(2.0, erf.sigma) if np.isfinite(erf.sigma) else 2.0
+    return spatial, temporal_profile(seen, spatial, radius), erf
+
+
+def _sanity(run: _Attributed, cid: int, clips: list[Clip]) -> tuple[float, np.ndarray | None]:
+    """Rank similarity of the trained and the randomised network's maps, and the latter (NaN, None: not run)."""
+    used = [c for c in clips if (cid, c.end) in run.sanity]
+    if not used:
+        return float("nan"), None
+    trained = spatial_map(to_resolution(np.stack([run.attrs[(cid, c.end)].attributions for c in used]), run.grid))
+    random_spatial = spatial_map(to_resolution(np.stack([run.sanity[(cid, c.end)].attributions for c in used]),
+                                               run.grid))
+    return rank_similarity(trained, random_spatial), random_spatial

@@ -2,12 +2,16 @@
 
 `insilico optimize` and `insilico verify` are thin layers over `insilico.design.run`:
 
-    from insilico.design.run import optimize_cells, verify_design
-    results = optimize_cells("runs/m1", [42], "designs/", method="both")
+    from insilico.design.run import load_twins, optimize_cells, verify_design
+    from insilico.design.settings import design_settings
+    results = optimize_cells(load_twins("runs/m1"), [42], "designs/", design_settings(method="both"))
+
+Every setting and its default is in `settings` (`DesignSettings`, `GradientConfig`); the CLI,
+a protocol's `[design]` table and the demo build them there.
 
 One module per job: `response` (the twin as a differentiable function of a clip, after a
-grey screen), `transforms`, `objectives`, `regularisers`, `preconditioners`, `envelope` (the
+grey screen), `transforms`, `objectives`, `regularizers`, `preconditioners`, `envelope` (the
 window around the cell's receptive field), `postprocess` (the contrast budget), `gradient`
 (the step loop), `parametric` (Optuna over stimulus families), `budget`, `natural_control`,
-`outputs`, `verify`, `run` and `cli`.
+`outputs`, `verify`, `settings`, `run` and `cli`.
 """

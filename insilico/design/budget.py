@@ -2,7 +2,7 @@
 
 Designs are compared with natural stimuli, and that comparison is only fair at equal
 contrast; the twin is also only trustworthy near the contrasts it was trained on. So unless
-the user states `--rms-contrast`, the budget is the pixel standard deviation (units of full
+the design setting `rms_contrast` is given, the budget is the pixel standard deviation (units of full
 range) pooled over every frame of the training segments, read from the recording named in
 the twin's metadata (`training["data"]`, segments `training["train_segments"]`).
 """
@@ -16,7 +16,7 @@ import numpy as np
 
 from insilico.errors import InsilicoError
 from stimuli.recording import open_recording
-from vist_model.provenance import TrainingDataMissing, locate_training_data
+from vist_model.provenance import TrainingDataMissing
 from vist_model.twin import TwinMetadata
 
 CHUNK_FRAMES = 1024
@@ -28,7 +28,7 @@ class Budget:
 
     rms: float
     mean: float
-    source: str  # "--rms-contrast" or "training movies <path> [segments]"
+    source: str  # "design setting rms_contrast" or "training movies <path> [segments]"
 
 
 def training_data(meta: TwinMetadata, needed_for: str = "") -> tuple[Path, list[str]]:
@@ -36,20 +36,21 @@ def training_data(meta: TwinMetadata, needed_for: str = "") -> tuple[Path, list[
 
     `needed_for` ends the error when the recording is gone: what the user loses without it.
     """
-    segments = list(meta.training.get("train_segments") or [])
+    record = meta.training_record
+    segments = list(record.segments)
     try:
-        data = locate_training_data(meta.training)
+        data = record.recording()
     except TrainingDataMissing as err:
         raise InsilicoError(f"{err}{needed_for}") from None
     if data is None or not segments:
-        raise InsilicoError("the twin's checkpoint does not name its training data; pass --rms-contrast")
+        raise InsilicoError("the twin's checkpoint does not name its training data; set the design setting rms_contrast")
     return data, segments
 
 
 def training_rms_contrast(meta: TwinMetadata) -> float:
     """Pixel std over all training frames (pooled), in units of full range."""
     path, segments = training_data(meta, ", so the default contrast budget (the training movies' RMS "
-                                         "contrast) is unknown: pass --rms-contrast C")
+                                         "contrast) is unknown: set the design setting rms_contrast")
     total = total_sq = 0.0
     count = 0
     with open_recording(path) as rec:
@@ -65,13 +66,13 @@ def training_rms_contrast(meta: TwinMetadata) -> float:
 
 
 def resolve_budget(meta: TwinMetadata, rms_contrast: float | None = None, mean: float = 0.5) -> Budget:
-    """`--rms-contrast` when given, else the training movies' RMS contrast."""
+    """The design setting `rms_contrast` when given, else the training movies' RMS contrast."""
     if rms_contrast is not None:
         if not 0.0 < rms_contrast < 0.5:
-            raise ValueError(f"--rms-contrast must be in (0, 0.5) at mean grey 0.5, got {rms_contrast}")
-        return Budget(float(rms_contrast), mean, "--rms-contrast")
+            raise ValueError(f"design setting rms_contrast must be in (0, 0.5) at mean grey 0.5, got {rms_contrast}")
+        return Budget(float(rms_contrast), mean, "design setting rms_contrast")
+    rms = training_rms_contrast(meta)  # first: its error says the budget can be set instead
     path, segments = training_data(meta)
-    rms = training_rms_contrast(meta)
     if rms <= 0.0:
-        raise InsilicoError(f"the training movies in {path} have no contrast; pass --rms-contrast")
+        raise InsilicoError(f"the training movies in {path} have no contrast; set the design setting rms_contrast")
     return Budget(rms, mean, f"training movies {path} [{', '.join(segments)}]")

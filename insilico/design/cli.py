@@ -6,75 +6,78 @@ Registered by `insilico/cli.py` as `app.command("optimize")(optimize_command)` a
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import typer
 
 from insilico.console import console
-from insilico.errors import friendly_errors
+from insilico.design.settings import DesignSettings, default
+from insilico.errors import InsilicoError, friendly_errors
+
+# Each design setting the command takes: its parameter and flag (the library's errors name the setting).
+FLAGS = {"method": ("method", "--method"), "n_frames": ("frames", "--frames"), "objective": ("objective", "--objective"),
+         "rms_contrast": ("rms_contrast", "--rms-contrast"), "seeds": ("seeds", "--seeds"),
+         "storage": ("storage", "--storage"), "steps": ("steps", "--steps"), "trials": ("trials", "--trials"),
+         "window_frames": ("window", "--window"), "rf_envelope": ("rf_envelope", "--rf-envelope"),
+         "start": ("start_from", "--start-from")}
 
 
 def optimize_command(
     model: list[Path] = typer.Option(..., "--model", help="Run folder or model.pt; repeat for an ensemble."),
     cells: str = typer.Option(None, "--cells", "--cell", help="Cell id(s): 42, 3,42,77 or all."),
     out: Path = typer.Option(Path("designs"), "--out", help="Folder for cell<ID>.h5/.json/.png/.gif."),
-    method: str = typer.Option("gradient", "--method", help="gradient, optuna or both."),
-    frames: int = typer.Option(60, "--frames", help="Clip length in frames."),
-    objective: str = typer.Option("increase", "--objective", help="increase, decrease or discriminative."),
+    method: str = typer.Option(default("method"), "--method", help="gradient, optuna or both."),
+    frames: int = typer.Option(default("n_frames"), "--frames", help="Clip length in frames."),
+    objective: str = typer.Option(default("objective"), "--objective",
+                                  help="increase, decrease or discriminative."),
     rms_contrast: float = typer.Option(None, "--rms-contrast",
                                        help="RMS contrast budget (default: the training movies')."),
-    seeds: int = typer.Option(4, "--seeds", help="Gradient designs per cell, one per seed, in one batch."),
+    seeds: int = typer.Option(default("seeds"), "--seeds", help="Gradient designs per cell, one per seed, in one batch."),
     storage: str = typer.Option(None, "--storage",
                                 help="Optuna storage URL: journal file (default OUT/optuna.journal), sqlite:///, postgresql://."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    steps: int = typer.Option(12, "--steps", help="Gradient steps."),
-    trials: int = typer.Option(24, "--trials", help="Optuna TPE trials per cell (plus half as many CMA-ES)."),
-    window: int = typer.Option(3, "--window", help="Response window: the clip's last N frames."),
-    rf_envelope: float = typer.Option(1.0, "--rf-envelope",
+    steps: int = typer.Option(default("steps"), "--steps", help="Gradient steps."),
+    trials: int = typer.Option(default("trials"), "--trials",
+                               help="Optuna TPE trials per cell (plus half as many CMA-ES)."),
+    window: int = typer.Option(default("window_frames"), "--window", help="Response window: the clip's last N frames."),
+    rf_envelope: float = typer.Option(default("rf_envelope"), "--rf-envelope",
                                       help="Confine gradient designs to this many RF-centre sigmas around the "
                                            "recorded receptive field; 0: the whole screen (also used where the "
                                            "recorded map is noise, as for some ON-OFF cells)."),
     start: Path = typer.Option(None, "--start",
                                help="Refine this clip (e.g. an earlier design of the one --cell) instead of "
-                                    "starting from grey."),
-    start_from: str = typer.Option("auto", "--start-from",
+                                    "--start-from."),
+    start_from: str = typer.Option(default("start"), "--start-from",
                                    help="Where gradient designs start: sta (each cell's denoised white-noise "
                                         "STA), grey, or auto: sta when the twin's training recording has a "
                                         "white-noise segment."),
 ) -> None:
     """Design the stimulus that drives a cell hardest (or silences it, or singles it out)."""
     with friendly_errors():
-        from dataclasses import replace
-
         from insilico.cells import describe_cell_accuracy, parse_cells
         from insilico.console import progress
-        from insilico.design.gradient import GradientConfig
-        from insilico.design.run import DesignSettings, load_twins, optimize_cells
+        from insilico.design.run import load_twins, optimize_cells
 
         if cells is None:
-            raise ValueError("name the cells with --cell 42, --cells 3,42,77 or --cells all")
-        _check_design_arguments(model, cells, out, method, frames, objective, rms_contrast, seeds, steps,
-                                trials, window, rf_envelope, start, start_from)
+            raise InsilicoError("name the cells with --cell 42, --cells 3,42,77 or --cells all")
+        settings = command_settings(dict(method=method, frames=frames, objective=objective, rms_contrast=rms_contrast,
+                                         seeds=seeds, storage=storage, steps=steps, trials=trials, window=window,
+                                         rf_envelope=rf_envelope, start_from=start_from))
+        _check_design_arguments(model, cells, out, start)
         twins = load_twins(model, device)
         ids = parse_cells(cells, twins[0].metadata.cell_ids)  # the ids, once the twin says which it has
         starts = {}
         if start is not None:
             if len(ids) != 1:
-                raise ValueError(f"--start refines one cell's design: name one --cell, not {len(ids)}")
+                raise InsilicoError(f"--start refines one cell's design: name one --cell, not {len(ids)}")
             if method == "optuna":
-                raise ValueError("--start refines a gradient design: use --method gradient or both")
-            if not start.is_file():
-                raise FileNotFoundError(f"--start: {start} not found")
+                raise InsilicoError("--start refines a gradient design: use --method gradient or both")
             starts = {ids[0]: start}
         console.print(f"backbone: {twins[0].metadata.describe_backbone()}"
                       + (f" (ensemble of {len(twins)} twins)" if len(twins) > 1 else ""))
-        settings = DesignSettings(window_frames=window, trials=trials, cmaes_trials=max(0, trials // 2),
-                                  sta_start=_sta_start(start_from, twins[0].metadata),
-                                  gradient=replace(GradientConfig(), steps=steps, rf_envelope=rf_envelope))
         with progress() as bar:
-            results = optimize_cells(twins, cells, out, method=method, n_frames=frames, objective=objective,
-                                     rms_contrast=rms_contrast, seeds=seeds, storage=storage,
-                                     settings=settings, progress=bar, starts=starts)
+            results = optimize_cells(twins, cells, out, settings, progress=bar, starts=starts)
         for r in results:
             if r.envelope and r.envelope["width_rf_sigmas"] and not r.envelope["used"]:
                 console.print(f"[yellow]note[/]: cell {r.cell_id}: RF envelope {r.envelope['note']}; the design "
@@ -97,48 +100,36 @@ def optimize_command(
                           "`insilico rig present` on a rig)")
 
 
-def _check_design_arguments(models: list[Path], cells: str, out: Path, method: str, frames: int, objective: str,
-                            rms_contrast: float | None, seeds: int, steps: int, trials: int, window: int,
-                            rf_envelope: float, start: Path | None, start_from: str) -> None:
-    """Every argument of `optimize`, before the twins load (which takes seconds to tens of seconds)."""
+def command_settings(params: Mapping[str, object]) -> DesignSettings:
+    """The design settings of `insilico optimize` from its parameters' values (`FLAGS`).
+
+    A bad value is an error naming the flag, before the twins load (seconds to tens of seconds).
+    """
+    import re
+
+    from insilico.design.settings import DesignSettingError, design_settings
+
+    try:
+        return design_settings(**{setting: params[param] for setting, (param, _) in FLAGS.items()})
+    except DesignSettingError as err:
+        if err.setting not in FLAGS:
+            raise
+        # The problem may name another setting ("longer than the clip (n_frames 8)"): its flag too.
+        problem = re.sub(r"\b\w+\b", lambda m: FLAGS[m[0]][1] if m[0] in FLAGS else m[0], err.problem)
+        raise InsilicoError(f"{FLAGS[err.setting][1]} {problem}") from None
+
+
+def _check_design_arguments(models: list[Path], cells: str, out: Path, start: Path | None) -> None:
+    """The arguments of `optimize` that are not design settings, before the twins load."""
     from insilico import checks
-    from insilico.design.objectives import OBJECTIVES
-    from insilico.design.run import METHODS
-    from insilico.errors import InsilicoError
 
     checks.cell_list(cells)
-    checks.one_of(method, METHODS, "--method")
-    checks.one_of(objective, OBJECTIVES, "--objective")
-    checks.one_of(start_from, ("auto", "sta", "grey"), "--start-from")
-    for value, minimum, flag in ((frames, 1, "--frames"), (seeds, 1, "--seeds"), (steps, 0, "--steps"),
-                                 (trials, 1, "--trials"), (window, 1, "--window"), (rf_envelope, 0, "--rf-envelope")):
-        checks.at_least(value, minimum, flag)
-    if window > frames:
-        raise InsilicoError(f"--window {window} is longer than the clip (--frames {frames})")
-    if rms_contrast is not None and not 0.0 < rms_contrast < 0.5:
-        raise InsilicoError(f"--rms-contrast must be in (0, 0.5) at mean grey 0.5, got {rms_contrast:g}")
     for path in models:
         if not path.exists():
             raise FileNotFoundError(f"--model {path}: no such run folder or model.pt")
     if start is not None:
         checks.input_file(start, "--start")
     checks.output_folder(out, "--out")
-
-
-def _sta_start(start_from: str, metadata) -> bool:  # noqa: ANN001
-    from insilico.design.budget import training_data
-    from insilico.design.sta_start import has_noise_segment
-    from insilico.errors import InsilicoError
-
-    if start_from not in ("auto", "sta", "grey"):
-        raise ValueError(f"--start-from must be auto, sta or grey, got {start_from!r}")
-    if start_from != "auto":
-        return start_from == "sta"
-    try:
-        data, _ = training_data(metadata)
-    except InsilicoError:
-        return False  # no training recording named: the design itself says what is missing
-    return data.is_file() and has_noise_segment(data)
 
 
 def verify_command(
@@ -153,6 +144,8 @@ def verify_command(
 
         from insilico.design.run import verify_design
 
+        if (sim is None) == (data is None):
+            raise InsilicoError("name the simulated retina with exactly one of --sim SEED or --data RECORDING")
         v = verify_design(design, sim_seed=sim, data=data)
         if as_json:
             typer.echo(json.dumps(v.to_json_dict(), indent=2))

@@ -2,8 +2,8 @@
 
 One step is a fixed sequence of small stages (sinzlab/mei, Lucid)::
 
-    transform (jitter, time shift) -> objective -> regularisers -> backward
-      -> precondition (blur / Fourier scaling, then unit RMS) -> optimiser step
+    transform (jitter, time shift) -> objective -> regularizers -> backward
+      -> precondition (blur / Fourier scaling, then unit RMS) -> optimizer step
       -> post-process (mean grey, RMS budget, [0, 1])
 
 A batch of clips, one per seed, is optimised in one pass; each member draws its start and
@@ -13,7 +13,7 @@ starts exactly there, the others from it plus their seed's noise. An optional
 diversity term rewards batch members for differing from each other. Every step is recorded
 (objective, RMS contrast and gradient norm per seed) and `GradientRun.plot` draws them.
 
-The optimiser is plain SGD on a gradient scaled to unit RMS per clip, so the learning rate
+The optimizer is plain SGD on a gradient scaled to unit RMS per clip, so the learning rate
 is the RMS pixel change of one step (before post-processing), falling by a cosine schedule
 from `lr` to `lr / 10`. Because the post-processor projects every step back onto the budget,
 this is projected gradient ascent: for a near-linear cell it turns the clip towards the
@@ -35,63 +35,9 @@ from torch import Tensor
 from insilico.design.objectives import Objective
 from insilico.design.postprocess import ContrastBudget
 from insilico.design.preconditioners import blur, named_preconditioner, unit_rms
-from insilico.design.regularisers import TemporalSmoothness, TotalVariation
+from insilico.design.regularizers import TemporalSmoothness, TotalVariation
+from insilico.design.settings import GradientConfig
 from insilico.design.transforms import Compose, Jitter, TimeShift
-
-INITS = ("grey", "noise")
-
-
-@dataclass(frozen=True)
-class GradientConfig:
-    """Settings of a gradient design (defaults sized for a CPU: see `insilico.design.run`).
-
-    Attributes:
-        steps: optimiser steps.
-        lr: RMS pixel change of the first step (cosine-decayed to lr / 10).
-        jitter_px: random spatial shift per step, pixels.
-        time_shift: random temporal shift per step, frames.
-        tv_weight: total-variation penalty weight.
-        smooth_weight: temporal-smoothness penalty weight.
-        preconditioner: "blur", "fourier" or "none".
-        blur_sigma: (start, end) of the annealed blur, pixels. It ends at 1.5 px: below
-            that, the ViT's patch grid (4 px on a 64-px screen) shows through in the design,
-            and the twin, not the cell, responds to it.
-        diversity_weight: reward for RMS distance between batch members (0 = off).
-        init_sigma: spatial blur (pixels) of the random start.
-        init: "grey" starts at mean grey plus seeded noise of `init_scale` times the budget's
-            RMS, so the first step is the twin's own gradient and no budget is left on noise
-            the cell cannot see; "noise" starts from smooth noise at the full budget.
-        init_scale: amplitude of the grey start's noise, relative to the budget's RMS.
-        rf_envelope: sigma of the spatial envelope around the cell's receptive field, in
-            RF-centre sigmas (`insilico.design.envelope`); 0 leaves the whole screen free.
-    """
-
-    steps: int = 12
-    lr: float = 0.15
-    jitter_px: int = 1
-    time_shift: int = 1
-    tv_weight: float = 0.0
-    smooth_weight: float = 0.0
-    preconditioner: str = "blur"
-    blur_sigma: tuple[float, float] = (2.0, 1.5)
-    diversity_weight: float = 0.0
-    init_sigma: float = 2.0
-    init: str = "grey"
-    init_scale: float = 0.05
-    rf_envelope: float = 1.0
-
-    def __post_init__(self) -> None:
-        if self.steps < 0:
-            raise ValueError(f"steps must be >= 0, got {self.steps}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.init not in INITS:
-            raise ValueError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
-        if not 0 < self.init_scale <= 1:
-            raise ValueError(f"init_scale must be in (0, 1], got {self.init_scale}")
-        if self.rf_envelope < 0:
-            raise ValueError(f"rf_envelope must be >= 0 RF sigmas (0 = off), got {self.rf_envelope}")
-        named_preconditioner(self.preconditioner)  # validates the name
 
 
 @dataclass(frozen=True)
@@ -209,13 +155,13 @@ def diversity(frames: Tensor) -> Tensor:
     return d.sum(dim=1) / (b - 1)
 
 
-def optimise_gradient(
+def optimize_gradient(
     response: Callable[[Tensor], Tensor],
     objective: Objective,
     shape: tuple[int, int, int],
     budget: ContrastBudget,
     seeds: Sequence[int] = (0,),
-    config: GradientConfig = GradientConfig(),
+    config: GradientConfig | None = None,
     device: torch.device | str = "cpu",
     on_step: Callable[[StepRecord], None] | None = None,
     envelope: np.ndarray | Tensor | None = None,
@@ -230,7 +176,7 @@ def optimise_gradient(
         shape: `(T, H, W)` of a clip.
         budget: the post-processor every step ends with.
         seeds: one batch member per seed.
-        config: step settings.
+        config: step settings (None: the defaults).
         device: where the clips live (the twin's device).
         on_step: called with each step's record (progress display).
         envelope: `[H, W]` weights in [0, 1] for the start and every gradient step
@@ -242,6 +188,7 @@ def optimise_gradient(
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must differ, got {list(seeds)}")
     started = time.perf_counter()
+    config = config or GradientConfig()
     device = torch.device(device)
     gens = [torch.Generator().manual_seed(int(s) + 1_000_003) for s in seeds]
     env = None if envelope is None else torch.as_tensor(envelope, dtype=torch.float32, device=device)
@@ -253,9 +200,9 @@ def optimise_gradient(
                      else given_start(start, b, s, config, budget, device, env) for b, s in enumerate(seeds)])
     x.requires_grad_(True)
     transform = Compose((Jitter(config.jitter_px), TimeShift(config.time_shift)))
-    regularisers = (TotalVariation(config.tv_weight), TemporalSmoothness(config.smooth_weight))
+    regularizers = (TotalVariation(config.tv_weight), TemporalSmoothness(config.smooth_weight))
     precondition = named_preconditioner(config.preconditioner, *config.blur_sigma)
-    optimiser = torch.optim.SGD([x], lr=config.lr)
+    optimizer = torch.optim.SGD([x], lr=config.lr)
     history: list[StepRecord] = []
 
     def record(step: int, value: Tensor, grad_norm: Tensor) -> None:
@@ -266,10 +213,10 @@ def optimise_gradient(
             on_step(rec)
 
     for step in range(config.steps):
-        optimiser.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=True)
         seen = transform(x, gens)                                   # 1. transform
         value = objective(response(seen))                           # 2. objective [B]
-        penalty = sum(reg(x) for reg in regularisers)               # 3. regularisers [B]
+        penalty = sum(reg(x) for reg in regularizers)               # 3. regularizers [B]
         gain = value - penalty
         if config.diversity_weight:
             gain = gain + config.diversity_weight * diversity(x)
@@ -278,9 +225,9 @@ def optimise_gradient(
         grad_norm = grad.detach().flatten(1).norm(dim=1)
         shaped = precondition(grad, step, config.steps)             # 5. precondition
         x.grad = unit_rms(shaped if env is None else shaped * env)
-        for group in optimiser.param_groups:
+        for group in optimizer.param_groups:
             group["lr"] = _cosine(config.lr, step, config.steps)
-        optimiser.step()                                            # 6. optimiser step
+        optimizer.step()                                            # 6. optimizer step
         with torch.no_grad():
             x.copy_(budget(x))                                      # 7. post-process
         record(step, value.detach(), grad_norm)

@@ -26,7 +26,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-DEFAULT_WINDOW_FRAMES = 3
+from insilico.design.settings import OBJECTIVES, DesignSettings
+
+# The defaults of the objectives, from the design settings (one place).
+DEFAULT_WINDOW_FRAMES = DesignSettings.window_frames
+DEFAULT_TEMPERATURE = DesignSettings.temperature
 
 
 @dataclass(frozen=True)
@@ -156,7 +160,7 @@ class Discriminative(Objective):
 
     cells: tuple[int, ...]
     window: Window = Window()
-    temperature: float = 0.1
+    temperature: float = DEFAULT_TEMPERATURE
 
     def __post_init__(self) -> None:
         if not self.temperature > 0:
@@ -193,7 +197,7 @@ def decrease(cells: int | Sequence[int], window: Window = Window()) -> Objective
     return -1.0 * increase(cells, window)
 
 
-def discriminative(cells: int | Sequence[int], window: Window = Window(), temperature: float = 0.1) -> Objective:
+def discriminative(cells: int | Sequence[int], window: Window = Window(), temperature: float = DEFAULT_TEMPERATURE) -> Objective:
     """Drive `cells` and not the rest of the population (Burg et al. 2024)."""
     return Discriminative(_cells(cells), window, temperature)
 
@@ -207,15 +211,13 @@ def others(n_cells: int, cells: int | Sequence[int]) -> tuple[int, ...]:
     return rest
 
 
-OBJECTIVES = ("increase", "decrease", "discriminative")
 
-
-def named_objective(name: str, cell: int, window: Window = Window(), temperature: float = 0.1) -> Objective:
-    """The command line's `--objective` for one cell position."""
+def named_objective(name: str, cell: int, window: Window = Window(), temperature: float = DEFAULT_TEMPERATURE) -> Objective:
+    """The objective named by the design setting `objective`, for one cell position."""
     if name == "increase":
         return increase(cell, window)
     if name == "decrease":
         return decrease(cell, window)
     if name == "discriminative":
         return discriminative(cell, window, temperature)
-    raise ValueError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {name!r}")
+    raise ValueError(f"design setting objective must be one of {', '.join(OBJECTIVES)}, got {name!r}")

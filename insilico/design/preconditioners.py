@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from insilico.design.settings import PRECONDITIONERS
+
 
 def gaussian_kernel(sigma: float, device: torch.device, dtype: torch.dtype) -> Tensor:
     """1-D normalised Gaussian `[2r + 1]`, radius `r = ceil(3 sigma)`."""
@@ -96,7 +98,6 @@ def unit_rms(grad: Tensor, eps: float = 1e-12) -> Tensor:
     return grad / (rms + eps)
 
 
-PRECONDITIONERS = ("blur", "fourier", "none")
 
 
 def named_preconditioner(name: str, sigma_start: float = 3.0, sigma_end: float = 1.0):

@@ -14,10 +14,10 @@ through the twin (the ensemble mean if several models are given), objective on t
 clamped at 0. "Predicted response" in the outputs is the cell's mean rate (spikes per bin)
 over the time window.
 
-CPU defaults: 60 frames, 4 seeds and 12 steps; 24 TPE + 12 CMA-ES trials. Gradient designs
-are confined to an envelope around the cell's recorded receptive field (`envelope`) and
-start from grey, or with `sta_start` (the CLI's default where the recording has white noise)
-from the cell's denoised STA (`sta_start`). Cell 42 of the default simulation (90 cells,
+Every setting and its default (sized for a CPU) is in `insilico.design.settings`. Gradient
+designs are confined to an envelope around the cell's recorded receptive field (`envelope`)
+and start (`start`) from the cell's denoised STA where the recording has white noise
+(`sta_start`), else from grey. Cell 42 of the default simulation (90 cells,
 64 x 64 px, cpu-preset twin) takes 41 s on 2 idle cores with `--method gradient`, and the
 command 62 s with loading torch and the backbone (`benchmarks/mei.py` measures the rest).
 """
@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,14 +37,15 @@ from rich.progress import Progress
 from insilico.cells import parse_cells
 from insilico.design.budget import Budget, resolve_budget, training_data
 from insilico.design.envelope import MIN_RF_PEAK_SNR, rf_envelope, rf_peak_snr
-from insilico.design.gradient import GradientConfig, GradientRun, optimise_gradient
+from insilico.design.gradient import GradientRun, optimize_gradient
 from insilico.design.natural_control import NaturalClip, NaturalScreen, best_natural_clip
-from insilico.design.objectives import OBJECTIVES, Objective, Window, named_objective
+from insilico.design.objectives import Objective, Window, named_objective
 from insilico.design.outputs import animation, contact_sheet, rf_centre, write_clip, write_json
 from insilico.design.parametric import ParametricResult, Screen, search_parametric, storage_for
 from insilico.design.postprocess import ContrastBudget, clip_stats
 from insilico.design.response import TwinResponse
-from insilico.design.sta_start import noise_stas, sta_start
+from insilico.design.settings import METHODS, DesignSettings
+from insilico.design.sta_start import has_noise_segment, noise_stas, sta_start
 from insilico.design.verify import Verification
 from insilico.design.verify import verify_design as _verify_design
 from insilico.errors import InsilicoError
@@ -55,35 +56,7 @@ from vist_model.features import FeatureCache
 from vist_model.fit_twin import resolve_device
 from vist_model.twin import Twin, TwinMetadata
 
-METHODS = ("gradient", "optuna", "both")
-
-
-@dataclass(frozen=True)
-class DesignSettings:
-    """Everything that shapes a design, recorded in each cell's JSON."""
-
-    method: str = "gradient"
-    n_frames: int = 60
-    objective: str = "increase"
-    window_frames: int = 3
-    temperature: float = 0.1
-    seeds: tuple[int, ...] = (0, 1, 2, 3)
-    gradient: GradientConfig = GradientConfig()
-    trials: int = 24
-    cmaes_trials: int = 12
-    comparison_trials: int = 16
-    natural_top_k: int = 8
-    sta_start: bool = False  # gradient designs start from the cell's denoised STA (`sta_start`)
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
-        if self.n_frames < self.window_frames:
-            raise ValueError(f"--frames {self.n_frames} is shorter than the {self.window_frames}-frame window")
-        if not self.seeds:
-            raise ValueError("--seeds must be >= 1")
+__all__ = ["METHODS", "DesignResult", "DesignSettings", "load_twins", "optimize_cells", "verify_design"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -140,120 +113,155 @@ def _score(response: TwinResponse, objective: Objective, i: int, window: slice,
 
 
 def optimize_cells(
-    model_path: str | Path | Sequence[str | Path] | Twin | Sequence[Twin],
+    twins: Twin | Sequence[Twin] | str | Path | Sequence[str | Path],
     cells: Sequence[int] | str,
     out_dir: str | Path,
-    method: str = "gradient",
-    n_frames: int = 60,
-    objective: str = "increase",
-    rms_contrast: float | None = None,
-    seeds: int | Sequence[int] = 4,
-    storage: str | None = None,
-    device: str = "auto",
-    *,
     settings: DesignSettings | None = None,
+    *,
     cache: FeatureCache | None = None,
     progress: Progress | None = None,
     starts: Mapping[int, str | Path] | None = None,
 ) -> list[DesignResult]:
-    """Design the most exciting (or other `objective`) stimulus of each cell; write its files.
+    """Design the most exciting (or other `settings.objective`) stimulus of each cell; write its files.
 
     Args:
-        model_path: run folder(s) / model.pt file(s), or loaded twins; several = an ensemble.
+        twins: loaded twins (`load_twins` picks the device), or run folder(s) / model.pt
+            file(s) loaded on the default device; several = an ensemble.
         cells: cell ids, or "all" / "3,42,77".
         out_dir: where `cell<ID>.h5/.json/.png/.gif` (and siblings) go.
-        method: "gradient", "optuna" or "both".
-        n_frames: clip length.
-        objective: "increase", "decrease" or "discriminative".
-        rms_contrast: the budget; None for the training movies' RMS contrast.
-        seeds: how many seeds (0..n-1), or the seeds themselves.
-        storage: Optuna storage URL (None: a journal file `out_dir/optuna.journal`).
-        device: auto, cpu, cuda, cuda:N (ignored for loaded twins).
-        settings: finer settings; the explicit arguments above override its fields.
+        settings: everything that shapes the designs (`insilico.design.settings`); None: the defaults.
         cache: backbone feature cache for the natural-clip screen.
         progress: a rich progress display to report on.
         starts: per cell id, a clip file (e.g. an earlier design) the gradient design refines
-            instead of starting from grey; it must match the clip length, screen and frame rate.
+            instead of `settings.start`; it must match the clip length, screen and frame rate.
     """
-    twins = _twins(model_path, device)
-    seed_list = tuple(range(seeds)) if isinstance(seeds, int) else tuple(int(s) for s in seeds)
-    base = settings or DesignSettings()
-    s = DesignSettings(**{**asdict(base), "gradient": base.gradient, "method": method, "n_frames": n_frames,
-                          "objective": objective, "seeds": seed_list})
-    window = Window(s.window_frames)
-    bounds = window.bounds(s.n_frames)
-    response = TwinResponse(twins)
-    meta = response.metadata
-    ids = parse_cells(cells, meta.cell_ids)
-    starts = dict(starts or {})
-    start_clips = {c: read_start(starts[c], (s.n_frames, *meta.frame_shape), meta.frame_rate) for c in ids
-                   if c in starts}
-    budget_info = resolve_budget(meta, rms_contrast)
-    budget = ContrastBudget(budget_info.rms, budget_info.mean)
-    h, w = meta.frame_shape
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    data, segments = _training_data_or_fail(meta)
-    stas = noise_stas(data) if s.sta_start and s.method in ("gradient", "both") else {}
-    natural_screen = NaturalScreen.build(twins[0], str(data), segments, cache)
-    opt_storage = storage_for(storage, out / "optuna.journal")
-    key = _study_key(twins)
+    twins = _twins(twins)
+    s = settings or DesignSettings()
+    run = _DesignRun.prepare(twins, s, Path(out_dir), cache, starts or {})
+    ids = parse_cells(cells, run.meta.cell_ids)
+    start_clips = {c: read_start(run.starts[c], (s.n_frames, *run.meta.frame_shape), run.meta.frame_rate)
+                   for c in ids if c in run.starts}
     results = []
-    bar = progress
-    cells_task = bar.add_task("design", total=len(ids), status="") if bar is not None else None
+    task = progress.add_task("design", total=len(ids), status="") if progress is not None else None
     for cell_id in ids:
-        cell_started = time.perf_counter()
+        if progress is not None:
+            progress.update(task, status=f"cell {cell_id}")
+        result = run.design_cell(cell_id, start_clips.get(cell_id))
+        result.paths.update(_write(run.out, result, run.recorded_settings, run.meta, run.objective(result.cell_index),
+                                   twins, run.started_from(cell_id)))
+        results.append(result)
+        if progress is not None:
+            progress.update(task, advance=1)
+    return results
+
+
+@dataclass(frozen=True, eq=False)
+class _DesignRun:
+    """What every cell's design of one `optimize_cells` call shares (twins, budget, screens)."""
+
+    settings: DesignSettings
+    response: TwinResponse
+    meta: TwinMetadata
+    budget_info: Budget
+    budget: ContrastBudget
+    window: Window
+    out: Path
+    data: Path
+    stas: dict[int, np.ndarray]
+    natural_screen: NaturalScreen
+    storage: object
+    key: str
+    starts: Mapping[int, str | Path]
+
+    @classmethod
+    def prepare(cls, twins: Sequence[Twin], s: DesignSettings, out: Path, cache: FeatureCache | None,
+                starts: Mapping[int, str | Path]) -> _DesignRun:
+        response = TwinResponse(twins)
+        meta = response.metadata
+        budget_info = resolve_budget(meta, s.rms_contrast)
+        out.mkdir(parents=True, exist_ok=True)
+        data, segments = _training_data_or_fail(meta)
+        stas = noise_stas(data) if s.gradient_design and starts_from_sta(s.start, meta) else {}
+        return cls(settings=s, response=response, meta=meta, budget_info=budget_info,
+                   budget=ContrastBudget(budget_info.rms, budget_info.mean), window=Window(s.window_frames), out=out,
+                   data=data, stas=stas, natural_screen=NaturalScreen.build(twins[0], str(data), segments, cache),
+                   storage=storage_for(s.storage, out / "optuna.journal"), key=_study_key(twins), starts=dict(starts))
+
+    @property
+    def recorded_settings(self) -> DesignSettings:
+        """The settings as used: `start = "auto"` resolved to what it chose."""
+        return replace(self.settings, start="sta" if self.stas else "grey")
+
+    def objective(self, i: int) -> Objective:
+        return named_objective(self.settings.objective, i, self.window, self.settings.temperature)
+
+    def started_from(self, cell_id: int) -> str | Path | None:
+        return self.starts.get(cell_id) or (f"denoised STA of {self.data}" if cell_id in self.stas else None)
+
+    def design_cell(self, cell_id: int, start: np.ndarray | None) -> DesignResult:
+        """One cell: 1. gradient design, 2. parametric search, 3. best natural clip, 4. scores."""
+        s, meta = self.settings, self.meta
+        started = time.perf_counter()
         i = meta.cell_index(cell_id)
-        obj = named_objective(s.objective, i, window, s.temperature)
-        if bar is not None:
-            bar.update(cells_task, status=f"cell {cell_id}")
-        centre, sigma = rf_centre_and_size(meta.rf[i])
+        obj = self.objective(i)
+        bounds = self.window.bounds(s.n_frames)
         envelope, envelope_record = design_envelope(meta.rf[i], s.gradient.rf_envelope)
-        # A map that does not locate the cell (`envelope.MIN_RF_PEAK_SNR`) leaves the search the whole screen.
-        focus = (*centre, sigma) if envelope_record["rf_locates_cell"] else None
-        screen = Screen(s.n_frames, h, w, meta.frame_rate, focus=focus)
+        located = bool(envelope_record["rf_locates_cell"])
         run = None
-        if s.method not in ("gradient", "both"):
-            envelope_record = None  # no gradient design to confine
+        if s.gradient_design:                                                       # 1. gradient design
+            if start is None and cell_id in self.stas:
+                start = sta_start(self.stas[cell_id], s.n_frames, bounds)
+            run = optimize_gradient(self.response, obj, (s.n_frames, *meta.frame_shape), self.budget, s.seeds,
+                                    s.gradient, device=self.response.device, envelope=envelope, start=start)
         else:
-            start = start_clips.get(cell_id)
-            if start is None and cell_id in stas:
-                start = sta_start(stas[cell_id], s.n_frames, bounds)
-            run = optimise_gradient(response, obj, (s.n_frames, h, w), budget, s.seeds, s.gradient,
-                                    device=response.device, envelope=envelope, start=start)
-        trials = s.trials if s.method in ("optuna", "both") else s.comparison_trials
-        cma = s.cmaes_trials if s.method in ("optuna", "both") else 0
-        study = f"cell{cell_id}-{s.objective}-{s.n_frames}f-w{s.window_frames}-rms{budget.rms:.4f}-{key}"
-        param = search_parametric(response, obj, budget, screen, study, opt_storage, trials, cma,
-                                  seed=s.seeds[0])
-        natural = best_natural_clip(response, natural_screen, obj, s.n_frames, s.window_frames, budget,
-                                    s.natural_top_k)
+            envelope_record = None  # no gradient design to confine
+        param = self._search(cell_id, i, obj, located)                            # 2. parametric search
+        natural = best_natural_clip(self.response, self.natural_screen, obj, s.n_frames, s.window_frames,   # 3.
+                                    self.budget, s.natural_top_k)
+        window = self.window.slice(s.n_frames)                                      # 4. scores
         if run is not None:
             # "both" keeps the gradient design and writes the full Optuna search beside it
-            # (`cell<ID>_parametric.h5`). Letting the twin pick between the two was measured
-            # to lose: it prefers the parametric stimulus where the cell does not.
+            # (`cell<ID>_parametric.h5`): letting the twin pick between the two loses where the
+            # twin prefers the parametric stimulus and the cell does not.
             clips = np.stack([to_uint8(c) for c in run.stimuli])
-            values, _ = _score(response, obj, i, window.slice(s.n_frames), clips)
+            values, _ = _score(self.response, obj, i, window, clips)
             best = int(np.argmax(values))
             design, design_method, seed = clips[best], "gradient", s.seeds[best]
         else:
             design, design_method, seed = param.frames, f"optuna ({param.family})", s.seeds[0]
         named = {"design": design, "natural": natural.frames, "parametric": param.frames}
-        values, rates = _score(response, obj, i, window.slice(s.n_frames), np.stack(list(named.values())))
-        result = DesignResult(
+        values, rates = _score(self.response, obj, i, window, np.stack(list(named.values())))
+        return DesignResult(
             cell_id=cell_id, cell_index=i, method=design_method, seed=seed, design=design,
             natural=natural, parametric=param,
             predicted={k: float(r) for k, r in zip(named, rates, strict=True)},
             objective={k: float(v) for k, v in zip(named, values, strict=True)},
-            budget=budget_info, window=bounds, seconds=time.perf_counter() - cell_started,
+            budget=self.budget_info, window=bounds, seconds=time.perf_counter() - started,
             gradient_run=run, envelope=envelope_record,
         )
-        started = starts.get(cell_id) or (f"denoised STA of {data}" if cell_id in stas else None)
-        result.paths.update(_write(out, result, s, meta, obj, twins, started))
-        results.append(result)
-        if bar is not None:
-            bar.update(cells_task, advance=1)
-    return results
+
+    def _search(self, cell_id: int, i: int, obj: Objective, located: bool) -> ParametricResult:
+        """The parametric search of cell position `i`, focused on its RF where the map `located` it."""
+        s, meta = self.settings, self.meta
+        centre, sigma = rf_centre_and_size(meta.rf[i])
+        # A map that does not locate the cell (`envelope.MIN_RF_PEAK_SNR`) leaves the search the whole screen.
+        focus = (*centre, sigma) if located else None
+        screen = Screen(s.n_frames, *meta.frame_shape, meta.frame_rate, focus=focus)
+        trials, cma = s.search_trials()
+        study = f"cell{cell_id}-{s.objective}-{s.n_frames}f-w{s.window_frames}-rms{self.budget.rms:.4f}-{self.key}"
+        return search_parametric(self.response, obj, self.budget, screen, study, self.storage, trials, cma,
+                                 seed=s.seeds[0])
+
+
+def starts_from_sta(start: str, meta: TwinMetadata) -> bool:
+    """Whether gradient designs start from the STA: `start` "sta", or "auto" with white noise recorded."""
+    if start != "auto":
+        return start == "sta"
+    try:
+        data, _ = training_data(meta)
+    except InsilicoError:
+        return False  # no training recording named: the design itself says what is missing
+    return data.is_file() and has_noise_segment(data)
 
 
 def design_envelope(rf: np.ndarray, width: float) -> tuple[np.ndarray | None, dict[str, object]]:
@@ -270,13 +278,12 @@ def design_envelope(rf: np.ndarray, width: float) -> tuple[np.ndarray | None, di
     return rf_envelope(rf, width), {**record, "used": True, "note": "used"}
 
 
-def _twins(model_path, device: str) -> list[Twin]:
-    if isinstance(model_path, Twin):
-        return [model_path]
-    if isinstance(model_path, Sequence) and not isinstance(model_path, str) and model_path \
-            and all(isinstance(t, Twin) for t in model_path):
-        return list(model_path)
-    return load_twins(model_path, device)
+def _twins(twins) -> list[Twin]:  # noqa: ANN001
+    if isinstance(twins, Twin):
+        return [twins]
+    if isinstance(twins, Sequence) and not isinstance(twins, str) and twins and all(isinstance(t, Twin) for t in twins):
+        return list(twins)
+    return load_twins(twins)
 
 
 def _training_data_or_fail(meta) -> tuple[Path, list[str]]:
@@ -321,7 +328,7 @@ def _write(out: Path, r: DesignResult, s: DesignSettings, meta, obj: Objective,
     common = {
         "cell_id": r.cell_id, "n_cells": meta.n_cells, "objective": obj.describe(), "window": list(r.window),
         "window_unit": "frames [start, stop) of the clip", "rms_contrast": r.budget.rms, "mean_grey": r.budget.mean,
-        "budget_source": r.budget.source, "training_data": meta.training.get("data"),
+        "budget_source": r.budget.source, "training_data": meta.training_record.data,
         **twin_retina(meta),
     }
     paths = {
@@ -356,13 +363,13 @@ def _write(out: Path, r: DesignResult, s: DesignSettings, meta, obj: Objective,
         "parametric": None if r.parametric is None else {
             "family": r.parametric.family, "params": r.parametric.params,
             "trials": r.parametric.n_trials, "studies": list(r.parametric.studies)},
-        "settings": {**asdict(s), "seeds": list(s.seeds)},
+        "settings": s.to_json(),
         "started_from": None if start is None else str(start),
         "rf_envelope": r.envelope,
         "ensemble_size": len(twins),
         # Every predicted number above is only as good as the twin's word on this cell.
         "twin_accuracy": _accuracy_record(meta, r.cell_id),
-        "training_data": meta.training.get("data"),
+        "training_data": meta.training_record.data,
         "backbone": twins[0].metadata.describe_backbone(),
         "device": str(twins[0].device),
         "seconds": r.seconds,

@@ -1,4 +1,4 @@
-"""A design's start from the cell's measured spike-triggered average (`--start-from sta`).
+"""A design's start from the cell's measured spike-triggered average (design setting `start = "sta"`).
 
 For a linear cell the most exciting clip at a contrast budget is its space-time filter, played
 so that the filter's lags end in the response window. The white-noise STA estimates that
@@ -6,7 +6,7 @@ filter, but its pixel noise spends the budget where the cell does not look: play
 it reached 0.65 to 0.93 of the true optimum on the default simulation (6 linear cells, median
 0.70). Its rank-1 space-time part (the leading SVD term of `[lags, pixels]`), blurred by
 `BLUR_PX`, keeps the filter and drops most of the noise: 0.85 to 1.17. The gradient design
-then refines that start through the twin (`optimise_gradient(start=...)`).
+then refines that start through the twin (`optimize_gradient(start=...)`).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def noise_stas(recording: str | Path) -> dict[int, np.ndarray]:
     with open_recording(recording) as rec:
         names = noise_segment_names(rec)
         if not names:
-            raise InsilicoError(f"{recording}: --start-from sta needs a white-noise segment (one of "
+            raise InsilicoError(f"{recording}: design setting start = \"sta\" needs a white-noise segment (one of "
                                 f"{', '.join(NOISE_SEGMENT_NAMES)}); it has none")
         frames = rec.frames(names[0]).astype(np.float32) / 255.0
         counts = np.nanmean(rec.counts(names[0]), axis=0)

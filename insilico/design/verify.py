@@ -87,7 +87,7 @@ def _read(path: Path) -> tuple[np.ndarray, dict[str, object], float]:
 def retina_for(design_attrs: dict[str, object], shape: tuple[int, int, int], frame_rate: float,
                sim_seed: int | None, data: str | Path | None) -> SimulatedRetina:
     if (sim_seed is None) == (data is None):
-        raise ValueError("name the simulated retina with exactly one of --sim SEED or --data RECORDING")
+        raise ValueError("name the simulated retina with exactly one of sim_seed or data (a recording)")
     if data is not None:
         with open_recording(data) as rec:
             return retina_of_recording(rec.attrs)
@@ -95,7 +95,7 @@ def retina_for(design_attrs: dict[str, object], shape: tuple[int, int, int], fra
         raise ValueError(f"the simulator's screens are square; this design is {shape[1]}x{shape[2]} px")
     n_cells = design_attrs.get("n_cells")
     if n_cells is None:
-        raise InsilicoError("the design file does not state the population size; use --data RECORDING")
+        raise InsilicoError("the design file does not state the population size; name the recording (data)")
     return build_retina(int(sim_seed), int(n_cells), shape[1], frame_rate)
 
 

@@ -8,10 +8,12 @@ run shows anything, so an hour of recording never ends in a refused export.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from insilico.errors import InsilicoError
+from insilico.loop.records import DesignItem, PlanEntry
 from stimuli.nwb import DesignRecord, NwbSessionMetadata, export_nwb
 
 
@@ -33,13 +35,12 @@ def write_session_nwb(session: Path, meta: NwbSessionMetadata, designs: list[Des
     return out
 
 
-def round_designs(items: list[dict[str, Any]], plan: list[dict[str, Any]], shown: dict[str, Any],
+def round_designs(items: Sequence[DesignItem], plan: Sequence[PlanEntry], shown: Mapping[str, Any],
                   twin: Path) -> list[DesignRecord]:
     """One record per (clip, use): the segment that showed it, its objective, cell and role."""
     records = []
     for entry in plan:
-        segment = shown[str(entry["index"])]["segment"]
-        for i, role in entry["uses"]:
-            records.append(DesignRecord(segment, str(items[i]["objective"]), int(items[i]["cell"]), str(twin),
-                                        str(role)))
+        segment = shown[str(entry.index)]["segment"]
+        for i, role in entry.uses:
+            records.append(DesignRecord(segment, items[i].objective, items[i].cell, str(twin), role))
     return records

@@ -25,33 +25,36 @@ Every step is recorded in the run state when it finishes; a rerun skips finished
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from insilico.design.gradient import GradientConfig
 from insilico.design.response import TwinResponse
-from insilico.design.run import DesignSettings, optimize_cells
+from insilico.design.run import DesignResult, optimize_cells
 from insilico.errors import InsilicoError
 from insilico.loop.archive import round_designs, write_session_nwb
+from insilico.loop.evaluation import (
+    evaluation_record,
+    finetune_config,
+    heldout_source,
+    seconds_since,
+    training_recording_and_segments,
+    val_fraction_for,
+)
 from insilico.loop.live import LiveView, ResponseRow
 from insilico.loop.presenting import present_planned
-from insilico.loop.protocol import ClosedLoopProtocol, FinetunePlan
+from insilico.loop.protocol import ClosedLoopProtocol
+from insilico.loop.records import ROLES, DesignItem, PlanEntry
 from insilico.loop.rig_link import RigLink
+from insilico.loop.rows import by_objective, by_role, design_error, response_rows
 from insilico.loop.state import RunState, write_json_atomic
 from stimuli.nwb import NwbSessionMetadata
 from stimuli.recording import open_recording
 from vist_model.data import LossFocus
-from vist_model.evaluate import evaluate_twin
 from vist_model.features import FeatureCache
 from vist_model.fit_twin import finetune_twin, resolve_device
-from vist_model.provenance import TrainingDataMissing, locate_training_data
-from vist_model.train import TrainConfig
 from vist_model.twin import Twin
-
-ROLES = ("design", "natural", "parametric")
 
 
 @dataclass(frozen=True)
@@ -68,70 +71,17 @@ class LoopPaths:
         return self.round_dir(k) / "twin"
 
 
-def _seconds_since(t0: float) -> float:
-    return round(time.perf_counter() - t0, 3)
+@dataclass(frozen=True, eq=False)
+class Round:
+    """What one round has so far: its designs, plan, predicted rates `[T, N]` and measured
+    counts `[R, T, N]` per plan index (empty before the presentations)."""
 
-
-def heldout_source(protocol: ClosedLoopProtocol | Any, twin: Twin) -> tuple[Path, str]:
-    """The held-out recording and segment (default: the twin's own training recording)."""
-    data = protocol.evaluation.data or twin_training_recording(twin, "[evaluation] data")
-    if not Path(data).is_file():
-        raise FileNotFoundError(f"held-out recording {data} not found (set [evaluation] data in the protocol)")
-    with open_recording(data) as rec:
-        names = [s.name for s in rec.segments]
-    segment = protocol.evaluation.segment
-    if segment not in names:
-        raise InsilicoError(f"held-out segment {segment!r} is not in {data} (segments: {', '.join(names)})")
-    train_segments = twin.metadata.training.get("train_segments") or []
-    try:
-        trained_on = twin_training_recording(twin, "[evaluation] data")
-    except InsilicoError:
-        trained_on = None  # gone: then it cannot be the held-out recording named here
-    if trained_on is not None and trained_on.resolve() == Path(data).resolve() and segment in train_segments:
-        raise InsilicoError(f"held-out segment {segment!r} is one the twin was trained on: choose another")
-    return Path(data), segment
-
-
-def twin_training_recording(twin: Twin, setting: str) -> Path:
-    """The twin's training recording, found where it was stored (or moved to the current folder).
-
-    `setting` is the protocol key that names another recording instead, for the error.
-    """
-    try:
-        data = locate_training_data(twin.metadata.training)
-    except TrainingDataMissing as err:
-        raise InsilicoError(f"{err}: set {setting} in the protocol") from None
-    if data is None:
-        raise InsilicoError(f"the twin does not name its training recording: set {setting} in the protocol")
-    return data
-
-
-def evaluation_record(twin: Twin, data: Path, segment: str, cache: FeatureCache) -> dict[str, Any]:
-    t0 = time.perf_counter()
-    ev = evaluate_twin(twin, data, segment, cache=cache)
-    summary = ev.to_json_dict()
-    return {"data": str(data), "segment": segment, "cc_mean": summary["cc_mean"], "feve_mean": summary["feve_mean"],
-            "cc": [float(c) for c in ev.metrics.cc], "seconds": _seconds_since(t0)}
-
-
-def finetune_config(plan: FinetunePlan) -> TrainConfig:
-    # No early stopping inside a round: the protocol names the epochs.
-    return TrainConfig(epochs=plan.epochs, window=plan.window, lr=plan.lr, warmup_epochs=plan.warmup_epochs,
-                       batch_size=plan.batch_size, readout_only=plan.readout_only, seed=plan.seed,
-                       patience=plan.epochs + 1, final_lr=min(1e-4, plan.lr))
-
-
-def val_fraction_for(recordings: list[tuple[Path, list[str]]], window: int) -> float:
-    """Hold out 10% for validation only if every segment stays long enough to train on.
-
-    Presented clips are short (one design each): carving validation frames from them would
-    leave nothing of the window length to learn from, so then all frames train.
-    """
-    for path, segments in recordings:
-        with open_recording(path) as rec:
-            if any(rec.segment(s).n_frames < 4 * window for s in segments):
-                return 0.0
-    return 0.1
+    k: int
+    model: Path
+    items: list[DesignItem]
+    plan: list[PlanEntry]
+    predicted: dict[int, np.ndarray]
+    measured: dict[int, np.ndarray] = field(default_factory=dict)
 
 
 class ClosedLoop:
@@ -187,26 +137,23 @@ class ClosedLoop:
         twin = self._load(model)
         items = self._design(k, twin)
         plan = self._plan(k, items)
-        predicted = self._predict(k, twin, plan)
-        self._show_rows(k, items, plan, predicted, {})
-        measured = self._present(k, items, plan, predicted)
+        r = Round(k, model, items, plan, self._predict(k, twin, plan))
+        self._show_rows(r)
+        r = self._present(r)
         if self.nwb is not None:
             designs = round_designs(items, plan, self.state.get(k, "presented", {}), model)
             write_session_nwb(self.paths.session(k), self.nwb, designs)
         self._finetune(k, model)
         self._evaluate(k)
-        return self._summarise(k, model, items, plan, predicted, measured)
+        return self._summarize(r)
 
     # --- steps -------------------------------------------------------------------------------------
-    def _design(self, k: int, twin: Twin) -> list[dict[str, Any]]:
+    def _design(self, k: int, twin: Twin) -> list[DesignItem]:
         if self.state.done(k, "design"):
-            return self.state.record(k, "design")
+            return [DesignItem.from_json(d) for d in self.state.record(k, "design")]
         d = self.p.design
-        settings = DesignSettings(window_frames=d.window_frames, gradient=GradientConfig(steps=d.steps),
-                                  trials=d.comparison_trials, cmaes_trials=max(1, d.comparison_trials // 2),
-                                  comparison_trials=d.comparison_trials, natural_top_k=d.natural_top_k)
         rdir = self.paths.round_dir(k)
-        items = []
+        items: list[DesignItem] = []
         # One call per objective designs every target: the natural-clip screen (the twin over
         # the whole training movie) is built once per call, not once per cell.
         for n, objective in enumerate(d.objectives, 1):
@@ -216,65 +163,65 @@ class ClosedLoop:
                                f"cells {', '.join(map(str, d.cells))}")
                 t0 = time.perf_counter()
                 starts = self._starts(k, objective)
-                results = optimize_cells(twin, list(d.cells), rdir / "designs" / objective, method=d.method,
-                                         n_frames=d.n_frames, objective=objective, rms_contrast=d.rms_contrast,
-                                         seeds=d.seeds, settings=settings, cache=self.cache,
-                                         progress=self.view.progress, starts=starts)
-                records = []
-                for r in results:
-                    files = {role: str(r.paths[role].relative_to(self.paths.out)) for role in ROLES if role in r.paths}
-                    records.append({
-                        "cell": r.cell_id, "cell_index": r.cell_index, "objective": objective,
-                        "window": list(r.window), "files": files, "design_predicted": r.predicted,
-                        "rms_contrast": r.budget.rms, "method": r.method, "seconds": round(r.seconds, 3),
-                        "refined_from": str(starts[r.cell_id]) if r.cell_id in starts else None,
-                        "twin_accuracy": None if (acc := twin.metadata.cell_accuracy(r.cell_id)) is None
-                        else acc.to_json(),
-                    })
-                    known = "" if acc is None else f"; {acc.describe()}" + ("" if acc.known else " (twin does not know it)")
-                    self.view.note(f"round {k}: cell {r.cell_id} {objective}: predicted design "
-                                   f"{r.predicted['design']:.3f}, natural {r.predicted['natural']:.3f}, "
-                                   f"parametric {r.predicted.get('parametric', float('nan')):.3f}{known}")
-                self.state.mark(k, key, {"items": records, "seconds": _seconds_since(t0)})
-            items.extend(self.state.record(k, key)["items"])
-        self.state.mark(k, "design", items)
+                results = optimize_cells(twin, list(d.cells), rdir / "designs" / objective, d.settings_for(objective),
+                                         cache=self.cache, progress=self.view.progress, starts=starts)
+                records = [self._item(k, twin, objective, r, starts) for r in results]
+                self.state.mark(k, key, {"items": [r.to_json() for r in records], "seconds": seconds_since(t0)})
+            items.extend(DesignItem.from_json(x) for x in self.state.record(k, key)["items"])
+        self.state.mark(k, "design", [item.to_json() for item in items])
         return items
+
+    def _item(self, k: int, twin: Twin, objective: str, r: DesignResult, starts: dict[int, Path]) -> DesignItem:
+        """The design item of one result, said in the live view."""
+        acc = twin.metadata.cell_accuracy(r.cell_id)
+        item = DesignItem(
+            cell=r.cell_id, cell_index=r.cell_index, objective=objective, window=tuple(r.window),
+            files={role: str(r.paths[role].relative_to(self.paths.out)) for role in ROLES if role in r.paths},
+            design_predicted=r.predicted, rms_contrast=r.budget.rms, method=r.method, seconds=round(r.seconds, 3),
+            refined_from=str(starts[r.cell_id]) if r.cell_id in starts else None,
+            twin_accuracy=None if acc is None else acc.to_json())
+        known = "" if acc is None else f"; {acc.describe()}" + ("" if acc.known else " (twin does not know it)")
+        self.view.note(f"round {k}: cell {r.cell_id} {objective}: predicted design "
+                       f"{r.predicted['design']:.3f}, natural {r.predicted['natural']:.3f}, "
+                       f"parametric {r.predicted.get('parametric', float('nan')):.3f}{known}")
+        return item
 
     def _starts(self, k: int, objective: str) -> dict[int, Path]:
         """With `design.refine`, round k-1's design files of this objective, per cell."""
         if not self.p.design.refine or k == 1:
             return {}
-        return {item["cell"]: self.paths.out / item["files"]["design"] for item in self.state.record(k - 1, "design")
-                if item["objective"] == objective}
+        earlier = (DesignItem.from_json(d) for d in self.state.record(k - 1, "design"))
+        return {item.cell: self.paths.out / item.files["design"] for item in earlier if item.objective == objective}
 
-    def _plan(self, k: int, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _plan(self, k: int, items: list[DesignItem]) -> list[PlanEntry]:
         """Distinct clips to show, in order; each lists the (item, role) pairs it serves."""
         if self.state.done(k, "plan"):
-            return self.state.record(k, "plan")
+            return [PlanEntry.from_json(e) for e in self.state.record(k, "plan")]
         from rig_bridge.protocol import stimulus_id
 
         roles = ("design", *self.p.design.controls)
-        plan: list[dict[str, Any]] = []
-        by_id: dict[str, dict[str, Any]] = {}
+        order: list[str] = []
+        first: dict[str, tuple[str, int]] = {}  # stimulus id -> (file, frames)
+        uses: dict[str, list[tuple[int, str]]] = {}
         for i, item in enumerate(items):
             for role in roles:
-                if role not in item["files"]:
+                if role not in item.files:
                     continue
-                frames, rate = self._frames(item["files"][role])
+                frames, rate = self._frames(item.files[role])
                 sid = stimulus_id(frames, rate)
-                if sid not in by_id:
-                    by_id[sid] = {"index": len(plan), "file": item["files"][role], "stimulus_id": sid,
-                                  "n_frames": int(frames.shape[0]), "uses": []}
-                    plan.append(by_id[sid])
-                by_id[sid]["uses"].append([i, role])
-        self.state.mark(k, "plan", plan)
+                if sid not in first:
+                    order.append(sid)
+                    first[sid] = (item.files[role], int(frames.shape[0]))
+                uses.setdefault(sid, []).append((i, role))
+        plan = [PlanEntry(n, first[sid][0], sid, first[sid][1], tuple(uses[sid])) for n, sid in enumerate(order)]
+        self.state.mark(k, "plan", [e.to_json() for e in plan])
         return plan
 
     def _frames(self, rel: str) -> tuple[np.ndarray, float]:
         with open_recording(self.paths.out / rel) as rec:
             return np.asarray(rec.frames()), float(rec.frame_rate)
 
-    def _predict(self, k: int, twin: Twin, plan: list[dict[str, Any]]) -> dict[int, np.ndarray]:
+    def _predict(self, k: int, twin: Twin, plan: list[PlanEntry]) -> dict[int, np.ndarray]:
         path = self.paths.round_dir(k) / "predicted.npz"
         if self.state.done(k, "predict") and path.is_file():
             with np.load(path) as z:
@@ -282,7 +229,7 @@ class ClosedLoop:
         self.view.step(f"round {k}/{self.p.rounds}: the twin predicts {len(plan)} clips")
         t0 = time.perf_counter()
         response = TwinResponse([twin], lead_in=None)  # the whole receptive field of grey before each clip
-        clips = {e["index"]: self._frames(e["file"])[0] for e in plan}
+        clips = {e.index: self._frames(e.file)[0] for e in plan}
         out: dict[int, np.ndarray] = {}
         for length in sorted({len(c) for c in clips.values()}):
             same = [i for i, c in clips.items() if len(c) == length]  # one batched pass per clip length
@@ -290,33 +237,33 @@ class ClosedLoop:
         tmp = path.with_name(".predicted.part.npz")
         np.savez(tmp, **{f"p{i}": v for i, v in out.items()})
         tmp.replace(path)
-        self.state.mark(k, "predict", {"seconds": _seconds_since(t0)})
+        self.state.mark(k, "predict", {"seconds": seconds_since(t0)})
         return out
 
-    def _present(self, k: int, items, plan, predicted) -> dict[int, np.ndarray]:  # noqa: ANN001
-        """Measured spike counts `[R, T, N]` (one row per repeat) per plan index."""
+    def _present(self, r: Round) -> Round:
+        """The round with its measured spike counts `[R, T, N]` (one row per repeat) per plan index."""
+        k = r.k
         session = self.paths.session(k)
         reps, isi = self.p.presentation.repeats, self.p.presentation.isi_grey_frames
         shown = dict(self.state.get(k, "presented", {}))
         measured: dict[int, np.ndarray] = {}
         t0 = time.perf_counter()
-        for e in plan:
-            i = e["index"]
+        for e in r.plan:
+            i = e.index
             if str(i) not in shown:
-                self.view.step(f"round {k}/{self.p.rounds}: present {i + 1}/{len(plan)} ({reps} repeats) "
-                               f"{e['file']}")
-            frames, rate = self._frames(e["file"])
+                self.view.step(f"round {k}/{self.p.rounds}: present {i + 1}/{len(r.plan)} ({reps} repeats) {e.file}")
+            frames, rate = self._frames(e.file)
             result = present_planned(self.link, session, i, frames, rate, reps, isi)
             measured[i] = np.asarray(result.counts, dtype=np.float32)
             if str(i) not in shown:
                 shown[str(i)] = {"segment": result.segment, "stimulus_id": result.stimulus_id,
                                  "resumed": result.resumed}
                 self.state.mark(k, "presented", shown)
-            self._show_rows(k, items, plan, predicted, measured)
+            self._show_rows(replace(r, measured=measured))
         if not self.state.done(k, "present"):
             self.state.mark(k, "present", {"session": str(session.relative_to(self.paths.out)),
-                                           "presentations": len(plan), "seconds": _seconds_since(t0)})
-        return measured
+                                           "presentations": len(r.plan), "seconds": seconds_since(t0)})
+        return replace(r, measured=measured)
 
     def _finetune(self, k: int, model: Path) -> None:
         if self.state.done(k, "finetune"):
@@ -325,12 +272,7 @@ class ClosedLoop:
         twin = self._load(model)
         recordings: list[tuple[Path, list[str]]] = []
         if f.include_training_data:
-            data = twin_training_recording(twin, "[finetune] include_training_data = false")
-            segments = list(twin.metadata.training.get("train_segments") or [])
-            if not segments:
-                raise InsilicoError("the twin does not name its training segments: set [finetune] "
-                                    "include_training_data = false in the protocol")
-            recordings.append((data, segments))
+            recordings.append(training_recording_and_segments(twin, "[finetune] include_training_data = false"))
         for j in range(1, k + 1):
             with open_recording(self.paths.session(j)) as rec:
                 recordings.append((self.paths.session(j), [s.name for s in rec.segments]))
@@ -349,14 +291,15 @@ class ClosedLoop:
                             focus=focus, focus_weight=f.focus_weight, progress=self.view.progress)
         self.state.mark(k, "finetune", {"model": str(self.paths.twin(k).relative_to(self.paths.out)),
                                         "mode": f.mode, "epochs_run": run.result.epochs_run,
-                                        "final_loss": run.result.train_loss[-1], "seconds": _seconds_since(t0)})
+                                        "final_loss": run.result.train_loss[-1], "seconds": seconds_since(t0)})
 
     def _focus(self, k: int) -> list[LossFocus]:
         """Round k's session: each target cell over its objective window, in every clip shown for it."""
-        items, plan = self.state.record(k, "design"), self.state.record(k, "plan")
+        items = [DesignItem.from_json(d) for d in self.state.record(k, "design")]
+        plan = [PlanEntry.from_json(e) for e in self.state.record(k, "plan")]
         shown = self.state.get(k, "presented", {})
-        return [LossFocus(shown[str(e["index"])]["segment"], items[i]["cell_index"], *items[i]["window"])
-                for e in plan for i, _ in e["uses"]]
+        return [LossFocus(shown[str(e.index)]["segment"], items[i].cell_index, *items[i].window)
+                for e in plan for i, _ in e.uses]
 
     def _evaluate(self, k: int) -> None:
         if self.state.done(k, "evaluate"):
@@ -367,22 +310,16 @@ class ClosedLoop:
         self.view.note(f"round {k}: held-out CC {record['cc_mean']:.3f} (start "
                        f"{self.state.record(0, 'baseline')['cc_mean']:.3f})")
 
-    def _summarise(self, k: int, model: Path, items, plan, predicted, measured) -> Path:  # noqa: ANN001
-        rows = response_rows(items, plan, predicted, measured)
-        traces = {}
-        for n, r in enumerate(rows):
-            e = plan[r["plan_index"]]
-            ci = items[r["item"]]["cell_index"]
-            traces[f"pred_{n}"] = predicted[e["index"]][:, ci]
-            traces[f"meas_{n}"] = np.nanmean(measured[e["index"]][:, :, ci], axis=0)
+    def _summarize(self, r: Round) -> Path:
+        """`summary.json` and `traces.npz` of a finished round (the report reads them)."""
+        k = r.k
+        rows = response_rows(r.items, r.plan, r.predicted, r.measured)
         rdir = self.paths.round_dir(k)
-        tmp = rdir / ".traces.part.npz"
-        np.savez(tmp, **traces)
-        tmp.replace(rdir / "traces.npz")
+        self._write_traces(rdir / "traces.npz", r, rows)
         steps = {s: self.state.get(k, s) for s in ("predict", "present", "finetune", "evaluate")}
         design_seconds = sum(self.state.record(k, f"design:{o}")["seconds"] for o in self.p.design.objectives)
         summary = {
-            "round": k, "model": str(model), "finetuned_model": str(self.paths.twin(k)),
+            "round": k, "model": str(r.model), "finetuned_model": str(self.paths.twin(k)),
             "session": str(self.paths.session(k)), "rows": rows,
             "design_error": design_error(rows), "measured_by_role": by_role(rows, "measured"),
             "predicted_by_role": by_role(rows, "predicted"),
@@ -390,7 +327,7 @@ class ClosedLoop:
             "predicted_by_objective": by_objective(rows, "predicted"),
             "heldout": {key: steps["evaluate"][key] for key in ("cc_mean", "feve_mean", "segment")},
             "heldout_baseline": self.state.record(0, "baseline")["cc_mean"],
-            "target_accuracy": {str(it["cell"]): it.get("twin_accuracy") for it in items},
+            "target_accuracy": {str(it.cell): it.twin_accuracy for it in r.items},
             "seconds": {"design": round(design_seconds, 3), "predict": steps["predict"]["seconds"],
                         "present": steps["present"]["seconds"], "finetune": steps["finetune"]["seconds"],
                         "evaluate": steps["evaluate"]["seconds"]},
@@ -401,11 +338,24 @@ class ClosedLoop:
         self._show_summary(k)
         return path
 
+    @staticmethod
+    def _write_traces(path: Path, r: Round, rows: list[dict]) -> None:
+        """Per row, the predicted `[T]` and repeat-mean measured `[T]` trace of its target cell."""
+        traces = {}
+        for n, row in enumerate(rows):
+            e = r.plan[row["plan_index"]]
+            ci = r.items[row["item"]].cell_index
+            traces[f"pred_{n}"] = r.predicted[e.index][:, ci]
+            traces[f"meas_{n}"] = np.nanmean(r.measured[e.index][:, :, ci], axis=0)
+        tmp = path.with_name(".traces.part.npz")
+        np.savez(tmp, **traces)
+        tmp.replace(path)
+
     # --- live view ---------------------------------------------------------------------------------
-    def _show_rows(self, k: int, items, plan, predicted, measured) -> None:  # noqa: ANN001
-        current = [ResponseRow(k, r["cell"], r["objective"], r["role"], r["predicted"], r["measured"])
-                   for r in response_rows(items, plan, predicted, measured)]
-        self.rows = [r for r in self.rows if r.round_index != k] + current
+    def _show_rows(self, r: Round) -> None:
+        current = [ResponseRow(r.k, x["cell"], x["objective"], x["role"], x["predicted"], x["measured"])
+                   for x in response_rows(r.items, r.plan, r.predicted, r.measured)]
+        self.rows = [x for x in self.rows if x.round_index != r.k] + current
         self.view.set_rows(self.rows)
 
     def _show_summary(self, k: int) -> None:
@@ -418,86 +368,3 @@ class ClosedLoop:
         err = s["design_error"]["mae"]
         self.view.note(f"round {k}: twin error on its designs {err:.3f} spikes/bin; held-out CC "
                        f"{s['heldout']['cc_mean']:.3f}")
-
-
-# --- figures of a round (pure functions, shared with the report) -------------------------------------
-def response_rows(items: list[dict[str, Any]], plan: list[dict[str, Any]], predicted: dict[int, np.ndarray],
-                  measured: dict[int, np.ndarray]) -> list[dict[str, Any]]:
-    """Per (target cell, objective, role): predicted and measured rates over the window.
-
-    `predicted` holds rates `[T, N]` per plan index, `measured` spike counts `[R, T, N]` (NaN
-    for repeats not shown) of the clips shown so far. Each row has the target's window mean
-    (`predicted`, `measured`, and `measured_sem` over repeats) and its `*_margin`: the target's
-    window mean minus that of the strongest other cell, which is what a discriminative design
-    is for (> 0: the target leads the population).
-    """
-    rows = []
-    for e in plan:
-        for i, role in e["uses"]:
-            item = items[i]
-            a, b = item["window"]
-            ci = item["cell_index"]
-            pred = predicted[e["index"]][a:b].mean(axis=0)
-            row = {
-                "item": i, "plan_index": e["index"], "cell": item["cell"], "objective": item["objective"], "role": role,
-                "window": [a, b], "file": e["file"], "predicted": float(pred[ci]),
-                "predicted_margin": margin(pred, ci), "measured": None, "measured_sem": None, "measured_margin": None,
-            }
-            counts = measured.get(e["index"])
-            if counts is not None:
-                per_repeat = counts[:, a:b].mean(axis=1)  # [R, N]
-                shown = per_repeat[~np.isnan(per_repeat[:, ci])]
-                if not len(shown):
-                    rows.append(row)
-                    continue
-                mean = shown.mean(axis=0)
-                row.update(measured=float(mean[ci]), measured_margin=margin(mean, ci),
-                           measured_sem=float(shown[:, ci].std(ddof=1) / np.sqrt(len(shown))) if len(shown) > 1
-                           else None)
-            rows.append(row)
-    rows.sort(key=lambda r: (r["item"], ROLES.index(r["role"])))
-    return rows
-
-
-def margin(rates: np.ndarray, cell_index: int) -> float:
-    """`rates[cell] - max(rates of the other cells)` for window-mean rates `[N]`."""
-    others = np.delete(np.asarray(rates, dtype=np.float64), cell_index)
-    return float(rates[cell_index] - others.max()) if others.size else float(rates[cell_index])
-
-
-def yardstick(row: dict[str, Any], what: str) -> float | None:
-    """What the row's objective asks of the target: its rate, or its margin when discriminative."""
-    return row[f"{what}_margin"] if row["objective"] == "discriminative" else row[what]
-
-
-def design_error(rows: list[dict[str, Any]]) -> dict[str, float]:
-    """The twin's error predicting the measured response to its own designs (window means).
-
-    `mae`: mean |predicted - measured| (spikes / bin); `relative`: that over the mean measured.
-    """
-    pairs = [(r["predicted"], r["measured"]) for r in rows if r["role"] == "design" and r["measured"] is not None]
-    if not pairs:
-        return {"mae": float("nan"), "relative": float("nan"), "n": 0}
-    p, m = np.array(pairs).T
-    mae = float(np.abs(p - m).mean())
-    return {"mae": mae, "relative": mae / max(float(m.mean()), 1e-9), "n": len(pairs)}
-
-
-def by_objective(rows: list[dict[str, Any]], what: str) -> dict[str, dict[str, float]]:
-    """Per objective and role, the mean over targets of its `yardstick` ("predicted" or "measured")."""
-    out: dict[str, dict[str, float]] = {}
-    for objective in dict.fromkeys(r["objective"] for r in rows):
-        values = {role: [yardstick(r, what) for r in rows if r["objective"] == objective and r["role"] == role]
-                  for role in ROLES}
-        out[objective] = {role: float(np.mean(v)) for role, v in values.items() if v and None not in v}
-    return out
-
-
-def by_role(rows: list[dict[str, Any]], what: str) -> dict[str, float]:
-    """Mean over targets of the window-mean response, per role (design vs controls)."""
-    out = {}
-    for role in ROLES:
-        values = [r[what] for r in rows if r["role"] == role and r[what] is not None]
-        if values:
-            out[role] = float(np.mean(values))
-    return out

@@ -9,6 +9,7 @@ Every stage is resumable: run the same command again after an interruption.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -22,8 +23,18 @@ from pathlib import Path
 import numpy as np
 
 from insilico.console import console, progress
+from insilico.design.settings import DESIGN_PRESETS, DesignSettings, design_settings
+from insilico.loop.protocol import (
+    CONTROLS,
+    ClosedLoopProtocol,
+    DesignPlan,
+    EvaluationPlan,
+    FinetunePlan,
+    Presentation,
+    protocol_digest,
+)
 from insilico.loop.runner import RunOutcome, run_protocol
-from insilico.loop.state import write_json_atomic
+from insilico.loop.state import STATE_FILE, write_json_atomic
 from insilico.simulate import SimulationConfig
 from rig_bridge.transport import free_port
 from vist_model.accuracy import KNOWS_CELL_CC
@@ -31,7 +42,11 @@ from vist_model.accuracy import KNOWS_CELL_CC
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """Sizes of the demo, chosen to finish in minutes on 2 CPU cores."""
+    """Sizes of the demo, chosen to finish in minutes on 2 CPU cores.
+
+    The closed loop's settings are the protocol's own records (`design`, `presentation`,
+    `finetune`, `evaluation`), built here as objects: `demo_protocol` puts them together.
+    """
 
     simulation: SimulationConfig = SimulationConfig(
         n_cells=20, size=32, seed=0, train_seconds=45.0, test_seconds=10.0, noise_seconds=30.0)
@@ -49,57 +64,30 @@ class DemoConfig:
     extra_cells: int = 1
     objectives: tuple[str, ...] = ("increase", "discriminative")
     rounds: int = 2
-    n_frames: int = 45
-    seeds: int = 1
-    steps: int = 4
-    comparison_trials: int = 4
-    natural_top_k: int = 4
-    repeats: int = 5
-    finetune_mode: str = "readout"
-    finetune_epochs: int = 2
-    finetune_batch_size: int = 16
-    session_share: float | None = None  # see FinetunePlan.session_share
-    focus_weight: float = 1.0  # see FinetunePlan.focus_weight
-    refine: bool = True  # see DesignPlan.refine (protocols/mei_closed_loop.toml: measured)
+    # The demo preset of the design settings; round 1 starts from grey as the demo always has
+    # (`start = "auto"`, the default, would start from the STA: the sim records white noise).
+    design: DesignSettings = design_settings(**DESIGN_PRESETS["demo"], start="grey")
+    refine: bool = True  # see DesignPlan.refine (protocols/mei_closed_loop.toml)
+    presentation: Presentation = Presentation(repeats=5, isi_grey_frames=30)
+    finetune: FinetunePlan = FinetunePlan(mode="readout", epochs=2, batch_size=16, window=40, lr=1e-3,
+                                          warmup_epochs=0, include_training_data=True)
+    evaluation: EvaluationPlan = EvaluationPlan(segment="mov2")
 
 
-PROTOCOL_TEMPLATE = """\
-# Written by `insilico demo`: the closed loop on the simulated retina (see protocols/mei_closed_loop.toml).
-kind = "mei_closed_loop"
-description = "insilico demo: {rounds} rounds on a small simulated retina at reduced settings for 2 CPU cores ({n_cells} cells, {train_seconds:g} s of training movie, {train_epochs} training epochs, {seeds} seed and {steps} steps per design, {finetune_epochs} fine-tuning epochs, {finetune_mode}): it shows the loop working, its numbers are not measurements (README: benchmarks/closed_loop.py for those)"
-rounds = {rounds}
-
-[design]
-cells = {cells}
-objectives = {objectives}
-controls = ["natural", "parametric"]
-method = "gradient"
-n_frames = {n_frames}
-window_frames = 3
-seeds = {seeds}
-steps = {steps}
-comparison_trials = {comparison_trials}
-natural_top_k = {natural_top_k}
-device = "cpu"
-refine = {refine}
-
-[presentation]
-repeats = {repeats}
-isi_grey_frames = 30
-
-[finetune]
-mode = "{finetune_mode}"
-epochs = {finetune_epochs}
-batch_size = {finetune_batch_size}
-window = 40
-lr = 1e-3
-warmup_epochs = 0
-include_training_data = true
-focus_weight = {focus_weight}
-{session_share_line}
-[evaluation]
-segment = "mov2"
-"""
+def demo_protocol(c: DemoConfig, cells: list[int], where: Path) -> ClosedLoopProtocol:
+    """The demo's closed-loop protocol for its target `cells`, as an object (no file)."""
+    s = c.simulation
+    description = (f"insilico demo: {c.rounds} rounds on a small simulated retina at reduced settings for 2 CPU "
+                   f"cores ({s.n_cells} cells, {s.train_seconds:g} s of training movie, {c.train_epochs} training "
+                   f"epochs, {len(c.design.seeds)} seed and {c.design.gradient.steps} steps per design, "
+                   f"{c.finetune.epochs} fine-tuning epochs, {c.finetune.mode}): it shows the loop working, its "
+                   "numbers are not measurements (benchmarks/closed_loop.py for those)")
+    design = DesignPlan(cells=tuple(cells), objectives=c.objectives, controls=CONTROLS, settings=c.design,
+                        device="cpu", refine=c.refine)
+    protocol = ClosedLoopProtocol(path=where, digest="", description=description, rounds=c.rounds,
+                                  presentation=c.presentation, design=design, finetune=c.finetune,
+                                  evaluation=c.evaluation)
+    return replace(protocol, digest=protocol_digest(protocol))
 
 
 @contextmanager
@@ -186,19 +174,11 @@ def run_demo(out_dir: str | Path = "demo", config: DemoConfig | None = None, *, 
         console.print(f"[yellow]note[/]: the twin predicts cell {cell} poorly (held-out CC "
                       f"{cc[twin.metadata.cell_index(cell)]:.2f} < {KNOWS_CELL_CC}); it designs for the cells it "
                       "predicts best instead")
-    protocol = out / "demo_protocol.toml"
-    text = PROTOCOL_TEMPLATE.format(
-        rounds=c.rounds, cells=list(cells), n_cells=c.simulation.n_cells, train_seconds=c.simulation.train_seconds,
-        train_epochs=c.train_epochs, objectives=list(c.objectives).__repr__().replace("'", '"'),
-        n_frames=c.n_frames, seeds=c.seeds, steps=c.steps, comparison_trials=c.comparison_trials,
-        natural_top_k=c.natural_top_k, refine=str(c.refine).lower(), repeats=c.repeats, finetune_mode=c.finetune_mode,
-        finetune_epochs=c.finetune_epochs, finetune_batch_size=c.finetune_batch_size, focus_weight=c.focus_weight,
-        session_share_line="" if c.session_share is None else f"session_share = {c.session_share}\n")
-    if not protocol.is_file() or protocol.read_text() != text:
-        if (out / "exp" / "state.json").is_file():
-            console.print(f"[yellow]note[/]: {protocol} changed; the closed loop in {out / 'exp'} starts over")
-            _clear_loop(out / "exp")
-        protocol.write_text(text)
+    protocol = demo_protocol(c, cells, Path("insilico demo"))
+    state = out / "exp" / STATE_FILE
+    if state.is_file() and json.loads(state.read_text()).get("protocol_digest") != protocol.digest:
+        console.print(f"[yellow]note[/]: the demo's settings changed; the closed loop in {out / 'exp'} starts over")
+        _clear_loop(out / "exp")
     console.print(f"target cells: {', '.join(map(str, cells))} (the twin's held-out CC "
                   + ", ".join(f"{cc[twin.metadata.cell_index(x)]:.2f}" for x in cells) + ")")
     _stage(timings, "pick target cells", t0)

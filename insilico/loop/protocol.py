@@ -20,6 +20,13 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from insilico.design.settings import (
+    SETTING_NAMES,
+    DesignSettingError,
+    DesignSettings,
+    default,
+    design_settings,
+)
 from insilico.errors import InsilicoError
 
 KINDS = ("characterize", "mei_closed_loop", "finetune")
@@ -61,23 +68,25 @@ class CharacterizeStimulus:
 
 @dataclass(frozen=True)
 class DesignPlan:
-    """What a closed-loop round designs for each target cell."""
+    """What a closed-loop round designs for each target cell.
+
+    `settings` are the design settings of `insilico optimize` (`insilico.design.settings`):
+    every one of them is a key of the `[design]` table, with the same name and default
+    (`seeds` as a count); `settings.objective` is set per objective of `objectives`.
+    """
 
     cells: tuple[int, ...]
     objectives: tuple[str, ...] = OBJECTIVES
     controls: tuple[str, ...] = CONTROLS
-    method: str = "gradient"
-    n_frames: int = 60
-    window_frames: int = 3
-    seeds: int = 4
-    steps: int = 12
-    comparison_trials: int = 16
-    natural_top_k: int = 8
-    rms_contrast: float | None = None  # None: the training movies' RMS contrast
+    settings: DesignSettings = field(default_factory=DesignSettings)
     device: str = "auto"
     # From round 2 on, each gradient design starts from the cell's design of the round before
-    # (which the twin has since learned the measured response to) instead of from grey.
+    # (which the twin has since learned the measured response to) instead of `settings.start`.
     refine: bool = False
+
+    def settings_for(self, objective: str) -> DesignSettings:
+        """The settings of this round's designs for one objective."""
+        return replace(self.settings, objective=objective)
 
 
 @dataclass(frozen=True)
@@ -265,6 +274,18 @@ def _stimulus(t: _Table, default_repeats: int) -> CharacterizeStimulus:
     return s
 
 
+# The TOML type of the design settings whose default (None) does not say it.
+_SETTING_KINDS: dict[str, type | tuple[type, ...]] = {"rms_contrast": float, "storage": str, "cmaes_trials": int,
+                                                       "seeds": int}
+
+
+def _setting_kind(name: str) -> type | tuple[type, ...]:
+    if name in _SETTING_KINDS:
+        return _SETTING_KINDS[name]
+    value = default(name)
+    return list if isinstance(value, tuple) else type(value)
+
+
 def _design(t: _Table) -> DesignPlan:
     d = DesignPlan
     cells = t.get("cells", list)
@@ -272,27 +293,24 @@ def _design(t: _Table) -> DesignPlan:
         raise t._fail("cells", f"must be a non-empty list of cell ids (integers), got {cells!r}")
     if len(set(cells)) != len(cells):
         raise t._fail("cells", "lists a cell twice")
-    rms = t.get("rms_contrast", float, None, check=lambda c: 0 < c < 0.5, rule="must be in (0, 0.5)")
+    # Every design setting but `objective` (one per entry of `objectives`), checked by the settings themselves.
+    names = [name for name in SETTING_NAMES if name != "objective"]
+    given = {name: t.get(name, _setting_kind(name)) for name in names if name in t.data}
+    t.used.update(names)  # known keys, given or not (for the unknown-key message)
+    try:
+        settings = design_settings(**given)
+    except DesignSettingError as err:
+        raise t._fail(err.setting, err.problem) from None
     plan = DesignPlan(
         cells=tuple(cells),
         objectives=t.str_list("objectives", OBJECTIVES, d.objectives),
         controls=t.str_list("controls", CONTROLS, d.controls),
-        method=t.get("method", str, d.method, check=lambda m: m in ("gradient", "optuna", "both"),
-                     rule="must be gradient, optuna or both"),
-        n_frames=t.get("n_frames", int, d.n_frames, check=_positive, rule="must be >= 1"),
-        window_frames=t.get("window_frames", int, d.window_frames, check=_positive, rule="must be >= 1"),
-        seeds=t.get("seeds", int, d.seeds, check=_positive, rule="must be >= 1"),
-        steps=t.get("steps", int, d.steps, check=_non_negative, rule="must be >= 0"),
-        comparison_trials=t.get("comparison_trials", int, d.comparison_trials, check=_positive, rule="must be >= 1"),
-        natural_top_k=t.get("natural_top_k", int, d.natural_top_k, check=_positive, rule="must be >= 1"),
-        rms_contrast=rms,
+        settings=settings,
         device=t.get("device", str, d.device),
         refine=t.get("refine", bool, d.refine),
     )
-    if plan.refine and plan.method == "optuna":
+    if plan.refine and plan.settings.method == "optuna":
         raise t._fail("refine", "refines gradient designs: needs method gradient or both")
-    if plan.window_frames > plan.n_frames:
-        raise t._fail("window_frames", f"{plan.window_frames} exceeds n_frames {plan.n_frames}")
     t.done()
     return plan
 
@@ -373,8 +391,8 @@ def load_protocol(path: str | Path) -> Protocol:
         rounds = top.get("rounds", int, check=_positive, rule="must be >= 1")
         design = _design(top.table("design", required=True))
         finetune = _finetune(top.table("finetune"))
-        if design.n_frames < finetune.window:
-            raise ProtocolError(f"{path}: design.n_frames ({design.n_frames}) must be >= finetune.window "
+        if design.settings.n_frames < finetune.window:
+            raise ProtocolError(f"{path}: design.n_frames ({design.settings.n_frames}) must be >= finetune.window "
                                 f"({finetune.window}): the twin learns from windows of the presented clips")
         protocol = ClosedLoopProtocol(path, digest, description, rounds, _presentation(top.table("presentation")),
                                       design, finetune, _evaluation(top.table("evaluation")))
@@ -390,6 +408,14 @@ def load_protocol(path: str | Path) -> Protocol:
                                     _evaluation(top.table("evaluation")))
     top.done()
     return replace(protocol, notes=_defaulted_tables(protocol, data))
+
+
+def protocol_digest(protocol: Protocol) -> str:
+    """The digest of a protocol built in code (the demo's): its settings, as a file's digest is its bytes."""
+    import json
+
+    fields_ = {k: v for k, v in asdict(protocol).items() if k not in ("path", "digest", "notes")}
+    return hashlib.sha256(json.dumps(fields_, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _defaulted_tables(protocol: Protocol, data: Mapping[str, Any]) -> tuple[str, ...]:

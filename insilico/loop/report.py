@@ -21,10 +21,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from insilico.loop.closed_loop import ROLES  # noqa: E402
+from insilico.loop.records import ROLES  # noqa: E402
 from vist_model.files import atomic_write_text  # noqa: E402
 
-ROLE_COLOURS = {"design": "#d62728", "natural": "#1f77b4", "parametric": "#2ca02c"}
+ROLE_COLORS = {"design": "#d62728", "natural": "#1f77b4", "parametric": "#2ca02c"}
 
 
 def _png(fig: plt.Figure) -> str:
@@ -87,10 +87,10 @@ def overview_figure(rounds: list[dict[str, Any]], baseline_cc: float | None) -> 
     # Each objective by what it asks: an increase design by the target's rate, a
     # discriminative one by how far the target leads the other cells.
     for ax, objective in zip(axes[1:], objectives, strict=False):
-        for role, colour in ROLE_COLOURS.items():
+        for role, color in ROLE_COLORS.items():
             values = [r["measured_by_objective"].get(objective, {}).get(role) for r in rounds]
             if any(v is not None for v in values):
-                ax.plot(ks, [np.nan if v is None else v for v in values], "o-", color=colour, label=role)
+                ax.plot(ks, [np.nan if v is None else v for v in values], "o-", color=color, label=role)
         if objective == "discriminative":
             ax.axhline(0, color="grey", lw=0.8)
         else:
@@ -128,7 +128,7 @@ def traces_figure(summary: dict[str, Any], frame_rate: float | None = None) -> s
         pred, meas = traces[f"pred_{n}"], traces[f"meas_{n}"]
         t = np.arange(len(pred))
         ax.plot(t, meas, color="k", lw=1, label="measured (trial mean)")
-        ax.plot(t, pred, color=ROLE_COLOURS["design"], lw=1.2, label="predicted")
+        ax.plot(t, pred, color=ROLE_COLORS["design"], lw=1.2, label="predicted")
         a, b = r["window"]
         ax.axvspan(a - 0.5, b - 0.5, color="gold", alpha=0.3, lw=0)
         ax.set_title(f"cell {r['cell']} · {r['objective']}", fontsize=9)
@@ -148,15 +148,15 @@ def controls_figure(summary: dict[str, Any]) -> str | None:
         return None
     fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(items)), 3.2))
     width = 0.13
-    for j, (role, colour) in enumerate(ROLE_COLOURS.items()):
+    for j, (role, color) in enumerate(ROLE_COLORS.items()):
         for n, key in enumerate(items):
             match = [r for r in summary["rows"] if (r["cell"], r["objective"]) == key and r["role"] == role]
             if not match:
                 continue
             x = n + (j - 1) * 2 * width
-            ax.bar(x - width / 2, match[0]["measured"] or 0.0, width, color=colour,
+            ax.bar(x - width / 2, match[0]["measured"] or 0.0, width, color=color,
                    label=f"{role} measured" if n == 0 else None)
-            ax.bar(x + width / 2, match[0]["predicted"], width, color="white", edgecolor=colour, hatch="//",
+            ax.bar(x + width / 2, match[0]["predicted"], width, color="white", edgecolor=color, hatch="//",
                    label=f"{role} predicted" if n == 0 else None)
     ax.set_xticks(range(len(items)), [f"cell {c}\n{o}" for c, o in items], fontsize=8)
     ax.set_ylabel("mean rate over window (spikes/bin)")

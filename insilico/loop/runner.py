@@ -11,17 +11,17 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from insilico.console import console
 from insilico.errors import InsilicoError
 from insilico.loop.archive import nwb_metadata, write_session_nwb
 from insilico.loop.characterize import render
-from insilico.loop.closed_loop import (
-    ClosedLoop,
+from insilico.loop.evaluation import (
     evaluation_record,
     finetune_config,
     heldout_source,
-    twin_training_recording,
+    training_recording_and_segments,
     val_fraction_for,
 )
 from insilico.loop.live import LiveView
@@ -30,13 +30,16 @@ from insilico.loop.protocol import (
     CharacterizeProtocol,
     ClosedLoopProtocol,
     FinetuneProtocol,
+    Protocol,
     load_protocol,
 )
 from insilico.loop.rig_link import RigLink
 from insilico.loop.state import RunState, write_json_atomic
 from stimuli.nwb import NwbSessionMetadata
 from stimuli.recording import open_recording
-from vist_model.features import FeatureCache
+
+if TYPE_CHECKING:
+    from vist_model.features import FeatureCache
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,7 @@ class RunOutcome:
 
 
 def run_protocol(
-    protocol_path: str | Path,
+    protocol_path: str | Path | Protocol,
     model: str | Path | None,
     rig: str | None,
     out_dir: str | Path,
@@ -67,7 +70,7 @@ def run_protocol(
     """Run or resume a protocol.
 
     Args:
-        protocol_path: TOML file (`protocols/*.toml`).
+        protocol_path: TOML file (`protocols/*.toml`), or a protocol built in code (the demo's).
         model: the twin's run folder (closed loop, fine-tuning); unused by `characterize`.
         rig: rig server address `tcp://HOST:PORT` (closed loop, characterize).
         out_dir: the experiment folder; rerun with the same arguments to resume.
@@ -80,16 +83,22 @@ def run_protocol(
             (`session.nwb` beside `session.h5`; see `insilico.loop.archive`).
     """
     t0 = time.perf_counter()
-    protocol = load_protocol(protocol_path)
+    protocol = protocol_path if isinstance(protocol_path, Protocol) else load_protocol(protocol_path)
     archive = nwb_metadata(nwb) if nwb is not None else None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    from vist_model.features import (
+        FeatureCache,  # torch: loaded when a protocol runs, not on import
+    )
+
     cache = FeatureCache(Path(feature_cache) if feature_cache else out / "features")
     link = RigLink(rig, Path(keys) if keys else None, insecure=insecure, timeout_s=timeout_s)
-    view = LiveView(f"{protocol.kind} · {Path(protocol_path).name}", enabled=live)
+    view = LiveView(f"{protocol.kind} · {protocol.path.name}", enabled=live)
     try:
         with view:
             if isinstance(protocol, ClosedLoopProtocol):
+                from insilico.loop.closed_loop import ClosedLoop
+
                 model_path = _need_model(model)
                 summaries = ClosedLoop(protocol, model_path, out, link, view, cache, nwb=archive).run()
                 view.step("writing the report")
@@ -184,8 +193,7 @@ def run_finetune(protocol: FinetuneProtocol, model: Path, data: str | Path | Non
     f = protocol.finetune
     recordings: list[tuple[Path, list[str]]] = [(session, segments)]
     if f.include_training_data:
-        recordings.insert(0, (twin_training_recording(twin, "[finetune] include_training_data = false"),
-                              list(twin.metadata.training["train_segments"])))
+        recordings.insert(0, training_recording_and_segments(twin, "[finetune] include_training_data = false"))
     if not state.done(0, "finetune"):
         view.step(f"fine-tune ({f.mode}, {f.epochs} epochs) on {session}")
         t0 = time.perf_counter()

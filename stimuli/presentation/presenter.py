@@ -29,7 +29,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Collection
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal
 
@@ -47,8 +47,6 @@ from stimuli.presentation.log import PresentationLog, find_dropped
 from stimuli.presentation.luminance import profile_lut
 from stimuli.presentation.rig_profile import RigProfile
 
-# How long a `slow_frames` entry stalls before its flip, in refresh periods.
-SLOW_FRAME_PERIODS = 3.0
 # Sleep until this close to a paced flip, then spin (sleep overshoots by ~0.1-1 ms).
 _SPIN_S = 0.002
 
@@ -162,53 +160,60 @@ class Presenter:
 
     # --- presentation ---------------------------------------------------------------------
     def present(self, frames: np.ndarray, frame_rate: float, *, capture: bool = False,
-                capture_region: Literal["screen", "stimulus"] = "screen",
-                slow_frames: Collection[int] = ()) -> PresentationLog:
+                capture_region: Literal["screen", "stimulus"] = "screen") -> PresentationLog:
         """Show frames `[T, H, W]` uint8 (designed grey levels) at `frame_rate` Hz.
 
         Each frame stays up for `refresh_rate / frame_rate` refreshes (must be a whole number).
         `capture=True` reads the back buffer before each frame's first flip into
         `log.captured`: the whole screen `[T, Hs, Ws]` (`capture_region="screen"`) or only the
         stimulus rectangle `[T, H*scale, W*scale]` (`"stimulus"`, for long movies), plus the
-        photodiode patch level into `log.photodiode`. `slow_frames` (testing) stalls
-        `SLOW_FRAME_PERIODS` refresh periods before those frames' flips, as a busy machine would.
+        photodiode patch level into `log.photodiode`.
         """
+        frames = self._checked(frames, capture_region)                        # 1. check
+        show = self._prepare(frames, frame_rate, capture, capture_region)     # 2. textures and buffers
+        lead_in, end = self._show(frames, show)                               # 3. the flips
+        return self._log(show, frame_rate, lead_in, end, capture, capture_region)  # 4. timing log
+
+    def _checked(self, frames: np.ndarray, capture_region: str) -> np.ndarray:
         if self._win is None:
             raise RuntimeError("the presenter is not open: use `with Presenter(profile) as p:`")
         frames = np.asarray(frames)
         if frames.ndim != 3 or frames.dtype != np.uint8:
             raise ValueError(f"frames must be [T, H, W] uint8, got {list(frames.shape)} {frames.dtype}")
-        n_frames, height, width = frames.shape
-        if n_frames < 1:
+        if frames.shape[0] < 1:
             raise ValueError("frames holds no frame")
-        p = self.profile
-        n_per = p.refreshes_per_frame(frame_rate)
-        slow = set(int(i) for i in slow_frames)
-        if any(not 0 <= i < n_frames for i in slow):
-            raise ValueError(f"slow_frames {sorted(slow)} lie outside 0..{n_frames - 1}")
-        rect = stimulus_rect(p, height, width)
         if capture_region not in ("screen", "stimulus"):
             raise ValueError(f"capture_region must be 'screen' or 'stimulus', got {capture_region!r}")
+        return frames
+
+    def _prepare(self, frames: np.ndarray, frame_rate: float, capture: bool, capture_region: str) -> _Showing:
+        from psychopy import visual
+
+        p = self.profile
+        n_frames, height, width = frames.shape
+        n_per = p.refreshes_per_frame(frame_rate)
+        rect = stimulus_rect(p, height, width)
         hs, ws = p.screen_shape
         region = Rect(0, 0, ws, hs) if capture_region == "screen" else rect
         patch = photodiode_rect(p)
+        lut = profile_lut(p)
+        image = visual.ImageStim(
+            self._win, image=self._texture(frames[0], lut), size=(rect.w, rect.h),
+            pos=self._centre(rect), units="pix", interpolate=False, colorSpace="rgb",
+            color=(1.0, 1.0, 1.0), autoLog=False)
+        return _Showing(
+            image=image, lut=lut, n_per=n_per, rect=rect, region=region, patch=patch, screen_height=hs,
+            captured=np.empty((n_frames, region.h, region.w), dtype=np.uint8) if capture else None,
+            photodiode=np.empty(n_frames, dtype=np.uint8) if capture and patch is not None else None,
+            refresh_abs=np.empty(n_frames * n_per, dtype=np.float64))
 
+    def _show(self, frames: np.ndarray, show: _Showing) -> tuple[float, float]:
+        """Every refresh of every frame; returns the lead-in and closing flips' times."""
         from psychopy import logging as plog
-        from psychopy import visual
 
         clock = plog.defaultClock
         win = self._win
-        lut = profile_lut(p)
-        image = visual.ImageStim(
-            win, image=self._texture(frames[0], lut), size=(rect.w, rect.h),
-            pos=self._centre(rect), units="pix", interpolate=False, colorSpace="rgb",
-            color=(1.0, 1.0, 1.0), autoLog=False)
-        period = p.refresh_period_s
-        captured = np.empty((n_frames, region.h, region.w), dtype=np.uint8) if capture else None
-        photodiode = np.empty(n_frames, dtype=np.uint8) if capture and patch is not None else None
-        refresh_abs = np.empty(n_frames * n_per, dtype=np.float64)
-
-        pacer = _VsyncPacer(clock, period) if self.pace else None
+        pacer = _VsyncPacer(clock, self.profile.refresh_period_s) if self.pace else None
 
         def flip() -> float:
             if pacer is not None:
@@ -226,21 +231,20 @@ class Presenter:
             self._draw_patch(PHOTODIODE_OFF)
             lead_in = flip()
             k = 0
-            for i in range(n_frames):
+            for i in range(len(frames)):
                 if i > 0:
-                    image.image = self._texture(frames[i], lut)
+                    show.image.image = self._texture(frames[i], show.lut)
                 level = photodiode_level(i)
-                for r in range(n_per):
-                    image.draw()
+                for r in range(show.n_per):
+                    show.image.draw()
                     self._draw_patch(level)
                     if r == 0:
-                        if captured is not None:
-                            captured[i] = _read_back_buffer(region, hs)
-                        if photodiode is not None:
-                            photodiode[i] = np.round(_read_back_buffer(patch, hs).mean())
-                        if i in slow:
-                            time.sleep(SLOW_FRAME_PERIODS * period)
-                    refresh_abs[k] = flip()
+                        if show.captured is not None:
+                            show.captured[i] = _read_back_buffer(show.region, show.screen_height)
+                        if show.photodiode is not None:
+                            show.photodiode[i] = np.round(_read_back_buffer(show.patch, show.screen_height).mean())
+                        self._frame_drawn(i)
+                    show.refresh_abs[k] = flip()
                     k += 1
             # Closing flip: the last frame leaves the screen at a logged time.
             self._draw_patch(PHOTODIODE_OFF)
@@ -248,23 +252,30 @@ class Presenter:
         finally:
             if gc_was_enabled:
                 gc.enable()
+        return lead_in, end
 
+    def _frame_drawn(self, index: int) -> None:
+        """Called once frame `index` is drawn, before its first flip (nothing here; a busy machine stalls)."""
+
+    def _log(self, show: _Showing, frame_rate: float, lead_in: float, end: float, capture: bool,
+             capture_region: str) -> PresentationLog:
+        p = self.profile
+        refresh_abs, n_per = show.refresh_abs, show.n_per
         origin = float(refresh_abs[0])
-        dropped = find_dropped(refresh_abs, lead_in, n_per, p.refresh_rate_hz)
         return PresentationLog(
-            frame_index=np.arange(n_frames, dtype=np.int64),
+            frame_index=np.arange(len(refresh_abs) // n_per, dtype=np.int64),
             flip_time=np.ascontiguousarray(refresh_abs[::n_per]) - origin,
             refresh_time=refresh_abs - origin,
-            dropped=dropped,
+            dropped=find_dropped(refresh_abs, lead_in, n_per, p.refresh_rate_hz),
             refresh_rate_hz=p.refresh_rate_hz,
             frame_rate_hz=float(frame_rate),
             n_refreshes_per_frame=n_per,
             clock_origin=origin,
             end_time=end - origin,
-            stimulus_rect=rect,
+            stimulus_rect=show.rect,
             paced=self.pace,
-            photodiode=photodiode,
-            captured=captured,
+            photodiode=show.photodiode,
+            captured=show.captured,
             capture_region=capture_region if capture else None,
         )
 
@@ -277,6 +288,22 @@ class Presenter:
             value = float(level_to_rgb(np.uint8(level)))
             self._patch.fillColor = (value, value, value)
             self._patch.draw()
+
+
+@dataclass(frozen=True, eq=False)
+class _Showing:
+    """One presentation's stimulus, geometry and buffers (filled in while it is shown)."""
+
+    image: Any  # the PsychoPy ImageStim
+    lut: np.ndarray
+    n_per: int  # refreshes per frame
+    rect: Rect  # the stimulus on the screen
+    region: Rect  # what a capture reads
+    patch: Rect | None  # the photodiode patch
+    screen_height: int
+    captured: np.ndarray | None  # [T, h, w] uint8
+    photodiode: np.ndarray | None  # [T] uint8
+    refresh_abs: np.ndarray  # [T * n_per] flip times, the presentation clock
 
 
 class _VsyncPacer:
