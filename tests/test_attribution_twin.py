@@ -150,4 +150,4 @@ def test_command_line(tiny_twin_dir: Path, tiny_recording: Path, tmp_path: Path)
         assert f["clips/gap"].shape == (1,) and np.isfinite(f["clips/gap"][:]).all()
     bad = runner.invoke(app, ["attribute", "--model", str(tiny_twin_dir), "--data", str(tiny_recording),
                               "--cell", "3", "--ig-steps", "0", "--out", str(tmp_path)])
-    assert bad.exit_code == 2 and "ig_steps" in bad.output
+    assert bad.exit_code == 2 and "--ig-steps" in bad.output
