@@ -231,6 +231,10 @@ class Twin:
         if path.is_dir():
             path = path / "model.pt"
         if not path.is_file():
+            if (path.parent / "core.json").is_file():  # vist_model.multi.CORE_INDEX
+                names = sorted(p.name for p in path.parent.iterdir() if (p / "model.pt").is_file())
+                raise FileNotFoundError(f"{path.parent}: a core shared by recordings {', '.join(names)}: load one "
+                                        f"recording's twin, e.g. {path.parent / (names[0] if names else 'NAME')}")
             done = interrupted_epoch(path.parent)
             if done is not None:
                 raise FileNotFoundError(f"{path.parent}: a training run was interrupted here after epoch {done}: "
