@@ -25,6 +25,7 @@ from rig_bridge.cli import rig_app
 
 if TYPE_CHECKING:
     from stimuli.presentation.rig_profile import RigProfile
+    from vist_model.multi import SharedCoreRun
 
 app = typer.Typer(
     name="insilico",
@@ -89,7 +90,8 @@ def inspect(
 
 @app.command()
 def train(
-    data: Path = typer.Option(..., "--data", help="Recording-v1 file to train on."),
+    data: list[Path] = typer.Option(..., "--data", help="Recording-v1 file to train on; repeat it to train one core "
+                                    "on several recordings (a readout per recording, OUT/<file name>/model.pt each)."),
     train_segments: str = typer.Option("mov1", "--train", help="Training segments, comma-separated."),
     model: str = typer.Option("vist", "--model", help="vist, ln or cnn."),
     out: Path = typer.Option(..., "--out", help="Run folder: model.pt, train.json, loss_curve.png."),
@@ -114,11 +116,34 @@ def train(
     seed: int = typer.Option(0, help="Seed of the initial weights and of the training windows."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     noise_segment: str = typer.Option(None, help="White-noise segment for STA RFs when the file has no /cells/rf."),
+    core: Path = typer.Option(None, "--core", help="Fit the new recording onto this trained core (a run folder of "
+                              "`train --data A --data B`, or a Vi-ST twin): only its readout is trained, the core frozen."),
+    finetune_core: bool = typer.Option(False, "--finetune-core", help="With --core: then train the whole network a "
+                                       "few epochs at a small learning rate."),
 ) -> None:
-    """Train a twin (Vi-ST or a baseline) on a recording; resumes an interrupted run."""
+    """Train a twin (Vi-ST or a baseline) on a recording; resumes an interrupted run.
+
+    Several --data train one shared core; --core fits a new recording onto a trained core.
+    """
     with friendly_errors():
         # Every argument is checked before the recording is read or a backbone loaded.
-        checks.input_file(data, "--data", "recording")
+        for path in data:
+            checks.input_file(path, "--data", "recording")
+        if finetune_core and core is None:
+            raise InsilicoError("--finetune-core fine-tunes a core given with --core")
+        if core is not None or len(data) > 1:
+            given = [f for f, v in (("--readout", readout), ("--cmst-padding", cmst_padding), ("--output", output),
+                                    ("--spatial-kernel", spatial_kernel), ("--loss", loss)) if v is not None]
+            if model != "vist":
+                raise InsilicoError(f"--model {model}: a shared core is a Vi-ST core (--model vist)")
+            if core is not None and given:
+                raise InsilicoError(f"{', '.join(given)}: a twin fitted onto --core {core} takes its architecture "
+                                    "and loss from the core")
+        if core is not None:
+            if len(data) > 1:
+                raise InsilicoError("--core fits one new recording: give one --data")
+            if not core.exists():
+                raise FileNotFoundError(f"--core {core}: no such run folder or twin")
         segments = _names(train_segments, "--train")
         checks.one_of(model, ("vist", "ln", "cnn"), "--model")
         checks.one_of(preset, ("cpu", "vist"), "--preset")
@@ -145,6 +170,9 @@ def train(
         spec = TwinSpec(kind=model, preset=preset, backbone=backbone, rf_conditioning=rf_conditioning,
                         readout=readout, cmst_padding=cmst_padding, spatial_kernel=spatial_kernel,
                         output=output, loss=loss)
+        if core is not None:
+            _fit_on_core(core, data[0], segments, out, finetune_core, epochs, batch_size, seed, device, noise_segment)
+            return
         defaults = training_for(preset)
         cfg = replace(defaults, epochs=defaults.epochs if epochs is None else epochs,
                       batch_size=defaults.batch_size if batch_size is None else batch_size, swa=swa, seed=seed)
@@ -154,14 +182,23 @@ def train(
                           f"({out / 'train_state.pt'}); delete that file to start afresh")
         try:
             with progress() as bar:
-                run = train_twin(data, segments, out, spec=spec, config=cfg, device=device,
-                                 noise_segment=noise_segment, progress=bar)
+                if len(data) > 1:
+                    from vist_model.multi import train_shared_core
+
+                    shared = train_shared_core([(p, segments) for p in data], out, spec=spec, config=cfg,
+                                               device=device, noise_segment=noise_segment, progress=bar)
+                else:
+                    run = train_twin(data[0], segments, out, spec=spec, config=cfg, device=device,
+                                     noise_segment=noise_segment, progress=bar)
         except KeyboardInterrupt:
             done = interrupted_epoch(out)
             where = f"after epoch {done} of {cfg.epochs}" if done is not None else "before the first epoch ended"
             err_console.print(f"[yellow]interrupted[/] {where}: run the same command to "
                               + ("resume" if done is not None else "start again"))
             raise typer.Exit(code=130) from None
+        if len(data) > 1:
+            _report_shared_core(shared, out)
+            return
         meta = run.twin.metadata
         console.print(f"backbone: {meta.describe_backbone()}")
         console.print(f"receptive fields: {run.rf_source}")
@@ -257,6 +294,43 @@ def render(
         console.print(f"presented {len(log.flip_time)} frames at {log.frame_rate_hz:g} Hz "
                       f"({log.n_refreshes_per_frame} refreshes each); dropped: {log.n_dropped}")
         console.print(f"wrote [bold]{out}[/] (captured frames and /presentation flip log)")
+
+
+def _report_shared_core(shared: SharedCoreRun, out: Path) -> None:
+    r = shared.result
+    console.print(f"trained a core on {len(shared.core.names)} recordings: {_count(r.epochs_run, 'epoch')}, best "
+                  f"validation loss {r.best_val_loss:.4f} (epoch {r.best_epoch + 1}), {r.seconds:.0f} s")
+    for name in shared.core.names:
+        meta = shared.core.twin(name).metadata
+        acc = meta.accuracy
+        where = (f"held-out median CC {acc.median_cc():.2f} on {acc.segment}" if acc is not None and acc.n_frames
+                 else "no held-out accuracy")
+        console.print(f"  {name}: {meta.n_cells} cells (ids {name}:{meta.cell_ids[0]}...), {where} -> "
+                      f"{out / name / 'model.pt'}")
+    console.print(f"wrote [bold]{out / 'core.json'}[/]; design on one recording's cells with "
+                  f"`insilico optimize --model {out / shared.core.names[0]} --cell ID`, fit a new one with --core {out}")
+
+
+def _fit_on_core(core: Path, data: Path, segments: list[str], out: Path, finetune_core: bool, epochs: int | None,
+                 batch_size: int | None, seed: int, device: str, noise_segment: str | None) -> None:
+    """`insilico train --core`: a new recording's readout on a frozen core (then, optionally, everything)."""
+    from insilico.console import progress
+    from vist_model.core import CORE_FITTING, fit_on_core
+
+    cfg = replace(CORE_FITTING, epochs=epochs or CORE_FITTING.epochs,
+                  batch_size=batch_size or CORE_FITTING.batch_size, seed=seed)
+    with progress() as bar:
+        run = fit_on_core(core, data, segments, out, config=cfg, finetune_core=finetune_core, device=device,
+                          noise_segment=noise_segment, progress=bar)
+    meta, r = run.twin.metadata, run.result
+    stages = "readout on the frozen core" + (", then the whole network" if finetune_core else "")
+    console.print(f"receptive fields: {run.rf_source}")
+    console.print(f"fitted {meta.n_cells} cells onto {core} ({stages}): {_count(r.epochs_run, 'epoch')}, best "
+                  f"validation loss {r.best_val_loss:.4f}, {r.seconds:.0f} s")
+    acc = meta.accuracy
+    if acc is not None and acc.n_frames:
+        console.print(f"held-out accuracy on {acc.segment}: median CC {acc.median_cc():.2f}; stored in the checkpoint")
+    console.print(f"wrote [bold]{out / 'model.pt'}[/], {out / 'loss_curve.png'}")
 
 
 def _xvfb_size(rig: RigProfile) -> tuple[int, int]:

@@ -13,7 +13,7 @@ A run folder of a shared core holds one normal twin per recording (`OUT/<name>/m
 core and that recording's readout, its cells under their own ids) and `OUT/core.json` naming
 them. Cells are namespaced by recording as `name:id` (`SharedCoreTwin.cell_labels`,
 `SharedCoreTwin.locate("A:42")`); a stimulus is shown to one retina, so designing and
-attributing work on one recording's twin: `insilico optimize --twin OUT/A --cell 42`.
+attributing work on one recording's twin: `insilico optimize --model OUT/A --cell 42`.
 """
 
 from __future__ import annotations
@@ -62,8 +62,8 @@ from vist_model.train import (
 from vist_model.twin import Twin, build_network
 from vist_model.vist import ViST, ViSTConfig
 
-__all__ = ["CORE_INDEX", "CORE_MODULES", "SharedCoreRun", "SharedCoreTwin", "check_shareable", "copy_core",
-           "fit_shared", "recording_name", "tie_cores", "train_shared_core"]
+__all__ = ["CORE_INDEX", "CORE_MODULES", "SharedCoreRun", "SharedCoreTwin", "balanced_windows", "batch_order",
+           "check_shareable", "copy_core", "fit_shared", "recording_name", "tie_cores", "train_shared_core"]
 
 CORE_MODULES = ("tcn", "adaln", "cmst")
 """The submodules of `ViST` that make up the core; `readout` and the `rf_maps` buffer are per recording."""
@@ -331,15 +331,7 @@ def fit_shared(
     seed_everything(cfg.seed)
     optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.warmup_start_lr,
                                   weight_decay=cfg.weight_decay)
-    usable = {n: sum(len(b.inputs) for b in train[n] if window_starts(b, cfg.window)) for n in names}
-    for n in names:
-        if not usable[n]:
-            raise ValueError(f"recording {n!r}: no training block holds a {cfg.window}-frame window")
-    total = max(len(names), int(round(cfg.coverage * sum(usable.values()) / cfg.window)))
-    per = math.ceil(total / len(names))
-    # Coverage per recording such that each draws `per` windows (WindowDataset rounds coverage x frames / window).
-    data = {n: WindowDataset(train[n], window=cfg.window, seed=cfg.seed + k, coverage=per * cfg.window / usable[n])
-            for k, n in enumerate(names)}
+    data = balanced_windows(train, cfg)
     steps_per_epoch = sum(math.ceil(len(d) / cfg.batch_size) for d in data.values())
     bf16 = cfg.bf16 and device.type == "cuda"
     history_train: list[float] = []
@@ -370,10 +362,8 @@ def fit_shared(
             data[n].set_epoch(epoch)
             loaders[n] = iter(torch.utils.data.DataLoader(data[n], batch_size=cfg.batch_size,
                                                           num_workers=cfg.num_workers))
-        order = [n for n in names for _ in range(math.ceil(len(data[n]) / cfg.batch_size))]
-        np.random.default_rng((cfg.seed, epoch)).shuffle(order)
         losses = []
-        for n in order:
+        for n in batch_order(data, cfg.batch_size, cfg.seed, epoch):
             x, y, w = (t.to(device) for t in next(loaders[n]))
             for group in optimiser.param_groups:
                 group["lr"] = lr_at(step, steps_per_epoch, cfg)
@@ -408,6 +398,26 @@ def fit_shared(
     return TrainResult(train_loss=tuple(history_train), val_loss=tuple(history_val), best_epoch=best[1],
                        best_val_loss=best[0], epochs_run=len(history_train),
                        seconds=seconds_before + time.perf_counter() - t0, stopped_early=stopped_early)
+
+
+def balanced_windows(train: Mapping[str, Sequence[Block]], cfg: TrainConfig) -> dict[str, WindowDataset]:
+    """Each recording's windows: as many per recording, about `coverage` x (all frames / window) in all."""
+    usable = {n: sum(len(b.inputs) for b in blocks if window_starts(b, cfg.window)) for n, blocks in train.items()}
+    for n, frames in usable.items():
+        if not frames:
+            raise ValueError(f"recording {n!r}: no training block holds a {cfg.window}-frame window")
+    total = max(len(usable), int(round(cfg.coverage * sum(usable.values()) / cfg.window)))
+    per = math.ceil(total / len(usable))
+    # The coverage at which each recording draws `per` windows (WindowDataset rounds coverage x frames / window).
+    return {n: WindowDataset(train[n], window=cfg.window, seed=cfg.seed + k, coverage=per * cfg.window / usable[n])
+            for k, n in enumerate(train)}
+
+
+def batch_order(data: Mapping[str, WindowDataset], batch_size: int, seed: int, epoch: int) -> list[str]:
+    """Which recording each of an epoch's batches comes from, shuffled from `(seed, epoch)`."""
+    order = [n for n, d in data.items() for _ in range(math.ceil(len(d) / batch_size))]
+    np.random.default_rng((seed, epoch)).shuffle(order)
+    return order
 
 
 def _save_state(path: Path, state: dict) -> None:
