@@ -55,6 +55,11 @@ def test_shipped_protocols_load() -> None:
     assert loop.finetune.session_share == 0.5 and loop.finetune.focus_weight == 20.0 and loop.design.refine
     ft = load_protocol(PROTOCOLS / "finetune.toml")
     assert isinstance(ft, FinetuneProtocol) and ft.session is None and not ft.finetune.readout_only
+    new = load_protocol(PROTOCOLS / "new_retina.toml")  # step 1 of a new retina on a core (issue 19)
+    assert isinstance(new, CharacterizeProtocol)
+    assert [(s.name, s.family, s.repeats) for s in new.stimuli] == [
+        ("test_movie", "natural_movie", 5), ("white_noise", "white_noise", 1), ("train_movie", "natural_movie", 1)]
+    assert sum(s.seconds * s.repeats for s in new.stimuli) <= 7 * 60  # minutes, not an hour
 
 
 def test_defaults_fill_optional_tables(tmp_path: Path) -> None:

@@ -1,0 +1,126 @@
+"""A new retina on a trained core against twins trained from scratch (issue 19's "done when").
+
+A shared core is trained on some members of `insilico.simulate.retina_family(6, seed=0)` (the
+first `--core-members`); the last member is the new retina, simulated three times with the same
+retina and test movie and training movies of `--short` seconds (30), `--long` seconds (120) and
+its full family length. On each, on the held-out repeated movie `mov2`, per-cell CC / noise
+ceiling (median over cells whose ceiling is above `RELIABLE_CEILING`) and the wall time of:
+
+- `core+short`, `core+long`: the new retina fitted onto the core (readout only, core frozen);
+- `scratch+short`, `scratch+long`: a twin trained from scratch on the same data (`cpu` preset);
+- `scratch+full`: from scratch on the full recording.
+
+Done when: core+short >= 0.6 of the ceiling, >= 1.3 x scratch+short, in less time; core+long
+within 10 % of scratch+full.
+
+    python benchmarks/core_transfer.py --work W [--core-members 4] [--short 30] [--long 120] [--epochs 8]
+
+A reduced run for a smoke test (tiny members, few epochs; its figures prove the script runs,
+not the claim): `--smoke` (2 core members of 16 cells on 32 px, 20 s training each; the new
+member 16 cells with 10 s / 20 s / 40 s; 2 epochs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from insilico.simulate import SimulationConfig, retina_family, simulate_recording  # noqa: E402
+from vist_model.accuracy import HeldOutAccuracy  # noqa: E402
+from vist_model.core import CORE_FITTING, fit_on_core  # noqa: E402
+from vist_model.features import FeatureCache  # noqa: E402
+from vist_model.fit_twin import train_twin  # noqa: E402
+from vist_model.multi import train_shared_core  # noqa: E402
+from vist_model.train import CPU_TRAINING  # noqa: E402
+
+RELIABLE_CEILING = 0.5
+"""Cells whose noise ceiling on mov2 is below this are left out of the median (as unreliable)."""
+
+
+def normalised_cc(acc: HeldOutAccuracy) -> float:
+    """Median over reliable cells of CC / noise ceiling."""
+    ratios = [c.cc / c.noise_ceiling for c in acc.cells
+              if c.noise_ceiling is not None and c.noise_ceiling > RELIABLE_CEILING and np.isfinite(c.cc)]
+    return float(np.median(ratios)) if ratios else float("nan")
+
+
+def simulate(path: Path, config: SimulationConfig) -> Path:
+    return path if path.is_file() else simulate_recording(path, config)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--core-members", type=int, default=4)
+    parser.add_argument("--short", type=float, default=30.0)
+    parser.add_argument("--long", type=float, default=120.0)
+    parser.add_argument("--epochs", type=int, default=CPU_TRAINING.epochs)
+    parser.add_argument("--smoke", action="store_true", help="tiny members and 2 epochs: proves the script runs")
+    args = parser.parse_args()
+    family = retina_family(6, seed=0)
+    core_configs, new_config = family[:args.core_members], family[-1]
+    epochs, short, long = args.epochs, args.short, args.long
+    if args.smoke:
+        shrink = dict(n_cells=16, size=32, test_seconds=6.0, noise_seconds=20.0)
+        core_configs = [replace(c, train_seconds=20.0, **shrink) for c in family[:2]]
+        new_config = replace(new_config, train_seconds=40.0, **shrink)
+        epochs, short, long = 2, 10.0, 20.0
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    cache = FeatureCache(work / "features")
+    core_paths = [simulate(work / f"member{k}.h5", c) for k, c in enumerate(core_configs)]
+    new = {name: simulate(work / f"new_{name}.h5", replace(new_config, train_seconds=seconds))
+           for name, seconds in (("short", short), ("long", long), ("full", new_config.train_seconds))}
+    config = replace(CPU_TRAINING, epochs=epochs)
+    rows: dict[str, dict] = {}
+
+    t0 = time.perf_counter()
+    run = train_shared_core([(p, ["mov1"]) for p in core_paths], work / "core", config=config, device="cpu",
+                            cache=cache)
+    core_seconds = time.perf_counter() - t0
+    core_ratio = {n: normalised_cc(run.core.twin(n).metadata.accuracy) for n in run.core.names}
+    print(f"core on {len(core_paths)} members: {core_seconds:.0f} s; CC / ceiling per member {core_ratio}", flush=True)
+
+    def record(name: str, trained, seconds: float) -> None:
+        acc = trained.twin.metadata.accuracy
+        rows[name] = {"cc_over_ceiling": normalised_cc(acc), "median_cc": acc.median_cc(), "seconds": seconds,
+                      "epochs": trained.result.epochs_run}
+        print(f"{name:<14} CC / ceiling {rows[name]['cc_over_ceiling']:.3f}  median CC {acc.median_cc():.3f}  "
+              f"{seconds:.0f} s", flush=True)
+
+    for name in ("short", "long"):
+        t = time.perf_counter()
+        fitted = fit_on_core(work / "core", new[name], ["mov1"], work / f"core_{name}",
+                             config=replace(CORE_FITTING, epochs=epochs), device="cpu", cache=cache)
+        record(f"core+{name}", fitted, time.perf_counter() - t)
+    for name in ("short", "long", "full"):
+        t = time.perf_counter()
+        scratch = train_twin(new[name], ["mov1"], work / f"scratch_{name}", config=config, device="cpu", cache=cache)
+        record(f"scratch+{name}", scratch, time.perf_counter() - t)
+
+    checks = {
+        "core+short >= 0.6 of ceiling": rows["core+short"]["cc_over_ceiling"] >= 0.6,
+        "core+short >= 1.3 x scratch+short": rows["core+short"]["cc_over_ceiling"]
+        >= 1.3 * rows["scratch+short"]["cc_over_ceiling"],
+        "core+short faster than scratch+short": rows["core+short"]["seconds"] < rows["scratch+short"]["seconds"],
+        "core+long within 10 % of scratch+full": rows["core+long"]["cc_over_ceiling"]
+        >= 0.9 * rows["scratch+full"]["cc_over_ceiling"],
+    }
+    for claim, ok in checks.items():
+        print(f"{'yes' if ok else 'NO ':<4}{claim}")
+    summary = {"smoke": args.smoke, "core_members": [asdict(c) for c in core_configs], "new_member": asdict(new_config),
+               "short_seconds": short, "long_seconds": long, "epochs": epochs, "core_seconds": core_seconds,
+               "core_cc_over_ceiling": core_ratio, "rows": rows, "checks": checks}
+    (work / "core_transfer.json").write_text(json.dumps(summary, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
