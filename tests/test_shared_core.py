@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from insilico.cli import app
 from insilico.simulate import SimulationConfig, simulate_recording
 from stimuli.recording import open_recording
-from vist_model.core import CORE_FITTING, fit_on_core, load_core
+from vist_model.core import CORE_FITTING, _core_maps, _ReadoutOnMaps, fit_on_core, load_core
 from vist_model.data import Block
 from vist_model.features import FeatureCache
 from vist_model.multi import (
@@ -26,6 +26,7 @@ from vist_model.multi import (
 from vist_model.readout import grid_centres
 from vist_model.train import TrainConfig
 from vist_model.twin import Twin, build_network
+from vist_model.vist import ViST, vist_config
 
 # One epoch of short windows: the point is the wiring, not the fit.
 QUICK = TrainConfig(epochs=1, warmup_epochs=1, window=32, batch_size=4, coverage=1.0, bf16=False)
@@ -206,3 +207,17 @@ def test_fitted_twins_design_as_an_ensemble(core_dir: Path, fitted_dir: Path, ti
     results = optimize_cells(twins, [cell], tmp_path / "designs",
                              design_settings(method="gradient", n_frames=6, window_frames=2, seeds=1, steps=1))
     assert results[0].cell_id == cell and Path(results[0].paths["design"]).is_file()
+
+
+def test_the_readout_on_cached_maps_is_the_network(tmp_path: Path) -> None:
+    # The readout is fitted on the core's maps computed once, in chunks with their history:
+    # what it sees must be what the whole network computes in one pass.
+    net = ViST(vist_config("cpu", n_cells=3, in_channels=8, grid=4), torch.rand(3, 4, 4)).eval()
+    features = np.random.default_rng(0).standard_normal((150, 8, 4, 4)).astype(np.float32)
+    maps = _core_maps(net, features, tmp_path / "maps.npy", torch.device("cpu"), chunk=40)
+    with torch.no_grad():
+        on_maps = _ReadoutOnMaps(net)(torch.from_numpy(np.asarray(maps))[None])
+        whole = net(torch.from_numpy(features)[None])
+    assert torch.allclose(on_maps, whole, atol=1e-5)
+    assert [n for n, _ in _ReadoutOnMaps(net).named_parameters()] == ["readout.spatial", "readout.features",
+                                                                       "readout.bias"]

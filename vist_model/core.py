@@ -5,23 +5,28 @@ shared-core run (`vist_model.multi.train_shared_core`) or of any single-recordin
 whose core does not depend on its cells (`check_shareable`), builds a network for the new
 recording's cells (its RF maps condition AdaLN, and each cell's readout mask starts as a
 Gaussian at its recorded RF centre, `vist_model.readout.FactorizedReadout`), copies the core
-in bit for bit and trains the readout alone with the core frozen (weights, BatchNorm
-statistics and dropout). `finetune_core` then trains the whole network briefly at a small
+in bit for bit and trains the readout alone with the core frozen: the core's maps are
+computed once over the recording (eval mode: BatchNorm statistics and dropout frozen too) and
+the readout is trained on them, so a step costs a readout, not a pass through the core. `finetune_core` then trains the whole network briefly at a small
 learning rate. The result is a normal single-recording twin: `optimize`, `attribute` and
 `run` take it as they take any other.
 """
 
 from __future__ import annotations
 
+import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from rich.progress import Progress
+from torch import Tensor, nn
 
 from stimuli.recording import open_recording
-from vist_model.data import make_split
+from vist_model.data import Block, Rows, make_split, read_rows
 from vist_model.features import FeatureCache
 from vist_model.fit_twin import (
     TrainedRun,
@@ -37,12 +42,14 @@ from vist_model.provenance import data_record
 from vist_model.receptive_fields import receptive_fields
 from vist_model.train import CPU_TRAINING, TrainConfig, TrainResult, fit
 from vist_model.twin import Twin, TwinMetadata, build_network
+from vist_model.vist import ViST
 
 __all__ = ["CORE_FITTING", "CORE_FINETUNING", "LoadedCore", "fit_on_core", "load_core"]
 
-CORE_FITTING = replace(CPU_TRAINING, readout_only=True, lr=5e-3, final_lr=5e-4)
-"""Fitting a readout on a frozen core: the `cpu` preset's schedule at a higher peak rate (a
-readout is a few thousand parameters on features that are already good)."""
+CORE_FITTING = replace(CPU_TRAINING, epochs=20, coverage=16.0, lr=2e-2, final_lr=2e-3, patience=5)
+"""Fitting a readout on a frozen core's maps (computed once, `_fit_readout`): steps are cheap, so
+many more of them than the `cpu` preset's, at a higher rate (a readout is a few thousand
+parameters, starting from equal weights over the maps)."""
 
 CORE_FINETUNING = replace(CPU_TRAINING, epochs=4, warmup_epochs=1, lr=2e-4, final_lr=5e-5, patience=2)
 """The optional second stage (`finetune_core`): the whole network, a few epochs at a small rate."""
@@ -88,7 +95,7 @@ def fit_on_core(
     """Fit a new recording's readout onto a trained core; save the twin to `out_dir/model.pt`.
 
     Stages: load the core -> a network for the new cells, the core copied in -> fit the readout
-    with the core frozen (`config`, readout only) -> with `finetune_core`, train everything
+    on the frozen core's maps (`config`) -> with `finetune_core`, train everything
     (`finetune_config`) -> measure held-out accuracy -> save.
     """
     out = Path(out_dir)
@@ -119,9 +126,7 @@ def fit_on_core(
     loss = twin_loss(source.twin)
     stages: list[TrainResult] = []
     try:
-        stages.append(fit(twin.network, loss, train_blocks, val_blocks, replace(config, readout_only=True),
-                          device=dev, progress=progress))
-        _unfreeze(twin)
+        stages.append(_fit_readout(twin.network, loss, train_blocks, val_blocks, config, dev, out, progress))
         if finetune_core:
             stages.append(fit(twin.network, loss, train_blocks, val_blocks, replace(finetune_config, readout_only=False),
                               device=dev, progress=progress))
@@ -142,11 +147,61 @@ def fit_on_core(
     return TrainedRun(twin, result, split, out, rfs.source)
 
 
-def _unfreeze(twin: Twin) -> None:
-    # `fit` leaves the core's parameters with requires_grad off after a readout-only stage; the
-    # saved twin (and a fine-tuning stage after this one) is a normal network again.
-    for p in twin.network.parameters():
-        p.requires_grad_(True)
+class _ReadoutOnMaps(nn.Module):
+    """A network from its core's maps on: `maps [B, T, M, s, s] -> rates [B, T, N]` (readout and output).
+
+    Only the readout is a submodule (the core is held outside the module tree), so training
+    this trains the readout and nothing else.
+    """
+
+    def __init__(self, network: ViST) -> None:
+        super().__init__()
+        self.readout = network.readout
+        self._network = (network,)
+
+    def forward(self, maps: Tensor) -> Tensor:
+        return self._network[0].rates_from_maps(maps.permute(0, 2, 1, 3, 4))
+
+
+def _fit_readout(network: ViST, loss: nn.Module, train: list[Block], val: list[Block], config: TrainConfig,
+                 device: torch.device, out: Path, progress: Progress | None) -> TrainResult:
+    """Train the readout on the frozen core's maps, run once over the data instead of once per window.
+
+    The maps go to temporary files beside the run (memory does not grow with the recording) and
+    each is computed with the whole history before it (`_core_maps`), as `predict` runs the twin.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".core_maps-", dir=out) as tmp:
+        t0 = time.perf_counter()
+        maps = [replace(b, inputs=_core_maps(network, b.inputs, Path(tmp) / f"{k}.npy", device))
+                for k, b in enumerate([*train, *val])]
+        seconds = time.perf_counter() - t0
+        result = fit(_ReadoutOnMaps(network), loss, maps[:len(train)], maps[len(train):],
+                     replace(config, readout_only=False), device=device, progress=progress)
+        del maps  # the memory maps close before their folder goes
+    return replace(result, seconds=result.seconds + seconds)
+
+
+@torch.no_grad()
+def _core_maps(network: ViST, inputs: Rows, path: Path, device: torch.device, chunk: int = 512) -> np.ndarray:
+    """The core's maps `[t, M, s, s]` of a block of inputs `[t, ...]`, in a memory-mapped file.
+
+    Computed `chunk` frames at a time, each with the `receptive_field - 1` frames before it, so
+    the maps equal one causal pass over the whole block.
+    """
+    network.eval()
+    context = network.receptive_field - 1
+    n = len(inputs)
+    out: np.ndarray | None = None
+    for start in range(0, n, chunk):
+        lo = max(0, start - context)
+        x = torch.from_numpy(read_rows(inputs, lo, min(n, start + chunk)))[None].to(device)
+        m = network.maps(x)[0, :, start - lo:].permute(1, 0, 2, 3).float().cpu().numpy()
+        if out is None:
+            out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, *m.shape[1:]))
+        out[start:start + len(m)] = m
+    out.flush()
+    return out
 
 
 def _combined(stages: Sequence[TrainResult]) -> TrainResult:

@@ -255,6 +255,10 @@ class ViST(nn.Module):
 
     def forward(self, features: Tensor) -> Tensor:
         """Rates `[B, T, N]` from features `[B, T, C, grid, grid]`."""
+        return self.rates_from_maps(self.maps(features))
+
+    def maps(self, features: Tensor) -> Tensor:
+        """What the readout reads, `[B, M, T, side, side]`, from features `[B, T, C, grid, grid]`."""
         c, g = self.config.in_channels, self.config.grid
         if features.ndim != 5 or tuple(features.shape[2:]) != (c, g, g):
             raise ValueError(
@@ -265,8 +269,11 @@ class ViST(nn.Module):
         x = self.adaln(x, self.conditioning().to(x.dtype))
         if self.config.cmst_padding == "same" and self.config.cmst_trim:
             x = F.pad(x, (self.config.cmst_trim,) * 4)
-        x = self.cmst(x)
-        rates = self.readout(x)
+        return self.cmst(x)
+
+    def rates_from_maps(self, maps: Tensor) -> Tensor:
+        """Rates `[B, T, N]` (unclamped) from the maps `[B, M, T, side, side]` (the readout and output)."""
+        rates = self.readout(maps)
         return F.softplus(rates) if self.config.output == "softplus" else rates
 
     @torch.no_grad()
