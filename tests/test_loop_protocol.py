@@ -19,6 +19,7 @@ from insilico.loop.protocol import (
     CharacterizeProtocol,
     ClosedLoopProtocol,
     FinetuneProtocol,
+    NewRetinaProtocol,
     ProtocolError,
     load_protocol,
 )
@@ -55,11 +56,25 @@ def test_shipped_protocols_load() -> None:
     assert loop.finetune.session_share == 0.5 and loop.finetune.focus_weight == 20.0 and loop.design.refine
     ft = load_protocol(PROTOCOLS / "finetune.toml")
     assert isinstance(ft, FinetuneProtocol) and ft.session is None and not ft.finetune.readout_only
-    new = load_protocol(PROTOCOLS / "new_retina.toml")  # step 1 of a new retina on a core (issue 19)
-    assert isinstance(new, CharacterizeProtocol)
-    assert [(s.name, s.family, s.repeats) for s in new.stimuli] == [
+    new = load_protocol(PROTOCOLS / "new_retina.toml")  # a new retina on a core (issue 19)
+    assert isinstance(new, NewRetinaProtocol) and new.core.path is None and new.core.top_cells == 4
+    stimuli = new.characterize.stimuli
+    assert [(s.name, s.family, s.repeats) for s in stimuli] == [
         ("test_movie", "natural_movie", 5), ("white_noise", "white_noise", 1), ("train_movie", "natural_movie", 1)]
-    assert sum(s.seconds * s.repeats for s in new.stimuli) <= 7 * 60  # minutes, not an hour
+    assert sum(s.seconds * s.repeats for s in stimuli) <= 7 * 60  # minutes, not an hour
+    assert new.loop.design.cells == () and new.loop.rounds == 2 and new.loop.finetune.session_share == 0.5
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (("test = \"test_movie\"", "test = \"nothing\""), "core.test: must name a stimulus"),
+    (("test = \"test_movie\"", "test = \"train_movie\""), "is shown 1 time(s)"),
+    (("[core]\n", "[core]\ncolour = 1\n"), "core.colour: unknown key"),
+])
+def test_new_retina_refusals(tmp_path: Path, edit: tuple[str, str], message: str) -> None:
+    text = (PROTOCOLS / "new_retina.toml").read_text().replace(*edit)
+    with pytest.raises(ProtocolError) as err:
+        load_protocol(_write(tmp_path, text))
+    assert message in str(err.value)
 
 
 def test_defaults_fill_optional_tables(tmp_path: Path) -> None:

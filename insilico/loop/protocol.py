@@ -5,7 +5,10 @@ Three kinds, told apart by the top-level `kind` key:
 - `characterize`: a list of stimuli (white noise, chirp, moving bars, a natural movie) shown
   through the rig into one session file;
 - `mei_closed_loop`: rounds of design -> present -> record -> fine-tune -> re-evaluate;
-- `finetune`: fine-tune a twin on a session file and re-evaluate it.
+- `finetune`: fine-tune a twin on a session file and re-evaluate it;
+- `new_retina`: a short characterisation (as `characterize`), the new retina fitted onto a
+  trained core (`[core]`, `vist_model.core.fit_on_core`), then closed-loop rounds (as
+  `mei_closed_loop`) on the fitted twin, scored on the characterisation's repeated movie.
 
 Every table takes only the keys documented here: an unknown key (a typo, usually), a missing
 one or a value of the wrong type is a `ProtocolError` naming the file and the key.
@@ -29,7 +32,7 @@ from insilico.design.settings import (
 )
 from insilico.errors import InsilicoError
 
-KINDS = ("characterize", "mei_closed_loop", "finetune")
+KINDS = ("characterize", "mei_closed_loop", "finetune", "new_retina")
 FAMILIES = ("white_noise", "chirp", "moving_bars", "natural_movie")
 OBJECTIVES = ("increase", "discriminative")
 CONTROLS = ("natural", "parametric")
@@ -159,7 +162,37 @@ class FinetuneProtocol:
     notes: tuple[str, ...] = ()
 
 
-Protocol = CharacterizeProtocol | ClosedLoopProtocol | FinetuneProtocol
+@dataclass(frozen=True)
+class CorePlan:
+    """How a `new_retina` protocol fits the new retina onto a trained core.
+
+    `train`, `noise` and `test` name stimuli of the protocol: the readout is fitted on the
+    first's recorded segment, receptive fields come from the second's, and the fitted twin
+    (and each round's) is scored on the third's (shown with repeats). `top_cells`: when
+    `[design] cells` is empty, the rounds design for the cells the fitted twin predicts best.
+    """
+
+    path: Path | None = None  # None: given on the command line (`--model`)
+    train: str = "train_movie"
+    noise: str = "white_noise"
+    test: str = "test_movie"
+    finetune_core: bool = False
+    top_cells: int = 4
+
+
+@dataclass(frozen=True)
+class NewRetinaProtocol:
+    path: Path
+    digest: str
+    description: str
+    characterize: CharacterizeProtocol
+    core: CorePlan
+    loop: ClosedLoopProtocol  # its [evaluation] is the `test` stimulus's segment, filled in when it runs
+    kind: str = "new_retina"
+    notes: tuple[str, ...] = ()
+
+
+Protocol = CharacterizeProtocol | ClosedLoopProtocol | FinetuneProtocol | NewRetinaProtocol
 
 
 # --- checking ------------------------------------------------------------------------------------
@@ -286,10 +319,10 @@ def _setting_kind(name: str) -> type | tuple[type, ...]:
     return list if isinstance(value, tuple) else type(value)
 
 
-def _design(t: _Table) -> DesignPlan:
+def _design(t: _Table, cells_required: bool = True) -> DesignPlan:
     d = DesignPlan
-    cells = t.get("cells", list)
-    if not cells or not all(isinstance(c, int) and not isinstance(c, bool) for c in cells):
+    cells = t.get("cells", list) if cells_required else t.get("cells", list, [])
+    if not all(isinstance(c, int) and not isinstance(c, bool) for c in cells) or (cells_required and not cells):
         raise t._fail("cells", f"must be a non-empty list of cell ids (integers), got {cells!r}")
     if len(set(cells)) != len(cells):
         raise t._fail("cells", "lists a cell twice")
@@ -396,6 +429,8 @@ def load_protocol(path: str | Path) -> Protocol:
                                 f"({finetune.window}): the twin learns from windows of the presented clips")
         protocol = ClosedLoopProtocol(path, digest, description, rounds, _presentation(top.table("presentation")),
                                       design, finetune, _evaluation(top.table("evaluation")))
+    elif kind == "new_retina":
+        protocol = _new_retina(top, path, digest, description)
     else:
         data_table = top.table("data")
         session = data_table.get("session", str, None)
@@ -408,6 +443,41 @@ def load_protocol(path: str | Path) -> Protocol:
                                     _evaluation(top.table("evaluation")))
     top.done()
     return replace(protocol, notes=_defaulted_tables(protocol, data))
+
+
+def _new_retina(top: _Table, path: Path, digest: str, description: str) -> NewRetinaProtocol:
+    presentation = _presentation(top.table("presentation"))
+    stimuli = tuple(_stimulus(t, presentation.repeats) for t in top.tables("stimulus"))
+    names = [s.name for s in stimuli]
+    if len(set(names)) != len(names):
+        raise ProtocolError(f"{path}: stimulus names must be unique, got {names}")
+    t = top.table("core", required=True)
+    d = CorePlan
+    core_path = t.get("path", str, None)
+    plan = CorePlan(
+        path=Path(core_path) if core_path else None,
+        train=t.get("train", str, d.train, check=lambda n: n in names, rule=f"must name a stimulus ({', '.join(names)})"),
+        noise=t.get("noise", str, d.noise, check=lambda n: n in names, rule=f"must name a stimulus ({', '.join(names)})"),
+        test=t.get("test", str, d.test, check=lambda n: n in names, rule=f"must name a stimulus ({', '.join(names)})"),
+        finetune_core=t.get("finetune_core", bool, d.finetune_core),
+        top_cells=t.get("top_cells", int, d.top_cells, check=_positive, rule="must be >= 1"),
+    )
+    t.done()
+    by_name = {s.name: s for s in stimuli}
+    if by_name[plan.test].repeats < 2:
+        raise ProtocolError(f"{path}: [core] test = {plan.test!r} is shown {by_name[plan.test].repeats} time(s); a "
+                            "held-out score needs the stimulus repeated (repeats >= 2)")
+    if plan.test == plan.train:
+        raise ProtocolError(f"{path}: [core] test and train name the same stimulus {plan.test!r}")
+    rounds = top.get("rounds", int, check=_positive, rule="must be >= 1")
+    design = _design(top.table("design", required=True), cells_required=False)
+    finetune = _finetune(top.table("finetune"))
+    if design.settings.n_frames < finetune.window:
+        raise ProtocolError(f"{path}: design.n_frames ({design.settings.n_frames}) must be >= finetune.window "
+                            f"({finetune.window}): the twin learns from windows of the presented clips")
+    characterize = CharacterizeProtocol(path, digest, description, presentation, stimuli)
+    loop = ClosedLoopProtocol(path, digest, description, rounds, presentation, design, finetune, EvaluationPlan())
+    return NewRetinaProtocol(path, digest, description, characterize, plan, loop)
 
 
 def protocol_digest(protocol: Protocol) -> str:

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from insilico.console import console
 from insilico.errors import InsilicoError
 from insilico.loop.archive import nwb_metadata, write_session_nwb
@@ -29,7 +31,9 @@ from insilico.loop.presenting import present_planned
 from insilico.loop.protocol import (
     CharacterizeProtocol,
     ClosedLoopProtocol,
+    EvaluationPlan,
     FinetuneProtocol,
+    NewRetinaProtocol,
     Protocol,
     load_protocol,
 )
@@ -40,6 +44,7 @@ from stimuli.recording import open_recording
 
 if TYPE_CHECKING:
     from vist_model.features import FeatureCache
+    from vist_model.twin import Twin
 
 
 @dataclass(frozen=True)
@@ -107,6 +112,9 @@ def run_protocol(
                 report = write_report(out, protocol.description)
                 view.step("done")
                 return RunOutcome(protocol.kind, out, report, (*summaries, report), time.perf_counter() - t0)
+            if isinstance(protocol, NewRetinaProtocol):
+                files = run_new_retina(protocol, model, out, link, view, cache, nwb=archive)
+                return RunOutcome(protocol.kind, out, files[-1], files, time.perf_counter() - t0)
             if isinstance(protocol, CharacterizeProtocol):
                 files = run_characterize(protocol, out, link, view, nwb=archive)
                 return RunOutcome(protocol.kind, out, None, files, time.perf_counter() - t0)
@@ -165,6 +173,59 @@ def run_characterize(protocol: CharacterizeProtocol, out: Path, link: RigLink, v
         return session, path, write_session_nwb(session, nwb)
     view.step(f"done: {session}")
     return session, path
+
+
+def run_new_retina(protocol: NewRetinaProtocol, model: str | Path | None, out: Path, link: RigLink, view: LiveView,
+                   cache: FeatureCache, *, nwb: NwbSessionMetadata | None = None) -> tuple[Path, ...]:
+    """Characterise a new retina, fit it onto a trained core, then run the closed-loop rounds.
+
+    OUT/characterize/ holds the characterisation (as `characterize`), OUT/twin/ the fitted twin
+    (`vist_model.core.fit_on_core`; a rerun finding it skips the fit), OUT/loop/ the rounds and
+    their report (as `mei_closed_loop`).
+    """
+    from dataclasses import replace
+
+    from vist_model.core import fit_on_core
+
+    core = Path(model) if model is not None else protocol.core.path
+    if core is None:
+        raise InsilicoError(f"{protocol.path}: name the trained core in [core] path, or give --model RUN_DIR")
+    if not core.exists():
+        raise FileNotFoundError(f"core {core}: no such run folder or twin")
+    session, index_path = run_characterize(protocol.characterize, out, link, view, nwb=nwb)[:2]
+    index = json.loads(index_path.read_text(encoding="utf-8"))["stimuli"]
+    plan = protocol.core
+    segment = {name: index[name]["segment"] for name in (plan.train, plan.noise, plan.test)}
+    twin_dir = out / "twin"
+    if not (twin_dir / "model.pt").is_file():  # written last, by rename: there only once the fit finished
+        view.step(f"fit the new retina onto {core} (readout on {plan.train}, receptive fields from {plan.noise})")
+        fit_on_core(core, session, [segment[plan.train]], twin_dir, finetune_core=plan.finetune_core,
+                    noise_segment=segment[plan.noise], cache=cache, progress=view.progress)
+    from vist_model.twin import Twin
+
+    twin = Twin.load(twin_dir)
+    cells = protocol.loop.design.cells or _best_cells(twin, plan.top_cells)
+    view.note(f"fitted twin: held-out median CC {twin.metadata.accuracy.median_cc():.3f} on {plan.test}; designing "
+              f"for cells {', '.join(map(str, cells))}")
+    loop = replace(protocol.loop, design=replace(protocol.loop.design, cells=tuple(cells)),
+                   evaluation=EvaluationPlan(segment=segment[plan.test], data=session))
+    from insilico.loop.closed_loop import ClosedLoop
+    from insilico.loop.report import write_report
+
+    summaries = ClosedLoop(loop, twin_dir, out / "loop", link, view, cache, nwb=nwb).run()
+    view.step("writing the report")
+    report = write_report(out / "loop", protocol.description)
+    view.step("done")
+    return (session, index_path, twin_dir, *summaries, report)
+
+
+def _best_cells(twin: Twin, k: int) -> list[int]:
+    """The `k` cells the twin predicts best on its held-out segment (by CC)."""
+    acc = twin.metadata.accuracy
+    if acc is None or not acc.n_frames:
+        raise InsilicoError("the fitted twin has no held-out accuracy to choose cells by: name [design] cells")
+    known = sorted((c for c in acc.cells if np.isfinite(c.cc)), key=lambda c: -c.cc)
+    return [c.cell_id for c in known[:k]]
 
 
 def run_finetune(protocol: FinetuneProtocol, model: Path, data: str | Path | None, out: Path, view: LiveView,
