@@ -6,7 +6,8 @@ retina and test movie and training movies of `--short` seconds (30), `--long` se
 its full family length. On each, on the held-out repeated movie `mov2`, per-cell CC / noise
 ceiling (median over cells whose ceiling is above `RELIABLE_CEILING`) and the wall time of:
 
-- `core+short`, `core+long`: the new retina fitted onto the core (readout only, core frozen);
+- `core+short`, `core+long`: the new retina fitted onto the core (readout only, core frozen,
+  `vist_model.core.CORE_FITTING` as `insilico train --core` uses it, whatever `--epochs`);
 - `scratch+short`, `scratch+long`: a twin trained from scratch on the same data (`cpu` preset);
 - `scratch+full`: from scratch on the full recording.
 
@@ -17,7 +18,7 @@ within 10 % of scratch+full.
 
 A reduced run for a smoke test (tiny members, few epochs; its figures prove the script runs,
 not the claim): `--smoke` (2 core members of 16 cells on 32 px, 20 s training each; the new
-member 16 cells with 10 s / 20 s / 40 s; 2 epochs).
+member 16 cells with 10 s / 20 s / 40 s; 2 epochs for the core and the from-scratch twins).
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ def main() -> None:
     for name in ("short", "long"):
         t = time.perf_counter()
         fitted = fit_on_core(work / "core", new[name], ["mov1"], work / f"core_{name}",
-                             config=replace(CORE_FITTING, epochs=epochs), device="cpu", cache=cache)
+                             config=CORE_FITTING, device="cpu", cache=cache)
         record(f"core+{name}", fitted, time.perf_counter() - t)
     for name in ("short", "long", "full"):
         t = time.perf_counter()
