@@ -1,0 +1,92 @@
+"""`new_retina` against a simulated rig whose retina the core never saw: characterise, fit onto the core, design."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from insilico.loop.runner import run_protocol
+from rig_bridge.transport import free_port
+from vist_model.multi import CORE_MODULES
+from vist_model.twin import Twin
+
+# A characterisation, a fit and one round of design, presentation and fine-tuning: minutes.
+pytestmark = pytest.mark.slow
+
+PROTOCOL = """
+kind = "new_retina"
+rounds = 1
+[presentation]
+repeats = 1
+isi_grey_frames = 2
+[[stimulus]]
+name = "test_movie"
+family = "natural_movie"
+seconds = 3
+repeats = 3
+seed = 1
+[[stimulus]]
+name = "white_noise"
+family = "white_noise"
+seconds = 4
+[[stimulus]]
+name = "train_movie"
+family = "natural_movie"
+seconds = 8
+seed = 2
+[core]
+top_cells = 1
+[design]
+objectives = ["increase"]
+controls = ["natural"]
+method = "gradient"
+n_frames = 40
+window_frames = 2
+seeds = 1
+steps = 1
+natural_top_k = 1
+device = "cpu"
+"""
+
+
+@pytest.fixture()
+def unseen_retina_rig(tmp_path: Path) -> Iterator[str]:
+    # Seed 7: not the seed of the recording the core (the tiny twin) was trained on.
+    port = free_port()
+    cmd = [sys.executable, "-m", "rig_bridge.cli", "serve", "--backend", "sim", "--insecure", "--port", str(port),
+           "--store", str(tmp_path / "store"), "--sim-cells", "8", "--sim-size", "32", "--sim-seed", "7"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield f"tcp://127.0.0.1:{port}"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+
+
+def test_a_new_retina_is_characterised_fitted_and_designed_for(tmp_path: Path, unseen_retina_rig: str,
+                                                               tiny_twin_dir: Path) -> None:
+    protocol = tmp_path / "new_retina.toml"
+    protocol.write_text(PROTOCOL)
+    out = tmp_path / "exp"
+    outcome = run_protocol(protocol, tiny_twin_dir, unseen_retina_rig, out, insecure=True, timeout_s=60, live=False)
+    assert outcome.kind == "new_retina" and outcome.report is not None and outcome.report.is_file()
+    fitted = Twin.load(out / "twin")
+    assert fitted.metadata.n_cells == 8  # the rig's retina, not the core's 12 cells
+    assert fitted.metadata.training["core"]["path"] == str(tiny_twin_dir.resolve())
+    core = Twin.load(tiny_twin_dir).network.state_dict()
+    for k, v in fitted.network.state_dict().items():
+        if k.split(".")[0] in CORE_MODULES:
+            assert torch.equal(v, core[k]), k
+    index = json.loads((out / "characterize" / "stimuli.json").read_text())["stimuli"]
+    assert fitted.metadata.training["train_segments"] == [index["train_movie"]["segment"]]
+    assert fitted.metadata.accuracy.segment == index["test_movie"]["segment"]
+    summary = json.loads((out / "loop" / "round_1" / "summary.json").read_text())
+    assert summary  # the round ran on the fitted twin
+    assert (out / "loop" / "round_1" / "twin" / "model.pt").is_file()
