@@ -17,9 +17,11 @@ from insilico.errors import friendly_errors
 
 def run_command(
     protocol: str = typer.Argument(..., help="Protocol: a TOML file, or a shipped one by name (characterize, "
-                                   "mei_closed_loop, finetune)."),
-    model: Path = typer.Option(None, "--model", help="The twin's run folder (closed loop, fine-tuning)."),
-    rig: str = typer.Option(None, "--rig", help="Rig server address, tcp://HOST:PORT (closed loop, characterize)."),
+                                   "mei_closed_loop, finetune, new_retina)."),
+    model: Path = typer.Option(None, "--model", help="The twin's run folder (closed loop, fine-tuning); "
+                              "new_retina: the trained core."),
+    rig: str = typer.Option(None, "--rig", help="Rig server address, tcp://HOST:PORT (closed loop, characterize, "
+                           "new_retina)."),
     out: Path = typer.Option(Path("exp"), "--out", help="Experiment folder; the same command resumes it."),
     keys: Path = typer.Option(None, "--keys", help="CurveZMQ key folder (client.key_secret, server.key)."),
     insecure: bool = typer.Option(False, "--insecure", help="Plain TCP without CurveZMQ (loopback only)."),
