@@ -1,6 +1,6 @@
 """Experiment protocols: TOML files (shipped ones in `insilico/loop/protocols/`), checked on load.
 
-Three kinds, told apart by the top-level `kind` key:
+Four kinds, told apart by the top-level `kind` key:
 
 - `characterize`: a list of stimuli (white noise, chirp, moving bars, a natural movie) shown
   through the rig into one session file;
@@ -378,7 +378,7 @@ SHIPPED_PROTOCOLS = Path(__file__).with_name("protocols")
 
 
 def shipped_protocols() -> list[str]:
-    """Names of the protocols shipped with the package (`characterize`, `mei_closed_loop`, `finetune`)."""
+    """Names of the protocols shipped with the package (`characterize`, `finetune`, `mei_closed_loop`, `new_retina`)."""
     return sorted(p.stem for p in SHIPPED_PROTOCOLS.glob("*.toml"))
 
 
