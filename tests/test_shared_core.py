@@ -16,11 +16,14 @@ from stimuli.recording import open_recording
 from vist_model.core import CORE_FITTING, _core_maps, _ReadoutOnMaps, fit_on_core, load_core
 from vist_model.data import Block
 from vist_model.features import FeatureCache
+from vist_model.fit_twin import loss_for
 from vist_model.multi import (
     CORE_MODULES,
     SharedCoreTwin,
     balanced_windows,
     batch_order,
+    fit_shared,
+    tie_cores,
     train_shared_core,
 )
 from vist_model.readout import grid_centres
@@ -221,3 +224,27 @@ def test_the_readout_on_cached_maps_is_the_network(tmp_path: Path) -> None:
     assert torch.allclose(on_maps, whole, atol=1e-5)
     assert [n for n, _ in _ReadoutOnMaps(net).named_parameters()] == ["readout.spatial", "readout.features",
                                                                        "readout.bias"]
+
+
+def test_shared_training_resumes_and_trains_one_core(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+
+    def recording(n_cells: int) -> tuple[ViST, list[Block]]:
+        net = ViST(vist_config("cpu", n_cells=n_cells, in_channels=8, grid=4), torch.rand(n_cells, 4, 4))
+        x = rng.standard_normal((120, 8, 4, 4)).astype(np.float32)
+        y = rng.poisson(1.0, (120, n_cells)).astype(np.float32)
+        return net, [Block(x, y)]
+
+    (a, train_a), (b, train_b) = recording(3), recording(5)
+    tie_cores([a, b])
+    loss = loss_for("vist", a.config.to_dict())
+    cfg = TrainConfig(epochs=2, warmup_epochs=1, window=32, batch_size=2, bf16=False)
+    start = {k: v.clone() for k, v in _core_state(a).items()}
+    state = tmp_path / "train_state.pt"
+    once = fit_shared({"A": a, "B": b}, loss, {"A": train_a, "B": train_b}, {"A": train_a[:1], "B": []},
+                      replace(cfg, epochs=1), device=torch.device("cpu"), state_path=state)
+    assert state.is_file() and once.epochs_run == 1
+    again = fit_shared({"A": a, "B": b}, loss, {"A": train_a, "B": train_b}, {"A": train_a[:1], "B": []}, cfg,
+                       device=torch.device("cpu"), state_path=state)
+    assert again.epochs_run == 2 and again.train_loss[0] == once.train_loss[0]  # epoch 1 was not run again
+    assert a.tcn is b.tcn and any(not torch.equal(start[k], v) for k, v in _core_state(b).items())
