@@ -17,11 +17,12 @@ from insilico import checks
 from insilico.attribution.cli import attribute_command
 from insilico.console import console, err_console
 from insilico.design.cli import optimize_command, verify_command
-from insilico.errors import InsilicoError, friendly_errors
+from insilico.errors import friendly_errors
 from insilico.import_video import import_video_command
 from insilico.loop.cli import demo_command, run_command
 from insilico.nwb_cli import export_app, import_app
 from rig_bridge.cli import rig_app
+from stimuli.errors import InsilicoError
 
 if TYPE_CHECKING:
     from stimuli.presentation.rig_profile import RigProfile

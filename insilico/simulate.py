@@ -16,6 +16,7 @@ import numpy as np
 
 from insilico.console import progress
 from rig_bridge.simulated_retina import SimulatedRetina
+from stimuli.errors import InputError
 from stimuli.families import checkerboard_noise
 from stimuli.natural import disjoint_photo_sets, natural_movie
 from stimuli.recording import RecordingWriter
@@ -44,16 +45,16 @@ class SimulationConfig:
 
     def __post_init__(self) -> None:
         if self.n_cells < 1:
-            raise ValueError(f"--cells must be >= 1, got {self.n_cells}")
+            raise InputError(f"n_cells must be >= 1, got {self.n_cells}")
         if self.size < 16:
-            raise ValueError(f"--size must be >= 16 pixels, got {self.size}")
+            raise InputError(f"size must be >= 16 pixels, got {self.size}")
         if self.frame_rate <= 0:
-            raise ValueError(f"--fps must be > 0, got {self.frame_rate}")
+            raise InputError(f"frame_rate must be > 0, got {self.frame_rate}")
         if self.test_repeats < 2:
-            raise ValueError(f"--test-repeats must be >= 2 for a noise ceiling, got {self.test_repeats}")
+            raise InputError(f"test_repeats must be >= 2 for a noise ceiling, got {self.test_repeats}")
         for name in ("train_seconds", "test_seconds", "noise_seconds"):
             if getattr(self, name) * self.frame_rate < 1:
-                raise ValueError(f"--{name.replace('_', '-')} gives no frames at {self.frame_rate:g} Hz")
+                raise InputError(f"--{name.replace('_', '-')} gives no frames at {self.frame_rate:g} Hz")
 
     def frames(self, seconds: float) -> int:
         return max(1, round(seconds * self.frame_rate))
@@ -104,7 +105,7 @@ def retina_of_recording(attrs: dict[str, object]) -> SimulatedRetina:
                             float(attrs["frame_rate"]), tuple((str(k), float(v)) for k, v in weights),
                             float(attrs.get("sim_rf_scale", 1.0)))
     except KeyError as err:
-        raise ValueError(f"not a simulated recording: attribute @{err.args[0]} is missing") from None
+        raise InputError(f"not a simulated recording: attribute @{err.args[0]} is missing") from None
 
 
 def simulate_stimuli(config: SimulationConfig) -> dict[str, Stimulus]:

@@ -10,6 +10,8 @@ from typing import Annotated
 
 import typer
 
+from stimuli.errors import InputError, InsilicoError
+
 rig_app = typer.Typer(help="The rig bridge: serve a rig, make CurveZMQ keys, present stimuli.",
                       no_args_is_help=True, add_completion=False)
 
@@ -55,7 +57,9 @@ def serve(
         try:
             check_insecure(bind, force_insecure)
         except InsecureAddressError as err:
-            raise typer.BadParameter(f"--host {bind}: {err}") from None
+            # The library names its settings (keys_dir); a command-line user typed flags.
+            raise typer.BadParameter(f"--host {bind}: plain TCP is for loopback only: give --keys DIR "
+                                     "(CurveZMQ), or --force-insecure") from err
     rig = _make_backend(backend, sim_seed=sim_seed, sim_cells=sim_cells, sim_size=sim_size, sim_rate=sim_rate,
                         realtime=realtime, spike_format=spike_format, profile=profile, headless=headless,
                         spikes=spikes, openephys=openephys, cell_map=cell_map,
@@ -71,7 +75,7 @@ def serve(
         server.serve_forever()
     except KeyboardInterrupt:
         pass
-    except (OSError, ValueError) as err:  # bind failed, unreadable keys: one line, no traceback
+    except (OSError, InsilicoError) as err:  # bind failed, unreadable keys: one line, no traceback
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
     finally:
@@ -137,7 +141,6 @@ def present(
 ) -> None:
     """Present STIM on the rig and append the evoked spike counts to the session recording."""
     from rig_bridge.client import RigClient, load_stimulus_file
-    from rig_bridge.errors import RigError
 
     logging.basicConfig(level=logging.WARNING, format="%(name)s %(levelname)s %(message)s")
     if keys is None and not insecure:  # before the transport's message, which names keys_dir=
@@ -153,7 +156,7 @@ def present(
             from stimuli.nwb import export_nwb
 
             export_nwb(out, nwb, meta)
-    except (RigError, ValueError, FileNotFoundError) as err:
+    except (InsilicoError, FileNotFoundError) as err:  # RigError is one
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"stored {counts.shape[0]} x {counts.shape[1]} frames x {counts.shape[2]} cells, "
@@ -164,7 +167,7 @@ def _nwb_metadata(nwb: Path | None, metadata: Path | None, session: Path):  # no
     """The metadata an NWB copy of the session needs, checked complete now (None without --nwb)."""
     if nwb is None:
         if metadata is not None:
-            raise ValueError("--nwb-metadata is for --nwb FILE.nwb: give both")
+            raise InputError("--nwb-metadata is for --nwb FILE.nwb: give both")
         return None
     from stimuli.nwb import NwbSessionMetadata
     from stimuli.recording import open_recording
@@ -174,7 +177,7 @@ def _nwb_metadata(nwb: Path | None, metadata: Path | None, session: Path):  # no
         with open_recording(session) as rec:
             meta = meta.filled_from(rec.attrs)
     if meta.missing():
-        raise ValueError(f"--nwb needs the subject's {', '.join(meta.missing())}: give them in --nwb-metadata FILE.toml")
+        raise InputError(f"--nwb needs the subject's {', '.join(meta.missing())}: give them in --nwb-metadata FILE.toml")
     return meta
 
 

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import zmq.auth
 
+from stimuli.errors import InputError
+
 AUTHORIZED_DIR = "authorized_clients"
 
 
@@ -86,7 +88,7 @@ def _load(path: Path, what: str, *, need_secret: bool = True) -> tuple[bytes, by
     try:
         public, secret = zmq.auth.load_certificate(str(path))
     except (ValueError, OSError) as err:
-        raise ValueError(f"{path}: not a CurveZMQ key file ({err})") from None
+        raise InputError(f"{path}: not a CurveZMQ key file ({err})") from None
     if need_secret and not secret:
-        raise ValueError(f"{path}: holds no secret key")
+        raise InputError(f"{path}: holds no secret key")
     return public, secret or b""

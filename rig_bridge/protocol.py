@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from stimuli.errors import InputError
+
 PROTOCOL_VERSION = 1
 # One message's payload at most; larger stimuli are uploaded in parts of this size.
 DEFAULT_MAX_PAYLOAD_BYTES = 4 * 1024 * 1024
@@ -225,7 +227,7 @@ def _payload_array(dtype: str | None, shape: list[int] | None, payload: bytes) -
 
 
 def _refuse_constant(name: str) -> None:
-    raise ValueError(f"{name} is not allowed in the header")
+    raise InputError(f"{name} is not allowed in the header")
 
 
 def _is_int(value: object) -> bool:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from rig_bridge.protocol import is_valid_id
+from stimuli.errors import InputError
 from stimuli.recording.atomic import fsync_dir
 
 
@@ -38,11 +39,11 @@ class ResultStore:
 
     def _path(self, session: str, request_id: str) -> Path:
         if not (is_valid_id(session) and is_valid_id(request_id)):
-            raise ValueError(f"bad session/request id {repr(session)[:100]}/{repr(request_id)[:100]}")
+            raise InputError(f"bad session/request id {repr(session)[:100]}/{repr(request_id)[:100]}")
         path = self.root / session / f"{request_id}.npz"
         # The id pattern already keeps paths inside root; this says so where the path is made.
         if path.resolve().parent.parent != self.root.resolve():
-            raise ValueError(f"session/request id {session!r}/{request_id!r} leaves {self.root}")
+            raise InputError(f"session/request id {session!r}/{request_id!r} leaves {self.root}")
         return path
 
     def has(self, session: str, request_id: str) -> bool:

@@ -20,6 +20,7 @@ from rig_bridge.sim_spikes import (
     spike_times,
 )
 from rig_bridge.simulated_retina import SimulatedRetina
+from stimuli.errors import InputError
 
 DEFAULT_SAMPLE_RATE = 30_000.0
 
@@ -29,9 +30,9 @@ class SimBackend:
                  realtime: bool = False, sample_rate: float = DEFAULT_SAMPLE_RATE,
                  spike_format: str = "times", chunk_s: float = 0.1) -> None:
         if spike_format not in ("times", "counts"):
-            raise ValueError(f"spike_format must be 'times' or 'counts', got {spike_format!r}")
+            raise InputError(f"spike_format must be 'times' or 'counts', got {spike_format!r}")
         if sample_rate <= frame_rate:
-            raise ValueError(f"sample_rate ({sample_rate}) must exceed frame_rate ({frame_rate})")
+            raise InputError(f"sample_rate ({sample_rate}) must exceed frame_rate ({frame_rate})")
         self.retina = SimulatedRetina.create(n_cells=n_cells, height=size, width=size,
                                                  frame_rate=frame_rate, seed=seed)
         self.info = RigInfo(backend="sim", cell_ids=tuple(int(c) for c in self.retina.cell_ids),
@@ -52,10 +53,10 @@ class SimBackend:
     def check_stimulus(self, frames: np.ndarray, frame_rate: float) -> None:
         screen = self.info.screen
         if screen is not None and tuple(frames.shape[1:]) != screen:
-            raise ValueError(f"stimulus frames are {frames.shape[1]}x{frames.shape[2]} but the "
+            raise InputError(f"stimulus frames are {frames.shape[1]}x{frames.shape[2]} but the "
                              f"simulated retina sees {screen[0]}x{screen[1]}")
         if abs(frame_rate - self.info.frame_rate) > 1e-9:
-            raise ValueError(f"stimulus frame rate {frame_rate} Hz differs from the simulated retina's "
+            raise InputError(f"stimulus frame rate {frame_rate} Hz differs from the simulated retina's "
                              f"{self.info.frame_rate} Hz")
 
     def run(self, job: PresentJob, emit: Emitter, cancel: threading.Event) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from rig_bridge.protocol import is_stimulus_id, stimulus_id
+from stimuli.errors import InputError
 from stimuli.recording.atomic import fsync_dir
 
 
@@ -38,7 +39,7 @@ class StimulusStore:
 
     def _paths(self, sid: str) -> tuple[Path, Path]:
         if not is_stimulus_id(sid):
-            raise ValueError(f"not a stimulus id: {sid!r}")
+            raise InputError(f"not a stimulus id: {sid!r}")
         return self.root / f"{sid}.npy", self.root / f"{sid}.json"
 
     def __contains__(self, sid: str) -> bool:
@@ -117,9 +118,9 @@ class PartialStimulus:
         if start + len(frames) <= self.next_frame:
             return  # a retried part: already written
         if start != self.next_frame:
-            raise ValueError(f"part starts at frame {start}; the rig expects frame {self.next_frame}")
+            raise InputError(f"part starts at frame {start}; the rig expects frame {self.next_frame}")
         if start + len(frames) > self.shape[0] or tuple(frames.shape[1:]) != self.shape[1:]:
-            raise ValueError(f"part of shape {list(frames.shape)} at frame {start} does not fit a stimulus "
+            raise InputError(f"part of shape {list(frames.shape)} at frame {start} does not fit a stimulus "
                              f"of shape {list(self.shape)}")
         data = memoryview(np.ascontiguousarray(frames, dtype=np.uint8)).cast("B")
         self._file.write(data)
@@ -135,7 +136,7 @@ class PartialStimulus:
         digest = self._hash.hexdigest()
         if digest != self.sid:
             self.discard()
-            raise ValueError(f"frames hash to {digest[:16]}..., not the claimed {self.sid[:16]}...")
+            raise InputError(f"frames hash to {digest[:16]}..., not the claimed {self.sid[:16]}...")
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()

@@ -19,6 +19,7 @@ from stimuli._geometry import (
     pixel_offsets,
     soft_inside,
 )
+from stimuli.errors import InputError
 from stimuli.stimulus import Stimulus
 
 MIN_SPATIAL_PERIOD_PX = 2.0
@@ -80,7 +81,7 @@ def drifting_grating(
         size_px = require_float("size_px", size_px, minimum=0.0, strict_minimum=True)
     center_yx = None if center is None else require_point("center", center)
     if not isinstance(square, bool | np.bool_):
-        raise ValueError(f"square must be a bool, got {square!r}")
+        raise InputError(f"square must be a bool, got {square!r}")
 
     u, _ = direction_coordinates(height, width, orientation_deg, center_yx)  # [H, W]
     times = np.arange(n_frames, dtype=np.float64) / frame_rate  # [T]

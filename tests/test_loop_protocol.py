@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from insilico.errors import InsilicoError
 from insilico.loop.closed_loop import by_objective, by_role, design_error, response_rows
 from insilico.loop.demo import pick_cells
 from insilico.loop.protocol import (
@@ -20,6 +19,7 @@ from insilico.loop.protocol import (
     load_protocol,
 )
 from insilico.loop.state import RunState
+from stimuli.errors import InsilicoError
 
 PROTOCOLS = SHIPPED_PROTOCOLS
 

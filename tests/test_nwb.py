@@ -531,8 +531,8 @@ def test_run_characterize_with_nwb_writes_session_nwb(tmp_path: Path, rig: str) 
 
 
 def test_run_refuses_incomplete_nwb_metadata_before_the_rig(tmp_path: Path) -> None:
-    from insilico.errors import InsilicoError
     from insilico.loop.runner import run_protocol
+    from stimuli.errors import InsilicoError
 
     (tmp_path / "p.toml").write_text(CHARACTERIZE)
     (tmp_path / "meta.toml").write_text('subject_id = "m1"\n')

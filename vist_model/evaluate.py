@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from stimuli.errors import InputError
 from stimuli.recording import open_recording
 from vist_model.data import RecordingFrames
 from vist_model.features import FeatureCache
@@ -57,7 +58,7 @@ def evaluate_twin(
     with open_recording(data) as rec:
         ids = tuple(int(i) for i in rec.cell_ids)
         if ids != twin.metadata.cell_ids:
-            raise ValueError(f"{data}: its {len(ids)} cells are not the {twin.metadata.n_cells} cells the twin was trained on")
+            raise InputError(f"{data}: its {len(ids)} cells are not the {twin.metadata.n_cells} cells the twin was trained on")
         seg = rec.segment(segment)
         # The movie is read per batch for features and per piece for prediction; the counts of
         # every repeat are what the metrics need, and a repeated test segment is short.

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from rich.progress import Progress
 
+from stimuli.errors import InputError
+
 # float16 halves the cache (a ViT-L frame is 1024 x 16 x 16 values); the twin's first layer is a
 # 1x1x1 conv, for which half precision features are ample.
 CACHE_DTYPE = np.float16
@@ -148,7 +150,7 @@ class FeatureCache:
         features are ever whole in memory; the result reads from that file per slice.
         """
         if len(frames) == 0:
-            raise ValueError("no frames to extract features from (T = 0)")
+            raise InputError("no frames to extract features from (T = 0)")
         fingerprint = fingerprint or backbone_fingerprint(backbone)
         path = self.path_for(fingerprint, frames_hash(frames))
         if path.exists():
@@ -223,5 +225,5 @@ def extract_features(
             out = np.empty((len(frames), *feats.shape[1:]), np.float32)
         out[start:start + len(feats)] = feats
     if out is None:
-        raise ValueError("no frames to extract features from (T = 0)")
+        raise InputError("no frames to extract features from (T = 0)")
     return out

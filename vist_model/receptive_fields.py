@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from stimuli.errors import InputError
 from stimuli.recording import Recording
 from stimuli.recording.sta import NOISE_SEGMENT_NAMES, spike_triggered_average
 
@@ -35,7 +36,7 @@ def receptive_fields(rec: Recording, noise_segment: str | None = None) -> Recept
     candidates = [noise_segment] if noise_segment else noise_segment_names(rec)
     for name in candidates:
         if name not in names:
-            raise ValueError(f"no segment named {name!r} to estimate receptive fields from")
+            raise InputError(f"no segment named {name!r} to estimate receptive fields from")
         counts = np.nanmean(rec.counts(name), axis=0)
         spatial = spike_triggered_average(rec.frames(name).astype(np.float32) / 255.0, counts)
         return ReceptiveFields(spatial.astype(np.float32), f"spike-triggered average of segment {name!r}")

@@ -24,6 +24,7 @@ import torch.distributed as dist
 from rich.progress import Progress
 from torch import Tensor, nn
 
+from stimuli.errors import InputError
 from vist_model.data import Block, Rows, WindowDataset, read_rows
 
 LossFn = Callable[..., Tensor]  # (prediction, target[, weights]) -> scalar, all [B, T, N]
@@ -110,7 +111,7 @@ def trainable_parameters(model: nn.Module, readout_only: bool) -> list[nn.Parame
         return [p for p in model.parameters() if p.requires_grad]
     params = [p for n, p in model.named_parameters() if n.split(".")[0] == "readout"]
     if not params:
-        raise ValueError("readout-only fine-tuning needs a model with a `readout` module")
+        raise InputError("readout-only fine-tuning needs a model with a `readout` module")
     return params
 
 

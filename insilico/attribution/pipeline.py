@@ -28,7 +28,7 @@ from insilico.attribution.summaries import (
     to_resolution,
 )
 from insilico.cells import parse_cells
-from insilico.errors import InsilicoError
+from stimuli.errors import InsilicoError
 from stimuli.recording import open_recording
 from stimuli.recording.rf_geometry import rf_centre_and_size
 from vist_model.fit_twin import resolve_device

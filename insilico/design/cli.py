@@ -12,6 +12,7 @@ import typer
 
 from insilico.console import console
 from insilico.errors import friendly_errors
+from stimuli.errors import InputError
 
 
 def optimize_command(
@@ -52,7 +53,7 @@ def optimize_command(
         from insilico.design.run import DesignSettings, load_twins, optimize_cells
 
         if cells is None:
-            raise ValueError("name the cells with --cell 42, --cells 3,42,77 or --cells all")
+            raise InputError("name the cells with --cell 42, --cells 3,42,77 or --cells all")
         _check_design_arguments(model, cells, out, method, frames, objective, rms_contrast, seeds, steps,
                                 trials, window, rf_envelope, start, start_from)
         twins = load_twins(model, device)
@@ -60,9 +61,9 @@ def optimize_command(
         starts = {}
         if start is not None:
             if len(ids) != 1:
-                raise ValueError(f"--start refines one cell's design: name one --cell, not {len(ids)}")
+                raise InputError(f"--start refines one cell's design: name one --cell, not {len(ids)}")
             if method == "optuna":
-                raise ValueError("--start refines a gradient design: use --method gradient or both")
+                raise InputError("--start refines a gradient design: use --method gradient or both")
             if not start.is_file():
                 raise FileNotFoundError(f"--start: {start} not found")
             starts = {ids[0]: start}
@@ -104,7 +105,7 @@ def _check_design_arguments(models: list[Path], cells: str, out: Path, method: s
     from insilico import checks
     from insilico.design.objectives import OBJECTIVES
     from insilico.design.run import METHODS
-    from insilico.errors import InsilicoError
+    from stimuli.errors import InsilicoError
 
     checks.cell_list(cells)
     checks.one_of(method, METHODS, "--method")
@@ -128,10 +129,10 @@ def _check_design_arguments(models: list[Path], cells: str, out: Path, method: s
 def _sta_start(start_from: str, metadata) -> bool:  # noqa: ANN001
     from insilico.design.budget import training_data
     from insilico.design.sta_start import has_noise_segment
-    from insilico.errors import InsilicoError
+    from stimuli.errors import InsilicoError
 
     if start_from not in ("auto", "sta", "grey"):
-        raise ValueError(f"--start-from must be auto, sta or grey, got {start_from!r}")
+        raise InputError(f"--start-from must be auto, sta or grey, got {start_from!r}")
     if start_from != "auto":
         return start_from == "sta"
     try:

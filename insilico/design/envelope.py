@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from stimuli.errors import InputError
 from stimuli.recording.rf_geometry import rf_centre_and_size
 
 CUTOFF_SIGMAS = 2.0
@@ -54,7 +55,7 @@ def rf_envelope(rf: np.ndarray, width: float) -> np.ndarray:
     """`[H, W]` Gaussian in [0, 1], peak 1 at the RF centre, sigma `width` x the centre's sigma,
     0 beyond `CUTOFF_SIGMAS` of its sigma."""
     if not width > 0:
-        raise ValueError(f"the envelope width must be > 0 RF sigmas, got {width}")
+        raise InputError(f"the envelope width must be > 0 RF sigmas, got {width}")
     (cy, cx), sigma = rf_centre_and_size(rf)
     rows, cols = np.indices(np.shape(rf))
     s = width * sigma

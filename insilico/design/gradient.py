@@ -37,6 +37,7 @@ from insilico.design.postprocess import ContrastBudget
 from insilico.design.preconditioners import blur, named_preconditioner, unit_rms
 from insilico.design.regularisers import TemporalSmoothness, TotalVariation
 from insilico.design.transforms import Compose, Jitter, TimeShift
+from stimuli.errors import InputError
 
 INITS = ("grey", "noise")
 
@@ -82,15 +83,15 @@ class GradientConfig:
 
     def __post_init__(self) -> None:
         if self.steps < 0:
-            raise ValueError(f"steps must be >= 0, got {self.steps}")
+            raise InputError(f"steps must be >= 0, got {self.steps}")
         if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+            raise InputError(f"lr must be > 0, got {self.lr}")
         if self.init not in INITS:
-            raise ValueError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
+            raise InputError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
         if not 0 < self.init_scale <= 1:
-            raise ValueError(f"init_scale must be in (0, 1], got {self.init_scale}")
+            raise InputError(f"init_scale must be in (0, 1], got {self.init_scale}")
         if self.rf_envelope < 0:
-            raise ValueError(f"rf_envelope must be >= 0 RF sigmas (0 = off), got {self.rf_envelope}")
+            raise InputError(f"rf_envelope must be >= 0 RF sigmas (0 = off), got {self.rf_envelope}")
         named_preconditioner(self.preconditioner)  # validates the name
 
 
@@ -238,17 +239,17 @@ def optimise_gradient(
         start: `[T, H, W]` in [0, 1] to refine instead of starting from grey (`given_start`).
     """
     if not seeds:
-        raise ValueError("give at least one seed")
+        raise InputError("give at least one seed")
     if len(set(seeds)) != len(seeds):
-        raise ValueError(f"seeds must differ, got {list(seeds)}")
+        raise InputError(f"seeds must differ, got {list(seeds)}")
     started = time.perf_counter()
     device = torch.device(device)
     gens = [torch.Generator().manual_seed(int(s) + 1_000_003) for s in seeds]
     env = None if envelope is None else torch.as_tensor(envelope, dtype=torch.float32, device=device)
     if env is not None and tuple(env.shape) != tuple(shape[1:]):
-        raise ValueError(f"the envelope must be [H, W] = {list(shape[1:])}, got {list(env.shape)}")
+        raise InputError(f"the envelope must be [H, W] = {list(shape[1:])}, got {list(env.shape)}")
     if start is not None and tuple(np.shape(start)) != tuple(shape):
-        raise ValueError(f"the start clip must be [T, H, W] = {list(shape)}, got {list(np.shape(start))}")
+        raise InputError(f"the start clip must be [T, H, W] = {list(shape)}, got {list(np.shape(start))}")
     x = torch.stack([random_start(shape, s, config, budget, device, env) if start is None
                      else given_start(start, b, s, config, budget, device, env) for b, s in enumerate(seeds)])
     x.requires_grad_(True)

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from stimuli.errors import InputError
+
 DEFAULT_WINDOW_FRAMES = 3
 
 
@@ -41,13 +43,13 @@ class Window:
 
     def __post_init__(self) -> None:
         if self.frames < 1 or self.end_offset < 0:
-            raise ValueError(f"a window needs >= 1 frame and end offset >= 0, got {self.frames}, {self.end_offset}")
+            raise InputError(f"a window needs >= 1 frame and end offset >= 0, got {self.frames}, {self.end_offset}")
 
     def slice(self, n_frames: int) -> slice:
         stop = n_frames - self.end_offset
         start = stop - self.frames
         if start < 0:
-            raise ValueError(f"window of {self.frames} frames ending {self.end_offset} before the end "
+            raise InputError(f"window of {self.frames} frames ending {self.end_offset} before the end "
                              f"does not fit a {n_frames}-frame clip")
         return slice(start, stop)
 
@@ -105,7 +107,7 @@ def _terms(obj: Objective) -> tuple[tuple[float, Objective], ...]:
 def _cells(cells: int | Sequence[int]) -> tuple[int, ...]:
     out = (int(cells),) if isinstance(cells, int) else tuple(int(c) for c in cells)
     if not out or min(out) < 0:
-        raise ValueError(f"name at least one cell position (>= 0), got {cells!r}")
+        raise InputError(f"name at least one cell position (>= 0), got {cells!r}")
     return out
 
 
@@ -160,7 +162,7 @@ class Discriminative(Objective):
 
     def __post_init__(self) -> None:
         if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+            raise InputError(f"temperature must be > 0, got {self.temperature}")
 
     def __call__(self, rates: Tensor) -> Tensor:
         _check(rates, self.cells)
@@ -178,9 +180,9 @@ def _label(cells: tuple[int, ...]) -> str:
 
 def _check(rates: Tensor, cells: tuple[int, ...]) -> None:
     if rates.ndim != 3:
-        raise ValueError(f"rates must be [B, T, N], got {list(rates.shape)}")
+        raise InputError(f"rates must be [B, T, N], got {list(rates.shape)}")
     if max(cells) >= rates.shape[2]:
-        raise ValueError(f"cell position {max(cells)} is out of range for {rates.shape[2]} cells")
+        raise InputError(f"cell position {max(cells)} is out of range for {rates.shape[2]} cells")
 
 
 def increase(cells: int | Sequence[int], window: Window = Window()) -> Objective:
@@ -203,7 +205,7 @@ def others(n_cells: int, cells: int | Sequence[int]) -> tuple[int, ...]:
     skip = set(_cells(cells))
     rest = tuple(i for i in range(n_cells) if i not in skip)
     if not rest:
-        raise ValueError("no other cells")
+        raise InputError("no other cells")
     return rest
 
 
@@ -218,4 +220,4 @@ def named_objective(name: str, cell: int, window: Window = Window(), temperature
         return decrease(cell, window)
     if name == "discriminative":
         return discriminative(cell, window, temperature)
-    raise ValueError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {name!r}")
+    raise InputError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {name!r}")

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from stimuli.errors import InputError
+
 
 def gaussian_kernel(sigma: float, device: torch.device, dtype: torch.dtype) -> Tensor:
     """1-D normalised Gaussian `[2r + 1]`, radius `r = ceil(3 sigma)`."""
@@ -52,7 +54,7 @@ class GaussianBlur:
 
     def __post_init__(self) -> None:
         if self.sigma_start < 0 or self.sigma_end < 0:
-            raise ValueError(f"blur sigmas must be >= 0, got {self.sigma_start}, {self.sigma_end}")
+            raise InputError(f"blur sigmas must be >= 0, got {self.sigma_start}, {self.sigma_end}")
 
     def sigma(self, step: int, n_steps: int) -> float:
         if n_steps <= 1 or self.sigma_start == 0 or self.sigma_end == 0:
@@ -106,4 +108,4 @@ def named_preconditioner(name: str, sigma_start: float = 3.0, sigma_end: float =
         return FourierScaling()
     if name == "none":
         return NoPreconditioner()
-    raise ValueError(f"preconditioner must be one of {', '.join(PRECONDITIONERS)}, got {name!r}")
+    raise InputError(f"preconditioner must be one of {', '.join(PRECONDITIONERS)}, got {name!r}")

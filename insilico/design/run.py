@@ -47,8 +47,8 @@ from insilico.design.response import TwinResponse
 from insilico.design.sta_start import noise_stas, sta_start
 from insilico.design.verify import Verification
 from insilico.design.verify import verify_design as _verify_design
-from insilico.errors import InsilicoError
 from stimuli.contrast import to_uint8
+from stimuli.errors import InputError, InsilicoError
 from stimuli.recording import open_recording
 from stimuli.recording.rf_geometry import rf_centre_and_size
 from vist_model.features import FeatureCache
@@ -77,13 +77,13 @@ class DesignSettings:
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
-            raise ValueError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
+            raise InputError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if self.objective not in OBJECTIVES:
-            raise ValueError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+            raise InputError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
         if self.n_frames < self.window_frames:
-            raise ValueError(f"--frames {self.n_frames} is shorter than the {self.window_frames}-frame window")
+            raise InputError(f"--frames {self.n_frames} is shorter than the {self.window_frames}-frame window")
         if not self.seeds:
-            raise ValueError("--seeds must be >= 1")
+            raise InputError("--seeds must be >= 1")
 
 
 @dataclass(frozen=True, eq=False)
@@ -116,7 +116,7 @@ def load_twins(model_path: str | Path | Sequence[str | Path], device: str = "aut
     dev = resolve_device(device)
     paths = [model_path] if isinstance(model_path, str | Path) else list(model_path)
     if not paths:
-        raise ValueError("name at least one model")
+        raise InputError("name at least one model")
     return [Twin.load(p, device=dev) for p in paths]
 
 

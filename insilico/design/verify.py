@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from insilico.errors import InsilicoError
 from insilico.simulate import build_retina, retina_of_recording
 from rig_bridge.simulated_retina import SimulatedRetina, true_optimal_stimulus
+from stimuli.errors import InputError, InsilicoError
 from stimuli.recording import open_recording
 
 MIN_COMPARABLE_RATE = 0.05
@@ -87,12 +87,12 @@ def _read(path: Path) -> tuple[np.ndarray, dict[str, object], float]:
 def retina_for(design_attrs: dict[str, object], shape: tuple[int, int, int], frame_rate: float,
                sim_seed: int | None, data: str | Path | None) -> SimulatedRetina:
     if (sim_seed is None) == (data is None):
-        raise ValueError("name the simulated retina with exactly one of --sim SEED or --data RECORDING")
+        raise InputError("name the simulated retina with exactly one of --sim SEED or --data RECORDING")
     if data is not None:
         with open_recording(data) as rec:
             return retina_of_recording(rec.attrs)
     if shape[1] != shape[2]:
-        raise ValueError(f"the simulator's screens are square; this design is {shape[1]}x{shape[2]} px")
+        raise InputError(f"the simulator's screens are square; this design is {shape[1]}x{shape[2]} px")
     n_cells = design_attrs.get("n_cells")
     if n_cells is None:
         raise InsilicoError("the design file does not state the population size; use --data RECORDING")

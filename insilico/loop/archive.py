@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from insilico.errors import InsilicoError
+from stimuli.errors import InsilicoError
 from stimuli.nwb import DesignRecord, NwbSessionMetadata, export_nwb
 
 

@@ -34,13 +34,13 @@ import numpy as np
 from insilico.design.gradient import GradientConfig
 from insilico.design.response import TwinResponse
 from insilico.design.run import DesignSettings, optimize_cells
-from insilico.errors import InsilicoError
 from insilico.loop.archive import round_designs, write_session_nwb
 from insilico.loop.live import LiveView, ResponseRow
 from insilico.loop.presenting import present_planned
 from insilico.loop.protocol import ClosedLoopProtocol, FinetunePlan
 from insilico.loop.rig_link import RigLink
 from insilico.loop.state import RunState, write_json_atomic
+from stimuli.errors import InsilicoError
 from stimuli.nwb import NwbSessionMetadata
 from stimuli.recording import open_recording
 from vist_model.data import LossFocus

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from insilico.errors import InsilicoError
+from stimuli.errors import InputError
 
 KINDS = ("characterize", "mei_closed_loop", "finetune")
 FAMILIES = ("white_noise", "chirp", "moving_bars", "natural_movie")
@@ -29,7 +29,7 @@ CONTROLS = ("natural", "parametric")
 FINETUNE_MODES = ("readout", "full")
 
 
-class ProtocolError(InsilicoError, ValueError):
+class ProtocolError(InputError):
     """A protocol file that cannot be run as written."""
 
 

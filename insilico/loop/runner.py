@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from insilico.console import console
-from insilico.errors import InsilicoError
 from insilico.loop.archive import nwb_metadata, write_session_nwb
 from insilico.loop.characterize import render
 from insilico.loop.closed_loop import (
@@ -34,6 +33,7 @@ from insilico.loop.protocol import (
 )
 from insilico.loop.rig_link import RigLink
 from insilico.loop.state import RunState, write_json_atomic
+from stimuli.errors import InsilicoError
 from stimuli.nwb import NwbSessionMetadata
 from stimuli.recording import open_recording
 from vist_model.features import FeatureCache

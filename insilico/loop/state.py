@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from insilico.errors import InsilicoError
+from stimuli.errors import InsilicoError
 from vist_model.files import atomic_write_text
 
 STATE_FILE = "state.json"

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from stimuli.errors import InputError
 from stimuli.nwb.errors import NwbError
 from stimuli.recording import RecordingWriter
 from stimuli.recording.sta import DEFAULT_LAGS, NOISE_SEGMENT_NAMES, StaAccumulator
@@ -56,7 +57,7 @@ class NwbImportSettings:
     def __post_init__(self) -> None:
         for name in ("rate_tolerance", "gap_intervals", "chunk_frames"):
             if not getattr(self, name) > 0:
-                raise ValueError(f"NwbImportSettings.{name} must be > 0, got {getattr(self, name)!r}")
+                raise InputError(f"NwbImportSettings.{name} must be > 0, got {getattr(self, name)!r}")
 
 
 @dataclass(frozen=True)

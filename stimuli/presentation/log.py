@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from stimuli.errors import InputError
 from stimuli.presentation.geometry import Rect
 
 # A refresh interval longer than this many periods means the display missed a refresh
@@ -64,7 +65,7 @@ class PresentationLog:
     def captured_stimulus(self) -> np.ndarray:
         """Captured frames cropped to the stimulus rectangle `[T, H*scale, W*scale]` uint8."""
         if self.captured is None:
-            raise ValueError("this presentation was not captured (present(..., capture=True))")
+            raise InputError("this presentation was not captured (present(..., capture=True))")
         if self.capture_region == "stimulus":
             return self.captured
         rows, cols = self.stimulus_rect.slices

@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import gaussian_filter, label
 
+from stimuli.errors import InputError
+
 __all__ = ["rf_centre_and_size"]
 
 MIN_SIGMA_PX = 1.0
@@ -28,7 +30,7 @@ def rf_centre_and_size(rf: np.ndarray) -> tuple[tuple[float, float], float]:
     """
     rf = np.asarray(rf, dtype=np.float64)
     if rf.ndim != 2 or not np.isfinite(rf).all():
-        raise ValueError(f"a receptive field must be a finite [H, W] map, got shape {rf.shape}")
+        raise InputError(f"a receptive field must be a finite [H, W] map, got shape {rf.shape}")
     smooth = np.abs(gaussian_filter(rf, SMOOTH_PX))
     cy, cx = np.unravel_index(int(np.argmax(smooth)), smooth.shape)
     if smooth[cy, cx] <= 0:
