@@ -247,7 +247,7 @@ def test_a_stimulus_bigger_than_a_message_arrives_in_parts(backend: SimBackend, 
             assert err.value.code == "checksum"
     finally:
         srv.stop()
-    assert not list((tmp_path / "store" / "stimuli").glob(".*.part"))  # nothing left half-written
+    assert not list((tmp_path / "store" / "stimuli").glob(".*.part*"))  # nothing left half-written
 
 
 # --- 7. durability: commits are fsynced, file and folder -------------------------------------------------

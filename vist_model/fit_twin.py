@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Sequence
@@ -16,6 +15,7 @@ from rich.progress import Progress
 from torch import nn
 
 from stimuli.errors import InputError
+from stimuli.files import write_json
 from stimuli.recording import Recording, open_recording
 from vist_model.accuracy import HeldOutAccuracy, held_out_segment
 from vist_model.backbone import load_backbone
@@ -35,7 +35,6 @@ from vist_model.data import (
 )
 from vist_model.evaluate import evaluate_twin
 from vist_model.features import FeatureCache
-from vist_model.files import atomic_write_text
 from vist_model.ln_fit import fit_ln
 from vist_model.loss import PoissonLoss, ViSTLoss
 from vist_model.metrics import pearson_per_cell
@@ -360,7 +359,7 @@ def _save_run(twin: Twin, result: TrainResult, out: Path) -> None:
         "cells": twin.metadata.n_cells, "rf_source": twin.metadata.rf_source,
         "saved": time.strftime("%Y-%m-%dT%H:%M:%S"), **asdict(result),
     }
-    atomic_write_text(out / "train.json", json.dumps(summary, indent=2))
+    write_json(out / "train.json", summary)
     plot_loss_curve(result.train_loss, result.val_loss, result.best_epoch, out / "loss_curve.png",
                     title=f"{twin.metadata.kind} ({twin.metadata.describe_backbone()})")
     (out / "train_state.pt").unlink(missing_ok=True)  # finished: a rerun starts afresh

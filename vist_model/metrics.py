@@ -66,6 +66,7 @@ from scipy.signal import find_peaks, peak_widths
 from scipy.special import rel_entr
 
 from stimuli.errors import InputError
+from stimuli.files import to_plain
 
 __all__ = [
     "SD_KL_MISSING",
@@ -236,16 +237,6 @@ def _nanmean(x: np.ndarray) -> float:
     return float(finite.mean()) if finite.size else float("nan")
 
 
-def _json_value(x: Any) -> Any:
-    if isinstance(x, np.ndarray):
-        return [_json_value(v) for v in x.tolist()]
-    if isinstance(x, float | np.floating):
-        return float(x) if np.isfinite(x) else None
-    if isinstance(x, np.integer):
-        return int(x)
-    return x
-
-
 @dataclass(frozen=True, eq=False)
 class EvaluationResult:
     """Per-cell metrics (arrays `[N]`) and their summaries; see the module docstring.
@@ -271,7 +262,7 @@ class EvaluationResult:
 
     def to_json_dict(self) -> dict[str, Any]:
         """Plain JSON types; NaN becomes None."""
-        return {name: _json_value(getattr(self, name)) for name in self.__dataclass_fields__}
+        return to_plain({name: getattr(self, name) for name in self.__dataclass_fields__}, nan_as_null=True)
 
 
 def evaluate(prediction: np.ndarray, responses: np.ndarray) -> EvaluationResult:

@@ -25,6 +25,7 @@ from rich.progress import Progress
 from torch import Tensor, nn
 
 from stimuli.errors import InputError
+from stimuli.files import atomic_path
 from vist_model.data import Block, Rows, WindowDataset, read_rows
 
 LossFn = Callable[..., Tensor]  # (prediction, target[, weights]) -> scalar, all [B, T, N]
@@ -300,7 +301,5 @@ def _swa_batchnorm(swa: torch.optim.swa_utils.AveragedModel, loader, device: tor
 
 
 def _save_state(path: Path, state: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".part")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)

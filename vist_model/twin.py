@@ -7,7 +7,6 @@ config or recording beside it. `predict` maps frames to rates whatever the model
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from torch import nn
 
 from stimuli.cell_ids import id_ranges
 from stimuli.errors import InputError, NotFoundError
+from stimuli.files import atomic_path
 from vist_model.accuracy import CellAccuracy, HeldOutAccuracy
 from vist_model.backbone import Backbone, BackboneSpec, load_backbone
 from vist_model.baselines import CNNConfig, LNConfig, LNModel, McIntoshCNN
@@ -200,9 +200,8 @@ class Twin:
                 if self.backbone is not None and not self.backbone.spec.pretrained else None
             ),
         }
-        tmp = path.with_name(f".{path.name}.part")
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            torch.save(payload, tmp)
         return path
 
     @classmethod

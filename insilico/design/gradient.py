@@ -38,6 +38,7 @@ from insilico.design.preconditioners import blur, named_preconditioner, unit_rms
 from insilico.design.regularisers import TemporalSmoothness, TotalVariation
 from insilico.design.transforms import Compose, Jitter, TimeShift
 from stimuli.errors import InputError
+from stimuli.files import atomic_path
 
 INITS = ("grey", "noise")
 
@@ -163,13 +164,10 @@ class GradientRun:
                 # Flat to 0.1 %: autoscaling would blow float noise up into steep swings.
                 ax.set_ylim(centre * 0.9, centre * 1.1)
         axes[0].legend(fontsize=7)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.part{path.suffix}")
-        fig.savefig(tmp, dpi=100)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=100)
         plt.close(fig)
-        tmp.replace(path)
-        return path
+        return Path(path)
 
 
 def random_start(shape: tuple[int, int, int], seed: int, config: GradientConfig, budget: ContrastBudget,

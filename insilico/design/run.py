@@ -40,7 +40,7 @@ from insilico.design.envelope import MIN_RF_PEAK_SNR, rf_envelope, rf_peak_snr
 from insilico.design.gradient import GradientConfig, GradientRun, optimise_gradient
 from insilico.design.natural_control import NaturalClip, NaturalScreen, best_natural_clip
 from insilico.design.objectives import OBJECTIVES, Objective, Window, named_objective
-from insilico.design.outputs import animation, contact_sheet, rf_centre, write_clip, write_json
+from insilico.design.outputs import animation, contact_sheet, rf_centre, write_clip
 from insilico.design.parametric import ParametricResult, Screen, search_parametric, storage_for
 from insilico.design.postprocess import ContrastBudget, clip_stats
 from insilico.design.response import TwinResponse
@@ -49,6 +49,7 @@ from insilico.design.verify import Verification
 from insilico.design.verify import verify_design as _verify_design
 from stimuli.contrast import to_uint8
 from stimuli.errors import InputError, InsilicoError
+from stimuli.files import write_json
 from stimuli.recording import open_recording
 from stimuli.recording.rf_geometry import rf_centre_and_size
 from vist_model.features import FeatureCache

@@ -39,8 +39,9 @@ from insilico.loop.live import LiveView, ResponseRow
 from insilico.loop.presenting import present_planned
 from insilico.loop.protocol import ClosedLoopProtocol, FinetunePlan
 from insilico.loop.rig_link import RigLink
-from insilico.loop.state import RunState, write_json_atomic
+from insilico.loop.state import RunState
 from stimuli.errors import InsilicoError
+from stimuli.files import atomic_path, write_json
 from stimuli.nwb import NwbSessionMetadata
 from stimuli.recording import open_recording
 from vist_model.data import LossFocus
@@ -287,9 +288,8 @@ class ClosedLoop:
         for length in sorted({len(c) for c in clips.values()}):
             same = [i for i, c in clips.items() if len(c) == length]  # one batched pass per clip length
             out.update(zip(same, response.rates(np.stack([clips[i] for i in same])), strict=True))
-        tmp = path.with_name(".predicted.part.npz")
-        np.savez(tmp, **{f"p{i}": v for i, v in out.items()})
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            np.savez(tmp, **{f"p{i}": v for i, v in out.items()})
         self.state.mark(k, "predict", {"seconds": _seconds_since(t0)})
         return out
 
@@ -376,9 +376,8 @@ class ClosedLoop:
             traces[f"pred_{n}"] = predicted[e["index"]][:, ci]
             traces[f"meas_{n}"] = np.nanmean(measured[e["index"]][:, :, ci], axis=0)
         rdir = self.paths.round_dir(k)
-        tmp = rdir / ".traces.part.npz"
-        np.savez(tmp, **traces)
-        tmp.replace(rdir / "traces.npz")
+        with atomic_path(rdir / "traces.npz") as tmp:
+            np.savez(tmp, **traces)
         steps = {s: self.state.get(k, s) for s in ("predict", "present", "finetune", "evaluate")}
         design_seconds = sum(self.state.record(k, f"design:{o}")["seconds"] for o in self.p.design.objectives)
         summary = {
@@ -396,7 +395,7 @@ class ClosedLoop:
                         "evaluate": steps["evaluate"]["seconds"]},
             "finetune": steps["finetune"],
         }
-        path = write_json_atomic(rdir / "summary.json", summary)
+        path = write_json(rdir / "summary.json", summary)
         self.state.mark(k, "summary", {"path": str(path.relative_to(self.paths.out))})
         self._show_summary(k)
         return path

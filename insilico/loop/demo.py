@@ -23,9 +23,9 @@ import numpy as np
 
 from insilico.console import console, progress
 from insilico.loop.runner import RunOutcome, run_protocol
-from insilico.loop.state import write_json_atomic
 from insilico.simulate import SimulationConfig
 from rig_bridge.transport import free_port
+from stimuli.files import write_json
 from vist_model.accuracy import KNOWS_CELL_CC
 
 
@@ -211,7 +211,7 @@ def run_demo(out_dir: str | Path = "demo", config: DemoConfig | None = None, *, 
                                feature_cache=out / "features")
     _stage(timings, f"closed loop ({c.rounds} rounds)", t0)
     timings["total"] = round(time.perf_counter() - started, 1)
-    write_json_atomic(out / "timings.json", timings)
+    write_json(out / "timings.json", timings)
     console.print(f"\n[bold]report:[/] {outcome.report}")
     return outcome
 

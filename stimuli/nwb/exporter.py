@@ -32,10 +32,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from stimuli.files import atomic_path
 from stimuli.nwb.errors import NwbError
 from stimuli.nwb.importer import PRESENTATIONS
 from stimuli.recording import open_recording
-from stimuli.recording.atomic import atomic_path
 
 REQUIRED_SUBJECT = ("subject_id", "species", "sex", "age")
 """Subject fields an archive (and nwbinspector, as critical) asks for; export refuses without them."""

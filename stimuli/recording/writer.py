@@ -27,8 +27,8 @@ import h5py
 import numpy as np
 
 from stimuli.errors import InputError
+from stimuli.files import atomic_path, default_mode, durable_replace, fsync_dir, fsync_file
 from stimuli.recording import layout as L
-from stimuli.recording.atomic import durable_replace, fsync_dir, fsync_file
 from stimuli.recording.validate import validate
 
 # Chunks along time so appends and range reads touch few chunks (spec: writers chunk along time).
@@ -281,7 +281,7 @@ class RecordingWriter:
             fsync_dir(self.path.parent)
             self._closed = True
             return self.path
-        os.chmod(self._tmp, _default_mode())  # mkstemp made it private; a recording is not
+        os.chmod(self._tmp, default_mode())  # mkstemp made it private; a recording is not
         durable_replace(self._tmp, self.path)  # fsync file and folder: survives a power cut
         self._closed = True
         return self.path
@@ -344,18 +344,12 @@ def _write_undo(path: Path) -> None:
         at = max(at, offset + size)
     if at < length:
         ranges.append((at, length - at))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.undo.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as out, open(path, "rb") as src:
-            header = json.dumps({"length": length, "ranges": ranges}).encode()
-            out.write(len(header).to_bytes(8, "little") + header)
-            for offset, size in ranges:
-                src.seek(offset)
-                _copy(src, out, size)
-        durable_replace(tmp, _undo_path(path))
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(_undo_path(path)) as tmp, open(tmp, "wb") as out, open(path, "rb") as src:
+        header = json.dumps({"length": length, "ranges": ranges}).encode()
+        out.write(len(header).to_bytes(8, "little") + header)
+        for offset, size in ranges:
+            src.seek(offset)
+            _copy(src, out, size)
 
 
 def recover(path: str | os.PathLike[str]) -> bool:
@@ -384,20 +378,6 @@ def _copy(src, dst, size: int) -> None:  # noqa: ANN001 - binary files
             raise OSError(f"{getattr(src, 'name', src)}: undo record cut short")
         dst.write(block)
         size -= len(block)
-
-
-def _read_umask() -> int:
-    # os.umask can only be read by setting it; done once at import, before any writer threads.
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
-
-
-_UMASK = _read_umask()
-
-
-def _default_mode() -> int:
-    return 0o666 & ~_UMASK
 
 
 def _replace(f: h5py.File, path: str, data: np.ndarray) -> None:
