@@ -32,7 +32,7 @@ from rig_bridge.protocol import (
     LOGGED_STREAMS,
     PROTOCOL_VERSION,
     Message,
-    ProtocolError,
+    MessageError,
     checked_frames,
     decode,
     encode,
@@ -199,7 +199,7 @@ class RigClient:
                 self._last_heard = time.monotonic()
                 try:
                     msg = decode(frames, max_payload_bytes=RIG_MESSAGE_LIMIT)
-                except ProtocolError as err:
+                except MessageError as err:
                     log.warning("dropping a bad message from the rig: %s", err)
                     continue
                 self._dispatch(msg)
@@ -325,7 +325,7 @@ class RigClient:
         rate = float(frame_rate) if frame_rate is not None else self.rig.frame_rate
         try:
             frames = checked_frames(np.asarray(frames))
-        except ProtocolError as err:
+        except MessageError as err:
             raise InputError(err.message) from None
         sid = stimulus_id(frames, rate)
         if frames.nbytes > self.rig.max_stimulus_bytes:

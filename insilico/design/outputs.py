@@ -33,12 +33,6 @@ def write_clip(path: Path, frames: np.ndarray, frame_rate: float, attrs: dict[st
                           pixel_size_um=pixel_size_um)
 
 
-def rf_centre(rf: np.ndarray) -> tuple[int, int]:
-    """`(y, x)` of the strongest pixel of a receptive-field map `[H, W]`."""
-    y, x = np.unravel_index(int(np.argmax(np.abs(rf))), rf.shape)
-    return int(y), int(x)
-
-
 def contact_sheet(path: Path, frames: np.ndarray, centre: tuple[int, int], frame_rate: float,
                   title: str, n_shown: int = 8) -> Path:
     """PNG: `n_shown` frames evenly spaced up to the last, and x-t / y-t cuts through `centre`.

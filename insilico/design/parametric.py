@@ -141,7 +141,7 @@ def suggest(trial: optuna.Trial, family: str, s: Screen) -> dict[str, Any]:
             "temporal_freq_hz": trial.suggest_float("temporal_freq_hz", 0.0, min(8.0, s.frame_rate / 3.0)),
             "contrast": trial.suggest_float("contrast", 0.2, 1.0),
             "size_px": trial.suggest_float("size_px", 4.0, 1.5 * side, log=True),
-            "center": (trial.suggest_float("center_y", y0, y1), trial.suggest_float("center_x", x0, x1)),
+            "center_yx": (trial.suggest_float("center_y", y0, y1), trial.suggest_float("center_x", x0, x1)),
             "phase": trial.suggest_float("phase", 0.0, 2.0 * np.pi),
         }
     if family == "spot":

@@ -40,7 +40,7 @@ from insilico.design.envelope import MIN_RF_PEAK_SNR, rf_envelope, rf_peak_snr
 from insilico.design.gradient import GradientConfig, GradientRun, optimise_gradient
 from insilico.design.natural_control import NaturalClip, NaturalScreen, best_natural_clip
 from insilico.design.objectives import OBJECTIVES, Objective, Window, named_objective
-from insilico.design.outputs import animation, contact_sheet, rf_centre, write_clip
+from insilico.design.outputs import animation, contact_sheet, write_clip
 from insilico.design.parametric import ParametricResult, Screen, search_parametric, storage_for
 from insilico.design.postprocess import ContrastBudget, clip_stats
 from insilico.design.response import TwinResponse
@@ -51,7 +51,7 @@ from stimuli.contrast import to_uint8
 from stimuli.errors import InputError, InsilicoError
 from stimuli.files import write_json
 from stimuli.recording import open_recording
-from stimuli.recording.rf_geometry import rf_centre_and_size
+from stimuli.recording.rf_geometry import rf_centre_and_size, rf_centre_pixel
 from vist_model.features import FeatureCache
 from vist_model.fit_twin import resolve_device
 from vist_model.twin import Twin, TwinMetadata
@@ -337,7 +337,7 @@ def _write(out: Path, r: DesignResult, s: DesignSettings, meta, obj: Objective,
         paths["parametric"] = write_clip(out / f"{stem}_parametric.h5", r.parametric.frames, meta.frame_rate,
                                          {**common, "method": "optuna", "family": r.parametric.family,
                                           "params": r.parametric.params}, meta.pixel_size_um)
-    centre = rf_centre(meta.rf[r.cell_index])
+    centre = rf_centre_pixel(meta.rf[r.cell_index])  # the envelope's centre
     title = f"cell {r.cell_id}: {obj.describe()} ({r.method}), RMS {r.budget.rms:.3f}"
     paths["contact_sheet"] = contact_sheet(out / f"{stem}.png", r.design, centre, meta.frame_rate, title)
     paths["animation"] = animation(out / f"{stem}.gif", r.design, meta.frame_rate)
