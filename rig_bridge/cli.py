@@ -86,7 +86,7 @@ def _make_backend(backend: str, *, sim_seed: int, sim_cells: int, sim_size: int,
                   realtime: bool, spike_format: str, profile: Path, headless: bool, spikes: str,
                   openephys: str, cell_map: Path | None, photodiode_line: int, sample_rate: float):  # noqa: ANN202
     if backend == "sim":
-        from rig_bridge.sim_backend import SimBackend
+        from rig_bridge.retina.backend import SimBackend
 
         return SimBackend(n_cells=sim_cells, size=sim_size, frame_rate=sim_rate, seed=sim_seed,
                           realtime=realtime, sample_rate=sample_rate, spike_format=spike_format)

@@ -25,8 +25,8 @@ import numpy as np
 
 from rig_bridge.backend import Emitter, PresentJob, RigInfo
 from rig_bridge.openephys import OpenEphysSubscriber
-from rig_bridge.sim_spikes import repeat_counts, repeat_rng, spike_times
-from rig_bridge.simulated_retina import SimulatedRetina
+from rig_bridge.retina import SimulatedRetina
+from rig_bridge.retina.backend import repeat_counts, repeat_rng, spike_times
 from stimuli.errors import InputError
 
 

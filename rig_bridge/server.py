@@ -49,7 +49,7 @@ from rig_bridge.protocol import (
     stimulus_id,
 )
 from rig_bridge.result_store import ResultStore, StreamRecord
-from rig_bridge.sim_spikes import presentation_seed
+from rig_bridge.retina.backend import presentation_seed
 from rig_bridge.stimulus_store import PartialStimulus, StimulusStore
 from rig_bridge.transport import bind_server_socket, endpoint
 

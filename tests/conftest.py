@@ -16,7 +16,7 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def tiny_recording(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small simulated recording: 12 cells on 32 x 32 px; mov1, mov2 (5 repeats), noise."""
-    from insilico.simulate import SimulationConfig, simulate_recording
+    from rig_bridge.retina.recording import SimulationConfig, simulate_recording
 
     path = tmp_path_factory.mktemp("data") / "tiny.h5"
     config = SimulationConfig(n_cells=12, size=32, train_seconds=20, test_seconds=6, noise_seconds=20)

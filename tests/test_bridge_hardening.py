@@ -15,8 +15,8 @@ from rig_bridge.client import RigClient
 from rig_bridge.errors import RigRemoteError, RigTimeoutError
 from rig_bridge.protocol import Message, MessageError, decode, encode, is_valid_id
 from rig_bridge.result_store import ResultStore
+from rig_bridge.retina.backend import SimBackend
 from rig_bridge.server import RigServer, ServerConfig
-from rig_bridge.sim_backend import SimBackend
 from rig_bridge.transport import free_port
 from stimuli.recording import open_recording
 

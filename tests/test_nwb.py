@@ -455,8 +455,8 @@ META_TOML = """subject_id = "mouse-7"\nspecies = "Mus musculus"\nsex = "F"\nage 
 
 @pytest.fixture()
 def rig(tmp_path: Path):  # noqa: ANN201
+    from rig_bridge.retina.backend import SimBackend
     from rig_bridge.server import RigServer, ServerConfig
-    from rig_bridge.sim_backend import SimBackend
     from rig_bridge.transport import free_port
 
     backend = SimBackend(n_cells=6, size=SIZE, frame_rate=RATE, seed=2)
@@ -574,8 +574,8 @@ segment = "mov2"
 def test_closed_loop_round_is_archived_as_nwb_with_its_designs(tiny_twin_dir: Path, tiny_recording: Path,
                                                                feature_cache_dir: Path, tmp_path: Path) -> None:
     from insilico.loop.runner import run_protocol
+    from rig_bridge.retina.backend import SimBackend
     from rig_bridge.server import RigServer, ServerConfig
-    from rig_bridge.sim_backend import SimBackend
     from rig_bridge.transport import free_port
 
     (tmp_path / "loop.toml").write_text(CLOSED_LOOP.format(data=tiny_recording))

@@ -28,7 +28,8 @@ def _run(code: str) -> subprocess.CompletedProcess[str]:
 def test_rig_packages_import_without_torch() -> None:
     out = _run(
         "import stimuli.families, stimuli.natural, stimuli.recording, stimuli.presentation\n"
-        "import rig_bridge.server, rig_bridge.client, rig_bridge.cli, rig_bridge.simulated_retina\n"
+        "import rig_bridge.server, rig_bridge.client, rig_bridge.cli, rig_bridge.retina\n"
+        "import rig_bridge.retina.backend, rig_bridge.retina.recording  # the whole simulator\n"
         "import rig_bridge.psychopy_backend\n"
         "assert not {'insilico', 'vist_model', 'torch'} & {m.split('.')[0] for m in sys.modules}\n"
     )

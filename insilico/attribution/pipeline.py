@@ -66,7 +66,7 @@ class TestMovie:
 
 
 def load_test_movie(twin: Twin, data_path: str | Path, segment: str) -> TestMovie:
-    from insilico.simulate import retina_of_recording
+    from rig_bridge.retina.recording import retina_of_recording
 
     meta = twin.metadata
     with open_recording(data_path) as rec:

@@ -5,7 +5,7 @@ seed (`--sim SEED`, with the cell count, screen and frame rate taken from the de
 The design and its siblings (best natural clip and best parametric stimulus, written beside
 it at the same budget) are played from a grey screen, and the true response is the mean
 expected spike count of the cell over the design's time window. For a linear cell the true
-optimum at the same budget (`rig_bridge.simulated_retina.true_optimal_stimulus`, exact for
+optimum at the same budget (`rig_bridge.retina.true_optimal_stimulus`, exact for
 the clip's last frame) is played too, giving the fraction of the optimum the design reaches.
 """
 
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from insilico.simulate import build_retina, retina_of_recording
-from rig_bridge.simulated_retina import SimulatedRetina, true_optimal_stimulus
+from rig_bridge.retina import SimulatedRetina, true_optimal_stimulus
+from rig_bridge.retina.recording import build_retina, retina_of_recording
 from stimuli.errors import InputError, InsilicoError
 from stimuli.recording import open_recording
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from insilico.console import console, progress
 from insilico.loop.runner import RunOutcome, run_protocol
-from insilico.simulate import SimulationConfig
+from rig_bridge.retina.recording import SimulationConfig
 from rig_bridge.transport import free_port
 from stimuli.files import write_json
 from vist_model.accuracy import KNOWS_CELL_CC
@@ -145,7 +145,7 @@ def pick_cells(cc: np.ndarray, cell_ids: tuple[int, ...], fixed: tuple[int, ...]
 
 def run_demo(out_dir: str | Path = "demo", config: DemoConfig | None = None, *, live: bool = True) -> RunOutcome:
     """Run the demo into `out_dir`; returns the closed-loop outcome (its report path)."""
-    from insilico.simulate import simulate_recording
+    from rig_bridge.retina.recording import simulate_recording
     from vist_model.evaluate import evaluate_twin
     from vist_model.features import FeatureCache
     from vist_model.fit_twin import TwinSpec, train_twin
