@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from insilico.design.cli import optimize_command, verify_command
 from insilico.design.postprocess import clip_stats
-from insilico.design.run import optimize_cells, verify_design
+from insilico.design.run import optimize_cells
+from insilico.design.verify import verify_design
 from stimuli.recording import open_recording
 from vist_model.twin import Twin
 

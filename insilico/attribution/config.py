@@ -28,7 +28,7 @@ class AttributionConfig:
         response_frames: k, the response attributed is the predicted rate summed over the
             clip's last k frames (the cell's time window).
         ig_steps: Gauss-Legendre steps of Integrated Gradients. 8 keeps the completeness gap
-            under 1.1 % (median 0.4 %) on a trained cpu-preset twin; each step is a forward
+            small on a trained cpu-preset twin (docs/benchmarks.md); each step is a forward
             and backward pass per clip and cell, the bulk of a report's time.
         noise_tunnel: wrap the method in Captum's NoiseTunnel (SmoothGrad) for smoother maps.
         nt_samples, nt_stdev: NoiseTunnel samples and noise level (in [0, 1] luminance units).

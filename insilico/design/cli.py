@@ -152,7 +152,7 @@ def verify_command(
     with friendly_errors():
         import json
 
-        from insilico.design.run import verify_design
+        from insilico.design.verify import verify_design
 
         v = verify_design(design, sim_seed=sim, data=data)
         if as_json:

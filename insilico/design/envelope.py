@@ -37,10 +37,9 @@ from stimuli.recording.rf_geometry import rf_centre_and_size
 CUTOFF_SIGMAS = 2.0
 
 MIN_RF_PEAK_SNR = 4.0
-"""The peak |map| in robust noise SDs below which a map does not locate its cell. On two
-simulated recordings (20 cells at 32 px, 90 at 64 px) every map whose centre missed the true
-one by over 3 px (8 ON-OFF cells) scored 2.4 to 3.8; every map within 3 px but one scored 4.2
-or more."""
+"""The peak |map| in robust noise SDs below which a map does not locate its cell: the value
+that separated maps whose centre missed the true one from maps that found it, on simulated
+recordings (docs/benchmarks.md, "The RF envelope's noise test")."""
 
 
 def rf_peak_snr(rf: np.ndarray) -> float:

@@ -17,9 +17,8 @@ over the time window.
 CPU defaults: 60 frames, 4 seeds and 12 steps; 24 TPE + 12 CMA-ES trials. Gradient designs
 are confined to an envelope around the cell's recorded receptive field (`envelope`) and
 start from grey, or with `sta_start` (the CLI's default where the recording has white noise)
-from the cell's denoised STA (`sta_start`). Cell 42 of the default simulation (90 cells,
-64 x 64 px, cpu-preset twin) takes 41 s on 2 idle cores with `--method gradient`, and the
-command 62 s with loading torch and the backbone (`benchmarks/mei.py` measures the rest).
+from the cell's denoised STA (`sta_start`). `benchmarks/mei.py` measures what a design costs
+and how well it drives the simulated retina (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -45,8 +44,6 @@ from insilico.design.parametric import ParametricResult, Screen, search_parametr
 from insilico.design.postprocess import ContrastBudget, clip_stats
 from insilico.design.response import TwinResponse
 from insilico.design.sta_start import noise_stas, sta_start
-from insilico.design.verify import Verification
-from insilico.design.verify import verify_design as _verify_design
 from stimuli.contrast import to_uint8
 from stimuli.errors import InputError, InsilicoError
 from stimuli.files import write_json
@@ -381,8 +378,3 @@ def _accuracy_record(meta: TwinMetadata, cell_id: int) -> dict[str, object]:
     if acc is None:
         return {"measured": False, "note": "this twin was saved without held-out accuracy (retrain to measure it)"}
     return {"measured": True, "segment": meta.accuracy.segment, **acc.to_json(), "note": acc.warning()}
-
-
-def verify_design(design: str | Path, sim_seed: int | None = None, data: str | Path | None = None) -> Verification:
-    """True responses of the simulated retina to a design and its siblings (see `verify`)."""
-    return _verify_design(design, sim_seed=sim_seed, data=data)

@@ -35,14 +35,11 @@ class DemoConfig:
 
     simulation: SimulationConfig = SimulationConfig(
         n_cells=20, size=32, seed=0, train_seconds=45.0, test_seconds=10.0, noise_seconds=30.0)
-    # The `tiny` backbone's features are smaller since its LayerNorm eps is 1 (README), and
-    # 3 epochs left the demo's twin at held-out CC 0.31 (0.38 after the two rounds); 4 reach
-    # 0.375 (0.45 after the rounds) for 30 s more.
+    # The `tiny` backbone's features are smaller since its LayerNorm eps is 1, and 3 epochs
+    # left the demo's twin visibly less accurate than 4 (docs/benchmarks.md, "The demo's settings").
     train_epochs: int = 4
     # The published dense readout on the trimmed grid learns faster than the cpu preset's
-    # factorized one, which wins on full recordings (README): after 3 epochs on 45 s of movie
-    # the demo's twin reached held-out CC 0.39 with it, 0.20 with the factorized readout
-    # (measured with the earlier `tiny` backbone).
+    # factorized one, which wins on full recordings: a few epochs on 45 s of movie is the demo.
     readout: str = "dense"
     cmst_padding: str = "valid"
     cells: tuple[int, ...] = (42,)  # always designed for; plus `extra_cells` the twin predicts best
@@ -60,13 +57,13 @@ class DemoConfig:
     finetune_batch_size: int = 16
     session_share: float | None = None  # see FinetunePlan.session_share
     focus_weight: float = 1.0  # see FinetunePlan.focus_weight
-    refine: bool = True  # see DesignPlan.refine (protocols/mei_closed_loop.toml: measured)
+    refine: bool = True  # see DesignPlan.refine
 
 
 PROTOCOL_TEMPLATE = """\
 # Written by `insilico demo`: the closed loop on the simulated retina (see protocols/mei_closed_loop.toml).
 kind = "mei_closed_loop"
-description = "insilico demo: {rounds} rounds on a small simulated retina at reduced settings for 2 CPU cores ({n_cells} cells, {train_seconds:g} s of training movie, {train_epochs} training epochs, {seeds} seed and {steps} steps per design, {finetune_epochs} fine-tuning epochs, {finetune_mode}): it shows the loop working, its numbers are not measurements (README: benchmarks/closed_loop.py for those)"
+description = "insilico demo: {rounds} rounds on a small simulated retina at reduced settings for 2 CPU cores ({n_cells} cells, {train_seconds:g} s of training movie, {train_epochs} training epochs, {seeds} seed and {steps} steps per design, {finetune_epochs} fine-tuning epochs, {finetune_mode}): it shows the loop working, its numbers are not measurements (docs/benchmarks.md has those)"
 rounds = {rounds}
 
 [design]

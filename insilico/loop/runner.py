@@ -7,7 +7,6 @@ and never shows a stored presentation again.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,7 +204,3 @@ def run_finetune(protocol: FinetuneProtocol, model: Path, data: str | Path | Non
     view.note(f"held-out CC {before['cc_mean']:.3f} -> {after['cc_mean']:.3f}")
     return out / "twin", path
 
-
-def load_outcome(out: str | Path) -> dict:
-    """The state of a run folder (for inspection and tests)."""
-    return json.loads((Path(out) / "state.json").read_text())

@@ -36,7 +36,7 @@ class SimulationConfig:
     test_seconds: float = 30.0
     test_repeats: int = 5
     noise_seconds: float = 120.0
-    noise_check_px: int = 4  # STAs of 4-px checks recover the true filters best (r ~0.9)
+    noise_check_px: int = 4  # STAs of 4-px checks recover the true filters best (docs/benchmarks.md)
     rms_contrast: float = 0.2
     # The population: relative share of each cell type (type name -> weight; empty: the
     # simulator's default mix, ~60 % linear) and a factor on every receptive field's size.

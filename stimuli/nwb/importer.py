@@ -190,7 +190,8 @@ def _import(src: str, nwbfile, out: Path, settings: NwbImportSettings) -> NwbImp
     imported: list[ImportedSegment] = []
     with RecordingWriter(out, frame_rate=frame_rate, height=height, width=width, cell_ids=ids,
                          n_repeats=n_repeats, counts_dtype="float32", pixel_size_um=pixel,
-                         attrs=_session_attrs(src, nwbfile, rate_source)) as writer:
+                         attrs={**_session_attrs(src, nwbfile, rate_source),
+                                "timing_source": f"flips of the NWB stimulus series in {Path(src).name}"}) as writer:
         for s in order:
             edges = np.stack([sh.edges for sh in showings[s.name]])  # [R_s, T + 1]
             counts = np.stack([_bin(edges[r], spikes) for r in range(len(edges))])  # [R_s, T, N]
@@ -208,7 +209,6 @@ def _import(src: str, nwbfile, out: Path, settings: NwbImportSettings) -> NwbImp
             writer.add_segment(s.name, start, start + s.period)
             writer.write_extra(f"/timing/{s.name}/flip_time", edges)
             imported.append(ImportedSegment(s.name, s.kind, s.period, len(edges)))
-        writer.set_attr("timing_source", f"flips of the NWB stimulus series in {Path(src).name}")
         flat = np.concatenate(spikes) if spikes else np.zeros(0)
         writer.write_extra("/spikes/times", flat.astype(np.float64))
         writer.write_extra("/spikes/index", np.cumsum([len(x) for x in spikes]).astype(np.int64))

@@ -57,11 +57,6 @@ class PresentationLog:
     def n_dropped(self) -> int:
         return int(self.dropped.sum())
 
-    @property
-    def refresh_intervals(self) -> np.ndarray:
-        """`[T*N - 1]` seconds between consecutive flips."""
-        return np.diff(self.refresh_time)
-
     def captured_stimulus(self) -> np.ndarray:
         """Captured frames cropped to the stimulus rectangle `[T, H*scale, W*scale]` uint8."""
         if self.captured is None:

@@ -72,7 +72,3 @@ def apply_lut(frames: np.ndarray, lut: np.ndarray) -> np.ndarray:
         raise InputError(f"lut must be [256] uint8, got {list(lut.shape)} {lut.dtype}")
     return lut[frames]
 
-
-def correct(frames: np.ndarray, profile: RigProfile) -> np.ndarray:
-    """Apply the profile's luminance correction to frames `[...]` uint8."""
-    return apply_lut(frames, profile_lut(profile))

@@ -255,9 +255,6 @@ class RecordingWriter:
             raise InputError(f"/cells/{name} needs {self.n_cells} entries, got shape {list(data.shape)}")
         _replace(self._f, f"/cells/{name}", data)
 
-    def set_attr(self, key: str, value: object) -> None:
-        self._f.attrs[key] = value
-
     def write_extra(self, path: str, data: np.ndarray) -> None:
         """Store a dataset outside the spec's names (e.g. `/presentation/flip_time`).
 
