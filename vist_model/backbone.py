@@ -19,9 +19,7 @@ Backbones (`load_backbone(name_or_path)`):
   position embedding, and with the default 1e-6 each token was normalised to the sign of
   its patch's luminance against grey (uniform patches at 0.0 and 0.4 gave the same token),
   so a twin could not tell a faint stimulus from a full-contrast one. With eps 1 the tokens
-  of uniform patches are linear in luminance (R^2 0.99 against 0.76). Twins trained on
-  the earlier `tiny` (its spec's `source` says so) load with the backbone they were
-  trained with.
+  of uniform patches are linear in luminance (R^2 0.99 against 0.76).
 * `pixels`: no ViT at all (the paper's "without foundation model" ablation).
   The normalised greyscale image is average-pooled onto the 16 x 16 grid giving
   C = 2 channels per cell: mean luminance, and local RMS contrast
@@ -35,7 +33,7 @@ them: resizing uses bilinear interpolation with `antialias=False`.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -60,10 +58,6 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 TINY_SEED = 0
 TINY_LAYER_NORM_EPS = 1.0
-# The `tiny` backbone before its LayerNorm eps was set (Dinov2Config's default eps): twins
-# trained on it keep it.
-LEGACY_TINY_SOURCE = f"random Dinov2Config(hidden 32, 2 layers), seed {TINY_SEED}"
-LEGACY_TINY_LAYER_NORM_EPS = 1e-6
 
 
 class BackboneUnavailableError(InsilicoError, FileNotFoundError):
@@ -290,14 +284,12 @@ def _pretrained_encoder(source: str) -> nn.Module:
         ) from err
 
 
-def load_backbone(name_or_path: str, source: str | None = None) -> Backbone:
+def load_backbone(name_or_path: str) -> Backbone:
     """A frozen backbone in eval mode.
 
     Args:
         name_or_path: a key of `BACKBONE_PRESETS`, a local DINOv2 folder, or a hub id
             present in the local Hugging Face cache.
-        source: the `BackboneSpec.source` a checkpoint recorded, for presets that changed
-            since (`tiny` before its LayerNorm eps); None gives the current preset.
 
     Raises:
         BackboneUnavailableError: pretrained weights are not on disk.
@@ -305,8 +297,6 @@ def load_backbone(name_or_path: str, source: str | None = None) -> Backbone:
     if name_or_path == "pixels":
         return PixelBackbone()
     if name_or_path == "tiny":
-        if source == LEGACY_TINY_SOURCE:
-            return DinoV2Backbone(replace(BACKBONE_PRESETS["tiny"], source=source), _tiny_encoder(LEGACY_TINY_LAYER_NORM_EPS))
         return DinoV2Backbone(BACKBONE_PRESETS["tiny"], _tiny_encoder(TINY_LAYER_NORM_EPS))
     if name_or_path in BACKBONE_PRESETS:
         spec = BACKBONE_PRESETS[name_or_path]

@@ -234,7 +234,7 @@ class Twin:
         backbone = None
         if meta.backbone is not None:
             spec = BackboneSpec(**{k: meta.backbone[k] for k in ("name", "source", "pretrained", "hidden_size", "grid")})
-            backbone = load_backbone(backbone_path or spec.name, source=None if backbone_path else spec.source)
+            backbone = load_backbone(backbone_path or spec.name)
             stored = payload.get("backbone_state")
             # Stored weights are checked as saved: the installed transformers may name them otherwise.
             found = state_fingerprint(backbone.spec, stored) if stored is not None else backbone_fingerprint(backbone)
