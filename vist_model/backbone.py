@@ -19,7 +19,7 @@ Backbones (`load_backbone(name_or_path)`):
   position embedding, and with the default 1e-6 each token was normalised to the sign of
   its patch's luminance against grey (uniform patches at 0.0 and 0.4 gave the same token),
   so a twin could not tell a faint stimulus from a full-contrast one. With eps 1 the tokens
-  of uniform patches are linear in luminance (R^2 0.99 against 0.76).
+  of uniform patches are linear in luminance (docs/benchmarks.md).
 * `pixels`: no ViT at all (the paper's "without foundation model" ablation).
   The normalised greyscale image is average-pooled onto the 16 x 16 grid giving
   C = 2 channels per cell: mean luminance, and local RMS contrast
