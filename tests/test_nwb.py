@@ -424,18 +424,8 @@ def test_cli_import_and_export(tmp_path: Path, pipeline_nwb: Path) -> None:
     assert said.startswith("error:") and "/units: no unit with id [9]" in said and "Traceback" not in said
 
 
-BLOCK = """
-import importlib.abc, sys
-class NotInstalled(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        if name.split('.')[0] in ('torch', 'transformers', 'captum', 'optuna'):
-            raise ImportError(f'{name} is not installed on the rig')
-sys.meta_path.insert(0, NotInstalled())
-"""
-
-
-def test_nwb_import_and_export_run_without_torch(tmp_path: Path, pipeline_nwb: Path) -> None:
-    code = BLOCK + (
+def test_nwb_import_and_export_run_without_torch(tmp_path: Path, pipeline_nwb: Path, without_torch: str) -> None:
+    code = without_torch + (
         "from stimuli.nwb import import_nwb, export_nwb\n"
         f"import_nwb({str(pipeline_nwb)!r}, {str(tmp_path / 'r.h5')!r})\n"
         f"export_nwb({str(tmp_path / 'r.h5')!r}, {str(tmp_path / 'o.nwb')!r})\n"
