@@ -30,6 +30,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -37,6 +38,9 @@ from stimuli.errors import InputError
 from stimuli.nwb.errors import NwbError
 from stimuli.recording import RecordingWriter
 from stimuli.recording.sta import DEFAULT_LAGS, NOISE_SEGMENT_NAMES, StaAccumulator
+
+if TYPE_CHECKING:  # pynwb loads slowly: imported where a file is read
+    from pynwb import NWBFile, TimeSeries
 
 PRESENTATIONS = "presentations"
 """Name of the `intervals` table whose rows give each showing's start and stop (our export's)."""
@@ -165,7 +169,7 @@ def _precheck(src: str) -> None:
                                "starting_time + rate: when was each frame shown?")
 
 
-def _import(src: str, nwbfile, out: Path, settings: NwbImportSettings) -> NwbImportReport:  # noqa: ANN001
+def _import(src: str, nwbfile: NWBFile, out: Path, settings: NwbImportSettings) -> NwbImportReport:
     ids, spikes = _units(src, nwbfile, settings.units)
     series, ignored = _image_series(src, nwbfile, settings.stimuli)
     median = _frame_interval(src, series, settings.rate_tolerance)
@@ -226,7 +230,7 @@ def _import(src: str, nwbfile, out: Path, settings: NwbImportSettings) -> NwbImp
 
 
 # --- units ----------------------------------------------------------------------------------------
-def _units(src: str, nwbfile, keep: Sequence[int] | None) -> tuple[np.ndarray, list[np.ndarray]]:  # noqa: ANN001
+def _units(src: str, nwbfile: NWBFile, keep: Sequence[int] | None) -> tuple[np.ndarray, list[np.ndarray]]:
     units = nwbfile.units
     if units is None or len(units.id) == 0:
         raise NwbError(src, "/units", "missing or empty: the file has no sorted units to take spikes from")
@@ -253,7 +257,7 @@ def _units(src: str, nwbfile, keep: Sequence[int] | None) -> tuple[np.ndarray, l
     return ids[rows], spikes
 
 
-def _cell_metadata(src: str, nwbfile, writer: RecordingWriter, settings: NwbImportSettings,  # noqa: ANN001
+def _cell_metadata(src: str, nwbfile: NWBFile, writer: RecordingWriter, settings: NwbImportSettings,
                    ids: np.ndarray, height: int, width: int) -> str | None:
     """Cell types, electrodes and (when given) RFs of the kept units; returns the RF source."""
     units = nwbfile.units
@@ -279,7 +283,7 @@ def _cell_metadata(src: str, nwbfile, writer: RecordingWriter, settings: NwbImpo
 
 
 # --- stimulus series -------------------------------------------------------------------------------
-def _image_series(src: str, nwbfile, wanted: Sequence[str] | None) -> tuple[list[_Series], list[str]]:  # noqa: ANN001
+def _image_series(src: str, nwbfile: NWBFile, wanted: Sequence[str] | None) -> tuple[list[_Series], list[str]]:
     from pynwb.image import ImageSeries, IndexSeries
 
     where = "stimulus/presentation"
@@ -304,7 +308,7 @@ def _image_series(src: str, nwbfile, wanted: Sequence[str] | None) -> tuple[list
     return series, ignored
 
 
-def _flips(src: str, obj, n: int) -> np.ndarray:  # noqa: ANN001
+def _flips(src: str, obj: TimeSeries, n: int) -> np.ndarray:
     where = f"stimulus/presentation/{obj.name}"
     if obj.timestamps is not None:
         flips = np.asarray(obj.timestamps[:], dtype=np.float64)
@@ -326,7 +330,7 @@ def _flips(src: str, obj, n: int) -> np.ndarray:  # noqa: ANN001
     return flips
 
 
-def _frame_series(src: str, obj) -> _Series:  # noqa: ANN001
+def _frame_series(src: str, obj: TimeSeries) -> _Series:
     where = f"stimulus/presentation/{obj.name}"
     if obj.external_file is not None and len(obj.external_file) > 0:
         raise NwbError(src, f"{where}/external_file", "frames live in external files; store them in data to import")
@@ -347,7 +351,7 @@ def _frame_series(src: str, obj) -> _Series:  # noqa: ANN001
     return _Series(obj.name, type(obj).__name__, flips, shape[0], 1, height, width, read, pixel)
 
 
-def _index_series(src: str, obj) -> _Series:  # noqa: ANN001
+def _index_series(src: str, obj: TimeSeries) -> _Series:
     where = f"stimulus/presentation/{obj.name}"
     index = np.asarray(obj.data[:])
     if index.ndim != 1 or len(index) == 0 or index.dtype.kind not in "iu":
@@ -446,7 +450,7 @@ def _series_medians(series: list[_Series]) -> list[tuple[_Series, float]]:
     return out
 
 
-def _other_flips(nwbfile, series: list[_Series]) -> np.ndarray:  # noqa: ANN001
+def _other_flips(nwbfile: NWBFile, series: list[_Series]) -> np.ndarray:
     """Flip times of the presented image series not taken: their first frame ends the one before."""
     from pynwb.image import ImageSeries, IndexSeries
 
@@ -462,7 +466,7 @@ def _other_flips(nwbfile, series: list[_Series]) -> np.ndarray:  # noqa: ANN001
     return np.concatenate(out) if out else np.zeros(0)
 
 
-def _showings(src: str, nwbfile, series: list[_Series], other_flips: np.ndarray, median: float,  # noqa: ANN001
+def _showings(src: str, nwbfile: NWBFile, series: list[_Series], other_flips: np.ndarray, median: float,
               gap_intervals: float) -> dict[str, list[_Showing]]:
     """Bin edges of every showing: frame flips plus the end of its last frame (module rule 3)."""
     stops = _presentation_stops(src, nwbfile)
@@ -487,7 +491,7 @@ def _showings(src: str, nwbfile, series: list[_Series], other_flips: np.ndarray,
     return out
 
 
-def _presentation_stops(src: str, nwbfile) -> dict[str, np.ndarray]:  # noqa: ANN001
+def _presentation_stops(src: str, nwbfile: NWBFile) -> dict[str, np.ndarray]:
     """`{series: [k, 2] (start_time, stop_time)}` from `intervals/presentations`, if the file has it."""
     table = nwbfile.intervals.get(PRESENTATIONS) if nwbfile.intervals is not None else None
     if table is None:
@@ -538,7 +542,7 @@ def _noise_name(src: str, order: list[_Series], wanted: str | None) -> str | Non
     return next((n for n in names if n.lower() in NOISE_SEGMENT_NAMES), None)
 
 
-def _session_attrs(src: str, nwbfile, rate_source: str) -> dict[str, object]:  # noqa: ANN001
+def _session_attrs(src: str, nwbfile: NWBFile, rate_source: str) -> dict[str, object]:
     """Root attributes that carry the NWB session metadata, so an export can give it back."""
     attrs: dict[str, object] = {"source": "NWB import", "nwb_file": Path(src).name,
                                 "frame_rate_source": rate_source}
