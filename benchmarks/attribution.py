@@ -29,8 +29,8 @@ from insilico.attribution.config import AttributionConfig, random_share
 from insilico.attribution.pipeline import attribute_twin, load_test_movie, write_reports
 from insilico.attribution.summaries import map_correlation
 from insilico.console import console, progress
-from rig_bridge.simulated_retina import split_half_reliability
 from stimuli.recording import open_recording
+from stimuli.recording.reliability import split_half_reliability
 from vist_model.fit_twin import TwinSpec, new_twin
 from vist_model.receptive_fields import receptive_fields
 from vist_model.twin import Twin

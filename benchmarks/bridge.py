@@ -27,9 +27,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rig_bridge.client import RigClient  # noqa: E402
 from rig_bridge.keys import generate_keys  # noqa: E402
 from rig_bridge.protocol import DEFAULT_MAX_PAYLOAD_BYTES  # noqa: E402
+from rig_bridge.retina.backend import (  # noqa: E402
+    SimBackend,  # noqa: E402
+    presentation_seed,
+    repeat_counts,
+    repeat_rng,
+)
 from rig_bridge.server import RigServer, ServerConfig  # noqa: E402
-from rig_bridge.sim_backend import SimBackend  # noqa: E402
-from rig_bridge.sim_spikes import presentation_seed, repeat_counts, repeat_rng  # noqa: E402
 from rig_bridge.transport import free_port  # noqa: E402
 
 

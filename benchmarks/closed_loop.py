@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from insilico.design.settings import design_settings  # noqa: E402
 from insilico.loop.demo import DemoConfig, run_demo  # noqa: E402
 from insilico.loop.report import YARDSTICKS, load_rounds, objectives_of  # noqa: E402
-from insilico.simulate import SimulationConfig  # noqa: E402
+from rig_bridge.retina.recording import SimulationConfig  # noqa: E402
 
 
 def main() -> None:

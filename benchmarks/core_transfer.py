@@ -1,6 +1,6 @@
 """A new retina on a trained core against twins trained from scratch (issue 19's "done when").
 
-A shared core is trained on some members of `insilico.simulate.retina_family(6, seed=0)` (the
+A shared core is trained on some members of `rig_bridge.retina.recording.retina_family(6, seed=0)` (the
 first `--core-members`); the last member is the new retina, simulated three times with the same
 retina and test movie and training movies of `--short` seconds (30), `--long` seconds (120) and
 its full family length. On each, on the held-out repeated movie `mov2`, per-cell CC / noise
@@ -34,7 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from insilico.simulate import SimulationConfig, retina_family, simulate_recording  # noqa: E402
+from rig_bridge.retina.recording import SimulationConfig, retina_family, simulate_recording  # noqa: E402
 from vist_model.accuracy import HeldOutAccuracy  # noqa: E402
 from vist_model.core import CORE_FITTING, fit_on_core  # noqa: E402
 from vist_model.features import FeatureCache  # noqa: E402

@@ -37,7 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from insilico.simulate import SimulationConfig, simulate_recording  # noqa: E402
+from rig_bridge.retina.recording import SimulationConfig, simulate_recording  # noqa: E402
 from stimuli.recording import open_recording  # noqa: E402
 from vist_model.evaluate import evaluate_twin  # noqa: E402
 from vist_model.features import FeatureCache  # noqa: E402

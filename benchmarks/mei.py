@@ -29,9 +29,10 @@ from insilico.design.postprocess import ContrastBudget  # noqa: E402
 from insilico.design.run import optimize_cells  # noqa: E402
 from insilico.design.settings import default, design_settings  # noqa: E402
 from insilico.design.verify import true_response  # noqa: E402
-from insilico.simulate import SimulationConfig, retina_of_recording, simulate_recording  # noqa: E402
-from rig_bridge.simulated_retina import split_half_reliability, true_optimal_stimulus  # noqa: E402
+from rig_bridge.retina import true_optimal_stimulus
+from rig_bridge.retina.recording import SimulationConfig, retina_of_recording, simulate_recording  # noqa: E402
 from stimuli.recording import open_recording  # noqa: E402
+from stimuli.recording.reliability import split_half_reliability  # noqa: E402
 from vist_model.features import FeatureCache  # noqa: E402
 from vist_model.fit_twin import TwinSpec, train_twin  # noqa: E402
 from vist_model.train import CPU_TRAINING  # noqa: E402

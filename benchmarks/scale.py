@@ -162,7 +162,7 @@ def large_backbone(folder: Path, layers: int = LARGE["num_hidden_layers"]) -> Pa
 
 
 def simulated(path: Path, cells: int, minutes: float) -> Path:
-    from insilico.simulate import SimulationConfig, simulate_recording
+    from rig_bridge.retina.recording import SimulationConfig, simulate_recording
 
     if not path.exists():
         simulate_recording(path, SimulationConfig(n_cells=cells, size=32, train_seconds=60 * minutes,

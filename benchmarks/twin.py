@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from insilico.simulate import SimulationConfig, simulate_recording  # noqa: E402
+from rig_bridge.retina.recording import SimulationConfig, simulate_recording  # noqa: E402
 from stimuli.recording import RecordingWriter, open_recording  # noqa: E402
 from vist_model.evaluate import evaluate_twin  # noqa: E402
 from vist_model.features import FeatureCache  # noqa: E402
@@ -103,8 +103,8 @@ def twin_sta(twin, n_frames: int = 2400, check_px: int = 4, lags: int = 15, seed
 
 def rf_recovery(twin, data: Path) -> float:
     """Median |r| of the twin's STA against the true spatial filter, reliable linear cells."""
-    from insilico.simulate import retina_of_recording
-    from rig_bridge.simulated_retina import split_half_reliability
+    from rig_bridge.retina.recording import retina_of_recording
+    from stimuli.recording.reliability import split_half_reliability
 
     with open_recording(data) as rec:
         if "sim_seed" not in rec.attrs:

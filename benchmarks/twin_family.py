@@ -1,6 +1,6 @@
 """The twin on a family of simulated retinas: accuracy per cell type and design fidelity.
 
-The family is generated (`insilico.simulate.retina_family`), not hand-picked: its members differ
+The family is generated (`rig_bridge.retina.recording.retina_family`), not hand-picked: its members differ
 in screen size, cell count, cell-type mix, receptive-field size, contrast, training length,
 repeats and seed. Members `--tune` first ones are where the twin's settings may be chosen; the
 table that counts is over the others ("report" members), which no setting was chosen on.
@@ -37,14 +37,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from insilico.design.run import optimize_cells  # noqa: E402
 from insilico.design.settings import design_settings  # noqa: E402
 from insilico.design.verify import true_response  # noqa: E402
-from insilico.simulate import (  # noqa: E402
+from rig_bridge.retina.recording import (  # noqa: E402
     SimulationConfig,
     retina_family,
     retina_of_recording,
     simulate_recording,
 )
-from rig_bridge.simulated_retina import split_half_reliability  # noqa: E402
 from stimuli.recording import RecordingWriter, open_recording  # noqa: E402
+from stimuli.recording.reliability import split_half_reliability  # noqa: E402
 from vist_model.features import FeatureCache  # noqa: E402
 from vist_model.fit_twin import TwinSpec, finetune_twin, train_twin  # noqa: E402
 from vist_model.metrics import evaluate  # noqa: E402

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from insilico.errors import InsilicoError
 from stimuli.cell_ids import id_ranges
+from stimuli.errors import InputError, InsilicoError
 
 if TYPE_CHECKING:  # the CLI imports this module before torch is needed
     from vist_model.twin import TwinMetadata
@@ -20,11 +20,11 @@ def parse_cells(spec: str | Sequence[int], cell_ids: Sequence[int]) -> list[int]
         try:
             ids = [int(s) for s in spec.split(",") if s.strip()]
         except ValueError:
-            raise ValueError(f"--cells must be 'all' or comma-separated ids like 3,42, got {spec!r}") from None
+            raise InputError(f"cells must be 'all' or comma-separated ids like 3,42, got {spec!r}") from None
     else:
         ids = [int(i) for i in spec]
     if not ids:
-        raise ValueError("name at least one cell (--cell 42, --cells 3,42 or --cells all)")
+        raise InputError("cells names no cell: give an id (42), ids (3,42) or 'all'")
     known = set(cell_ids)
     missing = [i for i in ids if i not in known]
     if missing:

@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from insilico.errors import InsilicoError
+from stimuli.errors import InsilicoError
 
 
 def at_least(value: float | None, minimum: float, flag: str) -> None:

@@ -15,13 +15,14 @@ import typer
 
 from insilico import checks
 from insilico.attribution.cli import attribute_command
-from insilico.console import console, err_console
+from insilico.console import console, err_console, progress
 from insilico.design.cli import optimize_command, verify_command
-from insilico.errors import InsilicoError, friendly_errors
+from insilico.errors import friendly_errors
 from insilico.import_video import import_video_command
 from insilico.loop.cli import demo_command, run_command
 from insilico.nwb_cli import export_app, import_app
 from rig_bridge.cli import rig_app
+from stimuli.errors import InsilicoError
 
 if TYPE_CHECKING:
     from stimuli.presentation.rig_profile import RigProfile
@@ -56,13 +57,18 @@ def simulate(
     """Simulate a retina recording: mov1 (train), mov2 (test, repeated), white noise, STA RFs."""
     with friendly_errors():
         checks.output_file(out, "--out")
-        from insilico.simulate import SimulationConfig, simulate_recording
+        # The flags a user typed; SimulationConfig checks the same values under their setting names.
+        checks.at_least(cells, 1, "--cells")
+        checks.at_least(size, 16, "--size")
+        checks.at_least(test_repeats, 2, "--test-repeats")
+        from rig_bridge.retina.recording import SimulationConfig, simulate_recording
 
         config = SimulationConfig(
             n_cells=cells, seed=seed, size=size, frame_rate=fps, train_seconds=train_seconds,
             test_seconds=test_seconds, test_repeats=test_repeats, noise_seconds=noise_seconds,
         )
-        path = simulate_recording(out, config)
+        with progress() as bar:
+            path = simulate_recording(out, config, progress=bar)
         console.print(f"wrote [bold]{path}[/] ({cells} cells, seed {seed}, {size}x{size} px, {fps:g} Hz)")
 
 
@@ -161,7 +167,6 @@ def train(
         checks.at_least(batch_size, 1, "--batch-size")
         checks.output_folder(out, "--out")
 
-        from insilico.console import progress
         from vist_model.accuracy import KNOWS_CELL_CC
         from vist_model.fit_twin import TwinSpec, train_twin
         from vist_model.train import training_for

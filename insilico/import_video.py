@@ -14,7 +14,8 @@ import typer
 
 from insilico import checks
 from insilico.console import console
-from insilico.errors import InsilicoError, friendly_errors
+from insilico.errors import friendly_errors
+from stimuli.errors import InsilicoError
 
 
 def import_video_command(

@@ -12,6 +12,7 @@ import typer
 
 from insilico.console import console
 from insilico.errors import friendly_errors
+from stimuli.errors import InputError
 
 import_app = typer.Typer(help="Bring a lab's recording into recording-v1.", no_args_is_help=True,
                          add_completion=False)
@@ -67,7 +68,7 @@ def _ids(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(u) for u in text.split(",") if u.strip())
     except ValueError:
-        raise ValueError(f"--units takes unit ids separated by commas (e.g. 3,17,42), got {text!r}") from None
+        raise InputError(f"--units takes unit ids separated by commas (e.g. 3,17,42), got {text!r}") from None
 
 
 def _check(path: Path) -> None:

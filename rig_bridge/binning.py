@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from stimuli.errors import InputError
+
 
 def frame_edges(flips: np.ndarray, n_frames: int) -> np.ndarray:
     """Bin edges `[T + 1]` of one repeat from its flip events `[k, 2]` (frame index, sample).
@@ -14,13 +16,13 @@ def frame_edges(flips: np.ndarray, n_frames: int) -> np.ndarray:
     idx = flips[:, 0]
     if len(idx) != n_frames + 1 or not np.array_equal(np.sort(idx), np.arange(n_frames + 1)):
         have = len(np.unique(idx))
-        raise ValueError(f"flip events cover {have} of the {n_frames + 1} frame edges (0..{n_frames}) "
+        raise InputError(f"flip events cover {have} of the {n_frames + 1} frame edges (0..{n_frames}) "
                          f"with {len(idx)} events")
     edges = np.empty(n_frames + 1, dtype=np.int64)
     edges[idx] = flips[:, 1]
     if (np.diff(edges) < 0).any():
         bad = int(np.flatnonzero(np.diff(edges) < 0)[0])
-        raise ValueError(f"flip times run backwards between frame {bad} and {bad + 1}")
+        raise InputError(f"flip times run backwards between frame {bad} and {bad + 1}")
     return edges
 
 
@@ -39,7 +41,7 @@ def bin_spikes(edges: np.ndarray, cell_ids: np.ndarray, spike_cells: np.ndarray,
     pos_c = np.minimum(pos, len(ids) - 1)
     if len(spike_cells) and not np.array_equal(sorted_ids[pos_c], spike_cells):
         unknown = spike_cells[sorted_ids[pos_c] != spike_cells][:5]
-        raise ValueError(f"spikes from cell ids {unknown.tolist()} that the rig did not announce")
+        raise InputError(f"spikes from cell ids {unknown.tolist()} that the rig did not announce")
     col = order[pos_c]
     t = np.searchsorted(edges, np.asarray(spike_samples, dtype=np.int64), side="right") - 1
     inside = (t >= 0) & (t < len(edges) - 1)

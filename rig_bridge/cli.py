@@ -11,6 +11,8 @@ from typing import Annotated
 
 import typer
 
+from stimuli.errors import InputError, InsilicoError
+
 
 @dataclass(frozen=True)
 class BackendSettings:
@@ -95,7 +97,7 @@ def serve(
         server.serve_forever()
     except KeyboardInterrupt:
         pass
-    except (OSError, ValueError) as err:  # bind failed, unreadable keys: one line, no traceback
+    except (OSError, InsilicoError) as err:  # bind failed, unreadable keys: one line, no traceback
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
     finally:
@@ -105,7 +107,7 @@ def serve(
 def make_backend(s: BackendSettings):  # noqa: ANN201 (a SimBackend or a PsychopyBackend, imported lazily)
     """The rig's backend: the simulated retina, or PsychoPy with simulated or Open Ephys spikes."""
     if s.backend == "sim":
-        from rig_bridge.sim_backend import SimBackend
+        from rig_bridge.retina.backend import SimBackend
 
         return SimBackend(n_cells=s.sim_cells, size=s.sim_size, frame_rate=s.sim_rate, seed=s.sim_seed,
                           realtime=s.realtime, sample_rate=s.sample_rate, spike_format=s.spike_format)
@@ -160,7 +162,6 @@ def present(
 ) -> None:
     """Present STIM on the rig and append the evoked spike counts to the session recording."""
     from rig_bridge.client import RigClient, load_stimulus_file
-    from rig_bridge.errors import RigError
 
     logging.basicConfig(level=logging.WARNING, format="%(name)s %(levelname)s %(message)s")
     if keys is None and not insecure:  # before the transport's message, which names keys_dir=
@@ -176,7 +177,7 @@ def present(
             from stimuli.nwb import export_nwb
 
             export_nwb(out, nwb, meta)
-    except (RigError, ValueError, FileNotFoundError) as err:
+    except (InsilicoError, FileNotFoundError) as err:  # RigError is one
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"stored {counts.shape[0]} x {counts.shape[1]} frames x {counts.shape[2]} cells, "
@@ -187,7 +188,7 @@ def _nwb_metadata(nwb: Path | None, metadata: Path | None, session: Path):  # no
     """The metadata an NWB copy of the session needs, checked complete now (None without --nwb)."""
     if nwb is None:
         if metadata is not None:
-            raise ValueError("--nwb-metadata is for --nwb FILE.nwb: give both")
+            raise InputError("--nwb-metadata is for --nwb FILE.nwb: give both")
         return None
     from stimuli.nwb import NwbSessionMetadata
     from stimuli.recording import open_recording
@@ -197,7 +198,7 @@ def _nwb_metadata(nwb: Path | None, metadata: Path | None, session: Path):  # no
         with open_recording(session) as rec:
             meta = meta.filled_from(rec.attrs)
     if meta.missing():
-        raise ValueError(f"--nwb needs the subject's {', '.join(meta.missing())}: give them in --nwb-metadata FILE.toml")
+        raise InputError(f"--nwb needs the subject's {', '.join(meta.missing())}: give them in --nwb-metadata FILE.toml")
     return meta
 
 

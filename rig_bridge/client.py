@@ -32,7 +32,7 @@ from rig_bridge.protocol import (
     LOGGED_STREAMS,
     PROTOCOL_VERSION,
     Message,
-    ProtocolError,
+    MessageError,
     checked_frames,
     decode,
     encode,
@@ -45,6 +45,7 @@ from rig_bridge.session_file import (
     stored_segments,
 )
 from rig_bridge.transport import secure_client_socket
+from stimuli.errors import InputError
 
 log = logging.getLogger("rig_bridge.client")
 
@@ -91,7 +92,7 @@ class RigClient:
                  heartbeat_s: float = 0.5, dead_after_s: float | None = None,
                  session_id: str | None = None) -> None:
         if timeout_s <= 0 or heartbeat_s <= 0:
-            raise ValueError("timeout_s and heartbeat_s must be > 0")
+            raise InputError("timeout_s and heartbeat_s must be > 0")
         self.address = address
         self.keys_dir = keys_dir
         self.insecure = insecure
@@ -198,7 +199,7 @@ class RigClient:
                 self._last_heard = time.monotonic()
                 try:
                     msg = decode(frames, max_payload_bytes=RIG_MESSAGE_LIMIT)
-                except ProtocolError as err:
+                except MessageError as err:
                     log.warning("dropping a bad message from the rig: %s", err)
                     continue
                 self._dispatch(msg)
@@ -324,11 +325,11 @@ class RigClient:
         rate = float(frame_rate) if frame_rate is not None else self.rig.frame_rate
         try:
             frames = checked_frames(np.asarray(frames))
-        except ProtocolError as err:
-            raise ValueError(err.message) from None
+        except MessageError as err:
+            raise InputError(err.message) from None
         sid = stimulus_id(frames, rate)
         if frames.nbytes > self.rig.max_stimulus_bytes:
-            raise ValueError(f"stimulus of {frames.nbytes} bytes exceeds the rig's limit of "
+            raise InputError(f"stimulus of {frames.nbytes} bytes exceeds the rig's limit of "
                              f"{self.rig.max_stimulus_bytes} bytes")
         try:
             self._call("upload", {"stimulus_id": sid, "frame_rate": rate})
@@ -353,7 +354,7 @@ class RigClient:
         frame_bytes = frames.shape[1] * frames.shape[2]
         per_part = self.rig.max_payload_bytes // frame_bytes
         if per_part < 1:
-            raise ValueError(f"one {frames.shape[1]}x{frames.shape[2]} frame exceeds the rig's message "
+            raise InputError(f"one {frames.shape[1]}x{frames.shape[2]} frame exceeds the rig's message "
                              f"limit of {self.rig.max_payload_bytes} bytes")
         body = {"stimulus_id": sid, "frame_rate": rate, "shape": [int(s) for s in frames.shape]}
         start, sends = 0, 0
@@ -384,9 +385,9 @@ class RigClient:
         `presentNNN_<id8>` before it is acknowledged; rerunning after a crash resumes it.
         """
         if not isinstance(repeats, int) or repeats < 1:
-            raise ValueError(f"repeats must be an integer >= 1, got {repeats!r}")
+            raise InputError(f"repeats must be an integer >= 1, got {repeats!r}")
         if not isinstance(isi_grey_frames, int) or isi_grey_frames < 0:
-            raise ValueError(f"isi_grey_frames must be an integer >= 0, got {isi_grey_frames!r}")
+            raise InputError(f"isi_grey_frames must be an integer >= 0, got {isi_grey_frames!r}")
         journal = None
         if session_path is not None:
             journal = SessionJournal(session_path)
@@ -403,7 +404,7 @@ class RigClient:
         if isinstance(stimulus, str):
             sid = stimulus
             if sid not in self._stimuli:
-                raise ValueError(f"stimulus {sid[:16]}... was not uploaded by this client; pass its frames")
+                raise InputError(f"stimulus {sid[:16]}... was not uploaded by this client; pass its frames")
             frames = self._stimuli[sid]
             self.upload(frames, frame_rate)  # cheap when the rig has it; re-sends after a rig wipe
         else:

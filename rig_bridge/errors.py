@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from stimuli.errors import InsilicoError
 
-class RigError(Exception):
+
+class RigError(InsilicoError):
     """Base class of the controller's errors."""
 
 

@@ -25,7 +25,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from stimuli.recording.atomic import fsync_dir
+from stimuli.files import fsync_dir
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import zmq.auth
 
+from stimuli.errors import InputError
+
 AUTHORIZED_DIR = "authorized_clients"
 
 
@@ -53,17 +55,6 @@ def generate_keys(out_dir: str | os.PathLike[str], *, overwrite: bool = False) -
     return out
 
 
-def authorize_client(keys_dir: str | os.PathLike[str], client_public_key_file: str | os.PathLike[str],
-                     name: str) -> Path:
-    """Let another controller in: copy its public key file into the rig's authorized list."""
-    src = Path(client_public_key_file)
-    public, _ = zmq.auth.load_certificate(str(src))  # refuses a file that is not a key
-    dst = Path(keys_dir) / AUTHORIZED_DIR / f"{name}.key"
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src, dst)
-    return dst
-
-
 def load_server_keys(keys_dir: str | os.PathLike[str]) -> ServerKeys:
     d = Path(keys_dir)
     public, secret = _load(d / "server.key_secret", "the rig's secret key")
@@ -86,7 +77,7 @@ def _load(path: Path, what: str, *, need_secret: bool = True) -> tuple[bytes, by
     try:
         public, secret = zmq.auth.load_certificate(str(path))
     except (ValueError, OSError) as err:
-        raise ValueError(f"{path}: not a CurveZMQ key file ({err})") from None
+        raise InputError(f"{path}: not a CurveZMQ key file ({err})") from None
     if need_secret and not secret:
-        raise ValueError(f"{path}: holds no secret key")
+        raise InputError(f"{path}: holds no secret key")
     return public, secret or b""

@@ -33,6 +33,8 @@ from urllib.parse import urlparse
 import numpy as np
 import zmq
 
+from stimuli.errors import InputError
+
 log = logging.getLogger("rig_bridge.openephys")
 
 TTL_EVENT_TYPE = 3
@@ -55,20 +57,20 @@ class CellMap:
             reader = csv.DictReader(f)
             missing = {"electrode", "sorted_id", "cell_id"} - set(reader.fieldnames or ())
             if missing:
-                raise ValueError(f"{path}: cell map lacks column(s) {sorted(missing)}")
+                raise InputError(f"{path}: cell map lacks column(s) {sorted(missing)}")
             for line, row in enumerate(reader, start=2):
                 try:
                     key = (row["electrode"].strip(), int(row["sorted_id"]))
                     cell = int(row["cell_id"])
                 except (TypeError, ValueError):
-                    raise ValueError(f"{path}:{line}: sorted_id and cell_id must be integers") from None
+                    raise InputError(f"{path}:{line}: sorted_id and cell_id must be integers") from None
                 if key in table:
-                    raise ValueError(f"{path}:{line}: {key} is mapped twice")
+                    raise InputError(f"{path}:{line}: {key} is mapped twice")
                 table[key] = cell
         if len(set(table.values())) != len(table):
-            raise ValueError(f"{path}: a cell id is mapped from two units")
+            raise InputError(f"{path}: a cell id is mapped from two units")
         if not table:
-            raise ValueError(f"{path}: cell map is empty")
+            raise InputError(f"{path}: cell map is empty")
         return cls(table)
 
     @property
@@ -86,7 +88,7 @@ class OpenEphysSubscriber:
                  application: str = "insilico-rig", heartbeat_s: float = HEARTBEAT_S) -> None:
         parsed = urlparse(address)
         if parsed.scheme != "tcp" or not parsed.hostname or not parsed.port:
-            raise ValueError(f"Open Ephys data address must be tcp://HOST:PORT, got {address!r}")
+            raise InputError(f"Open Ephys data address must be tcp://HOST:PORT, got {address!r}")
         self.address = address
         self.listen_address = f"tcp://{parsed.hostname}:{parsed.port + 1}"
         self.cell_map = cell_map

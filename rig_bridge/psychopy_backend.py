@@ -25,8 +25,9 @@ import numpy as np
 
 from rig_bridge.backend import Emitter, PresentJob, RigInfo
 from rig_bridge.openephys import OpenEphysSubscriber
-from rig_bridge.sim_spikes import repeat_counts, repeat_rng, spike_times
-from rig_bridge.simulated_retina import SimulatedRetina
+from rig_bridge.retina import SimulatedRetina
+from rig_bridge.retina.backend import repeat_counts, repeat_rng, spike_times
+from stimuli.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,7 @@ class PsychopyBackend:
     def check_stimulus(self, frames: np.ndarray, frame_rate: float) -> None:
         self.profile.refreshes_per_frame(frame_rate)  # ValueError when rates do not divide
         if self.info.screen is not None and tuple(frames.shape[1:]) != self.info.screen:
-            raise ValueError(f"stimulus frames are {frames.shape[1]}x{frames.shape[2]} but the simulated "
+            raise InputError(f"stimulus frames are {frames.shape[1]}x{frames.shape[2]} but the simulated "
                              f"retina sees {self.info.screen[0]}x{self.info.screen[1]}")
 
     def run(self, job: PresentJob, emit: Emitter, cancel: threading.Event) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from rig_bridge.protocol import is_valid_id
-from stimuli.recording.atomic import fsync_dir
+from stimuli.errors import InputError
+from stimuli.files import atomic_path
 
 
 @dataclass(frozen=True)
@@ -38,11 +38,11 @@ class ResultStore:
 
     def _path(self, session: str, request_id: str) -> Path:
         if not (is_valid_id(session) and is_valid_id(request_id)):
-            raise ValueError(f"bad session/request id {repr(session)[:100]}/{repr(request_id)[:100]}")
+            raise InputError(f"bad session/request id {repr(session)[:100]}/{repr(request_id)[:100]}")
         path = self.root / session / f"{request_id}.npz"
         # The id pattern already keeps paths inside root; this says so where the path is made.
         if path.resolve().parent.parent != self.root.resolve():
-            raise ValueError(f"session/request id {session!r}/{request_id!r} leaves {self.root}")
+            raise InputError(f"session/request id {session!r}/{request_id!r} leaves {self.root}")
         return path
 
     def has(self, session: str, request_id: str) -> bool:
@@ -53,17 +53,8 @@ class ResultStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = [{"type": r.type, "body": r.body, "has_payload": r.payload is not None} for r in records]
         arrays = {f"p{i}": r.payload for i, r in enumerate(records) if r.payload is not None}
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-            fsync_dir(path.parent)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
 
     def get(self, session: str, request_id: str) -> list[StreamRecord]:
         with np.load(self._path(session, request_id), allow_pickle=False) as z:

@@ -37,17 +37,19 @@ from rig_bridge.protocol import (
     MAX_HEADER_BYTES,
     PROTOCOL_VERSION,
     Message,
-    ProtocolError,
+    MessageError,
     checked_frames,
     decode,
     encode,
+    is_int,
     is_stimulus_id,
     is_valid_id,
     peek_request,
+    shown,
     stimulus_id,
 )
 from rig_bridge.result_store import ResultStore, StreamRecord
-from rig_bridge.sim_spikes import presentation_seed
+from rig_bridge.retina.backend import presentation_seed
 from rig_bridge.stimulus_store import PartialStimulus, StimulusStore
 from rig_bridge.transport import bind_server_socket, endpoint
 
@@ -471,7 +473,7 @@ class RigServer:
         peer = _peer_address(frames[-1])
         try:
             msg = decode(parts, max_payload_bytes=self.config.max_payload_bytes)
-        except ProtocolError as err:
+        except MessageError as err:
             session, req = peek_request(parts)
             self._error(router, identity, session, req, err.code, err.message, peer)
             return
@@ -485,7 +487,7 @@ class RigServer:
             else:
                 sess = self._sessions.get(msg.session)
                 if sess is None:
-                    raise ProtocolError("unknown_session", f"session {msg.session} unknown to rig instance "
+                    raise MessageError("unknown_session", f"session {msg.session} unknown to rig instance "
                                         f"{self.instance}: send hello first")
                 self._touch(sess, identity)
                 if msg.type == "heartbeat":
@@ -498,7 +500,7 @@ class RigServer:
                            "abort": self._abort, "fetch": self._fetch, "ack": self._ack}[msg.type]
                 body = handler(router, sess, msg)
             self._reply(router, identity, msg.session, msg.request_id, "ok", body)
-        except ProtocolError as err:
+        except MessageError as err:
             self._error(router, identity, msg.session, msg.request_id, err.code, err.message, peer)
         except Exception as err:  # a bug must not take the rig down mid-session
             log.error("internal error on %s from %s: %s", msg.type, peer or "?", traceback.format_exc())
@@ -517,13 +519,13 @@ class RigServer:
     def _hello(self, identity: bytes, msg: Message) -> dict:
         proto = msg.body.get("protocol", PROTOCOL_VERSION)
         if proto != PROTOCOL_VERSION:
-            raise ProtocolError("bad_version", f"controller speaks protocol {proto}, rig speaks {PROTOCOL_VERSION}")
+            raise MessageError("bad_version", f"controller speaks protocol {proto}, rig speaks {PROTOCOL_VERSION}")
         sess = self._sessions.get(msg.session)
         if sess is None:
             if len(self._sessions) >= self.config.max_sessions:
                 self._make_room(time.monotonic())
             if len(self._sessions) >= self.config.max_sessions:
-                raise ProtocolError("full", f"the rig holds {len(self._sessions)} sessions (its maximum), live or "
+                raise MessageError("full", f"the rig holds {len(self._sessions)} sessions (its maximum), live or "
                                     "holding unacknowledged data; retry in a few seconds")
             sess = self._sessions[msg.session] = _Session(msg.session)
         self._touch(sess, identity)
@@ -538,24 +540,24 @@ class RigServer:
     def _upload(self, router: zmq.Socket, sess: _Session, msg: Message) -> dict:
         rate = msg.body.get("frame_rate")
         if not isinstance(rate, int | float) or isinstance(rate, bool) or not math.isfinite(rate) or rate <= 0:
-            raise ProtocolError("bad_request", f"upload needs frame_rate > 0 (Hz), got {_shown(rate)}")
+            raise MessageError("bad_request", f"upload needs frame_rate > 0 (Hz), got {shown(rate)}")
         claimed = msg.body.get("stimulus_id")
         if claimed is not None and not is_stimulus_id(claimed):
-            raise ProtocolError("bad_request", f"stimulus_id must be 64 hex digits, got {_shown(claimed)}")
+            raise MessageError("bad_request", f"stimulus_id must be 64 hex digits, got {shown(claimed)}")
         if msg.payload is None:
             if claimed is not None and claimed in self.stimuli:
                 return {"stimulus_id": claimed, "uploaded": False}
-            raise ProtocolError("unknown_stimulus", f"rig does not hold stimulus {claimed}: send its frames")
+            raise MessageError("unknown_stimulus", f"rig does not hold stimulus {claimed}: send its frames")
         if "shape" in msg.body:
             return self._upload_part(msg, float(rate), claimed)
         frames = checked_frames(msg.payload)
         try:
             self.backend.check_stimulus(frames, float(rate))
         except ValueError as err:
-            raise ProtocolError("bad_frames", str(err)) from None
+            raise MessageError("bad_frames", str(err)) from None
         sid = stimulus_id(frames, float(rate))
         if claimed is not None and claimed != sid:
-            raise ProtocolError("checksum", f"frames hash to {sid[:16]}..., not the claimed {claimed[:16]}...")
+            raise MessageError("checksum", f"frames hash to {sid[:16]}..., not the claimed {claimed[:16]}...")
         self.stimuli.put(frames, float(rate), sid)
         return {"stimulus_id": sid, "uploaded": True}
 
@@ -568,14 +570,14 @@ class RigServer:
         """
         shape, start = msg.body.get("shape"), msg.body.get("start_frame")
         if claimed is None:
-            raise ProtocolError("bad_request", "an upload in parts needs its stimulus_id")
-        if (not isinstance(shape, list) or len(shape) != 3 or not all(_is_int(s) and s >= 1 for s in shape)):
-            raise ProtocolError("bad_request", f"shape must be [T, H, W] with T, H, W >= 1, got {_shown(shape)}")
-        if not _is_int(start) or not 0 <= start < shape[0]:
-            raise ProtocolError("bad_request", f"start_frame must be an integer in [0, {shape[0]}), got {_shown(start)}")
+            raise MessageError("bad_request", "an upload in parts needs its stimulus_id")
+        if (not isinstance(shape, list) or len(shape) != 3 or not all(is_int(s) and s >= 1 for s in shape)):
+            raise MessageError("bad_request", f"shape must be [T, H, W] with T, H, W >= 1, got {shown(shape)}")
+        if not is_int(start) or not 0 <= start < shape[0]:
+            raise MessageError("bad_request", f"start_frame must be an integer in [0, {shape[0]}), got {shown(start)}")
         total = shape[0] * shape[1] * shape[2]
         if total > self.config.max_stimulus_bytes:
-            raise ProtocolError("too_large", f"stimulus of {total} bytes exceeds the rig's maximum of "
+            raise MessageError("too_large", f"stimulus of {total} bytes exceeds the rig's maximum of "
                                 f"{self.config.max_stimulus_bytes}")
         if claimed in self.stimuli:
             return {"stimulus_id": claimed, "uploaded": False, "complete": True, "next_frame": shape[0]}
@@ -583,7 +585,7 @@ class RigServer:
         try:
             self.backend.check_stimulus(frames, rate)
         except ValueError as err:
-            raise ProtocolError("bad_frames", str(err)) from None
+            raise MessageError("bad_frames", str(err)) from None
         partial = self._partials.get(claimed)
         if partial is not None and (list(partial.shape) != shape or partial.frame_rate != rate):
             partial.discard()  # the same id with another shape or rate: start again
@@ -594,7 +596,7 @@ class RigServer:
                 return {"stimulus_id": claimed, "uploaded": False, "complete": False, "next_frame": 0}
             self._drop_stale_partials()
             if len(self._partials) >= MAX_PARTIAL_UPLOADS:
-                raise ProtocolError("full", f"{len(self._partials)} stimuli are arriving in parts already; "
+                raise MessageError("full", f"{len(self._partials)} stimuli are arriving in parts already; "
                                     "retry when one is done")
             partial = self._partials[claimed] = self.stimuli.begin(claimed, tuple(shape), rate)
         if start > partial.next_frame:
@@ -602,14 +604,14 @@ class RigServer:
         try:
             partial.add(start, frames)
         except ValueError as err:
-            raise ProtocolError("bad_frames", str(err)) from None
+            raise MessageError("bad_frames", str(err)) from None
         if not partial.complete:
             return {"stimulus_id": claimed, "uploaded": True, "complete": False, "next_frame": partial.next_frame}
         del self._partials[claimed]
         try:
             partial.finish()
         except ValueError as err:
-            raise ProtocolError("checksum", str(err)) from None
+            raise MessageError("checksum", str(err)) from None
         log.info("stimulus %s stored (%d bytes, in parts)", claimed[:8], total)
         return {"stimulus_id": claimed, "uploaded": True, "complete": True, "next_frame": shape[0]}
 
@@ -625,9 +627,9 @@ class RigServer:
         known = self._requests.get((sess.id, rid))
         if known is not None:
             if known.state == "aborted":
-                raise ProtocolError("aborted", f"presentation {rid} was aborted")
+                raise MessageError("aborted", f"presentation {rid} was aborted")
             if known.state == "failed":
-                raise ProtocolError("internal", f"presentation {rid} failed: {known.error}")
+                raise MessageError("internal", f"presentation {rid} failed: {known.error}")
             return {"state": known.state, "first_seq": known.first_seq, "done_seq": known.done_seq,
                     "instance": self.instance}
         if self.results.has(sess.id, rid):
@@ -637,17 +639,17 @@ class RigServer:
         body = msg.body
         sid, repeats, isi = body.get("stimulus_id"), body.get("repeats"), body.get("isi_grey_frames", 0)
         if not is_stimulus_id(sid):
-            raise ProtocolError("bad_request", f"present needs a stimulus_id (64 hex digits), got {_shown(sid)}")
-        if not _is_int(repeats) or not 1 <= repeats <= MAX_REPEATS:
-            raise ProtocolError("bad_request", f"repeats must be an integer in [1, {MAX_REPEATS}], got {_shown(repeats)}")
-        if not _is_int(isi) or not 0 <= isi <= 100_000:
-            raise ProtocolError("bad_request", f"isi_grey_frames must be an integer >= 0, got {_shown(isi)}")
+            raise MessageError("bad_request", f"present needs a stimulus_id (64 hex digits), got {shown(sid)}")
+        if not is_int(repeats) or not 1 <= repeats <= MAX_REPEATS:
+            raise MessageError("bad_request", f"repeats must be an integer in [1, {MAX_REPEATS}], got {shown(repeats)}")
+        if not is_int(isi) or not 0 <= isi <= 100_000:
+            raise MessageError("bad_request", f"isi_grey_frames must be an integer >= 0, got {shown(isi)}")
         if self._job is not None and self._job.state == "running":
-            raise ProtocolError("busy", f"presentation {self._job.id} is running; retry when it is done")
+            raise MessageError("busy", f"presentation {self._job.id} is running; retry when it is done")
         try:
             stim = self.stimuli.get(sid)
         except KeyError:
-            raise ProtocolError("unknown_stimulus", f"rig does not hold stimulus {sid}: upload it first") from None
+            raise MessageError("unknown_stimulus", f"rig does not hold stimulus {sid}: upload it first") from None
         job = PresentJob(session=sess.id, request_id=rid, stimulus_id=sid, frames=stim.frames,
                          frame_rate=stim.frame_rate, repeats=int(repeats), isi_grey_frames=int(isi),
                          seed=presentation_seed(self.config.rig_seed, rid))
@@ -726,8 +728,8 @@ class RigServer:
 
     def _fetch(self, router: zmq.Socket, sess: _Session, msg: Message) -> dict:
         lo, hi = msg.body.get("from_seq"), msg.body.get("to_seq")
-        if not (_is_int(lo) and _is_int(hi)) or not 1 <= lo <= hi:
-            raise ProtocolError("bad_request", f"fetch needs 1 <= from_seq <= to_seq, got {_shown(lo)}..{_shown(hi)}")
+        if not (is_int(lo) and is_int(hi)) or not 1 <= lo <= hi:
+            raise MessageError("bad_request", f"fetch needs 1 <= from_seq <= to_seq, got {shown(lo)}..{shown(hi)}")
         hi = min(hi, lo + MAX_FETCH - 1, sess.next_seq - 1)
         resent, missing = 0, []
         identity = sess.identity
@@ -746,10 +748,10 @@ class RigServer:
     def _ack(self, router: zmq.Socket, sess: _Session, msg: Message) -> dict:
         rid = msg.body.get("request_id")
         if not is_valid_id(rid):
-            raise ProtocolError("bad_request", f"ack needs a request_id, got {_shown(rid)}")
+            raise MessageError("bad_request", f"ack needs a request_id, got {shown(rid)}")
         req = self._requests.get((sess.id, rid))
         if req is not None and req.state == "running":
-            raise ProtocolError("bad_request", f"presentation {rid} is still running")
+            raise MessageError("bad_request", f"presentation {rid} is still running")
         if req is not None:
             with self._lock:
                 for seq in req.seqs:
@@ -786,15 +788,6 @@ class _JobEmitter:
         counts = np.asarray(counts, np.uint16)
         self.n_spikes += int(counts.sum())
         self._emit("counts", {"repeat": int(repeat), "start_frame": int(start_frame)}, counts)
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _shown(value: object, limit: int = 100) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _peer_address(frame: zmq.Frame) -> str:

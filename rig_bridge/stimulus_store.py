@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from rig_bridge.protocol import is_stimulus_id, stimulus_id
-from stimuli.recording.atomic import fsync_dir
+from stimuli.errors import InputError
+from stimuli.files import atomic_path, durable_replace, write_json
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ class StimulusStore:
 
     def _paths(self, sid: str) -> tuple[Path, Path]:
         if not is_stimulus_id(sid):
-            raise ValueError(f"not a stimulus id: {sid!r}")
+            raise InputError(f"not a stimulus id: {sid!r}")
         return self.root / f"{sid}.npy", self.root / f"{sid}.json"
 
     def __contains__(self, sid: str) -> bool:
@@ -56,9 +57,10 @@ class StimulusStore:
         if sid in self:
             return sid
         npy, meta = self._paths(sid)
-        _atomic_write(npy, lambda f: np.save(f, np.ascontiguousarray(frames, dtype=np.uint8)))
+        with atomic_path(npy) as tmp, open(tmp, "wb") as f:
+            np.save(f, np.ascontiguousarray(frames, dtype=np.uint8))
         info = {"frame_rate": float(frame_rate), "shape": [int(s) for s in frames.shape]}
-        _atomic_write(meta, lambda f: f.write(json.dumps(info).encode()))
+        write_json(meta, info)
         return sid
 
     def begin(self, sid: str, shape: tuple[int, int, int], frame_rate: float) -> PartialStimulus:
@@ -68,7 +70,7 @@ class StimulusStore:
 
     def clean_partials(self) -> int:
         """Delete part files a crashed or stopped rig left behind; returns how many."""
-        stale = list(self.root.glob(".*.part"))
+        stale = list(self.root.glob(".*.part*"))  # streamed parts and `stimuli.files` temporaries
         for path in stale:
             path.unlink(missing_ok=True)
         return len(stale)
@@ -117,9 +119,9 @@ class PartialStimulus:
         if start + len(frames) <= self.next_frame:
             return  # a retried part: already written
         if start != self.next_frame:
-            raise ValueError(f"part starts at frame {start}; the rig expects frame {self.next_frame}")
+            raise InputError(f"part starts at frame {start}; the rig expects frame {self.next_frame}")
         if start + len(frames) > self.shape[0] or tuple(frames.shape[1:]) != self.shape[1:]:
-            raise ValueError(f"part of shape {list(frames.shape)} at frame {start} does not fit a stimulus "
+            raise InputError(f"part of shape {list(frames.shape)} at frame {start} does not fit a stimulus "
                              f"of shape {list(self.shape)}")
         data = memoryview(np.ascontiguousarray(frames, dtype=np.uint8)).cast("B")
         self._file.write(data)
@@ -135,14 +137,11 @@ class PartialStimulus:
         digest = self._hash.hexdigest()
         if digest != self.sid:
             self.discard()
-            raise ValueError(f"frames hash to {digest[:16]}..., not the claimed {self.sid[:16]}...")
-        self._file.flush()
-        os.fsync(self._file.fileno())
+            raise InputError(f"frames hash to {digest[:16]}..., not the claimed {self.sid[:16]}...")
         self._file.close()
         npy, meta = self.store._paths(self.sid)
-        os.replace(self._tmp, npy)
-        info = {"frame_rate": self.frame_rate, "shape": list(self.shape)}
-        _atomic_write(meta, lambda f: f.write(json.dumps(info).encode()))
+        durable_replace(self._tmp, npy)
+        write_json(meta, {"frame_rate": self.frame_rate, "shape": list(self.shape)})
         return self.sid
 
     def discard(self) -> None:
@@ -151,15 +150,3 @@ class PartialStimulus:
         self._tmp.unlink(missing_ok=True)
 
 
-def _atomic_write(path: Path, write) -> None:  # noqa: ANN001 - a one-argument writer callback
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

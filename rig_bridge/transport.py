@@ -17,11 +17,12 @@ import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
 from rig_bridge.keys import load_client_keys, load_server_keys
+from stimuli.errors import InputError
 
 auth_log = logging.getLogger("rig_bridge.auth")
 
 
-class InsecureAddressError(ValueError):
+class InsecureAddressError(InputError):
     """Plain TCP was asked for on an address that is not loopback."""
 
 
@@ -60,7 +61,7 @@ def is_loopback(host: str) -> bool:
 def host_of(address: str) -> str:
     parsed = urlparse(address)
     if parsed.scheme != "tcp" or not parsed.hostname:
-        raise ValueError(f"rig address must look like tcp://HOST:PORT, got {address!r}")
+        raise InputError(f"rig address must look like tcp://HOST:PORT, got {address!r}")
     return parsed.hostname
 
 
@@ -80,7 +81,7 @@ def check_insecure(host: str, allow_remote_insecure: bool) -> None:
     if not is_loopback(host) and not allow_remote_insecure:
         raise InsecureAddressError(
             f"refusing plain (unencrypted) TCP on {host}: insecure mode is for loopback only; "
-            "use CurveZMQ keys (--keys DIR), or force it explicitly")
+            "use CurveZMQ keys (keys_dir), or allow it explicitly (allow_remote_insecure)")
 
 
 def bind_server_socket(ctx: zmq.Context, sock: zmq.Socket, host: str, port: int, *,
@@ -89,12 +90,12 @@ def bind_server_socket(ctx: zmq.Context, sock: zmq.Socket, host: str, port: int,
     """Configure security on `sock`, bind it, and return the running authenticator (if any)."""
     auth = None
     if insecure and keys_dir is not None:
-        raise ValueError("give either keys (CurveZMQ) or insecure (plain TCP), not both")
+        raise InputError("give either keys (CurveZMQ) or insecure (plain TCP), not both")
     if insecure:
         check_insecure(host, allow_remote_insecure)
     else:
         if keys_dir is None:
-            raise ValueError("the rig needs --keys DIR (CurveZMQ), or --insecure for plain TCP on loopback")
+            raise InputError("the rig needs keys_dir (CurveZMQ), or insecure=True for plain TCP on loopback")
         keys = load_server_keys(keys_dir)
         auth = _LoggingAuthenticator(ctx)
         auth.start()
@@ -118,12 +119,12 @@ def secure_client_socket(sock: zmq.Socket, address: str, *, keys_dir: str | os.P
     host = host_of(address)
     _use_ipv6(sock, host)
     if insecure and keys_dir is not None:
-        raise ValueError("give either keys_dir (CurveZMQ) or insecure=True (plain TCP), not both")
+        raise InputError("give either keys_dir (CurveZMQ) or insecure=True (plain TCP), not both")
     if insecure:
         check_insecure(host, allow_remote_insecure)
         return
     if keys_dir is None:
-        raise ValueError("the controller needs keys_dir (CurveZMQ), or insecure=True for plain TCP on loopback")
+        raise InputError("the controller needs keys_dir (CurveZMQ), or insecure=True for plain TCP on loopback")
     keys = load_client_keys(keys_dir)
     sock.curve_secretkey = keys.secret
     sock.curve_publickey = keys.public

@@ -11,15 +11,17 @@ import numbers
 
 import numpy as np
 
+from stimuli.errors import InputError
+
 
 def require_int(name: str, value: object, *, minimum: int | None = None) -> int:
     """Return ``value`` as a Python int, or raise if it is not an integer >= ``minimum``."""
     # bool is an Integral subclass, but True frames is almost certainly a bug.
     if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
+        raise InputError(f"{name} must be an integer, got {value!r}")
     result = int(value)
     if minimum is not None and result < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {result}")
+        raise InputError(f"{name} must be >= {minimum}, got {result}")
     return result
 
 
@@ -33,17 +35,17 @@ def require_float(
 ) -> float:
     """Return ``value`` as a finite Python float inside the given bounds, or raise."""
     if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a real number, got {value!r}")
+        raise InputError(f"{name} must be a real number, got {value!r}")
     result = float(value)
     if not math.isfinite(result):
-        raise ValueError(f"{name} must be finite, got {result}")
+        raise InputError(f"{name} must be finite, got {result}")
     if minimum is not None:
         if strict_minimum and result <= minimum:
-            raise ValueError(f"{name} must be > {minimum}, got {result}")
+            raise InputError(f"{name} must be > {minimum}, got {result}")
         if not strict_minimum and result < minimum:
-            raise ValueError(f"{name} must be >= {minimum}, got {result}")
+            raise InputError(f"{name} must be >= {minimum}, got {result}")
     if maximum is not None and result > maximum:
-        raise ValueError(f"{name} must be <= {maximum}, got {result}")
+        raise InputError(f"{name} must be <= {maximum}, got {result}")
     return result
 
 
@@ -54,7 +56,7 @@ def require_polarity(name: str, value: object) -> int:
         or not isinstance(value, numbers.Real)
         or value not in (1, -1)
     ):
-        raise ValueError(f"{name} must be +1 (bright) or -1 (dark), got {value!r}")
+        raise InputError(f"{name} must be +1 (bright) or -1 (dark), got {value!r}")
     return int(value)
 
 
@@ -80,5 +82,5 @@ def require_contrast(contrast: object, name: str = "contrast") -> float:
 def require_point(name: str, value: object) -> tuple[float, float]:
     """Check a ``(y, x)`` pair of finite pixel coordinates."""
     if not isinstance(value, tuple | list | np.ndarray) or len(value) != 2:
-        raise ValueError(f"{name} must be a (y, x) pair of pixel coordinates, got {value!r}")
+        raise InputError(f"{name} must be a (y, x) pair of pixel coordinates, got {value!r}")
     return (require_float(f"{name}[0] (y)", value[0]), require_float(f"{name}[1] (x)", value[1]))

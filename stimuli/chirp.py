@@ -8,6 +8,7 @@ import numpy as np
 
 from stimuli._checks import require_frame_rate, require_int
 from stimuli._geometry import modulation_to_frames
+from stimuli.errors import InputError
 from stimuli.stimulus import Stimulus
 
 # (segment name, duration in s). The published traces span 32 s: a 2 s dark lead-in,
@@ -72,7 +73,7 @@ def chirp(height: int, width: int, frame_rate: float = 30.0) -> Stimulus:
     frame_rate = require_frame_rate(frame_rate)
     n_frames = round(CHIRP_DURATION_S * frame_rate)
     if n_frames < len(CHIRP_SEGMENTS):
-        raise ValueError(f"frame_rate {frame_rate} Hz is too low to show every chirp segment")
+        raise InputError(f"frame_rate {frame_rate} Hz is too low to show every chirp segment")
 
     trace = np.empty(n_frames, dtype=np.float64)  # [T]
     segments: list[tuple[str, int, int]] = []

@@ -13,6 +13,7 @@ import warnings
 import numpy as np
 
 from stimuli._checks import require_float, require_int
+from stimuli.errors import InputError
 
 RMS_TOLERANCE = 1e-3
 """Accuracy ``set_mean_and_contrast`` aims for, on both the mean and the RMS contrast."""
@@ -24,7 +25,7 @@ def _as_unit_float(frames: np.ndarray) -> np.ndarray:
     if array.dtype == np.uint8:
         return array.astype(np.float64) / 255.0
     if not np.issubdtype(array.dtype, np.floating):
-        raise ValueError(f"frames must be uint8 or float in [0, 1], got dtype {array.dtype}")
+        raise InputError(f"frames must be uint8 or float in [0, 1], got dtype {array.dtype}")
     return array.astype(np.float64, copy=False)
 
 
@@ -40,7 +41,7 @@ def rms_contrast(frames: np.ndarray) -> float:
     """
     values = _as_unit_float(frames)
     if values.size == 0:
-        raise ValueError("frames must not be empty")
+        raise InputError("frames must not be empty")
     return float(values.std())
 
 
@@ -53,7 +54,7 @@ def to_uint8(x: np.ndarray) -> np.ndarray:
     """
     array = np.asarray(x, dtype=np.float64)
     if np.isnan(array).any():
-        raise ValueError("x contains NaN; cannot convert to grey levels")
+        raise InputError("x contains NaN; cannot convert to grey levels")
     return np.clip(np.rint(array * 255.0), 0, 255).astype(np.uint8)
 
 
@@ -100,17 +101,17 @@ def set_mean_and_contrast(
     """
     array = np.asarray(x, dtype=np.float64)
     if array.size == 0:
-        raise ValueError("x must not be empty")
+        raise InputError("x must not be empty")
     if not np.isfinite(array).all():
-        raise ValueError("x must be finite (no NaN or inf)")
+        raise InputError("x must be finite (no NaN or inf)")
     mean = require_float("mean", mean, minimum=0.0, maximum=1.0)
     if mean in (0.0, 1.0):
-        raise ValueError(f"mean must be strictly between 0 and 1, got {mean}")
+        raise InputError(f"mean must be strictly between 0 and 1, got {mean}")
     rms = require_float("rms", rms, minimum=0.0)
     max_iter = require_int("max_iter", max_iter, minimum=1)
     bound = max_rms_contrast(mean)
     if rms > bound:
-        raise ValueError(
+        raise InputError(
             f"rms {rms} is infeasible at mean {mean}: a [0, 1] clip can reach at most "
             f"sqrt(mean * (1 - mean)) = {bound:.4f}"
         )
@@ -119,7 +120,7 @@ def set_mean_and_contrast(
     if rms == 0.0:
         return np.full_like(array, mean)
     if spread == 0.0:
-        raise ValueError("x is constant, so it has no contrast to rescale to rms > 0")
+        raise InputError("x is constant, so it has no contrast to rescale to rms > 0")
 
     z = (array - array.mean()) / spread
     gain, offset = rms, mean

@@ -19,6 +19,7 @@ from stimuli._geometry import (
     pixel_offsets,
     soft_inside,
 )
+from stimuli.errors import InputError
 from stimuli.stimulus import Stimulus
 
 MIN_SPATIAL_PERIOD_PX = 2.0
@@ -36,13 +37,13 @@ def drifting_grating(
     frame_rate: float = 30.0,
     phase: float = 0.0,
     size_px: float | None = None,
-    center: tuple[float, float] | None = None,
+    center_yx: tuple[float, float] | None = None,
     square: bool = False,
 ) -> Stimulus:
     """A grating drifting perpendicular to its stripes, on a mean-grey background.
 
     Intensity ``0.5 * (1 + contrast * w(2 pi u / P - 2 pi f t + phase))`` where ``u`` is
-    the pixel position (px) along ``orientation_deg`` measured from ``center``, ``t`` the
+    the pixel position (px) along ``orientation_deg`` measured from ``center_yx``, ``t`` the
     frame time ``frame / frame_rate`` (s), ``w`` sine (or an anti-aliased square wave).
 
     Args:
@@ -60,7 +61,7 @@ def drifting_grating(
         phase: spatial phase in radians at ``u = 0``, ``t = 0``.
         size_px: diameter of a circular aperture in pixels (> 0), outside which the
             screen is mean grey; None for a full-field grating.
-        center: ``(y, x)`` pixel coordinates of the aperture centre and of the phase
+        center_yx: ``(y, x)`` pixel coordinates of the aperture centre and of the phase
             origin; None for the frame centre.
         square: square wave (edges anti-aliased over 1 px) instead of a sinusoid.
 
@@ -78,9 +79,9 @@ def drifting_grating(
     phase = require_float("phase", phase)
     if size_px is not None:
         size_px = require_float("size_px", size_px, minimum=0.0, strict_minimum=True)
-    center_yx = None if center is None else require_point("center", center)
+    center_yx = None if center_yx is None else require_point("center_yx", center_yx)
     if not isinstance(square, bool | np.bool_):
-        raise ValueError(f"square must be a bool, got {square!r}")
+        raise InputError(f"square must be a bool, got {square!r}")
 
     u, _ = direction_coordinates(height, width, orientation_deg, center_yx)  # [H, W]
     times = np.arange(n_frames, dtype=np.float64) / frame_rate  # [T]
@@ -115,7 +116,7 @@ def drifting_grating(
             "frame_rate": frame_rate,
             "phase": phase,
             "size_px": size_px,
-            "center": center_yx,
+            "center_yx": center_yx,
             "square": bool(square),
         },
     )

@@ -25,6 +25,7 @@ from stimuli._checks import (
     require_int,
 )
 from stimuli.contrast import set_mean_and_contrast, to_uint8
+from stimuli.errors import InputError
 from stimuli.stimulus import Stimulus
 
 PHOTOS: tuple[str, ...] = (
@@ -67,7 +68,7 @@ def load_photo(name: str) -> np.ndarray:
         Read-only float32 ``[h, w]`` in [0, 1].
     """
     if name not in PHOTOS:
-        raise ValueError(f"photo {name!r} is not one of the bundled PHOTOS: {', '.join(PHOTOS)}")
+        raise InputError(f"photo {name!r} is not one of the bundled PHOTOS: {', '.join(PHOTOS)}")
     from skimage import color, data, util  # skimage import is slow; only pay for it here
 
     image = getattr(data, name)()
@@ -183,11 +184,11 @@ def eye_movement_path(
     drift_px_per_frame = require_float("drift_px_per_frame", drift_px_per_frame, minimum=0.0)
     zoom_rate = require_float("zoom_rate", zoom_rate, minimum=0.0)
     if not isinstance(zoom_range, tuple | list) or len(zoom_range) != 2:
-        raise ValueError(f"zoom_range must be a (min, max) pair, got {zoom_range!r}")
+        raise InputError(f"zoom_range must be a (min, max) pair, got {zoom_range!r}")
     zoom_min = require_float("zoom_range[0]", zoom_range[0], minimum=0.0, strict_minimum=True)
     zoom_max = require_float("zoom_range[1]", zoom_range[1], minimum=zoom_min)
     if not photo_shapes:
-        raise ValueError("photo_shapes must name at least one photo")
+        raise InputError("photo_shapes must name at least one photo")
     log_min, log_max = math.log(zoom_min), math.log(zoom_max)
 
     photo_index = np.empty(n_frames, dtype=np.int64)
@@ -306,7 +307,7 @@ def natural_movie(
     frame_rate = require_frame_rate(frame_rate)
     seed = require_int("seed", seed, minimum=0)
     if isinstance(photos, str) or not isinstance(photos, Sequence) or len(photos) == 0:
-        raise ValueError(
+        raise InputError(
             f"photos must be a non-empty sequence of names from PHOTOS, got {photos!r}"
         )
     images = [load_photo(name) for name in photos]

@@ -13,6 +13,7 @@ from stimuli._checks import (
     require_int,
 )
 from stimuli._geometry import modulation_to_frames
+from stimuli.errors import InputError
 from stimuli.stimulus import Stimulus
 
 GAUSSIAN_SIGMAS_TO_FULL_RANGE = 3.0
@@ -55,7 +56,7 @@ def checkerboard_noise(
     contrast = require_contrast(contrast)
     seed = require_int("seed", seed, minimum=0)
     if not isinstance(binary, bool | np.bool_):
-        raise ValueError(f"binary must be a bool, got {binary!r}")
+        raise InputError(f"binary must be a bool, got {binary!r}")
 
     rng = np.random.default_rng(seed)
     grid = (n_frames, math.ceil(height / check_size), math.ceil(width / check_size))

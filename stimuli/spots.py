@@ -14,6 +14,7 @@ from stimuli._checks import (
     require_polarity,
 )
 from stimuli._geometry import default_center, modulation_to_frames, pixel_offsets, soft_inside
+from stimuli.errors import InputError
 from stimuli.stimulus import Stimulus
 
 
@@ -59,7 +60,7 @@ def spot(
     contrast = require_contrast(contrast)
     onset_frame = require_int("onset_frame", onset_frame, minimum=0)
     if onset_frame >= n_frames:
-        raise ValueError(f"onset_frame must be < n_frames ({n_frames}), got {onset_frame}")
+        raise InputError(f"onset_frame must be < n_frames ({n_frames}), got {onset_frame}")
     if duration_frames is None:
         duration_frames = n_frames - onset_frame
     duration_frames = require_int("duration_frames", duration_frames, minimum=1)

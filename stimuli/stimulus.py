@@ -10,6 +10,8 @@ from types import MappingProxyType
 
 import numpy as np
 
+from stimuli.errors import InputError
+
 ParamValue = float | int | str | bool | tuple | None
 """A JSON-serialisable parameter value (tuples may nest and hold any of these; None is
 JSON null, used for "not set", e.g. a full-field grating's aperture)."""
@@ -27,11 +29,11 @@ def _normalise_param(key: str, value: object) -> ParamValue:
         result = float(value)
         if not math.isfinite(result):
             # JSON has no NaN/inf; a non-finite recipe value is a bug upstream.
-            raise ValueError(f"params[{key!r}] must be finite, got {result}")
+            raise InputError(f"params[{key!r}] must be finite, got {result}")
         return result
     if isinstance(value, tuple | list):
         return tuple(_normalise_param(key, item) for item in value)
-    raise ValueError(
+    raise InputError(
         f"params[{key!r}] must be a float, int, str, bool, None or tuple of those, "
         f"got {type(value).__name__}"
     )
@@ -57,28 +59,28 @@ class Stimulus:
     def __post_init__(self) -> None:
         frames = self.frames
         if not isinstance(frames, np.ndarray):
-            raise ValueError(f"frames must be a numpy array, got {type(frames).__name__}")
+            raise InputError(f"frames must be a numpy array, got {type(frames).__name__}")
         if frames.ndim != 3:
-            raise ValueError(f"frames must be [T, H, W] (ndim 3), got shape {frames.shape}")
+            raise InputError(f"frames must be [T, H, W] (ndim 3), got shape {frames.shape}")
         if frames.dtype != np.uint8:
-            raise ValueError(f"frames must have dtype uint8, got {frames.dtype}")
+            raise InputError(f"frames must have dtype uint8, got {frames.dtype}")
         if min(frames.shape) < 1:
-            raise ValueError(
+            raise InputError(
                 f"frames must be non-empty in every dimension, got shape {frames.shape}"
             )
         if isinstance(self.frame_rate, bool) or not isinstance(self.frame_rate, numbers.Real):
-            raise ValueError(f"frame_rate must be a real number, got {self.frame_rate!r}")
+            raise InputError(f"frame_rate must be a real number, got {self.frame_rate!r}")
         frame_rate = float(self.frame_rate)
         if not (math.isfinite(frame_rate) and frame_rate > 0):
-            raise ValueError(f"frame_rate must be finite and > 0, got {frame_rate}")
+            raise InputError(f"frame_rate must be finite and > 0, got {frame_rate}")
         if not isinstance(self.name, str) or not self.name:
-            raise ValueError(f"name must be a non-empty string, got {self.name!r}")
+            raise InputError(f"name must be a non-empty string, got {self.name!r}")
         if not isinstance(self.params, Mapping):
-            raise ValueError(f"params must be a mapping, got {type(self.params).__name__}")
+            raise InputError(f"params must be a mapping, got {type(self.params).__name__}")
         params: dict[str, ParamValue] = {}
         for key, value in self.params.items():
             if not isinstance(key, str):
-                raise ValueError(f"params keys must be strings, got {key!r}")
+                raise InputError(f"params keys must be strings, got {key!r}")
             params[key] = _normalise_param(key, value)
 
         view = frames.view()

@@ -10,10 +10,11 @@ import numpy as np
 from stimuli._checks import require_float, require_frame_rate, require_int
 from stimuli.contrast import rms_contrast as measure_rms_contrast
 from stimuli.contrast import set_mean_and_contrast, to_uint8
+from stimuli.errors import InputError
 from stimuli.stimulus import Stimulus
 
 
-class VideoFileError(ValueError):
+class VideoFileError(InputError):
     """A video file exists but cannot be decoded, or lacks what the request needs."""
 
 

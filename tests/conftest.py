@@ -14,9 +14,24 @@ import pytest  # noqa: E402
 
 
 @pytest.fixture(scope="session")
+def without_torch() -> str:
+    """Python source to run first in a subprocess: the heavy packages refuse to import, as on the
+    rig computer. (Setting sys.modules['torch'] = None is not the same: scipy then believes torch
+    is loaded.)"""
+    return (
+        "import importlib.abc, sys\n"
+        "class NotInstalled(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name.split('.')[0] in ('torch', 'transformers', 'captum', 'optuna'):\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, NotInstalled())\n"
+    )
+
+
+@pytest.fixture(scope="session")
 def tiny_recording(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small simulated recording: 12 cells on 32 x 32 px; mov1, mov2 (5 repeats), noise."""
-    from insilico.simulate import SimulationConfig, simulate_recording
+    from rig_bridge.retina.recording import SimulationConfig, simulate_recording
 
     path = tmp_path_factory.mktemp("data") / "tiny.h5"
     config = SimulationConfig(n_cells=12, size=32, train_seconds=20, test_seconds=6, noise_seconds=20)

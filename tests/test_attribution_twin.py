@@ -111,7 +111,7 @@ def test_files_written(reports, twin: Twin) -> None:
     index = (out / "index.html").read_text()
     assert "href='cell0.html'" in index and "href='cell5.html'" in index
     assert "data:image/png;base64," in index
-    assert not list(out.glob(".*.part"))
+    assert not list(out.glob(".*.part*"))
 
 
 def test_parse_cells() -> None:

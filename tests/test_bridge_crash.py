@@ -18,8 +18,7 @@ import numpy as np
 import pytest
 
 from rig_bridge.journal import SessionJournal
-from rig_bridge.sim_backend import SimBackend
-from rig_bridge.sim_spikes import presentation_seed, repeat_counts, repeat_rng
+from rig_bridge.retina.backend import SimBackend, presentation_seed, repeat_counts, repeat_rng
 from rig_bridge.transport import free_port
 from stimuli.recording import open_recording, write_stimulus
 

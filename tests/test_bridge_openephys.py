@@ -133,8 +133,8 @@ def test_sequence_layout() -> None:
 def test_psychopy_backend_session(tmp_path: Path) -> None:
     from rig_bridge.client import RigClient
     from rig_bridge.psychopy_backend import PsychopyBackend, SimulatedSource
+    from rig_bridge.retina.backend import presentation_seed, repeat_counts, repeat_rng
     from rig_bridge.server import RigServer, ServerConfig
-    from rig_bridge.sim_spikes import presentation_seed, repeat_counts, repeat_rng
 
     source = SimulatedSource(n_cells=8, size=16, frame_rate=30.0, seed=2)
     backend = PsychopyBackend("default", source, headless=True)

@@ -16,7 +16,7 @@ from rig_bridge.protocol import (
     MESSAGE_TYPES,
     PROTOCOL_VERSION,
     Message,
-    ProtocolError,
+    MessageError,
     checked_frames,
     decode,
     encode,
@@ -65,7 +65,7 @@ def test_header_carries_checksum_and_sizes() -> None:
 
 
 def _code(frames: list[bytes], **kw: object) -> str:
-    with pytest.raises(ProtocolError) as info:
+    with pytest.raises(MessageError) as info:
         decode(frames, **kw)
     assert info.value.code in ERROR_CODES
     return info.value.code
@@ -103,11 +103,11 @@ def test_version_error_comes_before_field_errors() -> None:
 
 
 def test_encode_refuses_what_it_cannot_send() -> None:
-    with pytest.raises(ProtocolError, match="unknown_type"):
+    with pytest.raises(MessageError, match="unknown_type"):
         encode(Message("nope", "s", 1, "r"))
-    with pytest.raises(ProtocolError, match="bad_request"):
+    with pytest.raises(MessageError, match="bad_request"):
         encode(Message("ok", "s", 1, "r", {"x": float("nan")}))
-    with pytest.raises(ProtocolError, match="bad_request"):
+    with pytest.raises(MessageError, match="bad_request"):
         encode(Message("ok", "s", 1, "r", payload=np.array(["a"])))
 
 
@@ -118,13 +118,13 @@ def test_frame_checks() -> None:
     assert checked_frames(floats).dtype == np.uint8 and checked_frames(floats)[0, 0, 0] == 255
     bad = np.zeros((3, 4, 4), dtype=np.float32)
     bad[1, 2, 2] = np.nan
-    with pytest.raises(ProtocolError, match="frame 1 holds NaN"):
+    with pytest.raises(MessageError, match="frame 1 holds NaN"):
         checked_frames(bad)
-    with pytest.raises(ProtocolError, match=r"\[0, 255\]"):
+    with pytest.raises(MessageError, match=r"\[0, 255\]"):
         checked_frames(np.full((1, 2, 2), 256.0))
-    with pytest.raises(ProtocolError, match="bad_frames"):
+    with pytest.raises(MessageError, match="bad_frames"):
         checked_frames(np.zeros((4, 4), dtype=np.uint8))
-    with pytest.raises(ProtocolError, match="bad_frames"):
+    with pytest.raises(MessageError, match="bad_frames"):
         checked_frames(np.zeros((1, 2, 2), dtype=np.int64))
 
 
@@ -187,7 +187,7 @@ def _header_frames(draw: st.DrawFn) -> bytes:
 def test_fuzzed_decoder_only_raises_protocol_errors(parts: list[bytes]) -> None:
     try:
         msg = decode(parts, max_payload_bytes=1024)
-    except ProtocolError as err:
+    except MessageError as err:
         assert err.code in ERROR_CODES
     else:
         assert msg.type in MESSAGE_TYPES  # whatever decodes is self-consistent

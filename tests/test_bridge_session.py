@@ -18,9 +18,8 @@ from rig_bridge.errors import RigAuthError, RigRemoteError, RigTimeoutError, Ses
 from rig_bridge.journal import SessionJournal
 from rig_bridge.keys import generate_keys
 from rig_bridge.protocol import Message, decode, encode
+from rig_bridge.retina.backend import SimBackend, presentation_seed, repeat_counts, repeat_rng
 from rig_bridge.server import RigServer, ServerConfig
-from rig_bridge.sim_backend import SimBackend
-from rig_bridge.sim_spikes import presentation_seed, repeat_counts, repeat_rng
 from rig_bridge.transport import InsecureAddressError, free_port
 from stimuli.recording import open_recording, write_stimulus
 

@@ -13,9 +13,10 @@ from typer.testing import CliRunner
 
 from insilico.design.cli import optimize_command, verify_command
 from insilico.design.postprocess import clip_stats
-from insilico.design.run import optimize_cells, verify_design
+from insilico.design.run import optimize_cells
 from insilico.design.settings import design_settings
-from insilico.errors import InsilicoError
+from insilico.design.verify import verify_design
+from stimuli.errors import InsilicoError
 from stimuli.recording import open_recording
 from vist_model.twin import Twin
 

@@ -18,9 +18,9 @@ from insilico.design.settings import (
     default,
     design_settings,
 )
-from insilico.errors import InsilicoError
 from insilico.loop.demo import DemoConfig, demo_protocol
 from insilico.loop.protocol import ProtocolError, load_protocol
+from stimuli.errors import InsilicoError
 
 LOOP = """
 kind = "mei_closed_loop"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from insilico.simulate import (
+from rig_bridge.retina.recording import (
     SimulationConfig,
     retina_family,
     retina_of_recording,

@@ -15,8 +15,8 @@ import pytest
 
 from insilico.loop.records import DesignItem, PlanEntry
 from insilico.loop.runner import run_protocol
+from rig_bridge.retina.backend import SimBackend
 from rig_bridge.server import RigServer, ServerConfig
-from rig_bridge.sim_backend import SimBackend
 from rig_bridge.transport import free_port
 from stimuli.recording import open_recording
 

@@ -425,18 +425,8 @@ def test_cli_import_and_export(tmp_path: Path, pipeline_nwb: Path) -> None:
     assert said.startswith("error:") and "/units: no unit with id [9]" in said and "Traceback" not in said
 
 
-BLOCK = """
-import importlib.abc, sys
-class NotInstalled(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        if name.split('.')[0] in ('torch', 'transformers', 'captum', 'optuna'):
-            raise ImportError(f'{name} is not installed on the rig')
-sys.meta_path.insert(0, NotInstalled())
-"""
-
-
-def test_nwb_import_and_export_run_without_torch(tmp_path: Path, pipeline_nwb: Path) -> None:
-    code = BLOCK + (
+def test_nwb_import_and_export_run_without_torch(tmp_path: Path, pipeline_nwb: Path, without_torch: str) -> None:
+    code = without_torch + (
         "from stimuli.nwb import import_nwb, export_nwb\n"
         f"import_nwb({str(pipeline_nwb)!r}, {str(tmp_path / 'r.h5')!r})\n"
         f"export_nwb({str(tmp_path / 'r.h5')!r}, {str(tmp_path / 'o.nwb')!r})\n"
@@ -456,8 +446,8 @@ META_TOML = """subject_id = "mouse-7"\nspecies = "Mus musculus"\nsex = "F"\nage 
 
 @pytest.fixture()
 def rig(tmp_path: Path):  # noqa: ANN201
+    from rig_bridge.retina.backend import SimBackend
     from rig_bridge.server import RigServer, ServerConfig
-    from rig_bridge.sim_backend import SimBackend
     from rig_bridge.transport import free_port
 
     backend = SimBackend(n_cells=6, size=SIZE, frame_rate=RATE, seed=2)
@@ -532,8 +522,8 @@ def test_run_characterize_with_nwb_writes_session_nwb(tmp_path: Path, rig: str) 
 
 
 def test_run_refuses_incomplete_nwb_metadata_before_the_rig(tmp_path: Path) -> None:
-    from insilico.errors import InsilicoError
     from insilico.loop.runner import run_protocol
+    from stimuli.errors import InsilicoError
 
     (tmp_path / "p.toml").write_text(CHARACTERIZE)
     (tmp_path / "meta.toml").write_text('subject_id = "m1"\n')
@@ -575,8 +565,8 @@ segment = "mov2"
 def test_closed_loop_round_is_archived_as_nwb_with_its_designs(tiny_twin_dir: Path, tiny_recording: Path,
                                                                feature_cache_dir: Path, tmp_path: Path) -> None:
     from insilico.loop.runner import run_protocol
+    from rig_bridge.retina.backend import SimBackend
     from rig_bridge.server import RigServer, ServerConfig
-    from rig_bridge.sim_backend import SimBackend
     from rig_bridge.transport import free_port
 
     (tmp_path / "loop.toml").write_text(CLOSED_LOOP.format(data=tiny_recording))

@@ -71,6 +71,28 @@ def test_the_tour_parses_and_names_what_ships(tmp_path: Path, monkeypatch: pytes
     assert f"`{demo_out}/exp/report.html`" in text  # where the demo writes its report
 
 
+def test_the_python_example_names_what_exists() -> None:
+    # Running it trains a twin (minutes); the imports and the calls' keywords are checked here.
+    import ast
+    import importlib
+    import inspect
+
+    text = (REPO / "README.md").read_text()
+    code = text.split("## From Python", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    tree = ast.parse(code)
+    names = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            module = importlib.import_module(node.module)
+            names.update({a.name: getattr(module, a.name) for a in node.names})  # AttributeError if gone
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in names:
+            params = inspect.signature(names[node.func.id]).parameters
+            for kw in node.keywords:
+                assert kw.arg in params, f"{node.func.id}() takes no {kw.arg}="
+    assert len(code.strip().splitlines()) <= 12
+
+
 def _port_free(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) != 0

@@ -11,7 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 from insilico.cli import app
-from insilico.simulate import SimulationConfig, simulate_recording
+from rig_bridge.retina.recording import SimulationConfig, simulate_recording
 from stimuli.recording import open_recording
 from vist_model.core import CORE_FITTING, _core_maps, _ReadoutOnMaps, fit_on_core, load_core
 from vist_model.data import Block

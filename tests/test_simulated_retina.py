@@ -7,8 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from rig_bridge.retina.optimum import end_filter
-from rig_bridge.simulated_retina import (
+from rig_bridge.retina import (
     DEMO_CELL_ID,
     CellSpec,
     CellType,
@@ -16,12 +15,12 @@ from rig_bridge.simulated_retina import (
     drive,
     response_at_end,
     smooth_random_movie,
-    spike_triggered_average,
-    split_half_reliability,
-    sta_by_lag,
     true_optimal_stimulus,
 )
+from rig_bridge.retina.optimum import end_filter
 from stimuli.contrast import set_mean_and_contrast
+from stimuli.recording.reliability import split_half_reliability
+from stimuli.recording.sta import spike_triggered_average, sta_by_lag
 
 SIZE = 64
 

@@ -332,7 +332,7 @@ def test_grating_temporal_frequency() -> None:
 
 def test_grating_aperture_and_square_wave() -> None:
     stim = drifting_grating(
-        3, 41, 41, size_px=20.0, center=(15.0, 25.0), square=True, spatial_period_px=10
+        3, 41, 41, size_px=20.0, center_yx=(15.0, 25.0), square=True, spatial_period_px=10
     )
     frames = stim.frames.astype(int)
     rows, cols = np.mgrid[:41, :41]
@@ -509,7 +509,7 @@ def test_continuous_parameters_change_output_smoothly(
         (lambda: drifting_grating(4, 8, 8, size_px=-3.0), "size_px"),
         (lambda: drifting_grating(4, 8, 8, contrast=2.0), "contrast"),
         (lambda: drifting_grating(4, 8, 8, orientation_deg=float("nan")), "orientation_deg"),
-        (lambda: drifting_grating(4, 8, 8, center=(1.0,)), "center"),
+        (lambda: drifting_grating(4, 8, 8, center_yx=(1.0,)), "center_yx"),
         (lambda: moving_bar(4, 8, 8, bar_width_px=0.0), "bar_width_px"),
         (lambda: moving_bar(4, 8, 8, bar_length_px=-1.0), "bar_length_px"),
         (lambda: moving_bar(4, 8, 8, speed_px_per_frame=-1.0), "speed_px_per_frame"),

@@ -18,7 +18,7 @@ import torch
 from rich.console import Console
 
 from insilico.console import LineProgress, progress
-from insilico.simulate import SimulationConfig, simulate_recording
+from rig_bridge.retina.recording import SimulationConfig, simulate_recording
 from stimuli.recording import open_recording
 from vist_model.data import Block, RecordingFrames, TrialAverage, make_split, trial_average
 from vist_model.features import CachedFeatures, FeatureCache, frames_hash

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from stimuli.recording import open_recording
-from vist_model.backbone import DINOV2_RENAMES, LEGACY_TINY_SOURCE, load_backbone
+from vist_model.backbone import DINOV2_RENAMES, load_backbone
 from vist_model.data import (
     Block,
     LossFocus,
@@ -213,21 +213,6 @@ def test_checkpoint_round_trip_carries_its_metadata(tiny_recording: Path, tiny_t
     np.testing.assert_allclose(twin.predict(frames), again.predict(frames), rtol=1e-6)
     with pytest.raises(ValueError, match="trained on 32x32"):
         twin.predict(np.zeros((5, 16, 16), np.uint8))
-
-
-def test_a_twin_trained_on_the_earlier_tiny_backbone_keeps_it(tiny_recording: Path, tiny_twin_dir: Path,
-                                                               tmp_path: Path) -> None:
-    payload = torch.load(tiny_twin_dir / "model.pt", weights_only=False)
-    legacy = load_backbone("tiny", source=LEGACY_TINY_SOURCE)
-    payload["metadata"]["backbone"].update(source=LEGACY_TINY_SOURCE,
-                                           fingerprint=state_fingerprint(legacy.spec, payload["backbone_state"]))
-    torch.save(payload, tmp_path / "legacy.pt")
-    old, new = Twin.load(tmp_path / "legacy.pt"), Twin.load(tiny_twin_dir)
-    assert old.backbone.spec.source == LEGACY_TINY_SOURCE
-    assert old.backbone.encoder.config.layer_norm_eps < new.backbone.encoder.config.layer_norm_eps
-    with open_recording(tiny_recording) as rec:
-        frames = rec.frames("mov2")[:40]
-    assert not np.allclose(old.predict(frames), new.predict(frames))
 
 
 def test_a_checkpoint_from_another_transformers_release_loads(tiny_recording: Path, tiny_twin_dir: Path,

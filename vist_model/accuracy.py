@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from stimuli.errors import NotFoundError
 from stimuli.recording import Recording
 
 __all__ = ["KNOWS_CELL_CC", "CellAccuracy", "HeldOutAccuracy", "held_out_segment"]
@@ -77,7 +78,7 @@ class HeldOutAccuracy:
         for c in self.cells:
             if c.cell_id == int(cell_id):
                 return c
-        raise KeyError(f"no held-out accuracy for cell {cell_id}")
+        raise NotFoundError(f"no held-out accuracy for cell {cell_id}")
 
     def median_cc(self) -> float:
         values = [c.cc for c in self.cells if math.isfinite(c.cc)]

@@ -33,6 +33,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from stimuli.errors import InputError
+
 __all__ = ["AdaLNZero3D", "RFConditioning", "rf_conditioning_maps"]
 
 RFConditioning = Literal["sum", "per_cell"]
@@ -51,14 +53,14 @@ def rf_conditioning_maps(rf_maps: Tensor, mode: RFConditioning, channels: int | 
         `[1, N, 1, h, w]` (`[1, channels, 1, h, w]` for "sum"), broadcast later.
     """
     if rf_maps.ndim != 3:
-        raise ValueError(f"rf_maps must be [N, h, w], got shape {tuple(rf_maps.shape)}")
+        raise InputError(f"rf_maps must be [N, h, w], got shape {tuple(rf_maps.shape)}")
     if mode == "sum":
         n = rf_maps.shape[0] if channels is None else channels
         cond = rf_maps.sum(dim=0, keepdim=True).expand(n, -1, -1)
     elif mode == "per_cell":
         cond = rf_maps
     else:
-        raise ValueError(f"rf conditioning mode must be 'sum' or 'per_cell', got {mode!r}")
+        raise InputError(f"rf conditioning mode must be 'sum' or 'per_cell', got {mode!r}")
     return cond.unsqueeze(0).unsqueeze(2)
 
 
@@ -76,7 +78,7 @@ class AdaLNZero3D(nn.Module):
         super().__init__()
         cond_channels = channels if cond_channels is None else cond_channels
         if min(channels, cond_channels) < 1:
-            raise ValueError(f"channels must be >= 1, got {channels}, {cond_channels}")
+            raise InputError(f"channels must be >= 1, got {channels}, {cond_channels}")
         self.channels = channels
         self.cond_channels = cond_channels
         self.modulation = nn.Sequential(nn.SiLU(), nn.Conv3d(cond_channels, 3 * channels, 1))
@@ -92,7 +94,7 @@ class AdaLNZero3D(nn.Module):
     def modulation_params(self, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """`(shift, scale, gate)`, each shaped like c."""
         if c.ndim != 5 or c.shape[1] != self.cond_channels:
-            raise ValueError(
+            raise InputError(
                 f"conditioning must be [B, {self.cond_channels}, T, h, w], got {tuple(c.shape)}"
             )
         shift, scale, gate = self.modulation(c).chunk(3, dim=1)

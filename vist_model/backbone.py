@@ -19,9 +19,7 @@ Backbones (`load_backbone(name_or_path)`):
   position embedding, and with the default 1e-6 each token was normalised to the sign of
   its patch's luminance against grey (uniform patches at 0.0 and 0.4 gave the same token),
   so a twin could not tell a faint stimulus from a full-contrast one. With eps 1 the tokens
-  of uniform patches are linear in luminance (R^2 0.99 against 0.76). Twins trained on
-  the earlier `tiny` (its spec's `source` says so) load with the backbone they were
-  trained with.
+  of uniform patches are linear in luminance (docs/benchmarks.md).
 * `pixels`: no ViT at all (the paper's "without foundation model" ablation).
   The normalised greyscale image is average-pooled onto the 16 x 16 grid giving
   C = 2 channels per cell: mean luminance, and local RMS contrast
@@ -35,13 +33,15 @@ them: resizing uses bilinear interpolation with `antialias=False`.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from stimuli.errors import InputError, InsilicoError
 
 __all__ = [
     "BACKBONE_PRESETS",
@@ -58,13 +58,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 TINY_SEED = 0
 TINY_LAYER_NORM_EPS = 1.0
-# The `tiny` backbone before its LayerNorm eps was set (Dinov2Config's default eps): twins
-# trained on it keep it.
-LEGACY_TINY_SOURCE = f"random Dinov2Config(hidden 32, 2 layers), seed {TINY_SEED}"
-LEGACY_TINY_LAYER_NORM_EPS = 1e-6
 
 
-class BackboneUnavailableError(FileNotFoundError):
+class BackboneUnavailableError(InsilicoError, FileNotFoundError):
     """The requested backbone's weights are not on this machine."""
 
 
@@ -155,7 +151,7 @@ class Backbone(nn.Module):
             renamed[key] = tensor
         missing, unexpected = sorted(own - set(renamed)), sorted(set(renamed) - own)
         if missing or unexpected:
-            raise ValueError(
+            raise InputError(
                 f"backbone weights do not fit {self.spec.name!r} with the installed transformers: "
                 f"{len(missing)} missing (e.g. {missing[:1]}), {len(unexpected)} unexpected (e.g. {unexpected[:1]})")
         self.load_state_dict(renamed)
@@ -173,9 +169,9 @@ class Backbone(nn.Module):
             `[B, T, C, grid, grid]`, differentiable w.r.t. `frames`.
         """
         if frames.ndim != 4:
-            raise ValueError(f"frames must be [B, T, H, W], got shape {tuple(frames.shape)}")
+            raise InputError(f"frames must be [B, T, H, W], got shape {tuple(frames.shape)}")
         if not frames.is_floating_point():
-            raise ValueError(f"frames must be float in [0, 1], got dtype {frames.dtype}")
+            raise InputError(f"frames must be float in [0, 1], got dtype {frames.dtype}")
         b, t, h, w = frames.shape
         feats = self._encode(frames.reshape(b * t, 1, h, w))
         return feats.reshape(b, t, *feats.shape[1:])
@@ -192,13 +188,13 @@ class Backbone(nn.Module):
             `[T, C, grid, grid]` float32.
         """
         if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8 or frames.ndim != 3:
-            raise ValueError(
+            raise InputError(
                 "frames must be a uint8 numpy array [T, H, W], got "
                 f"{type(frames).__name__} {getattr(frames, 'dtype', '')} "
                 f"{getattr(frames, 'shape', '')}"
             )
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise InputError(f"batch_size must be >= 1, got {batch_size}")
         c, g, _ = self.spec.feature_shape
         out = np.empty((frames.shape[0], c, g, g), dtype=np.float32)
         for start in range(0, frames.shape[0], batch_size):
@@ -228,7 +224,7 @@ class DinoV2Backbone(Backbone):
         tokens = self.encoder(pixel_values=x).last_hidden_state[:, 1:, :]
         g = self.spec.grid
         if tokens.shape[1] != g * g:
-            raise ValueError(f"expected {g * g} patch tokens, got {tokens.shape[1]}")
+            raise InputError(f"expected {g * g} patch tokens, got {tokens.shape[1]}")
         # Tokens are row-major over the patch grid.
         return tokens.reshape(-1, g, g, tokens.shape[-1]).permute(0, 3, 1, 2).contiguous()
 
@@ -288,14 +284,12 @@ def _pretrained_encoder(source: str) -> nn.Module:
         ) from err
 
 
-def load_backbone(name_or_path: str, source: str | None = None) -> Backbone:
+def load_backbone(name_or_path: str) -> Backbone:
     """A frozen backbone in eval mode.
 
     Args:
         name_or_path: a key of `BACKBONE_PRESETS`, a local DINOv2 folder, or a hub id
             present in the local Hugging Face cache.
-        source: the `BackboneSpec.source` a checkpoint recorded, for presets that changed
-            since (`tiny` before its LayerNorm eps); None gives the current preset.
 
     Raises:
         BackboneUnavailableError: pretrained weights are not on disk.
@@ -303,21 +297,19 @@ def load_backbone(name_or_path: str, source: str | None = None) -> Backbone:
     if name_or_path == "pixels":
         return PixelBackbone()
     if name_or_path == "tiny":
-        if source == LEGACY_TINY_SOURCE:
-            return DinoV2Backbone(replace(BACKBONE_PRESETS["tiny"], source=source), _tiny_encoder(LEGACY_TINY_LAYER_NORM_EPS))
         return DinoV2Backbone(BACKBONE_PRESETS["tiny"], _tiny_encoder(TINY_LAYER_NORM_EPS))
     if name_or_path in BACKBONE_PRESETS:
         spec = BACKBONE_PRESETS[name_or_path]
         return DinoV2Backbone(spec, _pretrained_encoder(spec.source))
     if not Path(name_or_path).is_dir() and "/" not in name_or_path:
-        raise ValueError(
+        raise InputError(
             f"unknown backbone {name_or_path!r}: use one of {sorted(BACKBONE_PRESETS)} "
             "or a local DINOv2 folder"
         )
     encoder = _pretrained_encoder(name_or_path)
     patch = int(encoder.config.patch_size)
     if IMAGE_SIZE % patch:
-        raise ValueError(f"patch size {patch} does not divide the {IMAGE_SIZE} px input")
+        raise InputError(f"patch size {patch} does not divide the {IMAGE_SIZE} px input")
     spec = BackboneSpec(
         name=name_or_path,
         source=str(name_or_path),

@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from stimuli.errors import InputError
+
 __all__ = ["CNNConfig", "LNConfig", "LNModel", "McIntoshCNN", "lagged_inputs"]
 
 GREY = 0.5
@@ -38,9 +40,9 @@ GREY = 0.5
 def _prepare(frames: Tensor, resolution: int, n_lags: int, dtype: torch.dtype) -> Tensor:
     """`[B, T, H, W]` in [0, 1] -> centred, downsampled, left-padded `[B, 1, T + n_lags - 1, r, r]`."""
     if frames.ndim != 4:
-        raise ValueError(f"frames must be [B, T, H, W], got shape {tuple(frames.shape)}")
+        raise InputError(f"frames must be [B, T, H, W], got shape {tuple(frames.shape)}")
     if not frames.is_floating_point():
-        raise ValueError(f"frames must be float in [0, 1], got dtype {frames.dtype}")
+        raise InputError(f"frames must be float in [0, 1], got dtype {frames.dtype}")
     b, t, h, w = frames.shape
     x = frames.to(dtype).reshape(b * t, 1, h, w)
     if (h, w) != (resolution, resolution):
@@ -69,7 +71,7 @@ class LNConfig:
 
     def __post_init__(self) -> None:
         if min(self.n_cells, self.resolution, self.n_lags) < 1:
-            raise ValueError(f"LNConfig fields must be >= 1, got {self}")
+            raise InputError(f"LNConfig fields must be >= 1, got {self}")
 
 
 class LNModel(nn.Module):
@@ -114,9 +116,9 @@ class CNNConfig:
 
     def __post_init__(self) -> None:
         if min(self.n_cells, self.resolution, self.n_lags, *self.channels, *self.kernels) < 1:
-            raise ValueError(f"CNNConfig fields must be >= 1, got {self}")
+            raise InputError(f"CNNConfig fields must be >= 1, got {self}")
         if self.feature_side < 1:
-            raise ValueError(
+            raise InputError(
                 f"kernels {self.kernels} are too large for a {self.resolution} px input"
             )
 

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from stimuli.errors import InputError
+
 __all__ = ["CausalConv3d"]
 
 
@@ -44,9 +46,9 @@ class CausalConv3d(nn.Module):
         super().__init__()
         kt, kh, kw = kernel_size
         if kt < 1 or kh % 2 == 0 or kw % 2 == 0:
-            raise ValueError(f"kernel_size must be (kt>=1, odd, odd), got {kernel_size}")
+            raise InputError(f"kernel_size must be (kt>=1, odd, odd), got {kernel_size}")
         if dilation < 1:
-            raise ValueError(f"dilation must be >= 1, got {dilation}")
+            raise InputError(f"dilation must be >= 1, got {dilation}")
         self.time_pad = dilation * (kt - 1)
         ph, pw = (kh // 2, kw // 2) if same_spatial else (0, 0)
         # F.pad order: (W_left, W_right, H_top, H_bottom, T_front, T_back).

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from stimuli.errors import InputError
 from vist_model.causal import CausalConv3d
 
 __all__ = ["PUBLISHED_KERNEL_SETS", "CMST", "CausalMultiscaleBlock"]
@@ -47,11 +48,11 @@ class CausalMultiscaleBlock(nn.Module):
     ) -> None:
         super().__init__()
         if kernel_s < 1 or kernel_s % 2 == 0:
-            raise ValueError(f"kernel_s must be an odd number >= 1, got {kernel_s}")
+            raise InputError(f"kernel_s must be an odd number >= 1, got {kernel_s}")
         if channels < 1:
-            raise ValueError(f"channels must be >= 1, got {channels}")
+            raise InputError(f"channels must be >= 1, got {channels}")
         if not kernels_t or min(kernels_t) < 1:
-            raise ValueError(f"kernels_t must be a non-empty list of ints >= 1, got {kernels_t}")
+            raise InputError(f"kernels_t must be a non-empty list of ints >= 1, got {kernels_t}")
         self.kernels_t = tuple(int(k) for k in kernels_t)
         self.branches = nn.ModuleList(
             nn.Sequential(
@@ -79,7 +80,7 @@ class CausalMultiscaleBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         k = self.kernel_s
         if x.shape[-1] < k or x.shape[-2] < k:
-            raise ValueError(f"CMST block needs H, W >= {k}, got {tuple(x.shape[-2:])}")
+            raise InputError(f"CMST block needs H, W >= {k}, got {tuple(x.shape[-2:])}")
         total = self.branches[0](x)
         for branch in self.branches[1:]:
             total = total + branch(x)

@@ -25,6 +25,7 @@ import torch
 from rich.progress import Progress
 from torch import Tensor, nn
 
+from stimuli.errors import InputError
 from stimuli.recording import open_recording
 from vist_model.data import Block, Rows, make_split, read_rows
 from vist_model.features import FeatureCache
@@ -70,7 +71,7 @@ def load_core(path: str | Path, device: str | torch.device = "cpu") -> LoadedCor
         return LoadedCore(shared.twin(shared.names[0]), path, shared.names)
     twin = Twin.load(path, device=device)
     if twin.metadata.kind != "vist":
-        raise ValueError(f"{path}: a {twin.metadata.kind} twin has no core to fit a new retina onto (a Vi-ST twin has)")
+        raise InputError(f"{path}: a {twin.metadata.kind} twin has no core to fit a new retina onto (a Vi-ST twin has)")
     check_shareable(twin.network.config, str(path))
     data = twin.metadata.training.get("data")
     return LoadedCore(twin, path, (Path(data).stem,) if data else ())
@@ -104,9 +105,9 @@ def fit_on_core(
     source = core if isinstance(core, LoadedCore) else load_core(core, device=dev)
     with open_recording(data) as rec:
         if not rec.has_responses:
-            raise ValueError(f"{data}: a stimulus-only file has no responses to train on")
+            raise InputError(f"{data}: a stimulus-only file has no responses to train on")
         if abs(float(rec.frame_rate) - source.twin.metadata.frame_rate) > 1e-6:
-            raise ValueError(f"{data}: frame rate {rec.frame_rate:g} Hz; the core ({source.path}) was trained at "
+            raise InputError(f"{data}: frame rate {rec.frame_rate:g} Hz; the core ({source.path}) was trained at "
                              f"{source.twin.metadata.frame_rate:g} Hz and its filters are in frames")
         split = make_split(rec, list(train_segments), list(test_segments), val_fraction=val_fraction,
                            min_val_frames=min(32, config.window))

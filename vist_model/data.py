@@ -21,6 +21,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from stimuli.errors import InputError
 from stimuli.recording import Recording, Segment, open_recording
 
 # A part of a named segment keeps the segment's name: validation is carved from the end of
@@ -46,18 +47,18 @@ def make_split(
     """Carve validation from the end of each training segment; test segments stay untouched."""
     overlap = set(train) & set(test)
     if overlap:
-        raise ValueError(f"segments {sorted(overlap)} cannot be both training and test data")
+        raise InputError(f"segments {sorted(overlap)} cannot be both training and test data")
     if not train:
-        raise ValueError("name at least one training segment")
+        raise InputError("name at least one training segment")
     if not 0 <= val_fraction < 1:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        raise InputError(f"val_fraction must be in [0, 1), got {val_fraction}")
     tr: list[FrameRange] = []
     va: list[FrameRange] = []
     for name in train:
         seg = rec.segment(name)
         n_val = 0 if val_fraction == 0 else max(min_val_frames, int(round(seg.n_frames * val_fraction)))
         if n_val >= seg.n_frames:
-            raise ValueError(f"segment {name!r} has {seg.n_frames} frames: too short to hold out {n_val} for validation")
+            raise InputError(f"segment {name!r} has {seg.n_frames} frames: too short to hold out {n_val} for validation")
         cut = seg.stop - n_val
         tr.append(FrameRange(name, seg.start, cut))
         if n_val:
@@ -142,7 +143,7 @@ class _RecordingRows(LazyRows):
         self.start, self.stop = int(start), int(stop)
         with open_recording(self.path) as rec:
             if not 0 <= self.start < self.stop <= rec.n_frames:
-                raise ValueError(f"{self.path}: frame range [{start}, {stop}) is not inside [0, {rec.n_frames})")
+                raise InputError(f"{self.path}: frame range [{start}, {stop}) is not inside [0, {rec.n_frames})")
             self._describe(rec)
 
     def _describe(self, rec: Recording) -> None:
@@ -182,7 +183,7 @@ class TrialAverage(_RecordingRows):
 
     def _describe(self, rec: Recording) -> None:
         if not rec.has_responses:
-            raise ValueError(f"{self.path}: a stimulus-only file has no responses to train on")
+            raise InputError(f"{self.path}: a stimulus-only file has no responses to train on")
         self.shape = (self.stop - self.start, rec.n_cells)
         self.dtype = np.dtype(np.float32)
         for a in range(self.start, self.stop, SCAN_FRAMES):
@@ -215,7 +216,7 @@ class RowRange(LazyRows):
 
     def __init__(self, source: Rows, start: int, stop: int) -> None:
         if not 0 <= start <= stop <= len(source):
-            raise ValueError(f"rows [{start}, {stop}) are not inside [0, {len(source)})")
+            raise InputError(f"rows [{start}, {stop}) are not inside [0, {len(source)})")
         self.source, self.start, self.stop = source, int(start), int(stop)
         self.shape = (self.stop - self.start, *tuple(source.shape)[1:])
         self.dtype = np.dtype(getattr(source, "dtype", np.float32))
@@ -264,13 +265,13 @@ class Block:
 
     def __post_init__(self) -> None:
         if len(self.inputs) != len(self.targets):
-            raise ValueError(f"inputs have {len(self.inputs)} frames, targets {len(self.targets)}")
+            raise InputError(f"inputs have {len(self.inputs)} frames, targets {len(self.targets)}")
         if self.loss_weights is not None and (
                 self.loss_weights.shape != tuple(self.targets.shape) or not (self.loss_weights >= 0).all()):
-            raise ValueError(f"loss weights must be >= 0 and shaped like the targets {tuple(self.targets.shape)}, "
+            raise InputError(f"loss weights must be >= 0 and shaped like the targets {tuple(self.targets.shape)}, "
                              f"got {self.loss_weights.shape}")
         if not (np.isfinite(self.weight) and self.weight > 0):
-            raise ValueError(f"a block's sampling weight must be > 0, got {self.weight}")
+            raise InputError(f"a block's sampling weight must be > 0, got {self.weight}")
 
 
 @dataclass(frozen=True)
@@ -309,15 +310,15 @@ def shared_out(groups: Sequence[Sequence[Block]], shares: Sequence[float | None]
     short clips, however long the movie.
     """
     if len(groups) != len(shares):
-        raise ValueError(f"{len(groups)} groups of blocks but {len(shares)} shares")
+        raise InputError(f"{len(groups)} groups of blocks but {len(shares)} shares")
     given = [s for s in shares if s is not None]
     if any(not 0 < s < 1 for s in given) or sum(given) > 1 + 1e-9:
-        raise ValueError(f"shares must be in (0, 1) and sum to at most 1, got {list(shares)}")
+        raise InputError(f"shares must be in (0, 1) and sum to at most 1, got {list(shares)}")
     starts = [sum(window_starts(b, window) for b in g) for g in groups]
     rest_starts = sum(n for n, s in zip(starts, shares, strict=True) if s is None)
     rest = 1.0 - sum(given)
     if rest_starts and rest <= 1e-9:
-        raise ValueError(f"shares {list(shares)} leave nothing for the groups without one")
+        raise InputError(f"shares {list(shares)} leave nothing for the groups without one")
     total = sum(starts)
     out: list[Block] = []
     for g, n, share in zip(groups, starts, shares, strict=True):
@@ -341,7 +342,7 @@ class WindowDataset(torch.utils.data.Dataset):
         usable = [b for b in blocks if len(b.inputs) >= window]
         if not usable:
             longest = max((len(b.inputs) for b in blocks), default=0)
-            raise ValueError(f"no block holds a {window}-frame window (longest has {longest} frames)")
+            raise InputError(f"no block holds a {window}-frame window (longest has {longest} frames)")
         self.blocks = usable
         self.window = window
         self.seed = seed

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from stimuli.errors import InputError
+from stimuli.files import write_atomic, write_json
 from stimuli.recording import open_recording
 from vist_model.data import RecordingFrames
 from vist_model.features import FeatureCache
-from vist_model.files import atomic_write_text
 from vist_model.metrics import EvaluationResult, evaluate
 from vist_model.plots import plot_traces
 from vist_model.twin import Twin
@@ -57,7 +57,7 @@ def evaluate_twin(
     with open_recording(data) as rec:
         ids = tuple(int(i) for i in rec.cell_ids)
         if ids != twin.metadata.cell_ids:
-            raise ValueError(f"{data}: its {len(ids)} cells are not the {twin.metadata.n_cells} cells the twin was trained on")
+            raise InputError(f"{data}: its {len(ids)} cells are not the {twin.metadata.n_cells} cells the twin was trained on")
         seg = rec.segment(segment)
         # The movie is read per batch for features and per piece for prediction; the counts of
         # every repeat are what the metrics need, and a repeated test segment is short.
@@ -87,10 +87,10 @@ def write_evaluation(result: TwinEvaluation, json_path: str | Path | None = None
     """Write the summary JSON and the per-cell CSV (each atomically)."""
     summary = result.to_json_dict()
     if json_path is not None:
-        atomic_write_text(json_path, json.dumps(summary, indent=2))
+        write_json(json_path, summary)
     if csv_path is not None:
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=["id", "cc", "feve", "sd_kl", "noise_ceiling"])
         writer.writeheader()
         writer.writerows(summary["per_cell"])
-        atomic_write_text(csv_path, buf.getvalue())
+        write_atomic(csv_path, buf.getvalue())

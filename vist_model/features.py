@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Protocol
@@ -23,6 +22,9 @@ import h5py
 import numpy as np
 import torch
 from rich.progress import Progress
+
+from stimuli.errors import InputError
+from stimuli.files import atomic_path
 
 # float16 halves the cache (a ViT-L frame is 1024 x 16 x 16 values); the twin's first layer is a
 # 1x1x1 conv, for which half precision features are ample.
@@ -148,7 +150,7 @@ class FeatureCache:
         features are ever whole in memory; the result reads from that file per slice.
         """
         if len(frames) == 0:
-            raise ValueError("no frames to extract features from (T = 0)")
+            raise InputError("no frames to extract features from (T = 0)")
         fingerprint = fingerprint or backbone_fingerprint(backbone)
         path = self.path_for(fingerprint, frames_hash(frames))
         if path.exists():
@@ -156,10 +158,7 @@ class FeatureCache:
                 hit = f.attrs.get("backbone") == fingerprint and f["features"].shape[0] == len(frames)
             if hit:
                 return CachedFeatures(path)
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=self.root)
-        os.close(fd)
-        try:
+        with atomic_path(path) as tmp:
             with h5py.File(tmp, "w") as f:
                 f.attrs["backbone"] = fingerprint
                 f.attrs["spec"] = repr(getattr(backbone, "spec", ""))
@@ -172,16 +171,6 @@ class FeatureCache:
                         dataset = f.create_dataset("features", shape=(len(frames), *feats.shape[1:]),
                                                    dtype=CACHE_DTYPE, chunks=(chunk, *feats.shape[1:]))
                     dataset[start:start + len(feats)] = feats.astype(CACHE_DTYPE)
-            with open(tmp, "rb") as fh:  # on disk before it is renamed into place
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-            folder = os.open(self.root, os.O_RDONLY)  # and the rename with it
-            try:
-                os.fsync(folder)
-            finally:
-                os.close(folder)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
         return CachedFeatures(path)
 
 
@@ -223,5 +212,5 @@ def extract_features(
             out = np.empty((len(frames), *feats.shape[1:]), np.float32)
         out[start:start + len(feats)] = feats
     if out is None:
-        raise ValueError("no frames to extract features from (T = 0)")
+        raise InputError("no frames to extract features from (T = 0)")
     return out

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Sequence
@@ -15,6 +14,8 @@ import torch
 from rich.progress import Progress
 from torch import nn
 
+from stimuli.errors import InputError
+from stimuli.files import write_json
 from stimuli.recording import Recording, open_recording
 from vist_model.accuracy import HeldOutAccuracy, held_out_segment
 from vist_model.backbone import load_backbone
@@ -34,7 +35,6 @@ from vist_model.data import (
 )
 from vist_model.evaluate import evaluate_twin
 from vist_model.features import FeatureCache
-from vist_model.files import atomic_write_text
 from vist_model.ln_fit import fit_ln
 from vist_model.loss import PoissonLoss, ViSTLoss
 from vist_model.metrics import pearson_per_cell
@@ -83,9 +83,9 @@ class TwinSpec:
 
     def __post_init__(self) -> None:
         if self.kind not in MODEL_KINDS:
-            raise ValueError(f"model kind must be one of {', '.join(MODEL_KINDS)}, got {self.kind!r}")
+            raise InputError(f"model kind must be one of {', '.join(MODEL_KINDS)}, got {self.kind!r}")
         if self.loss is not None and self.loss not in LOSSES:
-            raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+            raise InputError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ def resolve_device(device: str | None) -> torch.device:
     if device in (None, "auto"):
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: no CUDA GPU is visible to torch on this machine")
+        raise InputError(f"device {device!r}: no CUDA GPU is visible to torch on this machine")
     if device == "cuda" and "LOCAL_RANK" in os.environ:
         # Under torchrun each process drives its own GPU of this machine.
         return torch.device("cuda", int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
@@ -132,7 +132,7 @@ def loss_for(kind: str, network: dict[str, Any], loss: str | None = None) -> nn.
     """The training loss module for a network (`loss` None: `default_loss`)."""
     name = loss or default_loss(kind, network)
     if name == "poisson" and kind == "vist" and network.get("output", "linear") == "linear":
-        raise ValueError("loss 'poisson' needs positive rates: use output 'softplus' with it")
+        raise InputError("loss 'poisson' needs positive rates: use output 'softplus' with it")
     return ViSTLoss() if name == "vist" else PoissonLoss()
 
 
@@ -219,7 +219,7 @@ def train_twin(
     config = config or training_for(spec.preset)
     with open_recording(data) as rec:
         if not rec.has_responses:
-            raise ValueError(f"{data}: a stimulus-only file has no responses to train on")
+            raise InputError(f"{data}: a stimulus-only file has no responses to train on")
         split = make_split(rec, train_segments, list(test_segments), val_fraction=val_fraction)
         rfs = receptive_fields(rec, noise_segment)
         torch.manual_seed(config.seed)  # the network's initial weights follow the run's seed
@@ -315,11 +315,11 @@ def finetune_twin(
     out = Path(out_dir)
     cache = cache or FeatureCache()
     if shares is not None and len(shares) != len(recordings):
-        raise ValueError(f"{len(shares)} shares for {len(recordings)} recordings")
+        raise InputError(f"{len(shares)} shares for {len(recordings)} recordings")
     if focus is not None and len(focus) != len(recordings):
-        raise ValueError(f"{len(focus)} focus lists for {len(recordings)} recordings")
+        raise InputError(f"{len(focus)} focus lists for {len(recordings)} recordings")
     if not focus_weight > 0:
-        raise ValueError(f"focus_weight must be > 0, got {focus_weight}")
+        raise InputError(f"focus_weight must be > 0, got {focus_weight}")
     groups: list[list[Block]] = []
     val_blocks: list[Block] = []
     split = None
@@ -328,7 +328,7 @@ def finetune_twin(
         with open_recording(path) as rec:
             ids = tuple(int(i) for i in rec.cell_ids)
             if ids != twin.metadata.cell_ids:
-                raise ValueError(f"{path}: its cells {ids[:5]}... are not the twin's cells {twin.metadata.cell_ids[:5]}...")
+                raise InputError(f"{path}: its cells {ids[:5]}... are not the twin's cells {twin.metadata.cell_ids[:5]}...")
             split = make_split(rec, segments, val_fraction=val_fraction, min_val_frames=min(32, config.window))
             groups.append(_blocks(twin, rec, split.train, cache, here, focus_weight))
             val_blocks += _blocks(twin, rec, split.val, cache)
@@ -359,7 +359,7 @@ def _save_run(twin: Twin, result: TrainResult, out: Path) -> None:
         "cells": twin.metadata.n_cells, "rf_source": twin.metadata.rf_source,
         "saved": time.strftime("%Y-%m-%dT%H:%M:%S"), **asdict(result),
     }
-    atomic_write_text(out / "train.json", json.dumps(summary, indent=2))
+    write_json(out / "train.json", summary)
     plot_loss_curve(result.train_loss, result.val_loss, result.best_epoch, out / "loss_curve.png",
                     title=f"{twin.metadata.kind} ({twin.metadata.describe_backbone()})")
     (out / "train_state.pt").unlink(missing_ok=True)  # finished: a rerun starts afresh

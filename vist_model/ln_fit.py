@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from stimuli.errors import InputError
 from vist_model.baselines import LNModel, lagged_inputs
 from vist_model.data import Block
 
@@ -108,7 +109,7 @@ def fit_ln(model: LNModel, train: Sequence[Block], val: Sequence[Block]) -> dict
     Returns what was chosen per cell (ridge strength, validation r of the drive), for the record.
     """
     if not train:
-        raise ValueError("the LN fit needs training blocks")
+        raise InputError("the LN fit needs training blocks")
     xtx, xty, mx, my = _normal_equations(model, train)
     evals, evecs = np.linalg.eigh(xtx)
     evals = np.clip(evals, 0.0, None)

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from stimuli.errors import InputError
 from vist_model.softdtw import soft_dtw_divergence
 
 __all__ = ["LossTerms", "PoissonLoss", "ViSTLoss", "ViSTLossConfig", "sliding_windows"]
@@ -60,9 +61,9 @@ class ViSTLossConfig:
 
     def __post_init__(self) -> None:
         if not self.dtw_gamma > 0:
-            raise ValueError(f"dtw_gamma must be > 0, got {self.dtw_gamma}")
+            raise InputError(f"dtw_gamma must be > 0, got {self.dtw_gamma}")
         if any(d < 1 for d in self.window_divisors):
-            raise ValueError(f"window_divisors must be >= 1, got {self.window_divisors}")
+            raise InputError(f"window_divisors must be >= 1, got {self.window_divisors}")
 
     def min_frames(self) -> int:
         """Shortest T for which every DTW window has at least 2 frames."""
@@ -97,7 +98,7 @@ def sliding_windows(x: Tensor, length: int, stride: int) -> Tensor:
         `[B * W, length, N]` with `W = (T - length) // stride + 1` windows per item.
     """
     if not 1 <= length <= x.shape[1] or stride < 1:
-        raise ValueError(f"bad window length {length} / stride {stride} for T={x.shape[1]}")
+        raise InputError(f"bad window length {length} / stride {stride} for T={x.shape[1]}")
     b, _, n = x.shape
     windows = x.unfold(1, length, stride)  # [B, W, N, length]
     return windows.permute(0, 1, 3, 2).reshape(-1, length, n)
@@ -105,7 +106,7 @@ def sliding_windows(x: Tensor, length: int, stride: int) -> Tensor:
 
 def _check_pair(prediction: Tensor, target: Tensor) -> None:
     if prediction.ndim != 3 or prediction.shape != target.shape:
-        raise ValueError(
+        raise InputError(
             "prediction and target must both be [B, T, N], got "
             f"{tuple(prediction.shape)} and {tuple(target.shape)}"
         )
@@ -116,7 +117,7 @@ def _weighted_mean(x: Tensor, weights: Tensor | None) -> Tensor:
     if weights is None:
         return x.mean()
     if weights.shape != x.shape:
-        raise ValueError(f"loss weights must be shaped like the target {tuple(x.shape)}, got {tuple(weights.shape)}")
+        raise InputError(f"loss weights must be shaped like the target {tuple(x.shape)}, got {tuple(weights.shape)}")
     weights = weights.to(x.dtype)
     return (x * weights).sum() / weights.sum()
 
@@ -138,7 +139,7 @@ class ViSTLoss(nn.Module):
         cfg = self.config
         t, n = prediction.shape[1], prediction.shape[2]
         if cfg.window_divisors and t < cfg.min_frames():
-            raise ValueError(
+            raise InputError(
                 f"the Soft-DTW windows need T >= {cfg.min_frames()} frames, got T={t}"
             )
         target = target.to(prediction.dtype)
@@ -176,7 +177,7 @@ class PoissonLoss(nn.Module):
     def __init__(self, eps: float = 1e-8) -> None:
         super().__init__()
         if not eps > 0:
-            raise ValueError(f"eps must be > 0, got {eps}")
+            raise InputError(f"eps must be > 0, got {eps}")
         self.eps = eps
 
     def forward(self, prediction: Tensor, target: Tensor, weights: Tensor | None = None) -> Tensor:

@@ -65,6 +65,9 @@ import numpy as np
 from scipy.signal import find_peaks, peak_widths
 from scipy.special import rel_entr
 
+from stimuli.errors import InputError
+from stimuli.files import to_plain
+
 __all__ = [
     "SD_KL_MISSING",
     "EvaluationResult",
@@ -86,18 +89,18 @@ SD_KL_MISSING = 1000.0
 def _as_2d(name: str, x: np.ndarray) -> np.ndarray:
     arr = np.asarray(x, dtype=np.float64)
     if arr.ndim != 2:
-        raise ValueError(f"{name} must be [T, N], got shape {arr.shape}")
+        raise InputError(f"{name} must be [T, N], got shape {arr.shape}")
     if not np.isfinite(arr).all():
-        raise ValueError(f"{name} contains NaN or inf")
+        raise InputError(f"{name} contains NaN or inf")
     return arr
 
 
 def _as_repeats(responses: np.ndarray) -> np.ndarray:
     arr = np.asarray(responses, dtype=np.float64)
     if arr.ndim != 3:
-        raise ValueError(f"responses must be [R, T, N], got shape {arr.shape}")
+        raise InputError(f"responses must be [R, T, N], got shape {arr.shape}")
     if not np.isfinite(arr).all():
-        raise ValueError("responses contain NaN or inf")
+        raise InputError("responses contain NaN or inf")
     return arr
 
 
@@ -105,9 +108,9 @@ def pearson_per_cell(prediction: np.ndarray, target: np.ndarray) -> np.ndarray:
     """Pearson correlation over time per cell, `[T, N], [T, N] -> [N]`; 0 for constant traces."""
     p, y = _as_2d("prediction", prediction), _as_2d("target", target)
     if p.shape != y.shape:
-        raise ValueError(f"prediction {p.shape} and target {y.shape} differ in shape")
+        raise InputError(f"prediction {p.shape} and target {y.shape} differ in shape")
     if p.shape[0] < 2:
-        raise ValueError(f"correlation needs T >= 2 frames, got {p.shape[0]}")
+        raise InputError(f"correlation needs T >= 2 frames, got {p.shape[0]}")
     pc, yc = p - p.mean(axis=0), y - y.mean(axis=0)
     denom = np.sqrt((pc**2).sum(axis=0) * (yc**2).sum(axis=0))
     out = np.zeros(p.shape[1])
@@ -147,7 +150,7 @@ def feve(prediction: np.ndarray, responses: np.ndarray) -> np.ndarray:
     """
     p, y = _as_2d("prediction", prediction), _as_repeats(responses)
     if p.shape != y.shape[1:]:
-        raise ValueError(f"prediction {p.shape} does not match responses {y.shape[1:]}")
+        raise InputError(f"prediction {p.shape} does not match responses {y.shape[1:]}")
     ev = explainable_variance(y)
     mse = ((y - p[None]) ** 2).mean(axis=(0, 1))
     s2 = noise_variance(y)
@@ -178,7 +181,7 @@ def spike_durations(trace: np.ndarray) -> np.ndarray:
     """Widths (frames) at the base of every peak of a rate trace `[T]` (steps 1-2 above)."""
     x = np.asarray(trace, dtype=np.float64)
     if x.ndim != 1:
-        raise ValueError(f"trace must be [T], got shape {x.shape}")
+        raise InputError(f"trace must be [T], got shape {x.shape}")
     x = np.maximum(x, 0.0)
     peaks, _ = find_peaks(x, height=0)
     if len(peaks) == 0:
@@ -205,7 +208,7 @@ def sd_kl(
 ) -> float:
     """SD-KL of one cell, traces `[T]`: KL(P_pred || P_true) of spike-duration densities."""
     if not bandwidth > 0 or grid_size < 2:
-        raise ValueError(f"need bandwidth > 0 and grid_size >= 2, got {bandwidth}, {grid_size}")
+        raise InputError(f"need bandwidth > 0 and grid_size >= 2, got {bandwidth}, {grid_size}")
     d_pred, d_true = spike_durations(prediction), spike_durations(target)
     if len(d_pred) < 2 or len(d_true) < 2:
         return SD_KL_MISSING
@@ -225,23 +228,13 @@ def sd_kl_per_cell(prediction: np.ndarray, target: np.ndarray, **kwargs: Any) ->
     """SD-KL per cell, `[T, N], [T, N] -> [N]` (keyword arguments go to `sd_kl`)."""
     p, y = _as_2d("prediction", prediction), _as_2d("target", target)
     if p.shape != y.shape:
-        raise ValueError(f"prediction {p.shape} and target {y.shape} differ in shape")
+        raise InputError(f"prediction {p.shape} and target {y.shape} differ in shape")
     return np.array([sd_kl(p[:, k], y[:, k], **kwargs) for k in range(p.shape[1])])
 
 
 def _nanmean(x: np.ndarray) -> float:
     finite = x[np.isfinite(x)]
     return float(finite.mean()) if finite.size else float("nan")
-
-
-def _json_value(x: Any) -> Any:
-    if isinstance(x, np.ndarray):
-        return [_json_value(v) for v in x.tolist()]
-    if isinstance(x, float | np.floating):
-        return float(x) if np.isfinite(x) else None
-    if isinstance(x, np.integer):
-        return int(x)
-    return x
 
 
 @dataclass(frozen=True, eq=False)
@@ -269,7 +262,7 @@ class EvaluationResult:
 
     def to_json_dict(self) -> dict[str, Any]:
         """Plain JSON types; NaN becomes None."""
-        return {name: _json_value(getattr(self, name)) for name in self.__dataclass_fields__}
+        return to_plain({name: getattr(self, name) for name in self.__dataclass_fields__}, nan_as_null=True)
 
 
 def evaluate(prediction: np.ndarray, responses: np.ndarray) -> EvaluationResult:
@@ -286,7 +279,7 @@ def evaluate(prediction: np.ndarray, responses: np.ndarray) -> EvaluationResult:
         y = y[None]
     y = _as_repeats(y)
     if y.shape[1:] != p.shape:
-        raise ValueError(f"prediction {p.shape} does not match responses {y.shape}")
+        raise InputError(f"prediction {p.shape} does not match responses {y.shape}")
     trial_mean = y.mean(axis=0)
     cc = pearson_per_cell(p, trial_mean)
     positive = cc[cc > 0]

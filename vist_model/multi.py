@@ -32,11 +32,12 @@ import torch
 from rich.progress import Progress
 from torch import nn
 
+from stimuli.errors import InputError, NotFoundError
+from stimuli.files import atomic_path, write_json
 from stimuli.recording import Recording, open_recording
 from vist_model.accuracy import HeldOutAccuracy
 from vist_model.data import Block, DataSplit, WindowDataset, make_split, window_starts
 from vist_model.features import FeatureCache
-from vist_model.files import atomic_write_text
 from vist_model.fit_twin import (
     DEFAULT_SPEC,
     TwinSpec,
@@ -75,10 +76,10 @@ CORE_INDEX = "core.json"
 def check_shareable(config: ViSTConfig, where: str) -> None:
     """Refuse a Vi-ST config whose core depends on its recording's cells."""
     if config.map_channels is None:
-        raise ValueError(f"{where}: the network carries one map per cell (map_channels None), so its core depends "
+        raise InputError(f"{where}: the network carries one map per cell (map_channels None), so its core depends "
                          "on the recording's cells; a shared core needs a fixed number of maps (the cpu preset)")
     if config.rf_conditioning != "sum":
-        raise ValueError(f"{where}: rf_conditioning {config.rf_conditioning!r} conditions AdaLN on each cell's map; "
+        raise InputError(f"{where}: rf_conditioning {config.rf_conditioning!r} conditions AdaLN on each cell's map; "
                          "a shared core needs rf_conditioning 'sum'")
 
 
@@ -86,7 +87,7 @@ def recording_name(path: str | Path) -> str:
     """The name a recording goes by in a shared core: its file name without the suffix."""
     name = Path(path).stem
     if not name or ":" in name or name.startswith("."):
-        raise ValueError(f"{path}: a recording in a shared core is named by its file name, which must not "
+        raise InputError(f"{path}: a recording in a shared core is named by its file name, which must not "
                          "contain ':' (cells are named 'recording:id') or start with '.'")
     return name
 
@@ -119,14 +120,14 @@ class SharedCoreTwin:
 
     def __init__(self, twins: Mapping[str, Twin]) -> None:
         if not twins:
-            raise ValueError("a shared core needs at least one recording")
+            raise InputError("a shared core needs at least one recording")
         for name, twin in twins.items():
             if twin.metadata.kind != "vist":
-                raise ValueError(f"recording {name!r}: a shared core is a Vi-ST core, got a {twin.metadata.kind} twin")
+                raise InputError(f"recording {name!r}: a shared core is a Vi-ST core, got a {twin.metadata.kind} twin")
             check_shareable(twin.network.config, f"recording {name!r}")
         fingerprints = {t.fingerprint for t in twins.values()}
         if len(fingerprints) > 1:
-            raise ValueError("the twins of a shared core must use the same backbone weights")
+            raise InputError("the twins of a shared core must use the same backbone weights")
         self.twins = dict(twins)
         tie_cores([t.network for t in self.twins.values()])
 
@@ -136,7 +137,7 @@ class SharedCoreTwin:
 
     def twin(self, name: str) -> Twin:
         if name not in self.twins:
-            raise KeyError(f"the core has no recording {name!r} (its recordings: {', '.join(self.names)})")
+            raise NotFoundError(f"the core has no recording {name!r} (its recordings: {', '.join(self.names)})")
         return self.twins[name]
 
     @property
@@ -153,7 +154,7 @@ class SharedCoreTwin:
         """`"A:42"` -> `("A", 42)`, checked against the recording's cells."""
         name, sep, cell = str(label).rpartition(":")
         if not sep or not cell.strip().lstrip("-").isdigit():
-            raise ValueError(f"cell {label!r}: name a cell of a shared core as recording:id, e.g. "
+            raise InputError(f"cell {label!r}: name a cell of a shared core as recording:id, e.g. "
                              f"{self.cell_labels[0] if self.cell_labels else 'A:42'}")
         twin = self.twin(name)
         twin.metadata.cell_index(int(cell))  # a KeyError naming the recording's ids if it has no such cell
@@ -167,7 +168,7 @@ class SharedCoreTwin:
         index = {"recordings": [{"name": name, "twin": f"{name}/model.pt", "cells": t.metadata.n_cells,
                                  "data": t.metadata.training.get("data")} for name, t in self.twins.items()],
                  **(summary or {})}
-        atomic_write_text(out / CORE_INDEX, json.dumps(index, indent=2))
+        write_json(out / CORE_INDEX, index)
         return out
 
     @classmethod
@@ -181,7 +182,7 @@ class SharedCoreTwin:
             index = json.loads(index_path.read_text(encoding="utf-8"))
             entries = [(str(r["name"]), str(r["twin"])) for r in index["recordings"]]
         except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise ValueError(f"{index_path}: not a shared-core index ({type(err).__name__}: {err})") from None
+            raise InputError(f"{index_path}: not a shared-core index ({type(err).__name__}: {err})") from None
         twins = {name: Twin.load(run / rel, device=device) for name, rel in entries}
         _check_same_core([t.network for t in twins.values()], run)
         return cls(twins)
@@ -193,7 +194,7 @@ def _check_same_core(networks: Sequence[ViST], where: Path) -> None:
     for net in networks[1:]:
         other = {k: v for k, v in net.state_dict().items() if k.split(".")[0] in CORE_MODULES}
         if first.keys() != other.keys() or any(not torch.equal(first[k], other[k]) for k in first):
-            raise ValueError(f"{where}: its recordings' twins hold different cores (files of different runs?)")
+            raise InputError(f"{where}: its recordings' twins hold different cores (files of different runs?)")
 
 
 @dataclass(frozen=True)
@@ -225,13 +226,13 @@ def train_shared_core(
     after an interruption continues where it stopped.
     """
     if spec.kind != "vist":
-        raise ValueError(f"a shared core is a Vi-ST core: model kind {spec.kind!r} has none")
+        raise InputError(f"a shared core is a Vi-ST core: model kind {spec.kind!r} has none")
     if len(recordings) < 1:
-        raise ValueError("name at least one recording")
+        raise InputError("name at least one recording")
     names = [recording_name(p) for p, _ in recordings]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
-        raise ValueError(f"recordings {twice} are named twice: a shared core names recordings by file name")
+        raise InputError(f"recordings {twice} are named twice: a shared core names recordings by file name")
     out = Path(out_dir)
     dev = resolve_device(device)
     cache = cache or FeatureCache()
@@ -247,10 +248,10 @@ def train_shared_core(
         for name, (path, segments) in zip(names, recordings, strict=True):
             with open_recording(path) as rec:
                 if not rec.has_responses:
-                    raise ValueError(f"{path}: a stimulus-only file has no responses to train on")
+                    raise InputError(f"{path}: a stimulus-only file has no responses to train on")
                 rates.add(float(rec.frame_rate))
                 if len(rates) > 1:
-                    raise ValueError(f"{path}: frame rate {rec.frame_rate:g} Hz differs from the other recordings' "
+                    raise InputError(f"{path}: frame rate {rec.frame_rate:g} Hz differs from the other recordings' "
                                      "(the core's filters are in frames): resample to one rate first")
                 splits[name] = make_split(rec, list(segments), val_fraction=val_fraction)
                 rfs = receptive_fields(rec, noise_segment)
@@ -325,7 +326,7 @@ def fit_shared(
     from `(seed, epoch)`. The validation loss is the mean over recordings. One process only.
     """
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ValueError("training a shared core on several recordings runs in one process (not under torchrun)")
+        raise InputError("training a shared core on several recordings runs in one process (not under torchrun)")
     names = list(networks)
     model = nn.ModuleDict(networks).to(device)  # tied modules are one set of parameters
     seed_everything(cfg.seed)
@@ -405,7 +406,7 @@ def balanced_windows(train: Mapping[str, Sequence[Block]], cfg: TrainConfig) -> 
     usable = {n: sum(len(b.inputs) for b in blocks if window_starts(b, cfg.window)) for n, blocks in train.items()}
     for n, frames in usable.items():
         if not frames:
-            raise ValueError(f"recording {n!r}: no training block holds a {cfg.window}-frame window")
+            raise InputError(f"recording {n!r}: no training block holds a {cfg.window}-frame window")
     total = max(len(usable), int(round(cfg.coverage * sum(usable.values()) / cfg.window)))
     per = math.ceil(total / len(usable))
     # The coverage at which each recording draws `per` windows (WindowDataset rounds coverage x frames / window).
@@ -421,8 +422,6 @@ def batch_order(data: Mapping[str, WindowDataset], batch_size: int, seed: int, e
 
 
 def _save_state(path: Path, state: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
+
+from stimuli.files import atomic_path
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -57,10 +58,7 @@ def _save(fig: plt.Figure, path: str | Path, dpi: int) -> Path:
     `bbox_inches="tight"` keeps what sticks out of the axes, such as a long backbone title
     that the fixed canvas cut at both ends.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.part.png")
-    fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
     plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return Path(path)

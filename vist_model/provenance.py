@@ -15,10 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stimuli.errors import InsilicoError
+
 CHUNK_BYTES = 1 << 20
 
 
-class TrainingDataMissing(FileNotFoundError):
+class TrainingDataMissing(InsilicoError, FileNotFoundError):
     """The twin's training recording is neither where it was nor in any place searched."""
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from stimuli.errors import InputError
 from stimuli.recording.rf_geometry import rf_centre_and_size
 
 __all__ = ["START_MASK_SIGMA", "FactorizedReadout", "Readout", "grid_centres"]
@@ -28,7 +29,7 @@ START_MASK_SIGMA = 0.75
 
 def _check_sizes(n_cells: int, height: int, width: int, in_channels: int) -> None:
     if min(n_cells, height, width, in_channels) < 1:
-        raise ValueError(
+        raise InputError(
             f"n_cells, height, width and in_channels must be >= 1, got {n_cells}, {height}, "
             f"{width}, {in_channels}"
         )
@@ -70,9 +71,9 @@ class FactorizedReadout(nn.Module):
         super().__init__()
         _check_sizes(n_cells, height, width, in_channels)
         if tuple(centres.shape) != (n_cells, 2):
-            raise ValueError(f"centres must be [{n_cells}, 2], got {tuple(centres.shape)}")
+            raise InputError(f"centres must be [{n_cells}, 2], got {tuple(centres.shape)}")
         if not sigma > 0:
-            raise ValueError(f"sigma must be > 0, got {sigma}")
+            raise InputError(f"sigma must be > 0, got {sigma}")
         self.n_cells, self.height, self.width = n_cells, height, width
         self.in_channels = in_channels
         self.spatial = nn.Parameter(_gaussian_masks(centres, height, width, sigma))
@@ -96,7 +97,7 @@ def grid_centres(rf_maps: Tensor, margin: int) -> Tensor:
     map would be pulled towards the middle of the screen by the STA's noise floor.
     """
     if rf_maps.ndim != 3:
-        raise ValueError(f"rf_maps must be [N, g, g], got shape {tuple(rf_maps.shape)}")
+        raise InputError(f"rf_maps must be [N, g, g], got shape {tuple(rf_maps.shape)}")
     maps = rf_maps.detach().to(torch.float64).cpu().numpy()
     centres = [rf_centre_and_size(m)[0] for m in maps]
     return (torch.tensor(centres, dtype=torch.float64).reshape(-1, 2) - margin).to(torch.float32)
@@ -114,8 +115,8 @@ def _gaussian_masks(centres: Tensor, height: int, width: int, sigma: float) -> T
 
 def _check_input(x: Tensor, maps: int, height: int, width: int) -> tuple[int, int, int, int, int]:
     if x.ndim != 5:
-        raise ValueError(f"readout expects [B, {maps}, T, {height}, {width}], got {tuple(x.shape)}")
+        raise InputError(f"readout expects [B, {maps}, T, {height}, {width}], got {tuple(x.shape)}")
     b, n, t, h, w = x.shape
     if (n, h, w) != (maps, height, width):
-        raise ValueError(f"readout expects [B, {maps}, T, {height}, {width}], got {tuple(x.shape)}")
+        raise InputError(f"readout expects [B, {maps}, T, {height}, {width}], got {tuple(x.shape)}")
     return b, n, t, h, w

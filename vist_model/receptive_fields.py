@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from stimuli.errors import InputError
 from stimuli.recording import Recording
 from stimuli.recording.sta import NOISE_SEGMENT_NAMES, ReceptiveFieldAccumulator
 
@@ -39,7 +40,7 @@ def receptive_fields(rec: Recording, noise_segment: str | None = None) -> Recept
     candidates = [noise_segment] if noise_segment else noise_segment_names(rec)
     for name in candidates:
         if name not in names:
-            raise ValueError(f"no segment named {name!r} to estimate receptive fields from")
+            raise InputError(f"no segment named {name!r} to estimate receptive fields from")
         seg = rec.segment(name)
         _, h, w = rec.shape
         acc = ReceptiveFieldAccumulator(rec.n_cells, h, w)

@@ -23,6 +23,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from stimuli.errors import InputError
+
 __all__ = [
     "pairwise_squared_euclidean",
     "soft_dtw",
@@ -122,21 +124,21 @@ def soft_dtw_from_cost(cost: Tensor, gamma: float) -> Tensor:
         `[B]` soft-DTW values; differentiable w.r.t. `cost` (exact gradient).
     """
     if cost.ndim != 3:
-        raise ValueError(f"cost must be [B, n, m], got shape {tuple(cost.shape)}")
+        raise InputError(f"cost must be [B, n, m], got shape {tuple(cost.shape)}")
     if cost.shape[1] == 0 or cost.shape[2] == 0:
-        raise ValueError(f"cost has an empty time axis: shape {tuple(cost.shape)}")
+        raise InputError(f"cost has an empty time axis: shape {tuple(cost.shape)}")
     if not gamma > 0:
-        raise ValueError(f"gamma must be > 0, got {gamma}")
+        raise InputError(f"gamma must be > 0, got {gamma}")
     return _SoftDTWFunction.apply(cost, float(gamma))
 
 
 def _check_pair(x: Tensor, y: Tensor) -> None:
     if x.ndim != 3 or y.ndim != 3:
-        raise ValueError(
+        raise InputError(
             f"x and y must be [B, T, d], got {tuple(x.shape)} and {tuple(y.shape)}"
         )
     if x.shape[0] != y.shape[0] or x.shape[2] != y.shape[2]:
-        raise ValueError(
+        raise InputError(
             f"x and y must share batch and feature sizes, got {tuple(x.shape)} and {tuple(y.shape)}"
         )
 

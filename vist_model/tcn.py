@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from stimuli.errors import InputError
 from vist_model.causal import CausalConv3d
 
 __all__ = ["C3TCN", "DilatedResidualCausalLayer"]
@@ -72,7 +73,7 @@ class C3TCN(nn.Module):
     ) -> None:
         super().__init__()
         if min(in_channels, out_channels, width, num_layers) < 1:
-            raise ValueError(
+            raise InputError(
                 "in_channels, out_channels, width and num_layers must be >= 1, got "
                 f"{in_channels}, {out_channels}, {width}, {num_layers}"
             )

@@ -15,7 +15,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,8 @@ import torch.distributed as dist
 from rich.progress import Progress
 from torch import Tensor, nn
 
+from stimuli.errors import InputError
+from stimuli.files import atomic_path
 from vist_model.data import Block, Rows, WindowDataset, read_rows
 
 LossFn = Callable[..., Tensor]  # (prediction, target[, weights]) -> scalar, all [B, T, N]
@@ -56,10 +58,8 @@ CPU_TRAINING = TrainConfig(epochs=8, batch_size=4, coverage=4.0, lr=2e-3, final_
 """Training for the `cpu` preset. The published batch of 16 windows, one pass over the frames
 per epoch, is sized for hours of recording on a GPU: on two minutes of recording it makes
 two optimiser steps an epoch, and a CPU budget of epochs leaves the twin untrained. Batches
-of 4, four passes an epoch and a higher peak rate give 28 steps an epoch on that recording.
-Measured on `insilico simulate` data (90 cells, 120 s): test CC 0.533, FEVE 0.314 after 8
-epochs (224 steps), against CC 0.106, FEVE -0.039 for the published settings after 16 epochs
-(32 steps, validation loss flat from epoch 8 on)."""
+of 4, four passes an epoch and a higher peak rate give 28 steps an epoch on that recording
+(docs/benchmarks.md, "Training settings of the `cpu` preset")."""
 
 
 def training_for(preset: str) -> TrainConfig:
@@ -76,7 +76,6 @@ class TrainResult:
     epochs_run: int
     seconds: float
     stopped_early: bool
-    extra: dict[str, float] = field(default_factory=dict)
 
 
 def seed_everything(seed: int) -> None:
@@ -110,7 +109,7 @@ def trainable_parameters(model: nn.Module, readout_only: bool) -> list[nn.Parame
         return [p for p in model.parameters() if p.requires_grad]
     params = [p for n, p in model.named_parameters() if n.split(".")[0] == "readout"]
     if not params:
-        raise ValueError("readout-only fine-tuning needs a model with a `readout` module")
+        raise InputError("readout-only fine-tuning needs a model with a `readout` module")
     return params
 
 
@@ -350,7 +349,5 @@ def _swa_batchnorm(swa: torch.optim.swa_utils.AveragedModel, loader, device: tor
 
 
 def _save_state(path: Path, state: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".part")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)

@@ -7,7 +7,6 @@ config or recording beside it. `predict` maps frames to rates whatever the model
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,8 @@ import torch
 from torch import nn
 
 from stimuli.cell_ids import id_ranges
+from stimuli.errors import InputError, NotFoundError
+from stimuli.files import atomic_path
 from vist_model.accuracy import CellAccuracy, HeldOutAccuracy
 from vist_model.backbone import Backbone, BackboneSpec, load_backbone
 from vist_model.baselines import CNNConfig, LNConfig, LNModel, McIntoshCNN
@@ -33,7 +34,7 @@ BASELINES = {"ln": (LNConfig, LNModel), "cnn": (CNNConfig, McIntoshCNN)}
 NORMALISATION = "grey/255 in [0, 1]; backbone: replicate to RGB, 224 px bilinear, ImageNet mean/std"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A file is not an insilico twin checkpoint, or was written by an incompatible version."""
 
 
@@ -59,10 +60,10 @@ class TwinMetadata:
         if isinstance(self.accuracy, dict):  # as a checkpoint stores it
             object.__setattr__(self, "accuracy", HeldOutAccuracy.from_dict(self.accuracy))
         if self.kind not in MODEL_KINDS:
-            raise ValueError(f"model kind must be one of {MODEL_KINDS}, got {self.kind!r}")
+            raise InputError(f"model kind must be one of {MODEL_KINDS}, got {self.kind!r}")
         rf = np.array(self.rf, dtype=np.float32, copy=True)
         if rf.shape != (len(self.cell_ids), *self.frame_shape):
-            raise ValueError(f"rf must be [N, H, W] = {(len(self.cell_ids), *self.frame_shape)}, got {rf.shape}")
+            raise InputError(f"rf must be [N, H, W] = {(len(self.cell_ids), *self.frame_shape)}, got {rf.shape}")
         object.__setattr__(self, "rf", rf)
 
     @property
@@ -73,7 +74,7 @@ class TwinMetadata:
         try:
             return self.cell_ids.index(int(cell_id))
         except ValueError:
-            raise KeyError(f"the twin has no cell with id {cell_id} (its cell ids: {id_ranges(self.cell_ids)})") from None
+            raise NotFoundError(f"the twin has no cell with id {cell_id} (its cell ids: {id_ranges(self.cell_ids)})") from None
 
     def cell_accuracy(self, cell_id: int) -> CellAccuracy | None:
         """How well the twin predicts a cell on held-out data (None: not measured)."""
@@ -128,7 +129,7 @@ class Twin:
 
     def __init__(self, network: nn.Module, metadata: TwinMetadata, backbone: Backbone | None = None) -> None:
         if (metadata.kind == "vist") != (backbone is not None):
-            raise ValueError("a Vi-ST twin needs a backbone; a baseline takes none")
+            raise InputError("a Vi-ST twin needs a backbone; a baseline takes none")
         self.network = network
         self.metadata = metadata
         self.backbone = backbone
@@ -196,9 +197,9 @@ class Twin:
         if not isinstance(frames, Rows):  # a list or other array-like: read it
             frames = np.asarray(frames)
         if frames.dtype != np.uint8 or len(frames.shape) != 3:
-            raise ValueError(f"frames must be uint8 [T, H, W], got {frames.dtype} {list(frames.shape)}")
+            raise InputError(f"frames must be uint8 [T, H, W], got {frames.dtype} {list(frames.shape)}")
         if tuple(frames.shape[1:]) != self.metadata.frame_shape:
-            raise ValueError(f"frames are {frames.shape[1]}x{frames.shape[2]} px; the twin was trained on "
+            raise InputError(f"frames are {frames.shape[1]}x{frames.shape[2]} px; the twin was trained on "
                              f"{self.metadata.frame_shape[0]}x{self.metadata.frame_shape[1]} px")
         return frames
 
@@ -219,9 +220,8 @@ class Twin:
                 if self.backbone is not None and not self.backbone.spec.pretrained else None
             ),
         }
-        tmp = path.with_name(f".{path.name}.part")
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            torch.save(payload, tmp)
         return path
 
     @classmethod
@@ -258,14 +258,14 @@ class Twin:
         backbone = None
         if meta.backbone is not None:
             spec = meta.backbone_spec
-            backbone = load_backbone(backbone_path or spec.name, source=None if backbone_path else spec.source)
+            backbone = load_backbone(backbone_path or spec.name)
             stored = payload.get("backbone_state")
             # Stored weights are checked as saved: the installed transformers may name them otherwise.
             found = state_fingerprint(backbone.spec, stored) if stored is not None else backbone_fingerprint(backbone)
             if found != meta.backbone.get("fingerprint"):
                 raise CheckpointError(
                     f"{path}: backbone {spec.name!r} on this machine differs from the one the twin was "
-                    "trained with (weights fingerprint mismatch); pass the original weights with --backbone"
+                    "trained with (weights fingerprint mismatch); load it with the original backbone weights (backbone_path)"
                 )
             if stored is not None:
                 try:

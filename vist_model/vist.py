@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from stimuli.errors import InputError
 from vist_model.adaln import AdaLNZero3D, rf_conditioning_maps
 from vist_model.backbone import Backbone
 from vist_model.cmst import CMST, PUBLISHED_KERNEL_SETS
@@ -93,31 +94,31 @@ class ViSTConfig:
 
     def __post_init__(self) -> None:
         if self.n_cells < 1 or self.in_channels < 1:
-            raise ValueError(
+            raise InputError(
                 f"n_cells and in_channels must be >= 1, got {self.n_cells}, {self.in_channels}"
             )
         if self.spatial_kernel < 1 or self.spatial_kernel % 2 == 0:
-            raise ValueError(f"spatial_kernel must be an odd number >= 1, got {self.spatial_kernel}")
+            raise InputError(f"spatial_kernel must be an odd number >= 1, got {self.spatial_kernel}")
         if self.readout_grid < 1:
-            raise ValueError(
+            raise InputError(
                 f"grid {self.grid} is too small for {len(self.cmst_kernel_sets)} CMST blocks "
                 f"with spatial kernel {self.spatial_kernel} (each block trims {self.spatial_kernel // 2} "
                 f"position(s) per side)"
             )
         if self.map_channels is not None and self.map_channels < 1:
-            raise ValueError(f"map_channels must be >= 1 or None, got {self.map_channels}")
+            raise InputError(f"map_channels must be >= 1 or None, got {self.map_channels}")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+            raise InputError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.rf_conditioning not in ("sum", "per_cell"):
-            raise ValueError(
+            raise InputError(
                 f"rf_conditioning must be 'sum' or 'per_cell', got {self.rf_conditioning!r}"
             )
         if self.cmst_padding not in ("valid", "same"):
-            raise ValueError(f"cmst_padding must be 'valid' or 'same', got {self.cmst_padding!r}")
+            raise InputError(f"cmst_padding must be 'valid' or 'same', got {self.cmst_padding!r}")
         if self.output not in OUTPUTS:
-            raise ValueError(f"output must be one of {', '.join(OUTPUTS)}, got {self.output!r}")
+            raise InputError(f"output must be one of {', '.join(OUTPUTS)}, got {self.output!r}")
         if self.readout not in READOUTS:
-            raise ValueError(f"readout must be one of {', '.join(READOUTS)}, got {self.readout!r}")
+            raise InputError(f"readout must be one of {', '.join(READOUTS)}, got {self.readout!r}")
 
     @property
     def maps(self) -> int:
@@ -191,7 +192,7 @@ VIST_PRESETS: dict[str, dict[str, Any]] = {
 def vist_config(preset: str, n_cells: int, in_channels: int, **overrides: Any) -> ViSTConfig:
     """A `ViSTConfig` from a preset name (`vist` or `cpu`) plus field overrides."""
     if preset not in VIST_PRESETS:
-        raise ValueError(f"unknown Vi-ST preset {preset!r}: use one of {sorted(VIST_PRESETS)}")
+        raise InputError(f"unknown Vi-ST preset {preset!r}: use one of {sorted(VIST_PRESETS)}")
     base = ViSTConfig(n_cells=n_cells, in_channels=in_channels, **VIST_PRESETS[preset])
     return replace(base, **overrides) if overrides else base
 
@@ -211,9 +212,9 @@ class ViST(nn.Module):
         super().__init__()
         n, g = config.n_cells, config.grid
         if tuple(rf_maps.shape) != (n, g, g):
-            raise ValueError(f"rf_maps must be [{n}, {g}, {g}], got {tuple(rf_maps.shape)}")
+            raise InputError(f"rf_maps must be [{n}, {g}, {g}], got {tuple(rf_maps.shape)}")
         if not torch.isfinite(rf_maps).all():
-            raise ValueError("rf_maps contain NaN or inf")
+            raise InputError("rf_maps contain NaN or inf")
         self.config = config
         self.register_buffer("rf_maps", rf_maps.detach().to(torch.float32).clone())
         m = config.maps
@@ -245,7 +246,7 @@ class ViST(nn.Module):
     def stimulus_shape(self, n_frames: int) -> tuple[int, int, int, int]:
         """Input shape of one sample: `(T, C, grid, grid)`."""
         if n_frames < 1:
-            raise ValueError(f"n_frames must be >= 1, got {n_frames}")
+            raise InputError(f"n_frames must be >= 1, got {n_frames}")
         c, g = self.config.in_channels, self.config.grid
         return (n_frames, c, g, g)
 
@@ -261,7 +262,7 @@ class ViST(nn.Module):
         """What the readout reads, `[B, M, T, side, side]`, from features `[B, T, C, grid, grid]`."""
         c, g = self.config.in_channels, self.config.grid
         if features.ndim != 5 or tuple(features.shape[2:]) != (c, g, g):
-            raise ValueError(
+            raise InputError(
                 f"features must be [B, T, {c}, {g}, {g}], got {tuple(features.shape)}"
             )
         x = features.permute(0, 2, 1, 3, 4)
@@ -300,7 +301,7 @@ class TwinWithBackbone(nn.Module):
         super().__init__()
         cfg = vist.config
         if backbone.spec.feature_shape != (cfg.in_channels, cfg.grid, cfg.grid):
-            raise ValueError(
+            raise InputError(
                 f"backbone {backbone.spec.name!r} gives features {backbone.spec.feature_shape}, "
                 f"the model expects {(cfg.in_channels, cfg.grid, cfg.grid)}"
             )
@@ -320,7 +321,7 @@ class TwinWithBackbone(nn.Module):
     def stimulus_shape(self, n_frames: int) -> tuple[int, int, int]:
         """Shape of one stimulus: `(T, H, W)`."""
         if n_frames < 1:
-            raise ValueError(f"n_frames must be >= 1, got {n_frames}")
+            raise InputError(f"n_frames must be >= 1, got {n_frames}")
         return (n_frames, *self.frame_size)
 
     def forward(self, frames: Tensor) -> Tensor:

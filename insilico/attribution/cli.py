@@ -9,6 +9,7 @@ import typer
 from insilico import checks
 from insilico.console import console, progress
 from insilico.errors import friendly_errors
+from stimuli.errors import InputError
 
 
 def attribute_command(
@@ -31,7 +32,7 @@ def attribute_command(
         from insilico.attribution.pipeline import attribute_cells
 
         if (cell is None) == (cells is None):
-            raise ValueError("give exactly one of --cell ID or --cells all|3,42")
+            raise InputError("give exactly one of --cell ID or --cells all|3,42")
         selection = str(cell) if cell is not None else cells
         # Arguments first: loading the twin and its test movie takes seconds.
         checks.cell_list(cells)

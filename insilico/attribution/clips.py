@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from stimuli.errors import InputError
+
 
 @dataclass(frozen=True)
 class Clip:
@@ -35,7 +37,7 @@ def clip_scores(response: np.ndarray, window: int, response_frames: int) -> np.n
     """
     response = np.asarray(response, dtype=np.float64)
     if response.ndim != 1:
-        raise ValueError(f"response must be [T], got shape {response.shape}")
+        raise InputError(f"response must be [T], got shape {response.shape}")
     cumulative = np.concatenate([[0.0], np.cumsum(response)])
     scores = np.full(len(response) + 1, np.nan)
     ends = np.arange(window, len(response) + 1)
@@ -46,7 +48,7 @@ def clip_scores(response: np.ndarray, window: int, response_frames: int) -> np.n
 def random_clips(n_frames: int, window: int, n: int, seed: int) -> list[Clip]:
     """`n` clips at random positions (the same for every cell of a run)."""
     if n_frames < window:
-        raise ValueError(f"the test segment has {n_frames} frames, fewer than a {window}-frame clip")
+        raise InputError(f"the test segment has {n_frames} frames, fewer than a {window}-frame clip")
     rng = np.random.default_rng(seed)
     ends = rng.choice(np.arange(window, n_frames + 1), size=min(n, n_frames - window + 1), replace=False)
     return [Clip(int(e), window, "random") for e in sorted(ends)]
@@ -60,7 +62,7 @@ def select_clips(response: np.ndarray, window: int, response_frames: int, n_top:
     least `window // 2` frames apart so that they are not one event counted several times.
     """
     if len(response) < window:
-        raise ValueError(f"the test segment has {len(response)} frames, fewer than a {window}-frame clip")
+        raise InputError(f"the test segment has {len(response)} frames, fewer than a {window}-frame clip")
     scores = clip_scores(response, window, response_frames)
     order = np.argsort(np.where(np.isnan(scores), -np.inf, scores))[::-1]
     gap = max(1, window // 2)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from stimuli.errors import InputError
+
 METHODS = ("ig", "saliency", "occlusion")
 
 
@@ -26,7 +28,7 @@ class AttributionConfig:
         response_frames: k, the response attributed is the predicted rate summed over the
             clip's last k frames (the cell's time window).
         ig_steps: Gauss-Legendre steps of Integrated Gradients. 8 keeps the completeness gap
-            under 1.1 % (median 0.4 %) on a trained cpu-preset twin; each step is a forward
+            small on a trained cpu-preset twin (docs/benchmarks.md); each step is a forward
             and backward pass per clip and cell, the bulk of a report's time.
         noise_tunnel: wrap the method in Captum's NoiseTunnel (SmoothGrad) for smoother maps.
         nt_samples, nt_stdev: NoiseTunnel samples and noise level (in [0, 1] luminance units).
@@ -56,20 +58,20 @@ class AttributionConfig:
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
-            raise ValueError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
+            raise InputError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if self.n_clips < 1:
-            raise ValueError(f"--clips must be >= 1, got {self.n_clips}")
+            raise InputError(f"n_clips must be >= 1, got {self.n_clips}")
         if not 0 <= self.n_random <= self.n_clips:
-            raise ValueError(f"n_random must be in [0, n_clips={self.n_clips}], got {self.n_random}")
+            raise InputError(f"n_random must be in [0, n_clips={self.n_clips}], got {self.n_random}")
         if self.window_frames < 1 or not 1 <= self.response_frames <= self.window_frames:
-            raise ValueError(
+            raise InputError(
                 f"need window_frames >= 1 and 1 <= response_frames <= window_frames, got "
                 f"{self.window_frames}, {self.response_frames}"
             )
         for name in ("ig_steps", "nt_samples", "occlusion_frames", "occlusion_pixels", "batch_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.nt_stdev <= 0:
-            raise ValueError(f"nt_stdev must be > 0, got {self.nt_stdev}")
+            raise InputError(f"nt_stdev must be > 0, got {self.nt_stdev}")
         if self.sanity_clips < 0:
-            raise ValueError(f"sanity_clips must be >= 0, got {self.sanity_clips}")
+            raise InputError(f"sanity_clips must be >= 0, got {self.sanity_clips}")

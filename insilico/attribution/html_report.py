@@ -10,7 +10,7 @@ import numpy as np
 
 from insilico.attribution import figures
 from insilico.attribution.result import CellAttribution
-from vist_model.files import atomic_write_text
+from stimuli.files import write_atomic
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5em; max-width: 1100px; color: #222; }
@@ -37,7 +37,7 @@ def _page(title: str, body: str) -> str:
 
 
 def _write(text: str, path: Path) -> Path:
-    return atomic_write_text(path, text)
+    return write_atomic(path, text)
 
 
 def numbers(r: CellAttribution) -> list[tuple[str, str]]:

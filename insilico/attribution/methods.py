@@ -15,6 +15,7 @@ from captum.attr import IntegratedGradients, NoiseTunnel, Occlusion, Saliency
 from torch import Tensor, nn
 
 from insilico.attribution.config import AttributionConfig
+from stimuli.errors import InputError
 
 
 @dataclass(frozen=True, eq=False)
@@ -45,7 +46,7 @@ def attribute_clip(forward: nn.Module, frames: Tensor, targets: list[int], grey:
         grey: the baseline's uniform luminance (the movie's mean grey).
     """
     if frames.ndim != 3:
-        raise ValueError(f"frames must be one clip [L, H, W], got {tuple(frames.shape)}")
+        raise InputError(f"frames must be one clip [L, H, W], got {tuple(frames.shape)}")
     n = len(targets)
     inputs = frames[None].expand(n, *frames.shape).contiguous()
     baseline = torch.full_like(inputs, float(grey))

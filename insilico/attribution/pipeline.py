@@ -29,7 +29,7 @@ from insilico.attribution.summaries import (
     to_resolution,
 )
 from insilico.cells import parse_cells
-from insilico.errors import InsilicoError
+from stimuli.errors import InsilicoError
 from stimuli.recording import open_recording
 from stimuli.recording.rf_geometry import rf_centre_and_size
 from vist_model.fit_twin import resolve_device
@@ -67,7 +67,7 @@ class TestMovie:
 
 
 def load_test_movie(twin: Twin, data_path: str | Path, segment: str) -> TestMovie:
-    from insilico.simulate import retina_of_recording
+    from rig_bridge.retina.recording import retina_of_recording
 
     meta = twin.metadata
     with open_recording(data_path) as rec:

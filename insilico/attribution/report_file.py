@@ -1,25 +1,23 @@
 """A cell's attribution report as HDF5: `/spatial [H, W]`, `/temporal [L]`, `/attributions
-[clips, L, H, W]` and what they were computed from. Written to a temporary file, then renamed."""
+[clips, L, H, W]` and what they were computed from. Written atomically (`stimuli.files`)."""
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import h5py
 import numpy as np
 
 from insilico.attribution.result import CellAttribution
+from stimuli.files import atomic_path
 
 FORMAT = "insilico-attribution-v1"
 
 
 def write_cell_file(result: CellAttribution, path: str | Path) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part")
-    with h5py.File(tmp, "w") as f:
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs.update({
             "format": FORMAT, "cell_id": result.cell_id, "method": result.method,
             "backbone": result.backbone, "test_segment": result.test_segment,
@@ -54,5 +52,4 @@ def write_cell_file(result: CellAttribution, path: str | Path) -> Path:
             f.create_dataset("true_filter", data=result.true_filter)
         if result.random_spatial is not None:
             f.create_dataset("random_spatial", data=result.random_spatial)
-    os.replace(tmp, path)
     return path

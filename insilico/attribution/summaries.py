@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import pearsonr, spearmanr
 
+from stimuli.errors import InputError
+
 
 @dataclass(frozen=True)
 class EffectiveRF:
@@ -84,7 +86,7 @@ def map_correlation(a: np.ndarray, b: np.ndarray | None) -> float:
         return float("nan")
     a, b = np.ravel(a).astype(np.float64), np.ravel(b).astype(np.float64)
     if a.shape != b.shape:
-        raise ValueError(f"maps differ in size: {a.size} and {b.size} pixels")
+        raise InputError(f"maps differ in size: {a.size} and {b.size} pixels")
     if np.ptp(a) == 0 or np.ptp(b) == 0:
         return float("nan")
     return float(pearsonr(a, b)[0])
@@ -112,5 +114,5 @@ def _disc(shape: tuple[int, int], centre: tuple[int, int], radius: float) -> np.
 def _check(attributions: np.ndarray) -> np.ndarray:
     a = np.asarray(attributions, dtype=np.float64)
     if a.ndim != 4:
-        raise ValueError(f"attributions must be [clips, L, H, W], got shape {a.shape}")
+        raise InputError(f"attributions must be [clips, L, H, W], got shape {a.shape}")
     return a

@@ -1,8 +1,10 @@
 """Stimulus design through the twin: most exciting inputs by gradient ascent or Optuna search.
 
-`insilico optimize` and `insilico verify` are thin layers over `insilico.design.run`:
+`insilico optimize` and `insilico verify` are thin layers over `insilico.design.run` and
+`insilico.design.verify`:
 
-    from insilico.design.run import load_twins, optimize_cells, verify_design
+    from insilico.design.run import load_twins, optimize_cells
+    from insilico.design.verify import verify_design
     from insilico.design.settings import design_settings
     results = optimize_cells(load_twins("runs/m1"), [42], "designs/", design_settings(method="both"))
 

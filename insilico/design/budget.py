@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from insilico.errors import InsilicoError
+from stimuli.errors import InputError, InsilicoError
 from stimuli.recording import open_recording
 from vist_model.provenance import TrainingDataMissing
 from vist_model.twin import TwinMetadata
@@ -69,7 +69,7 @@ def resolve_budget(meta: TwinMetadata, rms_contrast: float | None = None, mean: 
     """The design setting `rms_contrast` when given, else the training movies' RMS contrast."""
     if rms_contrast is not None:
         if not 0.0 < rms_contrast < 0.5:
-            raise ValueError(f"design setting rms_contrast must be in (0, 0.5) at mean grey 0.5, got {rms_contrast}")
+            raise InputError(f"design setting rms_contrast must be in (0, 0.5) at mean grey 0.5, got {rms_contrast}")
         return Budget(float(rms_contrast), mean, "design setting rms_contrast")
     rms = training_rms_contrast(meta)  # first: its error says the budget can be set instead
     path, segments = training_data(meta)

@@ -13,7 +13,8 @@ import typer
 
 from insilico.console import console
 from insilico.design.settings import DesignSettings, default
-from insilico.errors import InsilicoError, friendly_errors
+from insilico.errors import friendly_errors
+from stimuli.errors import InsilicoError
 
 # Each design setting the command takes: its parameter and flag (the library's errors name the setting).
 FLAGS = {"method": ("method", "--method"), "n_frames": ("frames", "--frames"), "objective": ("objective", "--objective"),
@@ -73,6 +74,8 @@ def optimize_command(
                 raise InsilicoError(f"--start refines one cell's design: name one --cell, not {len(ids)}")
             if method == "optuna":
                 raise InsilicoError("--start refines a gradient design: use --method gradient or both")
+            if not start.is_file():
+                raise FileNotFoundError(f"--start: {start} not found")
             starts = {ids[0]: start}
         console.print(f"backbone: {twins[0].metadata.describe_backbone()}"
                       + (f" (ensemble of {len(twins)} twins)" if len(twins) > 1 else ""))
@@ -142,7 +145,7 @@ def verify_command(
     with friendly_errors():
         import json
 
-        from insilico.design.run import verify_design
+        from insilico.design.verify import verify_design
 
         if (sim is None) == (data is None):
             raise InsilicoError("name the simulated retina with exactly one of --sim SEED or --data RECORDING")

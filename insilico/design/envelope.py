@@ -31,15 +31,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from stimuli.errors import InputError
 from stimuli.recording.rf_geometry import rf_centre_and_size
 
 CUTOFF_SIGMAS = 2.0
 
 MIN_RF_PEAK_SNR = 4.0
-"""The peak |map| in robust noise SDs below which a map does not locate its cell. On two
-simulated recordings (20 cells at 32 px, 90 at 64 px) every map whose centre missed the true
-one by over 3 px (8 ON-OFF cells) scored 2.4 to 3.8; every map within 3 px but one scored 4.2
-or more."""
+"""The peak |map| in robust noise SDs below which a map does not locate its cell: the value
+that separated maps whose centre missed the true one from maps that found it, on simulated
+recordings (docs/benchmarks.md, "The RF envelope's noise test")."""
 
 
 def rf_peak_snr(rf: np.ndarray) -> float:
@@ -54,7 +54,7 @@ def rf_envelope(rf: np.ndarray, width: float) -> np.ndarray:
     """`[H, W]` Gaussian in [0, 1], peak 1 at the RF centre, sigma `width` x the centre's sigma,
     0 beyond `CUTOFF_SIGMAS` of its sigma."""
     if not width > 0:
-        raise ValueError(f"the envelope width must be > 0 RF sigmas, got {width}")
+        raise InputError(f"the envelope width must be > 0 RF sigmas, got {width}")
     (cy, cx), sigma = rf_centre_and_size(rf)
     rows, cols = np.indices(np.shape(rf))
     s = width * sigma

@@ -38,6 +38,8 @@ from insilico.design.preconditioners import blur, named_preconditioner, unit_rms
 from insilico.design.regularizers import TemporalSmoothness, TotalVariation
 from insilico.design.settings import GradientConfig
 from insilico.design.transforms import Compose, Jitter, TimeShift
+from stimuli.errors import InputError
+from stimuli.files import atomic_path
 
 
 @dataclass(frozen=True)
@@ -108,13 +110,10 @@ class GradientRun:
                 # Flat to 0.1 %: autoscaling would blow float noise up into steep swings.
                 ax.set_ylim(centre * 0.9, centre * 1.1)
         axes[0].legend(fontsize=7)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.part{path.suffix}")
-        fig.savefig(tmp, dpi=100)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=100)
         plt.close(fig)
-        tmp.replace(path)
-        return path
+        return Path(path)
 
 
 def random_start(shape: tuple[int, int, int], seed: int, config: GradientConfig, budget: ContrastBudget,
@@ -184,18 +183,18 @@ def optimize_gradient(
         start: `[T, H, W]` in [0, 1] to refine instead of starting from grey (`given_start`).
     """
     if not seeds:
-        raise ValueError("give at least one seed")
+        raise InputError("give at least one seed")
     if len(set(seeds)) != len(seeds):
-        raise ValueError(f"seeds must differ, got {list(seeds)}")
+        raise InputError(f"seeds must differ, got {list(seeds)}")
     started = time.perf_counter()
     config = config or GradientConfig()
     device = torch.device(device)
     gens = [torch.Generator().manual_seed(int(s) + 1_000_003) for s in seeds]
     env = None if envelope is None else torch.as_tensor(envelope, dtype=torch.float32, device=device)
     if env is not None and tuple(env.shape) != tuple(shape[1:]):
-        raise ValueError(f"the envelope must be [H, W] = {list(shape[1:])}, got {list(env.shape)}")
+        raise InputError(f"the envelope must be [H, W] = {list(shape[1:])}, got {list(env.shape)}")
     if start is not None and tuple(np.shape(start)) != tuple(shape):
-        raise ValueError(f"the start clip must be [T, H, W] = {list(shape)}, got {list(np.shape(start))}")
+        raise InputError(f"the start clip must be [T, H, W] = {list(shape)}, got {list(np.shape(start))}")
     x = torch.stack([random_start(shape, s, config, budget, device, env) if start is None
                      else given_start(start, b, s, config, budget, device, env) for b, s in enumerate(seeds)])
     x.requires_grad_(True)

@@ -25,6 +25,7 @@ from insilico.design.objectives import Objective
 from insilico.design.postprocess import ContrastBudget
 from insilico.design.response import TwinResponse
 from stimuli.contrast import to_uint8
+from stimuli.errors import InputError
 from stimuli.recording import open_recording
 from vist_model.features import FeatureCache
 from vist_model.twin import Twin
@@ -84,7 +85,7 @@ def _candidates(screen: NaturalScreen, objective: Objective, n_frames: int, tail
             scores = objective(torch.from_numpy(rates[idx].astype(np.float32))).numpy()
         scored += [(float(s), name, int(e - n_frames + 1)) for s, e in zip(scores, ends, strict=True)]
     if not scored:
-        raise ValueError(f"no training segment is as long as the {n_frames}-frame clip")
+        raise InputError(f"no training segment is as long as the {n_frames}-frame clip")
     scored.sort(key=lambda c: -c[0])
     return scored
 
@@ -105,7 +106,7 @@ def best_natural_clip(
         top_k: clips confirmed in stage 2.
     """
     if top_k < 1:
-        raise ValueError(f"top_k must be >= 1, got {top_k}")
+        raise InputError(f"top_k must be >= 1, got {top_k}")
     picked: list[tuple[str, int]] = []
     for _, name, start in _candidates(screen, objective, n_frames, min(tail, n_frames)):
         if all(n != name or abs(s - start) >= n_frames // 2 for n, s in picked):

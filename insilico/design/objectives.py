@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from insilico.design.settings import OBJECTIVES, DesignSettings
+from stimuli.errors import InputError
 
 # The defaults of the objectives, from the design settings (one place).
 DEFAULT_WINDOW_FRAMES = DesignSettings.window_frames
@@ -45,13 +46,13 @@ class Window:
 
     def __post_init__(self) -> None:
         if self.frames < 1 or self.end_offset < 0:
-            raise ValueError(f"a window needs >= 1 frame and end offset >= 0, got {self.frames}, {self.end_offset}")
+            raise InputError(f"a window needs >= 1 frame and end offset >= 0, got {self.frames}, {self.end_offset}")
 
     def slice(self, n_frames: int) -> slice:
         stop = n_frames - self.end_offset
         start = stop - self.frames
         if start < 0:
-            raise ValueError(f"window of {self.frames} frames ending {self.end_offset} before the end "
+            raise InputError(f"window of {self.frames} frames ending {self.end_offset} before the end "
                              f"does not fit a {n_frames}-frame clip")
         return slice(start, stop)
 
@@ -109,7 +110,7 @@ def _terms(obj: Objective) -> tuple[tuple[float, Objective], ...]:
 def _cells(cells: int | Sequence[int]) -> tuple[int, ...]:
     out = (int(cells),) if isinstance(cells, int) else tuple(int(c) for c in cells)
     if not out or min(out) < 0:
-        raise ValueError(f"name at least one cell position (>= 0), got {cells!r}")
+        raise InputError(f"name at least one cell position (>= 0), got {cells!r}")
     return out
 
 
@@ -164,7 +165,7 @@ class Discriminative(Objective):
 
     def __post_init__(self) -> None:
         if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+            raise InputError(f"temperature must be > 0, got {self.temperature}")
 
     def __call__(self, rates: Tensor) -> Tensor:
         _check(rates, self.cells)
@@ -182,9 +183,9 @@ def _label(cells: tuple[int, ...]) -> str:
 
 def _check(rates: Tensor, cells: tuple[int, ...]) -> None:
     if rates.ndim != 3:
-        raise ValueError(f"rates must be [B, T, N], got {list(rates.shape)}")
+        raise InputError(f"rates must be [B, T, N], got {list(rates.shape)}")
     if max(cells) >= rates.shape[2]:
-        raise ValueError(f"cell position {max(cells)} is out of range for {rates.shape[2]} cells")
+        raise InputError(f"cell position {max(cells)} is out of range for {rates.shape[2]} cells")
 
 
 def increase(cells: int | Sequence[int], window: Window = Window()) -> Objective:
@@ -207,7 +208,7 @@ def others(n_cells: int, cells: int | Sequence[int]) -> tuple[int, ...]:
     skip = set(_cells(cells))
     rest = tuple(i for i in range(n_cells) if i not in skip)
     if not rest:
-        raise ValueError("no other cells")
+        raise InputError("no other cells")
     return rest
 
 
@@ -220,4 +221,4 @@ def named_objective(name: str, cell: int, window: Window = Window(), temperature
         return decrease(cell, window)
     if name == "discriminative":
         return discriminative(cell, window, temperature)
-    raise ValueError(f"design setting objective must be one of {', '.join(OBJECTIVES)}, got {name!r}")
+    raise InputError(f"design setting objective must be one of {', '.join(OBJECTIVES)}, got {name!r}")

@@ -16,14 +16,13 @@ Every file is written to a temporary name and renamed.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from stimuli.files import atomic_path
 from stimuli.recording import write_stimulus
-from vist_model.files import atomic_write_text
 
 
 def write_clip(path: Path, frames: np.ndarray, frame_rate: float, attrs: dict[str, Any],
@@ -32,26 +31,6 @@ def write_clip(path: Path, frames: np.ndarray, frame_rate: float, attrs: dict[st
     clean = {k: (json.dumps(v) if isinstance(v, dict | list | tuple) else v) for k, v in attrs.items() if v is not None}
     return write_stimulus(path, np.ascontiguousarray(frames, dtype=np.uint8), frame_rate, attrs=clean,
                           pixel_size_um=pixel_size_um)
-
-
-def write_json(path: Path, payload: dict[str, Any]) -> Path:
-    return atomic_write_text(path, json.dumps(payload, indent=2, default=_plain) + "\n")
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def rf_centre(rf: np.ndarray) -> tuple[int, int]:
-    """`(y, x)` of the strongest pixel of a receptive-field map `[H, W]`."""
-    y, x = np.unravel_index(int(np.argmax(np.abs(rf))), rf.shape)
-    return int(y), int(x)
 
 
 def contact_sheet(path: Path, frames: np.ndarray, centre: tuple[int, int], frame_rate: float,
@@ -88,11 +67,9 @@ def contact_sheet(path: Path, frames: np.ndarray, centre: tuple[int, int], frame
     # Every panel shares the 0..255 scale, mean grey 128 in the middle.
     fig.colorbar(shown_cut, ax=ax, label="grey level", ticks=[0, 64, 128, 192, 255], fraction=0.05)
     fig.suptitle(title, fontsize=9)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.part.png")
-    fig.savefig(tmp, dpi=90)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90)
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 
@@ -102,8 +79,6 @@ def animation(path: Path, frames: np.ndarray, frame_rate: float, scale: int = 4)
 
     big = np.repeat(np.repeat(frames, scale, axis=1), scale, axis=2)
     images = [Image.fromarray(np.ascontiguousarray(f)) for f in big]  # uint8 2-D -> "L"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.part.gif")
-    images[0].save(tmp, save_all=True, append_images=images[1:], duration=round(1000 / frame_rate), loop=0)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        images[0].save(tmp, save_all=True, append_images=images[1:], duration=round(1000 / frame_rate), loop=0)
     return path

@@ -41,6 +41,7 @@ from insilico.design.objectives import Objective
 from insilico.design.postprocess import ContrastBudget
 from insilico.design.response import TwinResponse
 from stimuli.contrast import to_uint8
+from stimuli.errors import InputError
 from stimuli.families import chirp, drifting_grating, full_field_flash, moving_bar, spot
 
 FAMILY_NAMES = ("drifting_grating", "spot", "moving_bar", "full_field_flash", "chirp")
@@ -140,7 +141,7 @@ def suggest(trial: optuna.Trial, family: str, s: Screen) -> dict[str, Any]:
             "temporal_freq_hz": trial.suggest_float("temporal_freq_hz", 0.0, min(8.0, s.frame_rate / 3.0)),
             "contrast": trial.suggest_float("contrast", 0.2, 1.0),
             "size_px": trial.suggest_float("size_px", 4.0, 1.5 * side, log=True),
-            "center": (trial.suggest_float("center_y", y0, y1), trial.suggest_float("center_x", x0, x1)),
+            "center_yx": (trial.suggest_float("center_y", y0, y1), trial.suggest_float("center_x", x0, x1)),
             "phase": trial.suggest_float("phase", 0.0, 2.0 * np.pi),
         }
     if family == "spot":
@@ -168,7 +169,7 @@ def suggest(trial: optuna.Trial, family: str, s: Screen) -> dict[str, Any]:
         }
     if family == "chirp":
         return {"start_frame": trial.suggest_int("start_frame", 0, round(32 * s.frame_rate) - t)}
-    raise ValueError(f"unknown stimulus family {family!r}: use one of {', '.join(FAMILY_NAMES)}")
+    raise InputError(f"unknown stimulus family {family!r}: use one of {', '.join(FAMILY_NAMES)}")
 
 
 def render(family: str, params: dict[str, Any], s: Screen) -> np.ndarray:
@@ -185,7 +186,7 @@ def render(family: str, params: dict[str, Any], s: Screen) -> np.ndarray:
     if family == "chirp":
         start = int(params["start_frame"])
         return _chirp_frames(h, w, fps)[start:start + t]
-    raise ValueError(f"unknown stimulus family {family!r}: use one of {', '.join(FAMILY_NAMES)}")
+    raise InputError(f"unknown stimulus family {family!r}: use one of {', '.join(FAMILY_NAMES)}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -232,7 +233,7 @@ def search_parametric(
 ) -> ParametricResult:
     """TPE over the families, then CMA-ES in the best family (see module docstring)."""
     if n_trials < 1 or cmaes_trials < 0:
-        raise ValueError(f"need >= 1 TPE trial and >= 0 CMA-ES trials, got {n_trials}, {cmaes_trials}")
+        raise InputError(f"need >= 1 TPE trial and >= 0 CMA-ES trials, got {n_trials}, {cmaes_trials}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(storage)  # once for both studies
     score = _scorer(response, objective, budget, screen)

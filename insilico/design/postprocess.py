@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from stimuli.errors import InputError
+
 MEAN_GREY = 0.5
 
 
@@ -34,20 +36,20 @@ class ContrastBudget:
 
     def __post_init__(self) -> None:
         if not 0.0 < self.mean < 1.0:
-            raise ValueError(f"mean grey must be in (0, 1), got {self.mean}")
+            raise InputError(f"mean grey must be in (0, 1), got {self.mean}")
         bound = math.sqrt(self.mean * (1.0 - self.mean))
         if not 0.0 < self.rms < bound:
-            raise ValueError(f"RMS contrast {self.rms} is outside (0, {bound:.3f}): a clip in [0, 1] "
+            raise InputError(f"RMS contrast {self.rms} is outside (0, {bound:.3f}): a clip in [0, 1] "
                              f"with mean {self.mean} cannot reach it")
 
     def __call__(self, frames: Tensor) -> Tensor:
         if frames.ndim < 2:
-            raise ValueError(f"frames must be [B, ...], got {list(frames.shape)}")
+            raise InputError(f"frames must be [B, ...], got {list(frames.shape)}")
         # numpy, one clip at a time: these are cheap elementwise passes, and a single thread
         # is much faster than torch's pool on a busy machine.
         x = frames.detach().to("cpu", torch.float64).numpy().reshape(frames.shape[0], -1)
         if not np.isfinite(x).all():
-            raise ValueError("the stimulus holds NaN or inf (the optimisation diverged)")
+            raise InputError("the stimulus holds NaN or inf (the optimisation diverged)")
         out = np.stack([self._one(row) for row in x]).reshape(frames.shape)
         return torch.from_numpy(out).to(device=frames.device, dtype=frames.dtype)
 
@@ -108,7 +110,7 @@ class ContrastBudget:
         array = np.asarray(frames)
         x = array.astype(np.float64) / 255.0 if array.dtype == np.uint8 else array.astype(np.float64)
         if not np.isfinite(x).all():
-            raise ValueError("the clip holds NaN or inf")
+            raise InputError("the clip holds NaN or inf")
         return self._one(x.reshape(-1)).reshape(x.shape)
 
 

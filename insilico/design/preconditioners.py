@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from insilico.design.settings import PRECONDITIONERS
+from stimuli.errors import InputError
 
 
 def gaussian_kernel(sigma: float, device: torch.device, dtype: torch.dtype) -> Tensor:
@@ -54,7 +55,7 @@ class GaussianBlur:
 
     def __post_init__(self) -> None:
         if self.sigma_start < 0 or self.sigma_end < 0:
-            raise ValueError(f"blur sigmas must be >= 0, got {self.sigma_start}, {self.sigma_end}")
+            raise InputError(f"blur sigmas must be >= 0, got {self.sigma_start}, {self.sigma_end}")
 
     def sigma(self, step: int, n_steps: int) -> float:
         if n_steps <= 1 or self.sigma_start == 0 or self.sigma_end == 0:
@@ -107,4 +108,4 @@ def named_preconditioner(name: str, sigma_start: float = 3.0, sigma_end: float =
         return FourierScaling()
     if name == "none":
         return NoPreconditioner()
-    raise ValueError(f"preconditioner must be one of {', '.join(PRECONDITIONERS)}, got {name!r}")
+    raise InputError(f"preconditioner must be one of {', '.join(PRECONDITIONERS)}, got {name!r}")

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from stimuli.errors import InputError
 from vist_model.streaming import ContextCache, frozen, streams_exactly
 from vist_model.twin import Twin
 
@@ -50,18 +51,18 @@ class TwinResponse(nn.Module):
         super().__init__()
         twins = [twins] if isinstance(twins, Twin) else list(twins)
         if not twins:
-            raise ValueError("an ensemble needs at least one twin")
+            raise InputError("an ensemble needs at least one twin")
         first = twins[0].metadata
         for other in twins[1:]:
             meta = other.metadata
             if meta.cell_ids != first.cell_ids or meta.frame_shape != first.frame_shape:
-                raise ValueError("every twin of an ensemble must model the same cells on the same screen")
+                raise InputError("every twin of an ensemble must model the same cells on the same screen")
             if meta.frame_rate != first.frame_rate:
-                raise ValueError(f"ensemble twins disagree on the frame rate ({meta.frame_rate} vs {first.frame_rate} Hz)")
+                raise InputError(f"ensemble twins disagree on the frame rate ({meta.frame_rate} vs {first.frame_rate} Hz)")
         self.twins = twins
         self.metadata = first
         if lead_in is not None and lead_in < 0:
-            raise ValueError(f"lead_in must be >= 0 frames, got {lead_in}")
+            raise InputError(f"lead_in must be >= 0 frames, got {lead_in}")
         self.lead_in = lead_in
         # Plain lists on purpose: the twins' networks stay frozen and are not parameters here.
         self._grey: list[Tensor | None] = [None] * len(twins)
@@ -78,7 +79,7 @@ class TwinResponse(nn.Module):
     def forward(self, frames: Tensor) -> Tensor:
         if frames.ndim != 4 or tuple(frames.shape[2:]) != self.metadata.frame_shape:
             h, w = self.metadata.frame_shape
-            raise ValueError(f"frames must be [B, T, {h}, {w}], got {list(frames.shape)}")
+            raise InputError(f"frames must be [B, T, {h}, {w}], got {list(frames.shape)}")
         total = None
         for k, twin in enumerate(self.twins):
             rates = self._one(k, twin, frames)

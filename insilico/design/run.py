@@ -40,23 +40,22 @@ from insilico.design.envelope import MIN_RF_PEAK_SNR, rf_envelope, rf_peak_snr
 from insilico.design.gradient import GradientRun, optimize_gradient
 from insilico.design.natural_control import NaturalClip, NaturalScreen, best_natural_clip
 from insilico.design.objectives import Objective, Window, named_objective
-from insilico.design.outputs import animation, contact_sheet, rf_centre, write_clip, write_json
+from insilico.design.outputs import animation, contact_sheet, write_clip
 from insilico.design.parametric import ParametricResult, Screen, search_parametric, storage_for
 from insilico.design.postprocess import ContrastBudget, clip_stats
 from insilico.design.response import TwinResponse
 from insilico.design.settings import METHODS, DesignSettings
 from insilico.design.sta_start import has_noise_segment, noise_stas, sta_start
-from insilico.design.verify import Verification
-from insilico.design.verify import verify_design as _verify_design
-from insilico.errors import InsilicoError
 from stimuli.contrast import to_uint8
+from stimuli.errors import InputError, InsilicoError
+from stimuli.files import write_json
 from stimuli.recording import open_recording
-from stimuli.recording.rf_geometry import rf_centre_and_size
+from stimuli.recording.rf_geometry import rf_centre_and_size, rf_centre_pixel
 from vist_model.features import FeatureCache
 from vist_model.fit_twin import resolve_device
 from vist_model.twin import Twin, TwinMetadata
 
-__all__ = ["METHODS", "DesignResult", "DesignSettings", "load_twins", "optimize_cells", "verify_design"]
+__all__ = ["METHODS", "DesignResult", "DesignSettings", "load_twins", "optimize_cells"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -89,7 +88,7 @@ def load_twins(model_path: str | Path | Sequence[str | Path], device: str = "aut
     dev = resolve_device(device)
     paths = [model_path] if isinstance(model_path, str | Path) else list(model_path)
     if not paths:
-        raise ValueError("name at least one model")
+        raise InputError("name at least one model")
     return [Twin.load(p, device=dev) for p in paths]
 
 
@@ -343,7 +342,7 @@ def _write(out: Path, r: DesignResult, s: DesignSettings, meta, obj: Objective,
         paths["parametric"] = write_clip(out / f"{stem}_parametric.h5", r.parametric.frames, meta.frame_rate,
                                          {**common, "method": "optuna", "family": r.parametric.family,
                                           "params": r.parametric.params}, meta.pixel_size_um)
-    centre = rf_centre(meta.rf[r.cell_index])
+    centre = rf_centre_pixel(meta.rf[r.cell_index])  # the envelope's centre
     title = f"cell {r.cell_id}: {obj.describe()} ({r.method}), RMS {r.budget.rms:.3f}"
     paths["contact_sheet"] = contact_sheet(out / f"{stem}.png", r.design, centre, meta.frame_rate, title)
     paths["animation"] = animation(out / f"{stem}.gif", r.design, meta.frame_rate)
@@ -387,8 +386,3 @@ def _accuracy_record(meta: TwinMetadata, cell_id: int) -> dict[str, object]:
     if acc is None:
         return {"measured": False, "note": "this twin was saved without held-out accuracy (retrain to measure it)"}
     return {"measured": True, "segment": meta.accuracy.segment, **acc.to_json(), "note": acc.warning()}
-
-
-def verify_design(design: str | Path, sim_seed: int | None = None, data: str | Path | None = None) -> Verification:
-    """True responses of the simulated retina to a design and its siblings (see `verify`)."""
-    return _verify_design(design, sim_seed=sim_seed, data=data)

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from insilico.errors import InsilicoError
+from stimuli.errors import InsilicoError
 
 METHODS = ("gradient", "optuna", "both")
 OBJECTIVES = ("increase", "decrease", "discriminative")

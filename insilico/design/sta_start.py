@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from insilico.errors import InsilicoError
+from stimuli.errors import InsilicoError
 from stimuli.recording import open_recording
 from stimuli.recording.sta import sta_by_lag
 from vist_model.receptive_fields import NOISE_SEGMENT_NAMES, noise_segment_names

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from stimuli.errors import InputError
+
 
 def _draw(generator: torch.Generator, low: int, high: int) -> int:
     """An integer in [low, high] from `generator`."""
@@ -29,7 +31,7 @@ class Jitter:
 
     def __post_init__(self) -> None:
         if self.max_px < 0:
-            raise ValueError(f"jitter must be >= 0 pixels, got {self.max_px}")
+            raise InputError(f"jitter must be >= 0 pixels, got {self.max_px}")
 
     def __call__(self, frames: Tensor, generators: Sequence[torch.Generator]) -> Tensor:
         if self.max_px == 0:
@@ -53,7 +55,7 @@ class TimeShift:
 
     def __post_init__(self) -> None:
         if self.max_frames < 0:
-            raise ValueError(f"time shift must be >= 0 frames, got {self.max_frames}")
+            raise InputError(f"time shift must be >= 0 frames, got {self.max_frames}")
 
     def __call__(self, frames: Tensor, generators: Sequence[torch.Generator]) -> Tensor:
         if self.max_frames == 0:

@@ -5,7 +5,7 @@ seed (`--sim SEED`, with the cell count, screen and frame rate taken from the de
 The design and its siblings (best natural clip and best parametric stimulus, written beside
 it at the same budget) are played from a grey screen, and the true response is the mean
 expected spike count of the cell over the design's time window. For a linear cell the true
-optimum at the same budget (`rig_bridge.simulated_retina.true_optimal_stimulus`, exact for
+optimum at the same budget (`rig_bridge.retina.true_optimal_stimulus`, exact for
 the clip's last frame) is played too, giving the fraction of the optimum the design reaches.
 """
 
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from insilico.errors import InsilicoError
-from insilico.simulate import build_retina, retina_of_recording
-from rig_bridge.simulated_retina import SimulatedRetina, true_optimal_stimulus
+from rig_bridge.retina import SimulatedRetina, true_optimal_stimulus
+from rig_bridge.retina.recording import build_retina, retina_of_recording
+from stimuli.errors import InputError, InsilicoError
 from stimuli.recording import open_recording
 
 MIN_COMPARABLE_RATE = 0.05
@@ -87,12 +87,12 @@ def _read(path: Path) -> tuple[np.ndarray, dict[str, object], float]:
 def retina_for(design_attrs: dict[str, object], shape: tuple[int, int, int], frame_rate: float,
                sim_seed: int | None, data: str | Path | None) -> SimulatedRetina:
     if (sim_seed is None) == (data is None):
-        raise ValueError("name the simulated retina with exactly one of sim_seed or data (a recording)")
+        raise InputError("name the simulated retina with exactly one of sim_seed or data (a recording)")
     if data is not None:
         with open_recording(data) as rec:
             return retina_of_recording(rec.attrs)
     if shape[1] != shape[2]:
-        raise ValueError(f"the simulator's screens are square; this design is {shape[1]}x{shape[2]} px")
+        raise InputError(f"the simulator's screens are square; this design is {shape[1]}x{shape[2]} px")
     n_cells = design_attrs.get("n_cells")
     if n_cells is None:
         raise InsilicoError("the design file does not state the population size; name the recording (data)")

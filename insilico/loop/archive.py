@@ -12,8 +12,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from insilico.errors import InsilicoError
 from insilico.loop.records import DesignItem, PlanEntry
+from stimuli.errors import InsilicoError
 from stimuli.nwb import DesignRecord, NwbSessionMetadata, export_nwb
 
 

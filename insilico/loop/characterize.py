@@ -9,6 +9,7 @@ import numpy as np
 from insilico.loop.protocol import CharacterizeStimulus
 from stimuli.bars import moving_bar
 from stimuli.chirp import chirp
+from stimuli.errors import InputError
 from stimuli.natural import natural_movie
 from stimuli.noise import checkerboard_noise
 
@@ -32,4 +33,4 @@ def render(spec: CharacterizeStimulus, height: int, width: int, frame_rate: floa
                                        contrast=spec.contrast, frame_rate=frame_rate).frames)
                  for k in range(spec.directions)]
         return np.concatenate(clips)
-    raise ValueError(f"unknown stimulus family {spec.family!r}")
+    raise InputError(f"unknown stimulus family {spec.family!r}")

@@ -13,6 +13,7 @@ from rich.markup import escape
 
 from insilico.console import console
 from insilico.errors import friendly_errors
+from stimuli.errors import InputError
 
 
 def run_command(
@@ -38,7 +39,7 @@ def run_command(
         from insilico.loop.runner import run_protocol
 
         if rig is not None and keys is None and not insecure:
-            raise ValueError("give --keys DIR (CurveZMQ) or --insecure (plain TCP, loopback only)")
+            raise InputError("give --keys DIR (CurveZMQ) or --insecure (plain TCP, loopback only)")
         if keys is not None and not keys.is_dir():
             raise FileNotFoundError(f"--keys {keys}: no such folder (make one with `insilico rig keys --out {keys}`)")
         if model is not None and not model.exists():
@@ -46,7 +47,7 @@ def run_command(
         if data is not None:
             checks.input_file(data, "--data", "recording")
         if not timeout > 0:
-            raise ValueError(f"--timeout must be > 0 seconds, got {timeout:g}")
+            raise InputError(f"--timeout must be > 0 seconds, got {timeout:g}")
         # A protocol's mistakes come before anything else is read or contacted.
         for note in load_protocol(protocol).notes:
             console.print(f"[yellow]note[/]: {escape(note)}")

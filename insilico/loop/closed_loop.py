@@ -32,7 +32,6 @@ import numpy as np
 
 from insilico.design.response import TwinResponse
 from insilico.design.run import DesignResult, optimize_cells
-from insilico.errors import InsilicoError
 from insilico.loop.archive import round_designs, write_session_nwb
 from insilico.loop.evaluation import (
     evaluation_record,
@@ -48,7 +47,9 @@ from insilico.loop.protocol import ClosedLoopProtocol
 from insilico.loop.records import ROLES, DesignItem, PlanEntry
 from insilico.loop.rig_link import RigLink
 from insilico.loop.rows import by_objective, by_role, design_error, response_rows
-from insilico.loop.state import RunState, write_json_atomic
+from insilico.loop.state import RunState
+from stimuli.errors import InsilicoError
+from stimuli.files import atomic_path, write_json
 from stimuli.nwb import NwbSessionMetadata
 from stimuli.recording import open_recording
 from vist_model.data import LossFocus
@@ -234,9 +235,8 @@ class ClosedLoop:
         for length in sorted({len(c) for c in clips.values()}):
             same = [i for i, c in clips.items() if len(c) == length]  # one batched pass per clip length
             out.update(zip(same, response.rates(np.stack([clips[i] for i in same])), strict=True))
-        tmp = path.with_name(".predicted.part.npz")
-        np.savez(tmp, **{f"p{i}": v for i, v in out.items()})
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            np.savez(tmp, **{f"p{i}": v for i, v in out.items()})
         self.state.mark(k, "predict", {"seconds": seconds_since(t0)})
         return out
 
@@ -333,7 +333,7 @@ class ClosedLoop:
                         "evaluate": steps["evaluate"]["seconds"]},
             "finetune": steps["finetune"],
         }
-        path = write_json_atomic(rdir / "summary.json", summary)
+        path = write_json(rdir / "summary.json", summary)
         self.state.mark(k, "summary", {"path": str(path.relative_to(self.paths.out))})
         self._show_summary(k)
         return path
@@ -347,9 +347,8 @@ class ClosedLoop:
             ci = r.items[row["item"]].cell_index
             traces[f"pred_{n}"] = r.predicted[e.index][:, ci]
             traces[f"meas_{n}"] = np.nanmean(r.measured[e.index][:, :, ci], axis=0)
-        tmp = path.with_name(".traces.part.npz")
-        np.savez(tmp, **traces)
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            np.savez(tmp, **traces)
 
     # --- live view ---------------------------------------------------------------------------------
     def _show_rows(self, r: Round) -> None:

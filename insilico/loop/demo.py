@@ -34,9 +34,10 @@ from insilico.loop.protocol import (
     protocol_digest,
 )
 from insilico.loop.runner import RunOutcome, run_protocol
-from insilico.loop.state import STATE_FILE, write_json_atomic
-from insilico.simulate import SimulationConfig
+from insilico.loop.state import STATE_FILE
+from rig_bridge.retina.recording import SimulationConfig
 from rig_bridge.transport import free_port
+from stimuli.files import write_json
 from vist_model.accuracy import KNOWS_CELL_CC
 
 
@@ -50,14 +51,11 @@ class DemoConfig:
 
     simulation: SimulationConfig = SimulationConfig(
         n_cells=20, size=32, seed=0, train_seconds=45.0, test_seconds=10.0, noise_seconds=30.0)
-    # The `tiny` backbone's features are smaller since its LayerNorm eps is 1 (README), and
-    # 3 epochs left the demo's twin at held-out CC 0.31 (0.38 after the two rounds); 4 reach
-    # 0.375 (0.45 after the rounds) for 30 s more.
+    # The `tiny` backbone's features are smaller since its LayerNorm eps is 1, and 3 epochs
+    # left the demo's twin visibly less accurate than 4 (docs/benchmarks.md, "The demo's settings").
     train_epochs: int = 4
     # The published dense readout on the trimmed grid learns faster than the cpu preset's
-    # factorized one, which wins on full recordings (README): after 3 epochs on 45 s of movie
-    # the demo's twin reached held-out CC 0.39 with it, 0.20 with the factorized readout
-    # (measured with the earlier `tiny` backbone).
+    # factorized one, which wins on full recordings: a few epochs on 45 s of movie is the demo.
     readout: str = "dense"
     cmst_padding: str = "valid"
     cells: tuple[int, ...] = (42,)  # always designed for; plus `extra_cells` the twin predicts best
@@ -133,7 +131,7 @@ def pick_cells(cc: np.ndarray, cell_ids: tuple[int, ...], fixed: tuple[int, ...]
 
 def run_demo(out_dir: str | Path = "demo", config: DemoConfig | None = None, *, live: bool = True) -> RunOutcome:
     """Run the demo into `out_dir`; returns the closed-loop outcome (its report path)."""
-    from insilico.simulate import simulate_recording
+    from rig_bridge.retina.recording import simulate_recording
     from vist_model.evaluate import evaluate_twin
     from vist_model.features import FeatureCache
     from vist_model.fit_twin import TwinSpec, train_twin
@@ -191,7 +189,7 @@ def run_demo(out_dir: str | Path = "demo", config: DemoConfig | None = None, *, 
                                feature_cache=out / "features")
     _stage(timings, f"closed loop ({c.rounds} rounds)", t0)
     timings["total"] = round(time.perf_counter() - started, 1)
-    write_json_atomic(out / "timings.json", timings)
+    write_json(out / "timings.json", timings)
     console.print(f"\n[bold]report:[/] {outcome.report}")
     return outcome
 

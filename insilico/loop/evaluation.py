@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from insilico.errors import InsilicoError
 from insilico.loop.protocol import ClosedLoopProtocol, FinetunePlan, FinetuneProtocol
+from stimuli.errors import InsilicoError
 from stimuli.recording import open_recording
 from vist_model.provenance import TrainingDataMissing
 

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from insilico.errors import InsilicoError
 from rig_bridge.client import RigClient
 from rig_bridge.journal import SessionJournal
 from rig_bridge.protocol import stimulus_id
 from rig_bridge.session_file import read_segment_counts, stored_segments
+from stimuli.errors import InsilicoError
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from insilico.design.settings import (
     default,
     design_settings,
 )
-from insilico.errors import InsilicoError
+from stimuli.errors import InputError
 
 KINDS = ("characterize", "mei_closed_loop", "finetune", "new_retina")
 FAMILIES = ("white_noise", "chirp", "moving_bars", "natural_movie")
@@ -39,7 +39,7 @@ CONTROLS = ("natural", "parametric")
 FINETUNE_MODES = ("readout", "full")
 
 
-class ProtocolError(InsilicoError, ValueError):
+class ProtocolError(InputError):
     """A protocol file that cannot be run as written."""
 
 

@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from insilico.loop.records import ROLES  # noqa: E402
-from vist_model.files import atomic_write_text  # noqa: E402
+from stimuli.files import write_atomic  # noqa: E402
 
 ROLE_COLORS = {"design": "#d62728", "natural": "#1f77b4", "parametric": "#2ca02c"}
 
@@ -239,4 +239,4 @@ def render_report(out: Path, description: str | None = None) -> str:
 def write_report(out: str | Path, description: str | None = None) -> Path:
     """Write `OUT/report.html` atomically; returns its path."""
     out = Path(out)
-    return atomic_write_text(out / "report.html", render_report(out, description))
+    return write_atomic(out / "report.html", render_report(out, description))

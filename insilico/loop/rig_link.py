@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from insilico.errors import InsilicoError
 from rig_bridge.client import RigClient
+from stimuli.errors import InsilicoError
 
 
 @dataclass

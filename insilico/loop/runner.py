@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from insilico.console import console
-from insilico.errors import InsilicoError
 from insilico.loop.archive import nwb_metadata, write_session_nwb
 from insilico.loop.characterize import render
 from insilico.loop.evaluation import (
@@ -38,7 +37,9 @@ from insilico.loop.protocol import (
     load_protocol,
 )
 from insilico.loop.rig_link import RigLink
-from insilico.loop.state import RunState, write_json_atomic
+from insilico.loop.state import RunState
+from stimuli.errors import InsilicoError
+from stimuli.files import write_json
 from stimuli.nwb import NwbSessionMetadata
 from stimuli.recording import open_recording
 
@@ -167,7 +168,7 @@ def run_characterize(protocol: CharacterizeProtocol, out: Path, link: RigLink, v
                             "seconds": round(time.perf_counter() - t0, 3)})
         view.note(f"{spec.name}: {int(shown.counts.sum())} spikes stored as {shown.segment}")
     index = {s.name: state.record(0, f"present:{s.name}") for s in protocol.stimuli}
-    path = write_json_atomic(out / "characterize" / "stimuli.json", {"session": str(session), "stimuli": index})
+    path = write_json(out / "characterize" / "stimuli.json", {"session": str(session), "stimuli": index})
     if nwb is not None:
         view.step(f"writing {session.with_suffix('.nwb')}")
         return session, path, write_session_nwb(session, nwb)
@@ -265,7 +266,7 @@ def run_finetune(protocol: FinetuneProtocol, model: Path, data: str | Path | Non
         view.step("the fine-tuned twin on the held-out movie")
         state.mark(0, "after", evaluation_record(Twin.load(out / "twin"), *heldout, cache))
     before, after = state.record(0, "before"), state.record(0, "after")
-    path = write_json_atomic(out / "finetune.json", {
+    path = write_json(out / "finetune.json", {
         "session": str(session), "segments": segments, "model": str(model), "finetuned_model": str(out / "twin"),
         "heldout_before": {k: before[k] for k in ("cc_mean", "feve_mean", "segment")},
         "heldout_after": {k: after[k] for k in ("cc_mean", "feve_mean", "segment")},
@@ -273,7 +274,3 @@ def run_finetune(protocol: FinetuneProtocol, model: Path, data: str | Path | Non
     view.note(f"held-out CC {before['cc_mean']:.3f} -> {after['cc_mean']:.3f}")
     return out / "twin", path
 
-
-def load_outcome(out: str | Path) -> dict:
-    """The state of a run folder (for inspection and tests)."""
-    return json.loads((Path(out) / "state.json").read_text())

@@ -15,24 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from insilico.errors import InsilicoError
-from vist_model.files import atomic_write_text
+from stimuli.errors import InsilicoError
+from stimuli.files import write_json
 
 STATE_FILE = "state.json"
 STATE_VERSION = 1
-
-
-def write_json_atomic(path: Path, payload: Any) -> Path:
-    """Write JSON to a temporary file, fsync it, then rename it into place."""
-    return atomic_write_text(path, json.dumps(payload, indent=2, default=_plain), fsync=True)
-
-
-def _plain(value: Any) -> Any:
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"cannot store {type(value).__name__} in the run state")
 
 
 @dataclass
@@ -63,7 +50,7 @@ class RunState:
         self.save()
 
     def save(self) -> None:
-        write_json_atomic(self.path, {
+        write_json(self.path, {
             "version": STATE_VERSION, "protocol_digest": self.protocol_digest, "kind": self.kind,
             "model": self.model, "created": self.created, "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "steps": self.steps,

@@ -21,6 +21,7 @@ from rig_bridge.retina.cells import CellSpec
 from rig_bridge.retina.circuit import Circuit
 from rig_bridge.retina.movies import smooth_random_movie
 from rig_bridge.retina.video import to_contrast
+from stimuli.errors import InputError
 
 TARGET_INPUT_STD = 2.0
 TARGET_INPUT_MEAN = -1.0
@@ -56,7 +57,7 @@ def calibrate_gains(
     spread = settled.std(axis=0)
     if not (spread > 0).all():
         silent = [c.cell_id for c, s in zip(cells, spread, strict=True) if not s > 0]
-        raise ValueError(f"cells {silent} do not respond to the calibration movie")
+        raise InputError(f"cells {silent} do not respond to the calibration movie")
     gains = TARGET_INPUT_STD / spread
     offsets = TARGET_INPUT_MEAN - gains * settled.mean(axis=0)
     return tuple(

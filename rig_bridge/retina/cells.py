@@ -17,6 +17,8 @@ from enum import StrEnum
 
 import numpy as np
 
+from stimuli.errors import InputError
+
 
 class CellType(StrEnum):
     """The ganglion-cell types of the simulated retina (values are the public names)."""
@@ -163,18 +165,18 @@ class CellSpec:
         if self.off_temporal_filter is not None:
             object.__setattr__(self, "off_temporal_filter", _readonly(self.off_temporal_filter))
         if self.spatial_filter.ndim != 2:
-            raise ValueError(f"spatial_filter must be [H, W], got {self.spatial_filter.shape}")
+            raise InputError(f"spatial_filter must be [H, W], got {self.spatial_filter.shape}")
         if self.temporal_filter.ndim != 1:
-            raise ValueError(f"temporal_filter must be [L], got {self.temporal_filter.shape}")
+            raise InputError(f"temporal_filter must be [L], got {self.temporal_filter.shape}")
         if self.polarity not in (-1, 1):
-            raise ValueError(f"polarity must be +1 or -1, got {self.polarity}")
+            raise InputError(f"polarity must be +1 or -1, got {self.polarity}")
         needs = {
             CellType.ON_OFF: self.off_temporal_filter is not None,
             CellType.SUBUNIT: self.subunits is not None,
             CellType.CONTRAST_ADAPTING: self.contrast_gain is not None,
         }
         if not needs.get(self.cell_type, True):
-            raise ValueError(f"a {self.cell_type} cell needs its pathway parameters")
+            raise InputError(f"a {self.cell_type} cell needs its pathway parameters")
 
     @property
     def id(self) -> int:
@@ -225,7 +227,7 @@ def gaussian_2d(height: int, width: int, centre: tuple[float, float], sigma: flo
         would for a cell whose surround extends past the display.
     """
     if sigma <= 0:
-        raise ValueError(f"sigma must be > 0, got {sigma}")
+        raise InputError(f"sigma must be > 0, got {sigma}")
     y = np.arange(height, dtype=np.float64)[:, None] - centre[0]
     x = np.arange(width, dtype=np.float64)[None, :] - centre[1]
     return np.exp(-(y * y + x * x) / (2.0 * sigma * sigma)) / (2.0 * math.pi * sigma * sigma)
@@ -248,7 +250,7 @@ def difference_of_gaussians(
         ``[H, W]`` float64, positive centre (multiply by -1 for OFF).
     """
     if sigma_surround <= sigma_centre:
-        raise ValueError(
+        raise InputError(
             f"sigma_surround ({sigma_surround}) must exceed sigma_centre ({sigma_centre})"
         )
     return gaussian_2d(height, width, centre, sigma_centre) - surround_weight * gaussian_2d(
@@ -260,7 +262,7 @@ def unit_norm(array: np.ndarray) -> np.ndarray:
     """``array / ||array||_2`` (raises on an all-zero array)."""
     norm = float(np.linalg.norm(array))
     if norm == 0.0:
-        raise ValueError("cannot normalise an all-zero filter")
+        raise InputError("cannot normalise an all-zero filter")
     return array / norm
 
 
@@ -291,9 +293,9 @@ def biphasic_temporal_filter(
         ``[n_lags]`` float64, unit L2 norm, lag 0 first, first lobe positive.
     """
     if n_lags < 1:
-        raise ValueError(f"n_lags must be >= 1, got {n_lags}")
+        raise InputError(f"n_lags must be >= 1, got {n_lags}")
     if not tau_slow_s > tau_fast_s > 0:
-        raise ValueError("need tau_slow_s > tau_fast_s > 0")
+        raise InputError("need tau_slow_s > tau_fast_s > 0")
     dt = 1.0 / frame_rate
     offsets = (np.arange(oversample) + 0.5) / oversample - 0.5
     t = (np.arange(n_lags)[:, None] + offsets[None, :]) * dt

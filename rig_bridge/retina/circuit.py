@@ -20,6 +20,7 @@ import numpy as np
 from scipy.signal import lfilter
 
 from rig_bridge.retina.cells import CellSpec, CellType, ContrastGainControl
+from stimuli.errors import InputError
 
 
 @dataclass(frozen=True, eq=False)
@@ -66,7 +67,7 @@ class Circuit:
     def compile(cls, cells: tuple[CellSpec, ...], frame_rate: float) -> Circuit:
         """Lay out the channels of ``cells`` (all with the same screen and filter length)."""
         if not cells:
-            raise ValueError("a circuit needs at least one cell")
+            raise InputError("a circuit needs at least one cell")
         n_pixels = cells[0].spatial_filter.size
         n_lags = cells[0].temporal_filter.size
         spatial: list[np.ndarray] = []
@@ -76,7 +77,7 @@ class Circuit:
 
         def add(w: np.ndarray, k: np.ndarray) -> int:
             if w.size != n_pixels or k.size != n_lags:
-                raise ValueError("all cells must share the screen size and filter length")
+                raise InputError("all cells must share the screen size and filter length")
             spatial.append(w.reshape(-1))
             temporal.append(k)
             return len(spatial) - 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from stimuli.contrast import set_mean_and_contrast
+from stimuli.errors import InputError
 
 
 def smooth_random_movie(
@@ -45,9 +46,9 @@ def smooth_random_movie(
         ``[n_frames, height, width]`` float64 in [0, 1].
     """
     if n_frames < 1 or height < 1 or width < 1:
-        raise ValueError(f"movie size must be positive, got {(n_frames, height, width)}")
+        raise InputError(f"movie size must be positive, got {(n_frames, height, width)}")
     if temporal_corner_hz <= 0:
-        raise ValueError(f"temporal_corner_hz must be > 0, got {temporal_corner_hz}")
+        raise InputError(f"temporal_corner_hz must be > 0, got {temporal_corner_hz}")
     noise = rng.standard_normal((n_frames, height, width))
     ft = np.fft.fftfreq(n_frames, d=1.0 / frame_rate)[:, None, None]
     ky = np.fft.fftfreq(height)[None, :, None]

@@ -22,6 +22,7 @@ from scipy.optimize import brentq
 from scipy.signal import lfilter
 
 from rig_bridge.retina.video import check_video, to_contrast
+from stimuli.errors import InputError
 
 if TYPE_CHECKING:
     from rig_bridge.retina.simulated import SimulatedRetina
@@ -52,13 +53,13 @@ def response_at_end(retina: SimulatedRetina, i: int, video: np.ndarray) -> float
     """Expected spike count of cell ``i`` in the bin of the video's last frame."""
     frames = check_video(video, retina.height, retina.width)
     if frames.shape[0] == 0:
-        raise ValueError("video has no frames")
+        raise InputError("video has no frames")
     return float(retina.rate(frames)[-1, retina_index(retina, i)])
 
 
 def retina_index(retina: SimulatedRetina, i: int) -> int:
     if not -retina.n_cells <= int(i) < retina.n_cells:
-        raise ValueError(f"cell index {i} out of range for {retina.n_cells} cells")
+        raise InputError(f"cell index {i} out of range for {retina.n_cells} cells")
     return int(i)
 
 
@@ -104,17 +105,17 @@ def true_optimal_stimulus(
     """
     i = retina_index(retina, i)
     if not retina.is_linear(i):
-        raise ValueError(
+        raise InputError(
             f"cell index {i} is a {retina.cell_types[i]} cell: the true optimum is only "
             "defined for linear cells"
         )
     if n_frames < 1:
-        raise ValueError(f"n_frames must be >= 1, got {n_frames}")
+        raise InputError(f"n_frames must be >= 1, got {n_frames}")
     if not 0.0 < mean < 1.0:
-        raise ValueError(f"mean must be in (0, 1), got {mean}")
+        raise InputError(f"mean must be in (0, 1), got {mean}")
     bound = float(np.sqrt(mean * (1.0 - mean)))
     if not 0.0 <= rms_contrast < bound:
-        raise ValueError(
+        raise InputError(
             f"rms_contrast must be in [0, {bound:.4f}) at mean {mean}, got {rms_contrast}"
         )
     weights = end_filter(retina, i, n_frames)
@@ -153,7 +154,7 @@ def _maximise_linear_on_budget(f: np.ndarray, rms: float, low: float, high: floa
     scale = float(np.abs(f).max())
     spread = float(np.linalg.norm(f - f.mean()))
     if scale == 0.0 or spread == 0.0:
-        raise ValueError("the cell's filter has no weight on this clip")
+        raise InputError("the cell's filter has no weight on this clip")
 
     def excess(log_lam: float) -> float:
         return float(np.linalg.norm(_zero_mean_clip(f, np.exp(log_lam), low, high))) - target
@@ -181,7 +182,7 @@ def _spend_rest(
     idle = idle[: 2 * (idle.size // 2)]
     missing = target**2 - float(u @ u)
     if idle.size == 0 or missing <= 0.0:
-        raise ValueError("the contrast budget cannot be met for this clip")
+        raise InputError("the contrast budget cannot be met for this clip")
     level = u[idle]
     sign = np.where(np.arange(idle.size) % 2 == 0, 1.0, -1.0)
     # ||level + a*sign||^2 = ||level||^2 + 2a <level, sign> + a^2 * m
@@ -191,7 +192,7 @@ def _spend_rest(
     out = u.copy()
     out[idle] = level + a * sign
     if out[idle].min() < low - 1e-12 or out[idle].max() > high + 1e-12:
-        raise ValueError(
+        raise InputError(
             "the contrast budget is too close to its maximum to be met within [0, 1] for "
             "this clip length; use a lower rms_contrast or fewer frames"
         )

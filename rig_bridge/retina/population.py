@@ -33,6 +33,7 @@ from rig_bridge.retina.cells import (
     gaussian_2d,
     unit_norm,
 )
+from stimuli.errors import InputError
 
 DEMO_CELL_ID = 42
 LINEAR_FRACTION = 0.6
@@ -125,7 +126,7 @@ def type_counts(n_cells: int, type_weights: Mapping[str, float] | None = None) -
     proportion, largest remainders first. At least one linear cell always exists.
     """
     if n_cells < 1:
-        raise ValueError(f"n_cells must be >= 1, got {n_cells}")
+        raise InputError(f"n_cells must be >= 1, got {n_cells}")
     if type_weights is not None:
         return _weighted_counts(n_cells, type_weights)
     n_linear = max(1, int(round(LINEAR_FRACTION * n_cells)))
@@ -141,10 +142,10 @@ def _weighted_counts(n_cells: int, type_weights: Mapping[str, float]) -> dict[Ce
     order = (*LINEAR_ORDER, *NONLINEAR_TYPES)
     unknown = set(type_weights) - {t.value for t in order}
     if unknown:
-        raise ValueError(f"unknown cell types {sorted(unknown)} in type_weights (known: {[t.value for t in order]})")
+        raise InputError(f"unknown cell types {sorted(unknown)} in type_weights (known: {[t.value for t in order]})")
     w = np.asarray([max(0.0, float(type_weights.get(t.value, 0.0))) for t in order])
     if not w.sum() > 0:
-        raise ValueError("type_weights must give at least one type a positive weight")
+        raise InputError("type_weights must give at least one type a positive weight")
     share = w / w.sum() * n_cells
     counts = np.floor(share).astype(int)
     for k in np.argsort(-(share - counts), kind="stable")[: n_cells - counts.sum()]:
@@ -301,11 +302,11 @@ def draw_cells(
         ``N`` :class:`CellSpec` sorted by id.
     """
     if height < 8 or width < 8:
-        raise ValueError(f"screen must be at least 8 x 8 pixels, got {height} x {width}")
+        raise InputError(f"screen must be at least 8 x 8 pixels, got {height} x {width}")
     if not frame_rate > 0:
-        raise ValueError(f"frame_rate must be > 0, got {frame_rate}")
+        raise InputError(f"frame_rate must be > 0, got {frame_rate}")
     if not 0.25 <= rf_scale <= 4.0:
-        raise ValueError(f"rf_scale must be in [0.25, 4], got {rf_scale}")
+        raise InputError(f"rf_scale must be in [0.25, 4], got {rf_scale}")
     rng = np.random.default_rng(seed)
     n_lags = filter_length(frame_rate)
     margin = min(BORDER_SIGMAS * MAX_SIGMA_CENTRE_PX * rf_scale, (min(height, width) - 1) / 4.0)

@@ -12,6 +12,7 @@ from rig_bridge.retina.circuit import Circuit, CircuitState
 from rig_bridge.retina.population import draw_cells
 from rig_bridge.retina.spiking import dead_time_counts, poisson_counts
 from rig_bridge.retina.video import check_video, to_contrast
+from stimuli.errors import InputError
 
 DEFAULT_CHUNK_FRAMES = 512
 """Frames processed at once: bounds memory at ~chunk * H * W * 16 bytes."""
@@ -38,22 +39,22 @@ class SimulatedRetina:
         chunk_frames: int = DEFAULT_CHUNK_FRAMES,
     ) -> None:
         if not cells:
-            raise ValueError("a retina needs at least one cell")
+            raise InputError("a retina needs at least one cell")
         for cell in cells:
             if cell.spatial_filter.shape != (height, width):
-                raise ValueError(
+                raise InputError(
                     f"cell {cell.cell_id} has a {cell.spatial_filter.shape} spatial filter "
                     f"but the screen is {(height, width)}"
                 )
         ids = np.asarray([c.cell_id for c in cells], dtype=np.int64)
         if np.unique(ids).size != ids.size:
-            raise ValueError("cell ids must be unique")
+            raise InputError("cell ids must be unique")
         if not frame_rate > 0:
-            raise ValueError(f"frame_rate must be > 0, got {frame_rate}")
+            raise InputError(f"frame_rate must be > 0, got {frame_rate}")
         if not 0 < dead_time_s <= 1.0 / frame_rate:
-            raise ValueError(f"dead_time_s must be in (0, 1/frame_rate], got {dead_time_s}")
+            raise InputError(f"dead_time_s must be in (0, 1/frame_rate], got {dead_time_s}")
         if chunk_frames < 1:
-            raise ValueError(f"chunk_frames must be >= 1, got {chunk_frames}")
+            raise InputError(f"chunk_frames must be >= 1, got {chunk_frames}")
         self._cells = tuple(cells)
         self._height, self._width = int(height), int(width)
         self._frame_rate = float(frame_rate)
@@ -82,7 +83,7 @@ class SimulatedRetina:
         receptive field), each type tiling the screen as a jittered mosaic.
         """
         if not isinstance(n_cells, int | np.integer) or n_cells < 1:
-            raise ValueError(f"n_cells must be a positive int, got {n_cells!r}")
+            raise InputError(f"n_cells must be a positive int, got {n_cells!r}")
         cells = draw_cells(int(n_cells), int(height), int(width), float(frame_rate), int(seed),
                            type_weights=type_weights, rf_scale=float(rf_scale))
         return cls(calibrate_gains(cells, height, width, frame_rate), height, width, frame_rate)
@@ -132,11 +133,11 @@ class SimulatedRetina:
         try:
             return self._index[int(cell_id)]
         except KeyError:
-            raise ValueError(f"no cell with id {cell_id} in this retina") from None
+            raise InputError(f"no cell with id {cell_id} in this retina") from None
 
     def _cell(self, i: int) -> CellSpec:
         if not -self.n_cells <= int(i) < self.n_cells:
-            raise ValueError(f"cell index {i} out of range for {self.n_cells} cells")
+            raise InputError(f"cell index {i} out of range for {self.n_cells} cells")
         return self._cells[int(i)]
 
     def is_linear(self, i: int) -> bool:

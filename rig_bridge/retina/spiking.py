@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from stimuli.errors import InputError
+
 MAX_COUNT = np.iinfo(np.uint16).max
 
 
@@ -30,7 +32,7 @@ def dead_time_counts(rates: np.ndarray, rng: np.random.Generator, slots: int) ->
     """
     rates = _check_rates(rates)
     if slots < 1:
-        raise ValueError(f"slots must be >= 1, got {slots}")
+        raise InputError(f"slots must be >= 1, got {slots}")
     p = -np.expm1(-rates / slots)
     return rng.binomial(slots, p).astype(np.uint16)
 
@@ -38,5 +40,5 @@ def dead_time_counts(rates: np.ndarray, rng: np.random.Generator, slots: int) ->
 def _check_rates(rates: np.ndarray) -> np.ndarray:
     array = np.asarray(rates, dtype=np.float64)
     if array.size and not (np.isfinite(array).all() and array.min() >= 0.0):
-        raise ValueError("rates must be finite and >= 0")
+        raise InputError("rates must be finite and >= 0")
     return array

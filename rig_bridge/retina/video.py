@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from stimuli.errors import InputError
+
 LUMINANCE_TOLERANCE = 1e-6
 """How far outside [0, 1] a float luminance may stray (rounding) before it is rejected."""
 
@@ -17,14 +19,14 @@ def check_video(video: np.ndarray, height: int, width: int) -> np.ndarray:
     """
     array = np.asarray(video)
     if array.ndim != 3:
-        raise ValueError(f"video must be [T, H, W], got shape {array.shape}")
+        raise InputError(f"video must be [T, H, W], got shape {array.shape}")
     if array.shape[1:] != (height, width):
-        raise ValueError(
+        raise InputError(
             f"video frames are {array.shape[1]} x {array.shape[2]} but the retina's screen is "
             f"{height} x {width}"
         )
     if not np.issubdtype(array.dtype, np.floating):
-        raise ValueError(
+        raise InputError(
             f"video must be float luminance in [0, 1], got dtype {array.dtype} "
             "(divide uint8 frames by 255)"
         )
@@ -32,9 +34,9 @@ def check_video(video: np.ndarray, height: int, width: int) -> np.ndarray:
     if array.size:
         low, high = float(array.min()), float(array.max())
         if not (np.isfinite(low) and np.isfinite(high)):
-            raise ValueError("video contains NaN or inf")
+            raise InputError("video contains NaN or inf")
         if low < -LUMINANCE_TOLERANCE or high > 1.0 + LUMINANCE_TOLERANCE:
-            raise ValueError(f"video luminance must lie in [0, 1], got [{low:.4g}, {high:.4g}]")
+            raise InputError(f"video luminance must lie in [0, 1], got [{low:.4g}, {high:.4g}]")
     return array
 
 

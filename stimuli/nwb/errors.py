@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from stimuli.errors import InputError
 
-class NwbError(ValueError):
+
+class NwbError(InputError):
     """An NWB file (or a recording to export) that cannot be converted as it stands.
 
     `where` names the NWB object at fault (`/units`, `stimulus/presentation/mov1`) or the

@@ -25,17 +25,24 @@ import datetime as dt
 import os
 import tomllib
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
 
+from stimuli.files import atomic_path
 from stimuli.nwb.errors import NwbError
 from stimuli.nwb.importer import PRESENTATIONS
 from stimuli.recording import open_recording
-from stimuli.recording.atomic import atomic_path
+
+if TYPE_CHECKING:  # pynwb loads slowly: imported where a file is written
+    from pynwb import NWBFile
+
+    from stimuli.recording.layout import Segment
+    from stimuli.recording.reader import Recording
 
 REQUIRED_SUBJECT = ("subject_id", "species", "sex", "age")
 """Subject fields an archive (and nwbinspector, as critical) asks for; export refuses without them."""
@@ -164,8 +171,8 @@ def _read_extras(src: str, n_cells: int) -> _Extras:
     return _Extras(flips, spike_times, electrode, _plain(source) if source is not None else None)
 
 
-def _build(src: str, rec, meta: NwbSessionMetadata, extras: _Extras,  # noqa: ANN001, ANN202
-           designs: Sequence[DesignRecord]):
+def _build(src: str, rec: Recording, meta: NwbSessionMetadata, extras: _Extras,
+           designs: Sequence[DesignRecord]) -> tuple[NWBFile, NwbExportReport]:
     from hdmf.data_utils import DataChunkIterator
     from pynwb import NWBFile, TimeSeries
     from pynwb.base import ImageReferences
@@ -268,7 +275,8 @@ def _build(src: str, rec, meta: NwbSessionMetadata, extras: _Extras,  # noqa: AN
     return nwbfile, report
 
 
-def _add_units(src: str, nwbfile, rec, extras: _Extras, timing: dict[str, np.ndarray]) -> tuple[int, str]:  # noqa: ANN001
+def _add_units(src: str, nwbfile: NWBFile, rec: Recording, extras: _Extras,
+               timing: dict[str, np.ndarray]) -> tuple[int, str]:
     ids = rec.cell_ids
     if extras.spike_times is not None:
         spikes = extras.spike_times
@@ -325,7 +333,7 @@ def _add_units(src: str, nwbfile, rec, extras: _Extras, timing: dict[str, np.nda
     return int(sum(len(x) for x in spikes)), source
 
 
-def _add_designs(src: str, nwbfile, designs: Sequence[DesignRecord],  # noqa: ANN001
+def _add_designs(src: str, nwbfile: NWBFile, designs: Sequence[DesignRecord],
                  timing: dict[str, np.ndarray]) -> None:
     if not designs:
         return
@@ -348,7 +356,7 @@ def _add_designs(src: str, nwbfile, designs: Sequence[DesignRecord],  # noqa: AN
     nwbfile.add_time_intervals(table)
 
 
-def _frame_blocks(rec, seg, block: int = 256):  # noqa: ANN001, ANN202
+def _frame_blocks(rec: Recording, seg: Segment, block: int = 256) -> Iterator[np.ndarray]:
     # DataChunkIterator takes one frame per step; reading them from disk in blocks keeps memory flat.
     for a in range(seg.start, seg.stop, block):
         yield from rec.frames(start=a, stop=min(a + block, seg.stop))

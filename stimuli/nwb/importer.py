@@ -30,12 +30,17 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from stimuli.errors import InputError
 from stimuli.nwb.errors import NwbError
 from stimuli.recording import RecordingWriter
 from stimuli.recording.sta import DEFAULT_LAGS, NOISE_SEGMENT_NAMES, ReceptiveFieldAccumulator
+
+if TYPE_CHECKING:  # pynwb loads slowly: imported where a file is read
+    from pynwb import NWBFile, TimeSeries
 
 PRESENTATIONS = "presentations"
 """Name of the `intervals` table whose rows give each showing's start and stop (our export's)."""
@@ -56,7 +61,7 @@ class NwbImportSettings:
     def __post_init__(self) -> None:
         for name in ("rate_tolerance", "gap_intervals", "chunk_frames"):
             if not getattr(self, name) > 0:
-                raise ValueError(f"NwbImportSettings.{name} must be > 0, got {getattr(self, name)!r}")
+                raise InputError(f"NwbImportSettings.{name} must be > 0, got {getattr(self, name)!r}")
 
 
 @dataclass(frozen=True)
@@ -164,7 +169,7 @@ def _precheck(src: str) -> None:
                                "starting_time + rate: when was each frame shown?")
 
 
-def _import(src: str, nwbfile, out: Path, settings: NwbImportSettings) -> NwbImportReport:  # noqa: ANN001
+def _import(src: str, nwbfile: NWBFile, out: Path, settings: NwbImportSettings) -> NwbImportReport:
     ids, spikes = _units(src, nwbfile, settings.units)
     series, ignored = _image_series(src, nwbfile, settings.stimuli)
     median = _frame_interval(src, series, settings.rate_tolerance)
@@ -189,7 +194,8 @@ def _import(src: str, nwbfile, out: Path, settings: NwbImportSettings) -> NwbImp
     imported: list[ImportedSegment] = []
     with RecordingWriter(out, frame_rate=frame_rate, height=height, width=width, cell_ids=ids,
                          n_repeats=n_repeats, counts_dtype="float32", pixel_size_um=pixel,
-                         attrs=_session_attrs(src, nwbfile, rate_source)) as writer:
+                         attrs={**_session_attrs(src, nwbfile, rate_source),
+                                "timing_source": f"flips of the NWB stimulus series in {Path(src).name}"}) as writer:
         for s in order:
             edges = np.stack([sh.edges for sh in showings[s.name]])  # [R_s, T + 1]
             counts = np.stack([_bin(edges[r], spikes) for r in range(len(edges))])  # [R_s, T, N]
@@ -207,7 +213,6 @@ def _import(src: str, nwbfile, out: Path, settings: NwbImportSettings) -> NwbImp
             writer.add_segment(s.name, start, start + s.period)
             writer.write_extra(f"/timing/{s.name}/flip_time", edges)
             imported.append(ImportedSegment(s.name, s.kind, s.period, len(edges)))
-        writer.set_attr("timing_source", f"flips of the NWB stimulus series in {Path(src).name}")
         flat = np.concatenate(spikes) if spikes else np.zeros(0)
         writer.write_extra("/spikes/times", flat.astype(np.float64))
         writer.write_extra("/spikes/index", np.cumsum([len(x) for x in spikes]).astype(np.int64))
@@ -226,7 +231,7 @@ def _import(src: str, nwbfile, out: Path, settings: NwbImportSettings) -> NwbImp
 
 
 # --- units ----------------------------------------------------------------------------------------
-def _units(src: str, nwbfile, keep: Sequence[int] | None) -> tuple[np.ndarray, list[np.ndarray]]:  # noqa: ANN001
+def _units(src: str, nwbfile: NWBFile, keep: Sequence[int] | None) -> tuple[np.ndarray, list[np.ndarray]]:
     units = nwbfile.units
     if units is None or len(units.id) == 0:
         raise NwbError(src, "/units", "missing or empty: the file has no sorted units to take spikes from")
@@ -253,7 +258,7 @@ def _units(src: str, nwbfile, keep: Sequence[int] | None) -> tuple[np.ndarray, l
     return ids[rows], spikes
 
 
-def _cell_metadata(src: str, nwbfile, writer: RecordingWriter, settings: NwbImportSettings,  # noqa: ANN001
+def _cell_metadata(src: str, nwbfile: NWBFile, writer: RecordingWriter, settings: NwbImportSettings,
                    ids: np.ndarray, height: int, width: int) -> str | None:
     """Cell types, electrodes and (when given) RFs of the kept units; returns the RF source."""
     units = nwbfile.units
@@ -279,7 +284,7 @@ def _cell_metadata(src: str, nwbfile, writer: RecordingWriter, settings: NwbImpo
 
 
 # --- stimulus series -------------------------------------------------------------------------------
-def _image_series(src: str, nwbfile, wanted: Sequence[str] | None) -> tuple[list[_Series], list[str]]:  # noqa: ANN001
+def _image_series(src: str, nwbfile: NWBFile, wanted: Sequence[str] | None) -> tuple[list[_Series], list[str]]:
     from pynwb.image import ImageSeries, IndexSeries
 
     where = "stimulus/presentation"
@@ -304,7 +309,7 @@ def _image_series(src: str, nwbfile, wanted: Sequence[str] | None) -> tuple[list
     return series, ignored
 
 
-def _flips(src: str, obj, n: int) -> np.ndarray:  # noqa: ANN001
+def _flips(src: str, obj: TimeSeries, n: int) -> np.ndarray:
     where = f"stimulus/presentation/{obj.name}"
     if obj.timestamps is not None:
         flips = np.asarray(obj.timestamps[:], dtype=np.float64)
@@ -326,7 +331,7 @@ def _flips(src: str, obj, n: int) -> np.ndarray:  # noqa: ANN001
     return flips
 
 
-def _frame_series(src: str, obj) -> _Series:  # noqa: ANN001
+def _frame_series(src: str, obj: TimeSeries) -> _Series:
     where = f"stimulus/presentation/{obj.name}"
     if obj.external_file is not None and len(obj.external_file) > 0:
         raise NwbError(src, f"{where}/external_file", "frames live in external files; store them in data to import")
@@ -347,7 +352,7 @@ def _frame_series(src: str, obj) -> _Series:  # noqa: ANN001
     return _Series(obj.name, type(obj).__name__, flips, shape[0], 1, height, width, read, pixel)
 
 
-def _index_series(src: str, obj) -> _Series:  # noqa: ANN001
+def _index_series(src: str, obj: TimeSeries) -> _Series:
     where = f"stimulus/presentation/{obj.name}"
     index = np.asarray(obj.data[:])
     if index.ndim != 1 or len(index) == 0 or index.dtype.kind not in "iu":
@@ -446,7 +451,7 @@ def _series_medians(series: list[_Series]) -> list[tuple[_Series, float]]:
     return out
 
 
-def _other_flips(nwbfile, series: list[_Series]) -> np.ndarray:  # noqa: ANN001
+def _other_flips(nwbfile: NWBFile, series: list[_Series]) -> np.ndarray:
     """Flip times of the presented image series not taken: their first frame ends the one before."""
     from pynwb.image import ImageSeries, IndexSeries
 
@@ -462,7 +467,7 @@ def _other_flips(nwbfile, series: list[_Series]) -> np.ndarray:  # noqa: ANN001
     return np.concatenate(out) if out else np.zeros(0)
 
 
-def _showings(src: str, nwbfile, series: list[_Series], other_flips: np.ndarray, median: float,  # noqa: ANN001
+def _showings(src: str, nwbfile: NWBFile, series: list[_Series], other_flips: np.ndarray, median: float,
               gap_intervals: float) -> dict[str, list[_Showing]]:
     """Bin edges of every showing: frame flips plus the end of its last frame (module rule 3)."""
     stops = _presentation_stops(src, nwbfile)
@@ -487,7 +492,7 @@ def _showings(src: str, nwbfile, series: list[_Series], other_flips: np.ndarray,
     return out
 
 
-def _presentation_stops(src: str, nwbfile) -> dict[str, np.ndarray]:  # noqa: ANN001
+def _presentation_stops(src: str, nwbfile: NWBFile) -> dict[str, np.ndarray]:
     """`{series: [k, 2] (start_time, stop_time)}` from `intervals/presentations`, if the file has it."""
     table = nwbfile.intervals.get(PRESENTATIONS) if nwbfile.intervals is not None else None
     if table is None:
@@ -538,7 +543,7 @@ def _noise_name(src: str, order: list[_Series], wanted: str | None) -> str | Non
     return next((n for n in names if n.lower() in NOISE_SEGMENT_NAMES), None)
 
 
-def _session_attrs(src: str, nwbfile, rate_source: str) -> dict[str, object]:  # noqa: ANN001
+def _session_attrs(src: str, nwbfile: NWBFile, rate_source: str) -> dict[str, object]:
     """Root attributes that carry the NWB session metadata, so an export can give it back."""
     attrs: dict[str, object] = {"source": "NWB import", "nwb_file": Path(src).name,
                                 "frame_rate_source": rate_source}

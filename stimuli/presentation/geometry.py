@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from stimuli.errors import InputError
 from stimuli.presentation.luminance import profile_lut
 from stimuli.presentation.rig_profile import RigProfile
 
@@ -44,7 +45,7 @@ class Rect:
 def stimulus_rect(profile: RigProfile, height: int, width: int) -> Rect:
     """Screen rectangle of a `[height, width]` stimulus; it must lie inside the screen."""
     if height < 1 or width < 1:
-        raise ValueError(f"stimulus must be at least 1x1, got {height}x{width}")
+        raise InputError(f"stimulus must be at least 1x1, got {height}x{width}")
     w, h = width * profile.scale, height * profile.scale
     hs, ws = profile.screen_shape
     if profile.offset_x_px is None:
@@ -53,14 +54,14 @@ def stimulus_rect(profile: RigProfile, height: int, width: int) -> Rect:
         x, y = profile.offset_x_px, profile.offset_y_px
     rect = Rect(x, y, w, h)
     if x < 0 or y < 0 or x + w > ws or y + h > hs:
-        raise ValueError(
+        raise InputError(
             # Width x height throughout, as the profile's width_px and height_px and X11 say it.
             f"a {width}x{height} px stimulus (width x height) at scale {profile.scale} is {w}x{h} screen px "
             f"at ({x}, {y}) and does not fit the {ws}x{hs} screen of rig {profile.name!r}; "
             "lower the scale, move the offset or use a smaller stimulus")
     patch = photodiode_rect(profile)
     if patch is not None and patch.overlaps(rect):
-        raise ValueError(
+        raise InputError(
             f"the photodiode patch {patch} overlaps the stimulus rectangle {rect} on rig "
             f"{profile.name!r}: the retina would see it; move the patch or the stimulus")
     return rect
@@ -106,7 +107,7 @@ def place(levels: np.ndarray, profile: RigProfile, background_level: int,
     """
     levels = np.asarray(levels)
     if levels.ndim != 2 or levels.dtype != np.uint8:
-        raise ValueError(f"frame must be [H, W] uint8, got {list(levels.shape)} {levels.dtype}")
+        raise InputError(f"frame must be [H, W] uint8, got {list(levels.shape)} {levels.dtype}")
     rect = stimulus_rect(profile, *levels.shape)
     screen = np.full(profile.screen_shape, background_level, dtype=np.uint8)
     screen[rect.slices] = upscale(orient(levels, profile), profile.scale)
@@ -124,6 +125,6 @@ def expected_screen(frame: np.ndarray, profile: RigProfile, frame_index: int | N
     """
     frame = np.asarray(frame)
     if frame.dtype != np.uint8:
-        raise ValueError(f"frame must be uint8 grey levels, got {frame.dtype}")
+        raise InputError(f"frame must be uint8 grey levels, got {frame.dtype}")
     lut = profile_lut(profile)
     return place(lut[frame], profile, int(lut[profile.background]), frame_index)

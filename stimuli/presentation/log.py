@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from stimuli.errors import InputError
 from stimuli.presentation.geometry import Rect
 
 # A refresh interval longer than this many periods means the display missed a refresh
@@ -56,15 +57,10 @@ class PresentationLog:
     def n_dropped(self) -> int:
         return int(self.dropped.sum())
 
-    @property
-    def refresh_intervals(self) -> np.ndarray:
-        """`[T*N - 1]` seconds between consecutive flips."""
-        return np.diff(self.refresh_time)
-
     def captured_stimulus(self) -> np.ndarray:
         """Captured frames cropped to the stimulus rectangle `[T, H*scale, W*scale]` uint8."""
         if self.captured is None:
-            raise ValueError("this presentation was not captured (present(..., capture=True))")
+            raise InputError("this presentation was not captured (present(..., capture=True))")
         if self.capture_region == "stimulus":
             return self.captured
         rows, cols = self.stimulus_rect.slices

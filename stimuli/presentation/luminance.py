@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from stimuli.errors import InputError
 from stimuli.presentation.rig_profile import RigProfile
 
 
 def gamma_lut(gamma: float) -> np.ndarray:
     """`[256]` uint8: output level for each designed grey level on a power-law display."""
     if not np.isfinite(gamma) or gamma <= 0:
-        raise ValueError(f"gamma must be > 0, got {gamma}")
+        raise InputError(f"gamma must be > 0, got {gamma}")
     g = np.arange(256, dtype=np.float64) / 255.0
     return np.round(255.0 * g ** (1.0 / gamma)).astype(np.uint8)
 
@@ -37,14 +38,14 @@ def lut_from_measurement(luminance: np.ndarray) -> np.ndarray:
     """
     lum = np.asarray(luminance, dtype=np.float64)
     if lum.shape != (256,):
-        raise ValueError(f"luminance must be [256] (one value per output level), got {list(lum.shape)}")
+        raise InputError(f"luminance must be [256] (one value per output level), got {list(lum.shape)}")
     if not np.isfinite(lum).all():
-        raise ValueError("luminance must be finite")
+        raise InputError("luminance must be finite")
     if (np.diff(lum) < 0).any():
-        raise ValueError("luminance must be non-decreasing with output level (re-measure or smooth it)")
+        raise InputError("luminance must be non-decreasing with output level (re-measure or smooth it)")
     span = lum[-1] - lum[0]
     if span <= 0:
-        raise ValueError("luminance does not rise from level 0 to level 255")
+        raise InputError("luminance does not rise from level 0 to level 255")
     relative = (lum - lum[0]) / span  # [256] in 0..1
     targets = np.arange(256, dtype=np.float64) / 255.0
     # Nearest measured level for each target: compare the two levels around the crossing.
@@ -65,13 +66,9 @@ def apply_lut(frames: np.ndarray, lut: np.ndarray) -> np.ndarray:
     """Designed grey levels `[...]` uint8 -> output levels `[...]` uint8 (same shape)."""
     frames = np.asarray(frames)
     if frames.dtype != np.uint8:
-        raise ValueError(f"frames must be uint8 grey levels, got {frames.dtype}")
+        raise InputError(f"frames must be uint8 grey levels, got {frames.dtype}")
     lut = np.asarray(lut)
     if lut.shape != (256,) or lut.dtype != np.uint8:
-        raise ValueError(f"lut must be [256] uint8, got {list(lut.shape)} {lut.dtype}")
+        raise InputError(f"lut must be [256] uint8, got {list(lut.shape)} {lut.dtype}")
     return lut[frames]
 
-
-def correct(frames: np.ndarray, profile: RigProfile) -> np.ndarray:
-    """Apply the profile's luminance correction to frames `[...]` uint8."""
-    return apply_lut(frames, profile_lut(profile))

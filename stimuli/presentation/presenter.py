@@ -35,6 +35,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from stimuli.errors import InputError
 from stimuli.presentation.geometry import (
     PHOTODIODE_OFF,
     Rect,
@@ -77,7 +78,7 @@ class Presenter:
         self.pace = headless if pace is None else pace
         self.fullscreen = (profile.fullscreen and not headless) if fullscreen is None else fullscreen
         if headless and self.fullscreen:
-            raise ValueError("headless rendering is windowed; fullscreen=True needs headless=False")
+            raise InputError("headless rendering is windowed; fullscreen=True needs headless=False")
         self._win: Any = None
         self._patch: Any = None
 
@@ -148,7 +149,7 @@ class Presenter:
         # A window hanging off the X screen has no pixels there: its back buffer would be
         # undefined outside the screen and captures would not match.
         if p.monitor_width_px > screen.width or p.monitor_height_px > screen.height:
-            raise ValueError(
+            raise InputError(
                 f"rig {p.name!r} needs a {p.monitor_width_px}x{p.monitor_height_px} window but the "
                 f"X screen is {screen.width}x{screen.height}; use a larger Xvfb screen "
                 "(-screen 0 WxHx24) or a smaller profile")
@@ -179,11 +180,11 @@ class Presenter:
             raise RuntimeError("the presenter is not open: use `with Presenter(profile) as p:`")
         frames = np.asarray(frames)
         if frames.ndim != 3 or frames.dtype != np.uint8:
-            raise ValueError(f"frames must be [T, H, W] uint8, got {list(frames.shape)} {frames.dtype}")
+            raise InputError(f"frames must be [T, H, W] uint8, got {list(frames.shape)} {frames.dtype}")
         if frames.shape[0] < 1:
-            raise ValueError("frames holds no frame")
+            raise InputError("frames holds no frame")
         if capture_region not in ("screen", "stimulus"):
-            raise ValueError(f"capture_region must be 'screen' or 'stimulus', got {capture_region!r}")
+            raise InputError(f"capture_region must be 'screen' or 'stimulus', got {capture_region!r}")
         return frames
 
     def _prepare(self, frames: np.ndarray, frame_rate: float, capture: bool, capture_region: str) -> _Showing:

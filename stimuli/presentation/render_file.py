@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from stimuli.errors import InputError
 from stimuli.presentation.log import PresentationLog
 from stimuli.presentation.luminance import profile_lut
 from stimuli.presentation.presenter import Presenter
@@ -51,7 +52,7 @@ def render_file(
     Returns the presentation log; `out_path` receives the capture and the log.
     """
     if show and headless:
-        raise ValueError("show=True presents on a real display at its refresh rate; pass headless=False")
+        raise InputError("show=True presents on a real display at its refresh rate; pass headless=False")
     rig = profile if isinstance(profile, RigProfile) else load_profile(profile)
     with open_recording(stim_path) as rec:
         frames = rec.frames(segment=segment)

@@ -44,6 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from stimuli.errors import InputError
+
 CORNERS = ("top_left", "top_right", "bottom_left", "bottom_right")
 
 # TOML section -> {key: RigProfile field}. Top-level keys use section "".
@@ -70,7 +72,7 @@ _SCHEMA: dict[str, dict[str, str]] = {
 }
 
 
-class RigProfileError(ValueError):
+class RigProfileError(InputError):
     """A rig profile is malformed: unknown key, missing key, wrong type or impossible value."""
 
 
@@ -162,13 +164,13 @@ class RigProfile:
     def refreshes_per_frame(self, frame_rate: float) -> int:
         """Monitor refreshes each stimulus frame stays up; the rates must divide exactly."""
         if not math.isfinite(frame_rate) or frame_rate <= 0:
-            raise ValueError(f"frame_rate must be > 0, got {frame_rate}")
+            raise InputError(f"frame_rate must be > 0, got {frame_rate}")
         ratio = self.refresh_rate_hz / frame_rate
         n = round(ratio)
         # A stimulus rate that does not divide the refresh rate would show frames for uneven
         # durations (e.g. 60/25 = 2.4 refreshes): refuse instead of jittering the timing.
         if n < 1 or abs(ratio - n) > 1e-6 * ratio:
-            raise ValueError(
+            raise InputError(
                 f"stimulus frame rate {frame_rate:g} Hz does not divide the {self.name!r} refresh "
                 f"rate {self.refresh_rate_hz:g} Hz (ratio {ratio:.4g}); use "
                 f"{self.refresh_rate_hz:g}/n Hz, e.g. "

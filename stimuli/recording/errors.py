@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from stimuli.errors import InputError
 
-class RecordingFormatError(ValueError):
+
+class RecordingFormatError(InputError):
     """A file breaks `docs/recording-format.md` (recording-v1).
 
     `where` names the offending dataset or attribute (`/stimulus/frames`, `@frame_rate`), so a

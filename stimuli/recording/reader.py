@@ -13,6 +13,7 @@ from types import TracebackType
 import h5py
 import numpy as np
 
+from stimuli.errors import InputError, NotFoundError
 from stimuli.recording import layout as L
 from stimuli.recording.errors import RecordingFormatError
 from stimuli.recording.validate import check_counts, validate
@@ -88,7 +89,7 @@ class Recording:
             if seg.name == name:
                 return seg
         known = ", ".join(s.name for s in self.layout.segments) or "none"
-        raise KeyError(f"{self.path}: no segment named {name!r} (segments: {known})")
+        raise NotFoundError(f"{self.path}: no segment named {name!r} (segments: {known})")
 
     @property
     def cell_ids(self) -> np.ndarray:
@@ -101,7 +102,7 @@ class Recording:
         """Position of the cell whose id is `cell_id` along the cell axis."""
         hits = np.flatnonzero(self.cell_ids == cell_id)
         if len(hits) == 0:
-            raise KeyError(f"{self.path}: no cell with id {cell_id}")
+            raise NotFoundError(f"{self.path}: no cell with id {cell_id}")
         return int(hits[0])
 
     @property
@@ -128,13 +129,13 @@ class Recording:
     def _range(self, segment: str | None, start: int | None, stop: int | None) -> tuple[int, int]:
         if segment is not None:
             if start is not None or stop is not None:
-                raise ValueError("give either a segment or a frame range, not both")
+                raise InputError("give either a segment or a frame range, not both")
             seg = self.segment(segment)
             return seg.start, seg.stop
         a = 0 if start is None else int(start)
         b = self.n_frames if stop is None else int(stop)
         if not 0 <= a < b <= self.n_frames:
-            raise ValueError(f"{self.path}: frame range [{a}, {b}) is not inside [0, {self.n_frames})")
+            raise InputError(f"{self.path}: frame range [{a}, {b}) is not inside [0, {self.n_frames})")
         return a, b
 
     def frames(
@@ -149,7 +150,7 @@ class Recording:
     ) -> np.ndarray:
         """Spike counts `[R, t, N]` float32; repeats that were not shown hold NaN."""
         if not self.has_responses:
-            raise ValueError(f"{self.path}: stimulus-only file has no {L.COUNTS}")
+            raise InputError(f"{self.path}: stimulus-only file has no {L.COUNTS}")
         a, b = self._range(segment, start, stop)
         out = self._read(L.COUNTS, np.s_[:, a:b, :], (a, b)).astype(np.float32)
         check_counts(out, self.path, a)

@@ -6,6 +6,8 @@ from itertools import combinations
 
 import numpy as np
 
+from stimuli.errors import InputError
+
 
 def split_half_reliability(
     counts: np.ndarray, *, spearman_brown: bool = False, max_splits: int = 64
@@ -26,10 +28,10 @@ def split_half_reliability(
     """
     array = np.asarray(counts, dtype=np.float64)
     if array.ndim != 3:
-        raise ValueError(f"counts must be [R, T, N], got shape {array.shape}")
+        raise InputError(f"counts must be [R, T, N], got shape {array.shape}")
     n_repeats, n_frames, n_cells = array.shape
     if n_repeats < 2 or n_frames < 2:
-        raise ValueError(f"need at least 2 repeats and 2 frames, got {n_repeats} and {n_frames}")
+        raise InputError(f"need at least 2 repeats and 2 frames, got {n_repeats} and {n_frames}")
     total = array.sum(axis=0)
     splits = list(combinations(range(n_repeats), n_repeats // 2))
     if len(splits) > max_splits:

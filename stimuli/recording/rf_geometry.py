@@ -12,7 +12,9 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import gaussian_filter, label
 
-__all__ = ["rf_centre_and_size"]
+from stimuli.errors import InputError
+
+__all__ = ["rf_centre_and_size", "rf_centre_pixel"]
 
 MIN_SIGMA_PX = 1.0
 SMOOTH_PX = 1.0
@@ -28,7 +30,7 @@ def rf_centre_and_size(rf: np.ndarray) -> tuple[tuple[float, float], float]:
     """
     rf = np.asarray(rf, dtype=np.float64)
     if rf.ndim != 2 or not np.isfinite(rf).all():
-        raise ValueError(f"a receptive field must be a finite [H, W] map, got shape {rf.shape}")
+        raise InputError(f"a receptive field must be a finite [H, W] map, got shape {rf.shape}")
     smooth = np.abs(gaussian_filter(rf, SMOOTH_PX))
     cy, cx = np.unravel_index(int(np.argmax(smooth)), smooth.shape)
     if smooth[cy, cx] <= 0:
@@ -42,3 +44,13 @@ def rf_centre_and_size(rf: np.ndarray) -> tuple[tuple[float, float], float]:
     smoothed_sigma = np.sqrt(disc.sum() / np.pi / (2.0 * np.log(2.0)))
     sigma = np.sqrt(max(smoothed_sigma**2 - SMOOTH_PX**2, 0.0))
     return (float(y), float(x)), max(float(sigma), MIN_SIGMA_PX)
+
+
+def rf_centre_pixel(rf: np.ndarray) -> tuple[int, int]:
+    """`(row, col)` of the pixel nearest the centre `rf_centre_and_size` finds in a map `[H, W]`.
+
+    Where a figure cuts through the receptive field: the same centre as the design's envelope.
+    """
+    (y, x), _ = rf_centre_and_size(rf)
+    h, w = np.shape(rf)
+    return min(max(round(y), 0), h - 1), min(max(round(x), 0), w - 1)

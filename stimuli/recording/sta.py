@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
+from stimuli.errors import InputError
+
 DEFAULT_LAGS = range(0, 15)
 """0.5 s of lags at 30 frames/s."""
 
@@ -50,18 +52,18 @@ def _check(
     frames = np.asarray(frames)
     counts = np.asarray(counts)
     if frames.ndim != 3:
-        raise ValueError(f"frames must be [T, H, W], got shape {frames.shape}")
+        raise InputError(f"frames must be [T, H, W], got shape {frames.shape}")
     if not np.issubdtype(frames.dtype, np.floating):
-        raise ValueError(f"frames must be float (divide uint8 by 255), got dtype {frames.dtype}")
+        raise InputError(f"frames must be float (divide uint8 by 255), got dtype {frames.dtype}")
     if counts.ndim != 2 or counts.shape[0] != frames.shape[0]:
-        raise ValueError(
+        raise InputError(
             f"counts must be [T, N] with T = {frames.shape[0]} frames, got shape {counts.shape}"
         )
     lag_array = np.asarray(list(lags), dtype=np.int64)
     if lag_array.ndim != 1 or lag_array.size == 0:
-        raise ValueError("lags must be a non-empty sequence of ints")
+        raise InputError("lags must be a non-empty sequence of ints")
     if lag_array.min() < 0 or lag_array.max() >= frames.shape[0]:
-        raise ValueError(f"lags must lie in [0, T-1] = [0, {frames.shape[0] - 1}], got {lags}")
+        raise InputError(f"lags must lie in [0, T-1] = [0, {frames.shape[0] - 1}], got {lags}")
     return frames, counts.astype(np.float64), lag_array
 
 
@@ -137,7 +139,7 @@ class StaAccumulator:
     def __init__(self, n_cells: int, height: int, width: int, lags: Sequence[int] = DEFAULT_LAGS) -> None:
         self.lags = np.asarray(list(lags), dtype=np.int64)
         if self.lags.ndim != 1 or self.lags.size == 0 or self.lags.min() < 0:
-            raise ValueError(f"lags must be a non-empty sequence of ints >= 0, got {lags}")
+            raise InputError(f"lags must be a non-empty sequence of ints >= 0, got {lags}")
         self.shape = (height, width)
         self._summed = np.zeros((n_cells, self.lags.size, height * width))
         self._total = np.zeros((n_cells, self.lags.size))
@@ -150,11 +152,11 @@ class StaAccumulator:
         """The next block: frames `[t, H, W]` float, counts `[t, N]` in the frames' bins."""
         frames = np.asarray(frames)
         if frames.ndim != 3 or frames.shape[1:] != self.shape or not np.issubdtype(frames.dtype, np.floating):
-            raise ValueError(f"frames must be float [t, {self.shape[0]}, {self.shape[1]}], got "
+            raise InputError(f"frames must be float [t, {self.shape[0]}, {self.shape[1]}], got "
                              f"{frames.dtype} {list(frames.shape)}")
         counts = np.asarray(counts, dtype=np.float64)
         if counts.shape != (frames.shape[0], self._summed.shape[0]):
-            raise ValueError(f"counts must be [{frames.shape[0]}, {self._summed.shape[0]}], got {list(counts.shape)}")
+            raise InputError(f"counts must be [{frames.shape[0]}, {self._summed.shape[0]}], got {list(counts.shape)}")
         flat = frames.reshape(frames.shape[0], -1)
         a, b = self.n_frames, self.n_frames + len(flat)
         joined = np.concatenate([self._history, flat])  # frames a - len(history) .. b - 1
@@ -174,7 +176,7 @@ class StaAccumulator:
 
     def result(self) -> StaEstimate:
         if self.n_frames == 0 or self.lags.max() >= self.n_frames:
-            raise ValueError(f"lags must lie in [0, T-1] = [0, {self.n_frames - 1}], got {self.lags.tolist()}")
+            raise InputError(f"lags must lie in [0, T-1] = [0, {self.n_frames - 1}], got {self.lags.tolist()}")
         mean_frame = self._frame_sum / self.n_frames
         fired = (self._total > 0)[..., None]
         # In place on one [N, K, H*W] array: these sums are the largest thing an import holds.

@@ -26,8 +26,9 @@ from types import TracebackType
 import h5py
 import numpy as np
 
+from stimuli.errors import InputError
+from stimuli.files import atomic_path, default_mode, durable_replace, fsync_dir, fsync_file
 from stimuli.recording import layout as L
-from stimuli.recording.atomic import durable_replace, fsync_dir, fsync_file
 from stimuli.recording.validate import validate
 
 # Chunks along time so appends and range reads touch few chunks (spec: writers chunk along time).
@@ -71,11 +72,11 @@ class RecordingWriter:
             self._load_state()
             return
         if frame_rate <= 0 or not np.isfinite(frame_rate):
-            raise ValueError(f"frame_rate must be > 0, got {frame_rate}")
+            raise InputError(f"frame_rate must be > 0, got {frame_rate}")
         if height < 1 or width < 1:
-            raise ValueError(f"height and width must be >= 1, got {height} x {width}")
+            raise InputError(f"height and width must be >= 1, got {height} x {width}")
         if counts_dtype not in ("uint16", "float32"):
-            raise ValueError(f"counts_dtype must be 'uint16' or 'float32', got {counts_dtype!r}")
+            raise InputError(f"counts_dtype must be 'uint16' or 'float32', got {counts_dtype!r}")
         self._f = h5py.File(self._tmp, "w")
         f = self._f
         f.attrs["format"] = L.FORMAT
@@ -90,11 +91,11 @@ class RecordingWriter:
         if cell_ids is not None:
             ids = np.asarray(cell_ids, dtype=np.int64)
             if ids.ndim != 1 or len(ids) == 0:
-                raise ValueError("cell_ids must be a non-empty 1-D sequence")
+                raise InputError("cell_ids must be a non-empty 1-D sequence")
             if len(np.unique(ids)) != len(ids):
-                raise ValueError("cell_ids must be unique")
+                raise InputError("cell_ids must be unique")
             if n_repeats < 1:
-                raise ValueError(f"n_repeats must be >= 1, got {n_repeats}")
+                raise InputError(f"n_repeats must be >= 1, got {n_repeats}")
             f.create_dataset(L.CELL_IDS, data=ids)
             f.create_dataset(L.COUNTS, shape=(n_repeats, 0, len(ids)),
                              maxshape=(n_repeats, None, len(ids)), dtype=counts_dtype,
@@ -168,17 +169,17 @@ class RecordingWriter:
         if frames.ndim == 2:
             frames = frames[None]
         if frames.dtype != np.uint8:
-            raise ValueError(f"frames must be uint8 grey levels, got {frames.dtype}")
+            raise InputError(f"frames must be uint8 grey levels, got {frames.dtype}")
         if frames.ndim != 3 or frames.shape[1:] != (self.height, self.width):
-            raise ValueError(f"frames must be [t, {self.height}, {self.width}], got {list(frames.shape)}")
+            raise InputError(f"frames must be [t, {self.height}, {self.width}], got {list(frames.shape)}")
         t = frames.shape[0]
         block = None
         if self.has_responses:
             if counts is None:
-                raise ValueError("this recording has cells: append needs counts [r, t, N]")
+                raise InputError("this recording has cells: append needs counts [r, t, N]")
             block = self._counts_block(np.asarray(counts), t)
         elif counts is not None:
-            raise ValueError("a stimulus-only recording takes no counts")
+            raise InputError("a stimulus-only recording takes no counts")
         start = self.n_frames
         ds = self._f[L.FRAMES]
         ds.resize(start + t, axis=0)
@@ -193,18 +194,18 @@ class RecordingWriter:
         if counts.ndim == 2:
             counts = counts[None]
         if counts.ndim != 3 or counts.shape[1:] != (t, self.n_cells):
-            raise ValueError(f"counts must be [r, {t}, {self.n_cells}], got {list(counts.shape)}")
+            raise InputError(f"counts must be [r, {t}, {self.n_cells}], got {list(counts.shape)}")
         r = counts.shape[0]
         if not 1 <= r <= self.n_repeats:
-            raise ValueError(f"counts carry {r} repeats; this recording holds 1..{self.n_repeats}")
+            raise InputError(f"counts carry {r} repeats; this recording holds 1..{self.n_repeats}")
         if counts.dtype.kind == "f" and not np.isfinite(counts).all():
-            raise ValueError("counts must be finite (missing repeats are left out, not NaN)")
+            raise InputError("counts must be finite (missing repeats are left out, not NaN)")
         if (counts < 0).any():
-            raise ValueError("counts must be >= 0")
+            raise InputError("counts must be >= 0")
         if r < self.n_repeats and self.counts_dtype != "float32":
-            raise ValueError("a block with fewer repeats than the file needs float32 counts (NaN marks them)")
+            raise InputError("a block with fewer repeats than the file needs float32 counts (NaN marks them)")
         if self.counts_dtype == "uint16" and (counts > np.iinfo(np.uint16).max).any():
-            raise ValueError("counts exceed the uint16 range")
+            raise InputError("counts exceed the uint16 range")
         block = np.full((self.n_repeats, t, self.n_cells), np.nan if r < self.n_repeats else 0,
                         dtype=self.counts_dtype)
         block[:r] = counts
@@ -213,12 +214,12 @@ class RecordingWriter:
     def add_segment(self, name: str, start: int, stop: int) -> None:
         """Name the frame range `[start, stop)`; names must be unique, ranges disjoint."""
         if any(s.name == name for s in self._segments):
-            raise ValueError(f"segment name {name!r} is already used")
+            raise InputError(f"segment name {name!r} is already used")
         if not 0 <= start < stop:
-            raise ValueError(f"segment {name!r}: need 0 <= start < stop, got [{start}, {stop})")
+            raise InputError(f"segment {name!r}: need 0 <= start < stop, got [{start}, {stop})")
         for s in self._segments:
             if start < s.stop and s.start < stop:
-                raise ValueError(f"segment {name!r} [{start}, {stop}) overlaps {s.name!r}")
+                raise InputError(f"segment {name!r} [{start}, {stop}) overlaps {s.name!r}")
         self._segments.append(L.Segment(name, int(start), int(stop)))
 
     def append_segment(self, name: str, frames: np.ndarray, counts: np.ndarray | None = None) -> L.Segment:
@@ -231,12 +232,12 @@ class RecordingWriter:
         """Store receptive fields `[N, H, W]` (e.g. spike-triggered averages)."""
         rf = np.asarray(rf, dtype=np.float32)
         if rf.shape != (self.n_cells, self.height, self.width):
-            raise ValueError(f"rf must be [{self.n_cells}, {self.height}, {self.width}], got {list(rf.shape)}")
+            raise InputError(f"rf must be [{self.n_cells}, {self.height}, {self.width}], got {list(rf.shape)}")
         _replace(self._f, L.CELL_RF, rf)
 
     def set_cell_types(self, types: Sequence[str]) -> None:
         if len(types) != self.n_cells:
-            raise ValueError(f"need {self.n_cells} cell types, got {len(types)}")
+            raise InputError(f"need {self.n_cells} cell types, got {len(types)}")
         _replace(self._f, L.CELL_TYPE, np.array(list(types), dtype=h5py.string_dtype()))
 
     def set_cell_extra(self, name: str, values: np.ndarray | Sequence[object]) -> None:
@@ -246,16 +247,13 @@ class RecordingWriter:
         electrode beside its id; the spec's own `id`, `rf` and `type` have their own methods.
         """
         if name in ("id", "rf", "type") or "/" in name or not name:
-            raise ValueError(f"/cells/{name} is not a free per-cell name; use the writer's own methods")
+            raise InputError(f"/cells/{name} is not a free per-cell name; use the writer's own methods")
         data = np.asarray(values)
         if data.dtype.kind in ("U", "O"):
             data = np.array([str(v) for v in data], dtype=h5py.string_dtype())
         if data.ndim < 1 or data.shape[0] != self.n_cells:
-            raise ValueError(f"/cells/{name} needs {self.n_cells} entries, got shape {list(data.shape)}")
+            raise InputError(f"/cells/{name} needs {self.n_cells} entries, got shape {list(data.shape)}")
         _replace(self._f, f"/cells/{name}", data)
-
-    def set_attr(self, key: str, value: object) -> None:
-        self._f.attrs[key] = value
 
     def write_extra(self, path: str, data: np.ndarray) -> None:
         """Store a dataset outside the spec's names (e.g. `/presentation/flip_time`).
@@ -266,7 +264,7 @@ class RecordingWriter:
         reserved = ("/stimulus", "/responses", "/cells", "/segments")
         full = "/" + path.lstrip("/")
         if any(full == r or full.startswith(r + "/") for r in reserved):
-            raise ValueError(f"{full} is part of the recording-v1 layout; use the writer's own methods")
+            raise InputError(f"{full} is part of the recording-v1 layout; use the writer's own methods")
         _replace(self._f, full, np.asarray(data))
 
     def commit(self) -> Path:
@@ -280,7 +278,7 @@ class RecordingWriter:
             fsync_dir(self.path.parent)
             self._closed = True
             return self.path
-        os.chmod(self._tmp, _default_mode())  # mkstemp made it private; a recording is not
+        os.chmod(self._tmp, default_mode())  # mkstemp made it private; a recording is not
         durable_replace(self._tmp, self.path)  # fsync file and folder: survives a power cut
         self._closed = True
         return self.path
@@ -299,7 +297,7 @@ class RecordingWriter:
     def _write_segments(self) -> None:
         for s in self._segments:
             if s.stop > self.n_frames:
-                raise ValueError(f"segment {s.name!r} ends at {s.stop} beyond the {self.n_frames} frames written")
+                raise InputError(f"segment {s.name!r} ends at {s.stop} beyond the {self.n_frames} frames written")
         names = np.array([s.name for s in self._segments], dtype=h5py.string_dtype())
         _replace(self._f, L.SEGMENT_NAME, names)
         _replace(self._f, L.SEGMENT_START, np.array([s.start for s in self._segments], dtype=np.int64))
@@ -343,18 +341,12 @@ def _write_undo(path: Path) -> None:
         at = max(at, offset + size)
     if at < length:
         ranges.append((at, length - at))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.undo.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as out, open(path, "rb") as src:
-            header = json.dumps({"length": length, "ranges": ranges}).encode()
-            out.write(len(header).to_bytes(8, "little") + header)
-            for offset, size in ranges:
-                src.seek(offset)
-                _copy(src, out, size)
-        durable_replace(tmp, _undo_path(path))
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(_undo_path(path)) as tmp, open(tmp, "wb") as out, open(path, "rb") as src:
+        header = json.dumps({"length": length, "ranges": ranges}).encode()
+        out.write(len(header).to_bytes(8, "little") + header)
+        for offset, size in ranges:
+            src.seek(offset)
+            _copy(src, out, size)
 
 
 def recover(path: str | os.PathLike[str]) -> bool:
@@ -385,20 +377,6 @@ def _copy(src, dst, size: int) -> None:  # noqa: ANN001 - binary files
         size -= len(block)
 
 
-def _read_umask() -> int:
-    # os.umask can only be read by setting it; done once at import, before any writer threads.
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
-
-
-_UMASK = _read_umask()
-
-
-def _default_mode() -> int:
-    return 0o666 & ~_UMASK
-
-
 def _replace(f: h5py.File, path: str, data: np.ndarray) -> None:
     if path in f:
         del f[path]
@@ -417,7 +395,7 @@ def write_stimulus(
     """Write a stimulus-only recording (designed stimuli): frames `[T, H, W]` uint8, one segment."""
     frames = np.asarray(frames)
     if frames.ndim != 3:
-        raise ValueError(f"frames must be [T, H, W], got shape {list(frames.shape)}")
+        raise InputError(f"frames must be [T, H, W], got shape {list(frames.shape)}")
     with RecordingWriter(path, frame_rate=frame_rate, height=frames.shape[1], width=frames.shape[2],
                          pixel_size_um=pixel_size_um, attrs=attrs) as w:
         w.append_segment(segment, frames)

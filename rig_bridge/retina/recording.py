@@ -1,4 +1,4 @@
-"""`insilico simulate`: a recording of the ground-truth retina in the paper's setting.
+"""A recording of the simulated retina in the paper's setting (`insilico simulate` writes one).
 
 Two natural movies from disjoint photo sets (`mov1` to train on, `mov2` to test on, repeated
 for a noise ceiling) and a white-noise segment whose spike-triggered averages fill `/cells/rf`.
@@ -13,9 +13,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from rich.progress import Progress
 
-from insilico.console import progress
-from rig_bridge.simulated_retina import SimulatedRetina
+from rig_bridge.retina.simulated import SimulatedRetina
+from stimuli.errors import InputError
 from stimuli.families import checkerboard_noise
 from stimuli.natural import disjoint_photo_sets, natural_movie
 from stimuli.recording import RecordingWriter
@@ -35,7 +36,7 @@ class SimulationConfig:
     test_seconds: float = 30.0
     test_repeats: int = 5
     noise_seconds: float = 120.0
-    noise_check_px: int = 4  # STAs of 4-px checks recover the true filters best (r ~0.9)
+    noise_check_px: int = 4  # STAs of 4-px checks recover the true filters best (docs/benchmarks.md)
     rms_contrast: float = 0.2
     # The population: relative share of each cell type (type name -> weight; empty: the
     # simulator's default mix, ~60 % linear) and a factor on every receptive field's size.
@@ -44,16 +45,16 @@ class SimulationConfig:
 
     def __post_init__(self) -> None:
         if self.n_cells < 1:
-            raise ValueError(f"--cells must be >= 1, got {self.n_cells}")
+            raise InputError(f"n_cells must be >= 1, got {self.n_cells}")
         if self.size < 16:
-            raise ValueError(f"--size must be >= 16 pixels, got {self.size}")
+            raise InputError(f"size must be >= 16 pixels, got {self.size}")
         if self.frame_rate <= 0:
-            raise ValueError(f"--fps must be > 0, got {self.frame_rate}")
+            raise InputError(f"frame_rate must be > 0, got {self.frame_rate}")
         if self.test_repeats < 2:
-            raise ValueError(f"--test-repeats must be >= 2 for a noise ceiling, got {self.test_repeats}")
+            raise InputError(f"test_repeats must be >= 2 for a noise ceiling, got {self.test_repeats}")
         for name in ("train_seconds", "test_seconds", "noise_seconds"):
             if getattr(self, name) * self.frame_rate < 1:
-                raise ValueError(f"--{name.replace('_', '-')} gives no frames at {self.frame_rate:g} Hz")
+                raise InputError(f"{name} gives no frames at {self.frame_rate:g} Hz")
 
     def frames(self, seconds: float) -> int:
         return max(1, round(seconds * self.frame_rate))
@@ -104,7 +105,7 @@ def retina_of_recording(attrs: dict[str, object]) -> SimulatedRetina:
                             float(attrs["frame_rate"]), tuple((str(k), float(v)) for k, v in weights),
                             float(attrs.get("sim_rf_scale", 1.0)))
     except KeyError as err:
-        raise ValueError(f"not a simulated recording: attribute @{err.args[0]} is missing") from None
+        raise InputError(f"not a simulated recording: attribute @{err.args[0]} is missing") from None
 
 
 def simulate_stimuli(config: SimulationConfig) -> dict[str, Stimulus]:
@@ -120,8 +121,12 @@ def simulate_stimuli(config: SimulationConfig) -> dict[str, Stimulus]:
     }
 
 
-def simulate_recording(out: str | Path, config: SimulationConfig | None = None) -> Path:
-    """Write a recording-v1 file of the simulated retina; returns its path."""
+def simulate_recording(out: str | Path, config: SimulationConfig | None = None, *,
+                       progress: Progress | None = None) -> Path:
+    """Write a recording-v1 file of the simulated retina; returns its path.
+
+    `progress`: a running display to report the five steps on (the command line passes one).
+    """
     config = config or SimulationConfig()
     retina = build_retina(config.seed, config.n_cells, config.size, config.frame_rate,
                           config.type_weights, config.rf_scale)
@@ -129,25 +134,25 @@ def simulate_recording(out: str | Path, config: SimulationConfig | None = None) 
     repeats = {"mov1": 1, "mov2": config.test_repeats, "noise": 1}
     attrs = {f"sim_{k}": v for k, v in asdict(config).items() if k != "type_weights"}
     attrs["sim_type_weights"] = json.dumps([list(kv) for kv in config.type_weights])
-    attrs["simulator"] = "rig_bridge.simulated_retina.SimulatedRetina"
-    with progress() as bar:
-        task = bar.add_task("simulate", total=5, status="stimuli")
-        stims = simulate_stimuli(config)
-        attrs["stimulus_params"] = json.dumps({k: dict(s.params) for k, s in stims.items()})
-        bar.update(task, advance=1, status="spikes")
-        with RecordingWriter(out, frame_rate=config.frame_rate, height=config.size, width=config.size,
-                             cell_ids=retina.cell_ids, n_repeats=config.test_repeats,
-                             pixel_size_um=PIXEL_SIZE_UM, attrs=attrs) as writer:
-            noise_counts = None
-            for name, stim in stims.items():
-                # Each segment starts from a grey screen: the rate is the same on every repeat.
-                rate = retina.rate(stim.as_float())
-                counts = np.stack([rng.poisson(rate) for _ in range(repeats[name])]).astype(np.float32)
-                writer.append_segment(name, stim.frames, counts)
-                if name == "noise":
-                    noise_counts = counts[0]
-                bar.update(task, advance=1, status=name)
-            writer.set_rf(receptive_field_maps(stims["noise"].as_float(), noise_counts).maps)
-            writer.set_cell_types(retina.cell_types)
-            bar.update(task, advance=1, status="done")
+    attrs["simulator"] = "rig_bridge.retina.SimulatedRetina"
+    bar = progress or Progress(disable=True)
+    task = bar.add_task("simulate", total=5, status="stimuli")
+    stims = simulate_stimuli(config)
+    attrs["stimulus_params"] = json.dumps({k: dict(s.params) for k, s in stims.items()})
+    bar.update(task, advance=1, status="spikes")
+    with RecordingWriter(out, frame_rate=config.frame_rate, height=config.size, width=config.size,
+                         cell_ids=retina.cell_ids, n_repeats=config.test_repeats,
+                         pixel_size_um=PIXEL_SIZE_UM, attrs=attrs) as writer:
+        noise_counts = None
+        for name, stim in stims.items():
+            # Each segment starts from a grey screen: the rate is the same on every repeat.
+            rate = retina.rate(stim.as_float())
+            counts = np.stack([rng.poisson(rate) for _ in range(repeats[name])]).astype(np.float32)
+            writer.append_segment(name, stim.frames, counts)
+            if name == "noise":
+                noise_counts = counts[0]
+            bar.update(task, advance=1, status=name)
+        writer.set_rf(receptive_field_maps(stims["noise"].as_float(), noise_counts).maps)
+        writer.set_cell_types(retina.cell_types)
+        bar.update(task, advance=1, status="done")
     return Path(out)
