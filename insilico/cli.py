@@ -98,7 +98,8 @@ def inspect(
 def train(
     data: list[Path] = typer.Option(..., "--data", help="Recording-v1 file to train on; repeat it to train one core "
                                     "on several recordings (a readout per recording, OUT/<file name>/model.pt each)."),
-    train_segments: str = typer.Option("mov1", "--train", help="Training segments, comma-separated."),
+    train_segments: str = typer.Option(None, "--train", help="Training segments, comma-separated "
+                                      "(default: mov1 and the white-noise segment, where the file has one)."),
     model: str = typer.Option("vist", "--model", help="vist, ln or cnn."),
     out: Path = typer.Option(..., "--out", help="Run folder: model.pt, train.json, loss_curve.png."),
     backbone: str = typer.Option("tiny", help="Backbone: tiny, pixels, dinov2-small/base/large/giant, or a local folder."),
@@ -150,7 +151,7 @@ def train(
                 raise InsilicoError("--core fits one new recording: give one --data")
             if not core.exists():
                 raise FileNotFoundError(f"--core {core}: no such run folder or twin")
-        segments = _names(train_segments, "--train")
+        named_segments = _names(train_segments, "--train") if train_segments is not None else None
         checks.one_of(model, ("vist", "ln", "cnn"), "--model")
         checks.one_of(preset, ("cpu", "vist"), "--preset")
         checks.one_of(rf_conditioning, ("sum", "per_cell"), "--rf-conditioning")
@@ -167,11 +168,20 @@ def train(
         checks.at_least(batch_size, 1, "--batch-size")
         checks.output_folder(out, "--out")
 
+        from stimuli.recording import open_recording
         from vist_model.accuracy import KNOWS_CELL_CC
+        from vist_model.data import default_train_segments
         from vist_model.fit_twin import TwinSpec, train_twin
         from vist_model.train import training_for
         from vist_model.twin import interrupted_epoch
 
+        def segments_of(path: Path) -> list[str]:
+            if named_segments is not None:
+                return named_segments
+            with open_recording(path) as rec:
+                return default_train_segments(rec)
+
+        segments = segments_of(data[0])
         spec = TwinSpec(kind=model, preset=preset, backbone=backbone, rf_conditioning=rf_conditioning,
                         readout=readout, cmst_padding=cmst_padding, spatial_kernel=spatial_kernel,
                         output=output, loss=loss)
@@ -190,7 +200,7 @@ def train(
                 if len(data) > 1:
                     from vist_model.multi import train_shared_core
 
-                    shared = train_shared_core([(p, segments) for p in data], out, spec=spec, config=cfg,
+                    shared = train_shared_core([(p, segments_of(p)) for p in data], out, spec=spec, config=cfg,
                                                device=device, noise_segment=noise_segment, progress=bar)
                 else:
                     run = train_twin(data[0], segments, out, spec=spec, config=cfg, device=device,

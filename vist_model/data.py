@@ -23,6 +23,7 @@ import torch
 
 from stimuli.errors import InputError
 from stimuli.recording import Recording, Segment, open_recording
+from stimuli.recording.sta import NOISE_SEGMENT_NAMES
 
 # A part of a named segment keeps the segment's name: validation is carved from the end of
 # the training segment it belongs to.
@@ -34,6 +35,22 @@ class DataSplit:
     train: tuple[FrameRange, ...]
     val: tuple[FrameRange, ...]
     test: tuple[FrameRange, ...]
+
+
+TRAINING_MOVIE = "mov1"
+
+
+def default_train_segments(rec: Recording) -> list[str]:
+    """What a twin trains on unless told: the training movie, and the white noise where there is one.
+
+    Natural movies alone rarely put strong contrast inside one receptive field; a twin that never
+    saw it predicts its own designs (which do exactly that) far below the cell's response. The
+    white-noise segment a lab records for the RFs holds that contrast (docs/benchmarks.md,
+    "Training on the white noise too").
+    """
+    names = [seg.name for seg in rec.segments]
+    noise = [n for n in names if n.lower() in NOISE_SEGMENT_NAMES][:1]
+    return [TRAINING_MOVIE, *noise] if TRAINING_MOVIE in names else noise or [TRAINING_MOVIE]
 
 
 def make_split(

@@ -132,6 +132,8 @@ def pick_cells(cc: np.ndarray, cell_ids: tuple[int, ...], fixed: tuple[int, ...]
 def run_demo(out_dir: str | Path = "demo", config: DemoConfig | None = None, *, live: bool = True) -> RunOutcome:
     """Run the demo into `out_dir`; returns the closed-loop outcome (its report path)."""
     from rig_bridge.retina.recording import simulate_recording
+    from stimuli.recording import open_recording
+    from vist_model.data import default_train_segments
     from vist_model.evaluate import evaluate_twin
     from vist_model.features import FeatureCache
     from vist_model.fit_twin import TwinSpec, train_twin
@@ -157,7 +159,9 @@ def run_demo(out_dir: str | Path = "demo", config: DemoConfig | None = None, *, 
         with progress() as bar:
             spec = TwinSpec(kind="vist", preset="cpu", backbone="tiny", readout=c.readout,
                             cmst_padding=c.cmst_padding)
-            train_twin(data, ["mov1"], model, spec=spec,
+            with open_recording(data) as rec:
+                segments = default_train_segments(rec)
+            train_twin(data, segments, model, spec=spec,
                        config=replace(CPU_TRAINING, epochs=c.train_epochs), device="cpu", cache=cache,
                        progress=bar)
     _stage(timings, "train the twin", t0)
