@@ -217,8 +217,9 @@ DESIGN_FIELDS = tuple(f.name for f in fields(DesignSettings) if f.name != "gradi
 # Presets as overrides of the defaults above, as `vist_model.vist.VIST_PRESETS`.
 DESIGN_PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
-    # `insilico demo`: a few minutes for a whole closed loop on 2 CPU cores.
-    "demo": {"n_frames": 45, "seeds": 1, "steps": 4, "comparison_trials": 4, "natural_top_k": 4},
+    # `insilico demo`: a few minutes for a whole closed loop on 2 CPU cores. It starts from grey:
+    # "auto" runs a design from every start (four on the simulation, which records white noise).
+    "demo": {"n_frames": 45, "seeds": 1, "steps": 4, "comparison_trials": 4, "natural_top_k": 4, "start": "grey"},
 }
 
 
