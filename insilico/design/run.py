@@ -1,25 +1,28 @@
 """Library functions behind `insilico optimize` and `insilico verify`, one per command.
 
 `optimize_cells` designs one stimulus per cell and writes its files (see `outputs`). For
-each cell, at one contrast budget (`budget`):
+each cell, at one contrast budget (`budget`; a whole-clip RMS, and a per-frame ceiling with
+`frame_rms`):
 
-1. the design: gradient ascent through the twin (`gradient` or `both`), a batch of `seeds`
-   clips, the best kept, or the best Optuna stimulus (`optuna`);
-2. the best parametric stimulus (`parametric`; the full Optuna search with `both`, a short
-   search of `comparison_trials` as the comparison with `gradient`);
-3. the best natural clip of the same length from the training movies (`natural_control`).
+1. the best natural clips of the training movies (`natural_control`): the control, and the
+   clips the prior is read from;
+2. the twin's attribution map over them (`prior`): where and when the cell looks;
+3. the envelope (`envelope`) around the recorded RF, or around the attribution map where the
+   RF does not locate the cell (`envelope_source`); every start and every step stays inside it;
+4. the design: gradient ascent through the twin (`gradient` or `both`) from each start
+   (`start`: the denoised STA where the recording has white noise, the attribution map, the
+   best natural clip within `natural_distance` of it, grey; "auto": all of them in one batch),
+   `seeds` clips per start, the best kept and why recorded; or the best Optuna stimulus (`optuna`);
+5. the best parametric stimulus (`parametric`; the full Optuna search with `both`, a short
+   search of `comparison_trials` as the comparison with `gradient`), focused on the envelope's
+   map, TPE's first trial and CMA-ES's start the gradient design's parametric fit.
 
-All three are scored the same way: quantised to grey levels, played from a grey screen
+All are scored the same way: quantised to grey levels, played from a grey screen
 through the twin (the ensemble mean if several models are given), objective on the rates
 clamped at 0. "Predicted response" in the outputs is the cell's mean rate (spikes per bin)
-over the time window.
+over the time window. Each clip's contrast frame by frame is in the JSON too.
 
-Every setting and its default (sized for a CPU) is in `insilico.design.settings`. Gradient
-designs are confined to an envelope around the cell's recorded receptive field (`envelope`)
-and start (`start`) from the cell's denoised STA where the recording has white noise
-(`sta_start`), else from grey. Cell 42 of the default simulation (90 cells,
-64 x 64 px, cpu-preset twin) takes 41 s on 2 idle cores with `--method gradient`, and the
-command 62 s with loading torch and the backbone (`benchmarks/mei.py` measures the rest).
+Every setting and its default (sized for a CPU) is in `insilico.design.settings`.
 """
 
 from __future__ import annotations
