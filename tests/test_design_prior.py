@@ -191,3 +191,14 @@ def test_cmaes_starts_from_the_gradient_designs_parametric_fit(toy_twin: Twin, t
     assert cma.sampler is not None and cma.trials[0].params == pytest.approx(fit.params)  # the fit, scored
     tpe = optuna.load_study(study_name="x0-tpe", storage=storage)
     assert tpe.trials[0].params == pytest.approx({"family": "spot", **fit.params})
+
+
+def test_a_flat_map_does_not_locate_a_cell() -> None:
+    """A twin trained without white noise and without /cells/rf holds flat maps: no peak
+    (it read as infinitely clear before, and the envelope went to the screen's corner)."""
+    from insilico.design.envelope import rf_peak_snr
+    from insilico.design.run import design_envelope
+
+    assert rf_peak_snr(np.ones((H, W))) == 0.0
+    envelope, record = design_envelope(np.ones((H, W), dtype=np.float32), 1.0)
+    assert envelope is None and not record["rf_locates_cell"]
