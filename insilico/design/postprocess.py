@@ -14,9 +14,9 @@ ceiling. A constant clip has no contrast to scale and becomes uniform grey.
 Two further constraints, both ceilings:
 
 * `support` (`[H, W]` bool): pixels outside it stay at mean grey exactly, and the budget is
-  spent inside it (a design confined to its envelope: the whole-clip RMS is still `rms`, so
-  the pixels inside carry more). Without this the offset that restores the mean after
-  clipping moved every pixel of the screen, envelope or not.
+  spent inside it, scaled about grey (`_about_grey`: the whole-clip RMS is at most `rms`,
+  carried by the pixels inside; the mean is the design's own). Without this the offset that
+  restores the mean after clipping moved every pixel of the screen, envelope or not.
 * `frame_rms`: no frame's contrast (`frame_contrast`: RMS deviation from mean grey over the
   frame's pixels) above it. A whole-clip budget alone let a design put all its contrast in
   the few frames the cell integrates (per-frame RMS 0.41-0.49 at a budget of 0.2, where
@@ -95,13 +95,46 @@ class ContrastBudget:
         """The whole-clip budget, on the support only where one is given."""
         if self.support is None:
             return self._one(x.reshape(-1), self.rms).reshape(x.shape)
-        inside = np.broadcast_to(self.support.reshape(1, -1), x.shape)
-        if inside.shape[1] != x.shape[1]:
+        if self.support.size != x.shape[1]:
             raise ValueError(f"the support has {self.support.size} pixels, the frames {x.shape[1]}")
+        inside = np.broadcast_to(self.support.reshape(1, -1), x.shape)
         y = np.full_like(x, self.mean)
-        # The same whole-clip RMS, carried by the pixels inside alone.
-        y[inside] = self._one(x[inside], self.rms * math.sqrt(x.size / inside.sum()))
+        y[inside] = self._about_grey(x[inside] - self.mean, x.size)
         return y
+
+    def _about_grey(self, d: np.ndarray, total: int) -> np.ndarray:
+        """Deviations `d` from grey of the pixels inside a support -> those pixels at the budget.
+
+        Inside a support the clip is scaled about grey, `clip(mean + gain * d, 0, 1)`, with
+        no offset: a pixel at grey stays at grey and the outside is untouched. A fit with an
+        offset (as for whole clips) must darken or brighten every pixel it may move to hold
+        the mean; inside a small envelope that drove the grey frames of a design to black or
+        white. So here the mean is what the design makes it (a bright spot on grey raises it
+        by the spot's share of the screen), and the gain is the one whose clip, outside
+        included (`total` pixels), has RMS `rms`, or the most it can take: the budget is a
+        ceiling.
+        """
+        if not np.any(d):
+            return np.full_like(d, self.mean)
+
+        def rms_at(gain: float) -> float:
+            dev = np.clip(self.mean + gain * d, 0.0, 1.0) - self.mean
+            first, second = float(dev.sum()) / total, float((dev * dev).sum()) / total
+            return math.sqrt(max(second - first * first, 0.0))
+
+        lo, hi = 0.0, self.rms / max(rms_at(1.0), 1e-12)
+        saturated = 1e3 / max(float(np.abs(d).max()), 1e-12)  # past this every moved pixel is at 0 or 1
+        while rms_at(hi) < self.rms and hi < saturated:
+            lo, hi = hi, min(2.0 * hi, saturated)
+        if rms_at(hi) >= self.rms:
+            for _ in range(60):
+                mid = 0.5 * (lo + hi)
+                got = rms_at(mid)
+                if abs(got - self.rms) <= self.tolerance:
+                    hi = mid
+                    break
+                lo, hi = (mid, hi) if got < self.rms else (lo, mid)
+        return np.clip(self.mean + hi * d, 0.0, 1.0)
 
     def _cap(self, y: np.ndarray) -> np.ndarray:
         per_frame = np.sqrt(((y - self.mean) ** 2).mean(axis=1))
