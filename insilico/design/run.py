@@ -248,9 +248,12 @@ class _DesignRun:
             if envelope is not None:
                 design_budget = replace(self.budget, support=envelope > 0)
             candidates = self._starts(cell_id, start, prior, natural, obj, design_budget, envelope)
+            # "auto" shares the batch out: `seeds` clips in all, at least one per start, so it
+            # costs what one start with all its seeds does (1 seed each of 4 starts by default).
+            per_start = s.seeds[:max(1, -(-len(s.seeds) // len(candidates)))]
             member_starts, anchors, seeds, names = [], [], [], []
             for c, (name, clip, anchor) in enumerate(candidates):
-                for seed in s.seeds:
+                for seed in per_start:
                     member_starts.append(clip)
                     anchors.append(anchor)
                     seeds.append(int(seed) + START_SEED_STRIDE * c)  # distinct generators across starts

@@ -28,7 +28,8 @@ INITS = ("grey", "noise")
 # Where a gradient design starts: the cell's denoised white-noise STA (`sta_start`), the twin's
 # attribution map over the cell's best natural clips (`prior`), the best natural clip itself
 # (feature accentuation), grey, or "auto": every one of these the recording allows, in one
-# batch, the design keeping the one the twin rates highest after the steps (recorded in the JSON).
+# batch (the `seeds` shared out among them, at least one each), the design keeping the one the
+# twin rates highest after the steps (recorded in the JSON).
 STARTS = ("auto", "sta", "attribution", "natural", "grey")
 ATTRIBUTION_METHODS = ("saliency", "ig")
 # Which map places the envelope and the parametric search: the recorded RF (`/cells/rf`), the
