@@ -59,8 +59,10 @@ def test_design_files_are_valid_stimulus_recordings(designs: Path) -> None:
         budget = float(attrs["rms_contrast"])
         # Quantising to grey levels moves the budget by well under a grey level; a design or
         # parametric stimulus confined to the receptive field may sit below it (the budget is
-        # a ceiling); the natural clip spans the screen and meets it.
-        assert abs(mean - 0.5) < 2e-3 and rms < budget + 2e-3
+        # a ceiling); the natural clip spans the screen and meets it. A gradient design inside
+        # its envelope is scaled about grey (`postprocess._about_grey`): its mean is its own,
+        # off grey by at most the envelope's share of the screen times its contrast.
+        assert abs(mean - 0.5) < (0.05 if name == f"cell{CELL}.h5" else 2e-3) and rms < budget + 2e-3
         if "natural" in name:
             assert abs(rms - budget) < 2e-3
     with open_recording(designs / f"cell{CELL}.h5") as rec:

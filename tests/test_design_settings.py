@@ -33,16 +33,19 @@ objectives = ["increase"]
 
 # The same settings as `insilico optimize` flags and as [design] keys.
 FLAG_ARGS = ["--frames", "48", "--steps", "3", "--seeds", "2", "--rf-envelope", "0.5", "--start-from", "sta",
-             "--trials", "5", "--window", "4", "--method", "both", "--rms-contrast", "0.15"]
+             "--trials", "5", "--window", "4", "--method", "both", "--rms-contrast", "0.15", "--frame-rms", "0.25",
+             "--envelope-source", "rf"]
 DESIGN_KEYS = ('n_frames = 48\nsteps = 3\nseeds = 2\nrf_envelope = 0.5\nstart = "sta"\ntrials = 5\n'
-               'window_frames = 4\nmethod = "both"\nrms_contrast = 0.15')
+               'window_frames = 4\nmethod = "both"\nrms_contrast = 0.15\nframe_rms = 0.25\nenvelope_source = "rf"')
 
 # A valid value other than the default, for every design setting a protocol can set.
 NOT_DEFAULT = {"method": "both", "n_frames": 50, "window_frames": 5, "temperature": 0.3, "seeds": 2, "trials": 7,
                "cmaes_trials": 3, "comparison_trials": 5, "natural_top_k": 2, "start": "grey", "rms_contrast": 0.2,
                "storage": "sqlite:///designs.db", "steps": 2, "lr": 0.3, "jitter_px": 2, "time_shift": 0,
                "tv_weight": 0.1, "smooth_weight": 0.2, "preconditioner": "fourier", "blur_sigma": [3.0, 2.0],
-               "diversity_weight": 0.5, "init_sigma": 1.0, "init": "noise", "init_scale": 0.1, "rf_envelope": 2.0}
+               "diversity_weight": 0.5, "init_sigma": 1.0, "init": "noise", "init_scale": 0.1, "rf_envelope": 2.0,
+               "frame_rms": "training", "attribution_method": "ig", "attribution_steps": 4,
+               "envelope_source": "attribution", "natural_distance": 0.5, "parametric_fit_trials": 8}
 
 
 def _app() -> typer.Typer:
@@ -70,7 +73,7 @@ def test_cli_and_protocol_build_the_same_settings(tmp_path: Path) -> None:
     from_protocol = load_protocol(path).design.settings_for("increase")
     assert _flag_settings(FLAG_ARGS) == from_protocol == design_settings(
         n_frames=48, steps=3, seeds=2, rf_envelope=0.5, start="sta", trials=5, window_frames=4, method="both",
-        rms_contrast=0.15)
+        rms_contrast=0.15, frame_rms=0.25, envelope_source="rf")
     # Left out, every setting is the same default on both paths (n_frames: the loop's window needs 40+).
     path.write_text(LOOP.format(design=""))
     assert _flag_settings([]) == load_protocol(path).design.settings_for("increase") == DesignSettings()
@@ -113,7 +116,7 @@ def test_a_bad_setting_is_named_as_the_setting_the_flag_or_the_key(tmp_path: Pat
     with pytest.raises(ProtocolError, match=r"design\.window_frames: 41 is longer than the clip"):
         load_protocol(path)
     path.write_text(LOOP.format(design='start = "stA"'))
-    with pytest.raises(ProtocolError, match=r"design\.start: must be one of auto, sta, grey"):
+    with pytest.raises(ProtocolError, match=r"design\.start: must be one of auto, sta, attribution, natural, grey"):
         load_protocol(path)
     path.write_text(LOOP.format(design='objective = "increase"'))
     with pytest.raises(ProtocolError, match=r"design\.objective: unknown key"):
@@ -125,7 +128,7 @@ def test_a_bad_setting_is_named_as_the_setting_the_flag_or_the_key(tmp_path: Pat
 def test_the_demo_builds_its_protocol_from_the_same_records() -> None:
     c = DemoConfig()
     protocol = demo_protocol(c, [42, 7], Path("insilico demo"))
-    assert protocol.design.settings == design_settings(**DESIGN_PRESETS["demo"], start="grey")
+    assert protocol.design.settings == design_settings(**DESIGN_PRESETS["demo"])
     assert protocol.design.cells == (42, 7) and protocol.design.refine and protocol.finetune.lr == 1e-3
     # The digest identifies the settings: a resumed demo run refuses changed ones.
     assert demo_protocol(c, [42, 7], Path("x")).digest == protocol.digest

@@ -190,8 +190,10 @@ def test_round_two_refines_round_ones_designs(tiny_twin_dir: Path, tiny_recordin
         first = out / "round_1" / "designs" / objective / f"cell{CELL}.h5"
         again = json.loads((out / "round_2" / "designs" / objective / f"cell{CELL}.json").read_text())
         assert again["started_from"] == str(first)  # round 2 starts from round 1's design
-        # Round 1 starts where `insilico optimize` does by default: the STA (the recording has white noise).
-        assert json.loads((first.with_suffix(".json")).read_text())["started_from"].startswith("denoised STA of")
+        # Round 1 starts where `insilico optimize` does by default: "auto", the STA among its candidates
+        # (the recording has white noise), the kept start recorded.
+        start = json.loads((first.with_suffix(".json")).read_text())["start"]
+        assert start["setting"] == "auto" and "sta" in start["objective_after_steps"]
         item = next(i for i in state["2"]["design"] if i["objective"] == objective)
         assert item["refined_from"] == str(first)
     # Each objective is summarised by what it asks: the rate, or the margin over the other cells.

@@ -102,7 +102,7 @@ def tie_cores(networks: Sequence[ViST]) -> None:
     first = networks[0]
     for net in networks[1:]:
         if core_config(net.config) != core_config(first.config):
-            raise ValueError("networks that share a core must have the same config apart from n_cells")
+            raise InputError("networks that share a core must have the same config apart from n_cells")
         for name in CORE_MODULES:
             setattr(net, name, getattr(first, name))
 
@@ -110,7 +110,7 @@ def tie_cores(networks: Sequence[ViST]) -> None:
 def copy_core(source: ViST, target: ViST) -> None:
     """Load `source`'s core weights into `target` (same config apart from n_cells), bit for bit."""
     if core_config(source.config) != core_config(target.config):
-        raise ValueError("the core's config differs from the network's (apart from n_cells)")
+        raise InputError("the core's config differs from the network's (apart from n_cells)")
     for name in CORE_MODULES:
         getattr(target, name).load_state_dict(getattr(source, name).state_dict())
 

@@ -15,5 +15,6 @@ One module per job: `response` (the twin as a differentiable function of a clip,
 grey screen), `transforms`, `objectives`, `regularizers`, `preconditioners`, `envelope` (the
 window around the cell's receptive field), `postprocess` (the contrast budget), `gradient`
 (the step loop), `parametric` (Optuna over stimulus families), `budget`, `natural_control`,
-`outputs`, `verify`, `settings`, `run` and `cli`.
+`outputs`, `prior` (the twin's attribution map, the design's prior), `verify`, `settings`,
+`run` and `cli`.
 """

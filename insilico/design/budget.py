@@ -5,11 +5,16 @@ contrast; the twin is also only trustworthy near the contrasts it was trained on
 the design setting `rms_contrast` is given, the budget is the pixel standard deviation (units of full
 range) pooled over every frame of the training segments, read from the recording named in
 the twin's metadata (`training["data"]`, segments `training["train_segments"]`).
+
+A per-frame ceiling (design setting `frame_rms`) may be added: a value, or "training": the
+`FRAME_RMS_PERCENTILE`th percentile of the training frames' own contrast (RMS deviation of a
+frame's pixels from the movies' mean), so that no design frame is brighter or darker overall
+than the frames the twin learnt from, bar the rarest.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +25,7 @@ from vist_model.provenance import TrainingDataMissing
 from vist_model.twin import TwinMetadata
 
 CHUNK_FRAMES = 1024
+FRAME_RMS_PERCENTILE = 95.0
 
 
 @dataclass(frozen=True)
@@ -29,6 +35,12 @@ class Budget:
     rms: float
     mean: float
     source: str  # "design setting rms_contrast" or "training movies <path> [segments]"
+    frame_rms: float | None = None  # the per-frame ceiling, None: none
+    frame_source: str = ""
+
+    def to_json(self) -> dict[str, object]:
+        return {"rms_contrast": self.rms, "mean": self.mean, "source": self.source,
+                "frame_rms": self.frame_rms, "frame_rms_source": self.frame_source or None}
 
 
 def training_data(meta: TwinMetadata, needed_for: str = "") -> tuple[Path, list[str]]:
@@ -65,14 +77,44 @@ def training_rms_contrast(meta: TwinMetadata) -> float:
     return float(np.sqrt(max(total_sq / count - mean * mean, 0.0)))
 
 
-def resolve_budget(meta: TwinMetadata, rms_contrast: float | None = None, mean: float = 0.5) -> Budget:
-    """The design setting `rms_contrast` when given, else the training movies' RMS contrast."""
+def training_frame_rms(meta: TwinMetadata) -> float:
+    """The `FRAME_RMS_PERCENTILE`th percentile over training frames of each frame's RMS deviation
+    from the movies' pooled mean (one pass: per-frame sums, then the mean)."""
+    path, segments = training_data(meta, ", so the per-frame ceiling \"training\" is unknown: give the design "
+                                         "setting frame_rms a value")
+    sums, squares, pixels = [], [], 0
+    with open_recording(path) as rec:
+        for name in segments:
+            seg = rec.segment(name)
+            for start in range(seg.start, seg.stop, CHUNK_FRAMES):
+                x = rec.frames(start=start, stop=min(seg.stop, start + CHUNK_FRAMES)).astype(np.float64) / 255.0
+                flat = x.reshape(x.shape[0], -1)
+                sums.append(flat.sum(axis=1))
+                squares.append((flat * flat).sum(axis=1))
+                pixels = flat.shape[1]
+    s, q = np.concatenate(sums), np.concatenate(squares)
+    mean = float(s.sum() / (s.size * pixels))
+    per_frame = np.sqrt(np.maximum(q / pixels - 2.0 * mean * s / pixels + mean * mean, 0.0))
+    return float(np.percentile(per_frame, FRAME_RMS_PERCENTILE))
+
+
+def resolve_budget(meta: TwinMetadata, rms_contrast: float | None = None, mean: float = 0.5,
+                   frame_rms: float | str | None = None) -> Budget:
+    """The design setting `rms_contrast` when given, else the training movies' RMS contrast;
+    with the per-frame ceiling `frame_rms` (a value, "training" or None)."""
     if rms_contrast is not None:
         if not 0.0 < rms_contrast < 0.5:
             raise InputError(f"design setting rms_contrast must be in (0, 0.5) at mean grey 0.5, got {rms_contrast}")
-        return Budget(float(rms_contrast), mean, "design setting rms_contrast")
-    rms = training_rms_contrast(meta)  # first: its error says the budget can be set instead
-    path, segments = training_data(meta)
-    if rms <= 0.0:
-        raise InsilicoError(f"the training movies in {path} have no contrast; set the design setting rms_contrast")
-    return Budget(rms, mean, f"training movies {path} [{', '.join(segments)}]")
+        budget = Budget(float(rms_contrast), mean, "design setting rms_contrast")
+    else:
+        rms = training_rms_contrast(meta)  # first: its error says the budget can be set instead
+        path, segments = training_data(meta)
+        if rms <= 0.0:
+            raise InsilicoError(f"the training movies in {path} have no contrast; set the design setting rms_contrast")
+        budget = Budget(rms, mean, f"training movies {path} [{', '.join(segments)}]")
+    if frame_rms is None:
+        return budget
+    if frame_rms == "training":
+        return replace(budget, frame_rms=training_frame_rms(meta),
+                       frame_source=f"{FRAME_RMS_PERCENTILE:g}th percentile of the training frames' RMS")
+    return replace(budget, frame_rms=float(frame_rms), frame_source="design setting frame_rms")

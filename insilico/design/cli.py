@@ -21,7 +21,8 @@ FLAGS = {"method": ("method", "--method"), "n_frames": ("frames", "--frames"), "
          "rms_contrast": ("rms_contrast", "--rms-contrast"), "seeds": ("seeds", "--seeds"),
          "storage": ("storage", "--storage"), "steps": ("steps", "--steps"), "trials": ("trials", "--trials"),
          "window_frames": ("window", "--window"), "rf_envelope": ("rf_envelope", "--rf-envelope"),
-         "start": ("start_from", "--start-from")}
+         "start": ("start_from", "--start-from"), "frame_rms": ("frame_rms", "--frame-rms"),
+         "envelope_source": ("envelope_source", "--envelope-source")}
 
 
 def optimize_command(
@@ -51,8 +52,17 @@ def optimize_command(
                                     "--start-from."),
     start_from: str = typer.Option(default("start"), "--start-from",
                                    help="Where gradient designs start: sta (each cell's denoised white-noise "
-                                        "STA), grey, or auto: sta when the twin's training recording has a "
-                                        "white-noise segment."),
+                                        "STA), attribution (the twin's attribution map over the cell's best "
+                                        "natural clips), natural (the best natural clip, accentuated), grey, or "
+                                        "auto: each of these the recording allows, keeping the one the twin rates "
+                                        "highest (recorded in the JSON)."),
+    frame_rms: str = typer.Option(default("frame_rms"), "--frame-rms",
+                                  help="Ceiling on every frame's RMS contrast besides the whole-clip budget: a "
+                                       "value, or training (the training movies' per-frame RMS)."),
+    envelope_source: str = typer.Option(default("envelope_source"), "--envelope-source",
+                                        help="Where the envelope and the parametric search go: rf (the recorded "
+                                             "RF), attribution (the twin's attribution map) or auto (the RF where "
+                                             "it locates the cell)."),
 ) -> None:
     """Design the stimulus that drives a cell hardest (or silences it, or singles it out)."""
     with friendly_errors():
@@ -64,7 +74,8 @@ def optimize_command(
             raise InsilicoError("name the cells with --cell 42, --cells 3,42,77 or --cells all")
         settings = command_settings(dict(method=method, frames=frames, objective=objective, rms_contrast=rms_contrast,
                                          seeds=seeds, storage=storage, steps=steps, trials=trials, window=window,
-                                         rf_envelope=rf_envelope, start_from=start_from))
+                                         rf_envelope=rf_envelope, start_from=start_from, frame_rms=frame_rms,
+                                         envelope_source=envelope_source))
         _check_design_arguments(model, cells, out, start)
         twins = load_twins(model, device)
         ids = parse_cells(cells, twins[0].metadata.cell_ids)  # the ids, once the twin says which it has
@@ -112,8 +123,14 @@ def command_settings(params: Mapping[str, object]) -> DesignSettings:
 
     from insilico.design.settings import DesignSettingError, design_settings
 
+    values = {setting: params[param] for setting, (param, _) in FLAGS.items()}
+    if isinstance(values["frame_rms"], str) and values["frame_rms"] != "training":
+        try:
+            values["frame_rms"] = float(values["frame_rms"])
+        except ValueError:
+            raise InsilicoError(f"--frame-rms must be a number or training, got {values['frame_rms']!r}") from None
     try:
-        return design_settings(**{setting: params[param] for setting, (param, _) in FLAGS.items()})
+        return design_settings(**values)
     except DesignSettingError as err:
         if err.setting not in FLAGS:
             raise

@@ -43,10 +43,13 @@ recordings (docs/benchmarks.md, "The RF envelope's noise test")."""
 
 
 def rf_peak_snr(rf: np.ndarray) -> float:
-    """Peak |map| over the map's robust noise SD (1.4826 x the median absolute deviation)."""
+    """Peak |map - median| over the map's robust noise SD (1.4826 x the median absolute deviation)."""
     m = np.asarray(rf, dtype=np.float64)
-    noise = 1.4826 * float(np.median(np.abs(m - np.median(m))))
-    peak = float(np.abs(m).max())
+    centred = m - np.median(m)
+    noise = 1.4826 * float(np.median(np.abs(centred)))
+    # The peak above the map's median: a flat map (a twin trained without white noise and no
+    # recorded RF gets one) has no peak, not an infinitely clear one.
+    peak = float(np.abs(centred).max())
     return peak / noise if noise > 0 else (float("inf") if peak > 0 else 0.0)
 
 

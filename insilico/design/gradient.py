@@ -131,17 +131,39 @@ def random_start(shape: tuple[int, int, int], seed: int, config: GradientConfig,
 
 def given_start(start: np.ndarray | Tensor, member: int, seed: int, config: GradientConfig,
                 budget: ContrastBudget, device: torch.device, envelope: Tensor | None = None) -> Tensor:
-    """A start `[T, H, W]` from a given clip in [0, 1], at the budget.
+    """A start `[T, H, W]` from a given clip in [0, 1], inside the envelope, at the budget.
 
-    Member 0 starts at the clip itself; later members add their seed's smooth noise
+    The clip's contrast is weighted by the envelope first, as every gradient step is: a
+    start outside it would keep its contrast there to the end (the STA start's last frames
+    covered the whole screen before this). Member > 0 adds its seed's smooth noise
     (`init_scale` times the budget's RMS, inside the envelope) so a batch explores around it.
     """
     x = torch.as_tensor(np.asarray(start, dtype=np.float32) if not isinstance(start, Tensor) else start,
                         dtype=torch.float32).cpu()
+    if envelope is not None:
+        x = budget.mean + (x - budget.mean) * envelope.cpu()
     if member > 0:
         x = x + random_start(tuple(x.shape), seed, replace(config, init="grey"), budget,
                              torch.device("cpu"), None if envelope is None else envelope.cpu()) - budget.mean
     return budget(x[None])[0].to(device)
+
+
+def near(x: Tensor, anchors: Sequence[Tensor | None], distance: float, budget: ContrastBudget,
+         rounds: int = 3) -> Tensor:
+    """`x [B, T, H, W]` with each member that has an anchor pulled to within `distance` (RMS
+    pixel distance) of it, and at the budget: the two projections alternate `rounds` times
+    and the budget comes last, so the budget holds exactly and the distance nearly."""
+    for _ in range(rounds):
+        pulled = []
+        for b, anchor in enumerate(anchors):
+            if anchor is None:
+                pulled.append(x[b])
+                continue
+            d = x[b] - anchor
+            rms = float(d.pow(2).mean().sqrt())
+            pulled.append(anchor + d * min(1.0, distance / max(rms, 1e-12)))
+        x = budget(torch.stack(pulled))
+    return x
 
 
 def diversity(frames: Tensor) -> Tensor:
@@ -164,7 +186,9 @@ def optimize_gradient(
     device: torch.device | str = "cpu",
     on_step: Callable[[StepRecord], None] | None = None,
     envelope: np.ndarray | Tensor | None = None,
-    start: np.ndarray | Tensor | None = None,
+    start: np.ndarray | Tensor | Sequence[np.ndarray | None] | None = None,
+    anchors: Sequence[np.ndarray | None] | None = None,
+    max_distance: float | None = None,
 ) -> GradientRun:
     """Design one clip per seed that maximises `objective(response(clip))` within `budget`.
 
@@ -180,7 +204,13 @@ def optimize_gradient(
         on_step: called with each step's record (progress display).
         envelope: `[H, W]` weights in [0, 1] for the start and every gradient step
             (`insilico.design.envelope.rf_envelope`); None leaves the whole screen free.
-        start: `[T, H, W]` in [0, 1] to refine instead of starting from grey (`given_start`).
+            Give `budget` the envelope's support too (`ContrastBudget(support=envelope > 0)`)
+            so that no pixel outside it moves from grey.
+        start: `[T, H, W]` in [0, 1] to refine instead of starting from grey (`given_start`),
+            or one start per member (None: grey); a member whose start is the same object as
+            an earlier member's adds its seed's noise to it.
+        anchors: per member, a clip `[T, H, W]` the member stays within `max_distance` (RMS
+            pixel distance) of (`near`; feature accentuation of a natural clip), or None.
     """
     if not seeds:
         raise InputError("give at least one seed")
@@ -193,10 +223,23 @@ def optimize_gradient(
     env = None if envelope is None else torch.as_tensor(envelope, dtype=torch.float32, device=device)
     if env is not None and tuple(env.shape) != tuple(shape[1:]):
         raise InputError(f"the envelope must be [H, W] = {list(shape[1:])}, got {list(env.shape)}")
-    if start is not None and tuple(np.shape(start)) != tuple(shape):
-        raise InputError(f"the start clip must be [T, H, W] = {list(shape)}, got {list(np.shape(start))}")
-    x = torch.stack([random_start(shape, s, config, budget, device, env) if start is None
-                     else given_start(start, b, s, config, budget, device, env) for b, s in enumerate(seeds)])
+    starts = _member_starts(start, len(seeds), shape)
+    members = []
+    for b, (s, first) in enumerate(zip(seeds, starts, strict=True)):
+        if first is None:
+            members.append(random_start(shape, s, config, budget, device, env))
+        else:
+            repeat = any(other is first for other in starts[:b])
+            members.append(given_start(first, int(repeat), s, config, budget, device, env))
+    x = torch.stack(members)
+    anchored = None
+    if anchors is not None and any(a is not None for a in anchors):
+        if len(anchors) != len(seeds) or max_distance is None:
+            raise InputError("anchors need one entry per seed and a max_distance")
+        anchored = [None if a is None else torch.as_tensor(np.asarray(a, dtype=np.float32), device=device)
+                    for a in anchors]
+        with torch.no_grad():
+            x = near(x, anchored, max_distance, budget)
     x.requires_grad_(True)
     transform = Compose((Jitter(config.jitter_px), TimeShift(config.time_shift)))
     regularizers = (TotalVariation(config.tv_weight), TemporalSmoothness(config.smooth_weight))
@@ -228,7 +271,8 @@ def optimize_gradient(
             group["lr"] = _cosine(config.lr, step, config.steps)
         optimizer.step()                                            # 6. optimizer step
         with torch.no_grad():
-            x.copy_(budget(x))                                      # 7. post-process
+            x.copy_(budget(x) if anchored is None                   # 7. post-process
+                    else near(x.detach(), anchored, max_distance, budget))
         record(step, value.detach(), grad_norm)
 
     with torch.no_grad():
@@ -241,6 +285,23 @@ def optimize_gradient(
         history=tuple(history),
         seconds=time.perf_counter() - started,
     )
+
+
+def _member_starts(start: np.ndarray | Tensor | Sequence[np.ndarray | None] | None, n: int,
+                   shape: tuple[int, int, int]) -> list[np.ndarray | Tensor | None]:
+    """One start (or None) per member from `optimize_gradient`'s `start`."""
+    if start is None:
+        return [None] * n
+    if isinstance(start, np.ndarray | Tensor):
+        starts = [start] * n
+    else:
+        starts = list(start)
+        if len(starts) != n:
+            raise InputError(f"give one start per seed ({n}), got {len(starts)}")
+    for clip in starts:
+        if clip is not None and tuple(np.shape(clip)) != tuple(shape):
+            raise InputError(f"the start clip must be [T, H, W] = {list(shape)}, got {list(np.shape(clip))}")
+    return starts
 
 
 def _cosine(lr: float, step: int, steps: int) -> float:

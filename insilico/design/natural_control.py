@@ -62,6 +62,8 @@ class NaturalClip:
         segment, start: where it comes from in the training recording.
         objective: the objective of the clip (stage 2).
         candidates: how many clips were confirmed in stage 2.
+        ranked: uint8 `[K, T, H, W]`, the confirmed clips at the budget, best first (the
+            clips the attribution prior is computed over, `prior`).
     """
 
     frames: np.ndarray
@@ -69,6 +71,7 @@ class NaturalClip:
     start: int
     objective: float
     candidates: int
+    ranked: np.ndarray | None = None
 
 
 def _candidates(screen: NaturalScreen, objective: Objective, n_frames: int, tail: int) -> list[tuple[float, str, int]]:
@@ -116,6 +119,7 @@ def best_natural_clip(
     clips = np.stack([to_uint8(budget.apply(screen.frames[n][s:s + n_frames])) for n, s in picked])
     with torch.no_grad():
         values = objective(torch.from_numpy(response.rates(clips))).numpy()
-    best = int(np.argmax(values))
+    order = np.argsort(-values, kind="stable")
+    best = int(order[0])
     name, start = picked[best]
-    return NaturalClip(clips[best], name, start, float(values[best]), len(picked))
+    return NaturalClip(clips[best], name, start, float(values[best]), len(picked), clips[order])

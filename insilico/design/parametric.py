@@ -15,8 +15,12 @@ twin's rates, so the search only chooses *structure*: a family's own contrast pa
 matters only through saturation.
 
 Two samplers, both define-by-run: TPE over all families at once (the family is a
-categorical parameter), then CMA-ES inside the family TPE found best, started at TPE's best
-parameters. Storage is a URL (`storage_for`): a journal file by default, so a crashed study
+categorical parameter), then CMA-ES inside one family. With a gradient design beside it,
+the design's best parametric fit (`fit_parametric`: the family member most correlated with
+the design's pixels, found without the twin) is TPE's first trial and CMA-ES's start (`x0`,
+`sigma0` = `X0_SIGMA` of each parameter's range), in the fit's family: the gradient design
+says where and what, the search refines it through the twin. Without one, CMA-ES runs in the
+family TPE found best, from TPE's best parameters. Storage is a URL (`storage_for`): a journal file by default, so a crashed study
 resumes with the same command; `sqlite:///...` or `postgresql://...` for several workers
 (the same command on several machines joins the same study, found by name). Each call adds
 `n_trials` trials to the studies; the best of all trials so far is returned.
@@ -115,7 +119,18 @@ class Screen:
         return around(cy, y_full), around(cx, x_full)
 
 
+    def radius_range(self) -> tuple[float, float]:
+        """Spot radii, px: around the RF centre's size where known (`FOCUS_SIZE`)."""
+        full = (1.0, float(max(self.height, self.width)) / 2.0)
+        if self.focus is None:
+            return full
+        low, high = max(full[0], self.focus[2] / FOCUS_SIZE), min(full[1], self.focus[2] * FOCUS_SIZE)
+        return (low, high) if high > low else full
+
+
 FOCUS_SIGMAS = 2.0
+FOCUS_SIZE = 4.0  # spot radii within this factor of the RF centre's sigma
+X0_SIGMA = 0.1  # CMA-ES's first step around a gradient design's fit, as a fraction of each range
 
 
 @functools.lru_cache(maxsize=4)
@@ -146,9 +161,10 @@ def suggest(trial: optuna.Trial, family: str, s: Screen) -> dict[str, Any]:
         }
     if family == "spot":
         onset = trial.suggest_int("onset_frame", 0, t - 1)
+        r0, r1 = s.radius_range()
         return {
             "center_yx": (trial.suggest_float("center_y", y0, y1), trial.suggest_float("center_x", x0, x1)),
-            "radius_px": trial.suggest_float("radius_px", 1.0, side / 2.0, log=True),
+            "radius_px": trial.suggest_float("radius_px", r0, r1, log=True),
             "polarity": trial.suggest_int("polarity", -1, 1, step=2),
             "onset_frame": onset,
             "duration_frames": trial.suggest_int("duration_frames", 1, t),
@@ -207,6 +223,62 @@ class ParametricResult:
     objective: float
     n_trials: int
     studies: tuple[str, ...]
+    cmaes_start: dict[str, Any] | None = None  # where CMA-ES started and why
+
+
+@dataclass(frozen=True)
+class ParametricFit:
+    """A parametric stimulus fitted to a clip by pixel correlation (`fit_parametric`).
+
+    `params` are the trial parameters (`suggest`'s names: `center_y`, not `center_yx`), the
+    form CMA-ES's `x0` takes.
+    """
+
+    family: str
+    params: dict[str, Any]
+    correlation: float
+    n_trials: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"family": self.family, "params": self.params, "correlation": round(self.correlation, 4),
+                "trials": self.n_trials}
+
+
+FIT_FAMILIES = ("spot", "drifting_grating", "moving_bar")
+
+
+def fit_parametric(clip: np.ndarray, screen: Screen, n_trials: int = 32, seed: int = 0,
+                   names: tuple[str, ...] = FIT_FAMILIES) -> ParametricFit:
+    """The member of `names` most correlated with `clip` `[T, H, W]` (float in [0, 1] or uint8),
+    `n_trials` TPE trials per family, in memory, the first at the clip's moments (`_moments`:
+    a spot or aperture needs to overlap the clip to correlate at all, which a blind search
+    of a few dozen trials rarely hits). Correlation ignores the contrast (the budget sets it)
+    and keeps the polarity; no twin is run."""
+    if n_trials < 1:
+        raise InputError(f"a fit needs >= 1 trial per family, got {n_trials}")
+    array = np.asarray(clip)
+    target = (array.astype(np.float64) / 255.0 if array.dtype == np.uint8 else array.astype(np.float64)).ravel()
+    target = target - target.mean()
+    norm = float(np.linalg.norm(target))
+    best: ParametricFit | None = None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for fam in names:
+        def correlation(trial: optuna.Trial, fam: str = fam) -> float:
+            x = render(fam, suggest(trial, fam, screen), screen).astype(np.float64).ravel()
+            x = x - x.mean()
+            d = float(np.linalg.norm(x)) * norm
+            return float(x @ target) / d if d > 0 else 0.0
+
+        study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
+        guess = _moments(target.reshape(np.shape(clip)), screen).get(fam)
+        if guess:
+            study.enqueue_trial(guess)
+        study.optimize(correlation, n_trials=n_trials)
+        fit = ParametricFit(fam, dict(study.best_trial.params), float(study.best_value), n_trials)
+        if best is None or fit.correlation > best.correlation:
+            best = fit
+    assert best is not None
+    return best
 
 
 def _scorer(response: TwinResponse, objective: Objective, budget: ContrastBudget,
@@ -217,6 +289,29 @@ def _scorer(response: TwinResponse, objective: Objective, budget: ContrastBudget
             value = objective(torch.from_numpy(response.rates(frames[None])))
         return float(value[0]), frames
     return score
+
+
+def _moments(centred: np.ndarray, screen: Screen) -> dict[str, dict[str, Any]]:
+    """Per family, the parameters read off a centred clip `[T, H, W]`: where its contrast is
+    (`rf_centre_and_size` of the energy map), when (frames above a quarter of the peak
+    frame's energy) and its sign there."""
+    from stimuli.recording.rf_geometry import rf_centre_and_size
+
+    energy = np.abs(centred)
+    (cy, cx), sigma = rf_centre_and_size(energy.mean(axis=0))
+    (y0, y1), (x0, x1) = screen.centre_ranges()
+    r0, r1 = screen.radius_range()
+    cy, cx = float(np.clip(cy, y0, y1)), float(np.clip(cx, x0, x1))
+    per_frame = energy.reshape(len(energy), -1).mean(axis=1)
+    active = np.flatnonzero(per_frame >= 0.25 * per_frame.max()) if per_frame.max() > 0 else np.arange(len(energy))
+    iy, ix = int(round(cy)), int(round(cx))
+    sign = 1 if float(centred[active, iy, ix].mean()) >= 0 else -1
+    side = float(max(screen.height, screen.width))
+    return {
+        "spot": {"center_y": cy, "center_x": cx, "radius_px": float(np.clip(1.5 * sigma, r0, r1)), "polarity": sign,
+                 "onset_frame": int(active[0]), "duration_frames": int(active[-1] - active[0] + 1)},
+        "drifting_grating": {"center_y": cy, "center_x": cx, "size_px": float(np.clip(4 * sigma, 4.0, 1.5 * side))},
+    }
 
 
 def search_parametric(
@@ -230,8 +325,9 @@ def search_parametric(
     cmaes_trials: int = 12,
     seed: int = 0,
     on_trial: Callable[[], None] | None = None,
+    x0: ParametricFit | None = None,
 ) -> ParametricResult:
-    """TPE over the families, then CMA-ES in the best family (see module docstring)."""
+    """TPE over the families, then CMA-ES in one family, from `x0` where given (see module docstring)."""
     if n_trials < 1 or cmaes_trials < 0:
         raise InputError(f"need >= 1 TPE trial and >= 0 CMA-ES trials, got {n_trials}, {cmaes_trials}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -256,18 +352,32 @@ def search_parametric(
             study_name=f"{study_name}-tpe", storage=storage, direction="maximize", load_if_exists=True,
             sampler=optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=8),
         )
+        if x0 is not None and not tpe.trials:
+            tpe.enqueue_trial({"family": x0.family, **x0.params})  # the gradient design's fit, scored by the twin
         tpe.optimize(lambda trial: run_trial(trial, None), n_trials=n_trials)
         studies = [tpe]
-        family = tpe.best_trial.user_attrs["family"]
+        cmaes_start = None
         if cmaes_trials:
+            if x0 is not None:
+                family, start = x0.family, dict(x0.params)
+                cmaes_start = {"from": "the gradient design's parametric fit", **x0.to_json(), "sigma0": X0_SIGMA}
+            else:
+                family = tpe.best_trial.user_attrs["family"]
+                start = {k: v for k, v in tpe.best_trial.params.items() if k != "family"}
+                cmaes_start = {"from": "TPE's best trial", "family": family, "params": start}
+            # `x0`/`sigma0` are deprecated since Optuna 4.9 (to be removed in 6.0) in favour of
+            # enqueueing the start; both are given: the enqueued trial scores the start itself,
+            # `x0` and `sigma0` centre CMA-ES's first generation on it with a narrow step
+            # instead of the whole range (`sigma0` is in Optuna's [0, 1]-scaled space).
+            warnings.simplefilter("ignore", FutureWarning)
             cma = optuna.create_study(
                 study_name=f"{study_name}-cmaes-{family}", storage=storage, direction="maximize",
                 load_if_exists=True,
-                sampler=optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False, popsize=6),
+                sampler=optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False, popsize=6,
+                                                     x0=start, sigma0=X0_SIGMA),
             )
             if not cma.trials:
-                # Start from TPE's best (Optuna 4.9 deprecated CMA-ES's x0 for this).
-                cma.enqueue_trial({k: v for k, v in tpe.best_trial.params.items() if k != "family"})
+                cma.enqueue_trial(start)
             cma.optimize(lambda trial: run_trial(trial, family), n_trials=cmaes_trials)
             studies.append(cma)
     best = max((s.best_trial for s in studies), key=lambda tr: tr.value)
@@ -275,7 +385,7 @@ def search_parametric(
     params = _from_json(json.loads(best.user_attrs["params"]))
     value, frames = score(fam, params)
     done = sum(len(s.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))) for s in studies)
-    return ParametricResult(fam, params, frames, value, done, tuple(s.study_name for s in studies))
+    return ParametricResult(fam, params, frames, value, done, tuple(s.study_name for s in studies), cmaes_start)
 
 
 def _from_json(params: dict[str, Any]) -> dict[str, Any]:

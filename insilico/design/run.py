@@ -1,25 +1,28 @@
 """Library functions behind `insilico optimize` and `insilico verify`, one per command.
 
 `optimize_cells` designs one stimulus per cell and writes its files (see `outputs`). For
-each cell, at one contrast budget (`budget`):
+each cell, at one contrast budget (`budget`; a whole-clip RMS, and a per-frame ceiling with
+`frame_rms`):
 
-1. the design: gradient ascent through the twin (`gradient` or `both`), a batch of `seeds`
-   clips, the best kept, or the best Optuna stimulus (`optuna`);
-2. the best parametric stimulus (`parametric`; the full Optuna search with `both`, a short
-   search of `comparison_trials` as the comparison with `gradient`);
-3. the best natural clip of the same length from the training movies (`natural_control`).
+1. the best natural clips of the training movies (`natural_control`): the control, and the
+   clips the prior is read from;
+2. the twin's attribution map over them (`prior`): where and when the cell looks;
+3. the envelope (`envelope`) around the recorded RF, or around the attribution map where the
+   RF does not locate the cell (`envelope_source`); every start and every step stays inside it;
+4. the design: gradient ascent through the twin (`gradient` or `both`) from each start
+   (`start`: the denoised STA where the recording has white noise, the attribution map, the
+   best natural clip within `natural_distance` of it, grey; "auto": all of them in one batch),
+   `seeds` clips per start, the best kept and why recorded; or the best Optuna stimulus (`optuna`);
+5. the best parametric stimulus (`parametric`; the full Optuna search with `both`, a short
+   search of `comparison_trials` as the comparison with `gradient`), focused on the envelope's
+   map, TPE's first trial and CMA-ES's start the gradient design's parametric fit.
 
-All three are scored the same way: quantised to grey levels, played from a grey screen
+All are scored the same way: quantised to grey levels, played from a grey screen
 through the twin (the ensemble mean if several models are given), objective on the rates
 clamped at 0. "Predicted response" in the outputs is the cell's mean rate (spikes per bin)
-over the time window.
+over the time window. Each clip's contrast frame by frame is in the JSON too.
 
-Every setting and its default (sized for a CPU) is in `insilico.design.settings`. Gradient
-designs are confined to an envelope around the cell's recorded receptive field (`envelope`)
-and start (`start`) from the cell's denoised STA where the recording has white noise
-(`sta_start`), else from grey. Cell 42 of the default simulation (90 cells,
-64 x 64 px, cpu-preset twin) takes 41 s on 2 idle cores with `--method gradient`, and the
-command 62 s with loading torch and the backbone (`benchmarks/mei.py` measures the rest).
+Every setting and its default (sized for a CPU) is in `insilico.design.settings`.
 """
 
 from __future__ import annotations
@@ -41,8 +44,16 @@ from insilico.design.gradient import GradientRun, optimize_gradient
 from insilico.design.natural_control import NaturalClip, NaturalScreen, best_natural_clip
 from insilico.design.objectives import Objective, Window, named_objective
 from insilico.design.outputs import animation, contact_sheet, write_clip
-from insilico.design.parametric import ParametricResult, Screen, search_parametric, storage_for
-from insilico.design.postprocess import ContrastBudget, clip_stats
+from insilico.design.parametric import (
+    ParametricFit,
+    ParametricResult,
+    Screen,
+    fit_parametric,
+    search_parametric,
+    storage_for,
+)
+from insilico.design.postprocess import ContrastBudget, clip_stats, frame_contrast
+from insilico.design.prior import AttributionPrior, attribution_prior, attribution_start
 from insilico.design.response import TwinResponse
 from insilico.design.settings import METHODS, DesignSettings
 from insilico.design.sta_start import has_noise_segment, noise_stas, sta_start
@@ -81,6 +92,10 @@ class DesignResult:
     paths: dict[str, Path] = field(default_factory=dict)
     gradient_run: GradientRun | None = None
     envelope: dict[str, object] | None = None  # the gradient design's RF envelope (`design_envelope`)
+    start: dict[str, object] | None = None  # which start the gradient design kept and why (`_start_record`)
+    chosen_start: str | None = None  # "sta", "attribution", "natural", "grey" or "file"
+    prior: dict[str, object] | None = None  # the attribution prior's summary (`prior.AttributionPrior.to_json`)
+    parametric_fit: dict[str, object] | None = None  # the gradient design's parametric fit (CMA-ES's x0)
 
 
 def load_twins(model_path: str | Path | Sequence[str | Path], device: str = "auto") -> list[Twin]:
@@ -147,7 +162,7 @@ def optimize_cells(
             progress.update(task, status=f"cell {cell_id}")
         result = run.design_cell(cell_id, start_clips.get(cell_id))
         result.paths.update(_write(run.out, result, run.recorded_settings, run.meta, run.objective(result.cell_index),
-                                   twins, run.started_from(cell_id)))
+                                   twins, run.started_from(cell_id, result.chosen_start)))
         results.append(result)
         if progress is not None:
             progress.update(task, advance=1)
@@ -177,58 +192,92 @@ class _DesignRun:
                 starts: Mapping[int, str | Path]) -> _DesignRun:
         response = TwinResponse(twins)
         meta = response.metadata
-        budget_info = resolve_budget(meta, s.rms_contrast)
+        budget_info = resolve_budget(meta, s.rms_contrast, frame_rms=s.frame_rms)
         out.mkdir(parents=True, exist_ok=True)
         data, segments = _training_data_or_fail(meta)
         stas = noise_stas(data) if s.gradient_design and starts_from_sta(s.start, meta) else {}
         return cls(settings=s, response=response, meta=meta, budget_info=budget_info,
-                   budget=ContrastBudget(budget_info.rms, budget_info.mean), window=Window(s.window_frames), out=out,
+                   budget=ContrastBudget(budget_info.rms, budget_info.mean, frame_rms=budget_info.frame_rms), window=Window(s.window_frames), out=out,
                    data=data, stas=stas, natural_screen=NaturalScreen.build(twins[0], str(data), segments, cache),
                    storage=storage_for(s.storage, out / "optuna.journal"), key=_study_key(twins), starts=dict(starts))
 
     @property
     def recorded_settings(self) -> DesignSettings:
-        """The settings as used: `start = "auto"` resolved to what it chose."""
-        return replace(self.settings, start="sta" if self.stas else "grey")
+        """The settings as given (what `start = "auto"` chose is in each cell's "start" record)."""
+        return self.settings
 
     def objective(self, i: int) -> Objective:
         return named_objective(self.settings.objective, i, self.window, self.settings.temperature)
 
-    def started_from(self, cell_id: int) -> str | Path | None:
-        return self.starts.get(cell_id) or (f"denoised STA of {self.data}" if cell_id in self.stas else None)
+    def started_from(self, cell_id: int, chosen: str | None = None) -> str | Path | None:
+        if cell_id in self.starts:
+            return self.starts[cell_id]
+        return {"sta": f"denoised STA of {self.data}", "attribution": "the twin's attribution map over the best "
+                f"natural clips ({self.settings.attribution_method})", "natural": "the best natural clip"}.get(chosen)
+
+    def _needs_prior(self, rf_located: bool) -> bool:
+        s = self.settings
+        return (s.gradient_design and s.start in ("auto", "attribution")) or s.envelope_source == "attribution" \
+            or (s.envelope_source == "auto" and not rf_located)
 
     def design_cell(self, cell_id: int, start: np.ndarray | None) -> DesignResult:
-        """One cell: 1. gradient design, 2. parametric search, 3. best natural clip, 4. scores."""
+        """One cell: 1. best natural clips, 2. attribution prior, 3. envelope, 4. gradient design
+        from each start, 5. parametric search, 6. scores."""
         s, meta = self.settings, self.meta
         started = time.perf_counter()
         i = meta.cell_index(cell_id)
         obj = self.objective(i)
         bounds = self.window.bounds(s.n_frames)
-        envelope, envelope_record = design_envelope(meta.rf[i], s.gradient.rf_envelope)
+        natural = best_natural_clip(self.response, self.natural_screen, obj, s.n_frames, s.window_frames,   # 1.
+                                    self.budget, s.natural_top_k)
+        rf = meta.rf[i]
+        rf_located = rf_peak_snr(rf) >= MIN_RF_PEAK_SNR
+        prior = None
+        if self._needs_prior(rf_located):                                          # 2. attribution prior
+            prior = attribution_prior(self.response, obj, natural.ranked, s.attribution_method, s.attribution_steps)
+        source = s.envelope_source if s.envelope_source != "auto" else ("rf" if rf_located or prior is None
+                                                                        else "attribution")
+        place = rf if source == "rf" else prior.spatial
+        envelope, envelope_record = design_envelope(place, s.gradient.rf_envelope)  # 3. envelope
+        envelope_record = {"source": "recorded RF (/cells/rf)" if source == "rf" else "attribution map",
+                           **envelope_record}
         located = bool(envelope_record["rf_locates_cell"])
-        run = None
-        if s.gradient_design:                                                       # 1. gradient design
-            if start is None and cell_id in self.stas:
-                start = sta_start(self.stas[cell_id], s.n_frames, bounds)
-            run = optimize_gradient(self.response, obj, (s.n_frames, *meta.frame_shape), self.budget, s.seeds,
-                                    s.gradient, device=self.response.device, envelope=envelope, start=start)
+        run, start_record, design_budget = None, None, self.budget
+        if s.gradient_design:                                                       # 4. gradient design
+            if envelope is not None:
+                design_budget = replace(self.budget, support=envelope > 0)
+            candidates = self._starts(cell_id, start, prior, natural, obj, design_budget, envelope)
+            # "auto" shares the batch out: `seeds` clips in all, at least one per start, so it
+            # costs what one start with all its seeds does (1 seed each of 4 starts by default).
+            per_start = s.seeds[:max(1, -(-len(s.seeds) // len(candidates)))]
+            member_starts, anchors, seeds, names = [], [], [], []
+            for c, (name, clip, anchor) in enumerate(candidates):
+                for seed in per_start:
+                    member_starts.append(clip)
+                    anchors.append(anchor)
+                    seeds.append(int(seed) + START_SEED_STRIDE * c)  # distinct generators across starts
+                    names.append((name, int(seed)))
+            run = optimize_gradient(self.response, obj, (s.n_frames, *meta.frame_shape), design_budget, seeds,
+                                    s.gradient, device=self.response.device, envelope=envelope, start=member_starts,
+                                    anchors=anchors, max_distance=s.natural_distance * self.budget.rms)
         else:
             envelope_record = None  # no gradient design to confine
-        param = self._search(cell_id, i, obj, located)                            # 2. parametric search
-        natural = best_natural_clip(self.response, self.natural_screen, obj, s.n_frames, s.window_frames,   # 3.
-                                    self.budget, s.natural_top_k)
-        window = self.window.slice(s.n_frames)                                      # 4. scores
+        window = self.window.slice(s.n_frames)
+        fit = None
         if run is not None:
-            # "both" keeps the gradient design and writes the full Optuna search beside it
-            # (`cell<ID>_parametric.h5`): letting the twin pick between the two loses where the
-            # twin prefers the parametric stimulus and the cell does not.
             clips = np.stack([to_uint8(c) for c in run.stimuli])
             values, _ = _score(self.response, obj, i, window, clips)
             best = int(np.argmax(values))
-            design, design_method, seed = clips[best], "gradient", s.seeds[best]
-        else:
-            design, design_method, seed = param.frames, f"optuna ({param.family})", s.seeds[0]
-        named = {"design": design, "natural": natural.frames, "parametric": param.frames}
+            design, design_method = clips[best], "gradient"
+            chosen, seed = names[best]
+            start_record = _start_record(s.start if cell_id not in self.starts else "file", names, values, chosen)
+            if s.parametric_fit_trials:
+                fit = fit_parametric(run.stimuli[best], self._screen(i, located, place), s.parametric_fit_trials,
+                                     seed=s.seeds[0])
+        param = self._search(cell_id, i, obj, located, place, fit)                  # 5. parametric search
+        if run is None:
+            design, design_method, seed, chosen = param.frames, f"optuna ({param.family})", s.seeds[0], None
+        named = {"design": design, "natural": natural.frames, "parametric": param.frames}   # 6. scores
         values, rates = _score(self.response, obj, i, window, np.stack(list(named.values())))
         return DesignResult(
             cell_id=cell_id, cell_index=i, method=design_method, seed=seed, design=design,
@@ -236,20 +285,73 @@ class _DesignRun:
             predicted={k: float(r) for k, r in zip(named, rates, strict=True)},
             objective={k: float(v) for k, v in zip(named, values, strict=True)},
             budget=self.budget_info, window=bounds, seconds=time.perf_counter() - started,
-            gradient_run=run, envelope=envelope_record,
+            gradient_run=run, envelope=envelope_record, start=start_record, chosen_start=chosen,
+            prior=None if prior is None else prior.to_json(), parametric_fit=None if fit is None else fit.to_json(),
         )
 
-    def _search(self, cell_id: int, i: int, obj: Objective, located: bool) -> ParametricResult:
-        """The parametric search of cell position `i`, focused on its RF where the map `located` it."""
+    def _starts(self, cell_id: int, given: np.ndarray | None, prior: AttributionPrior | None, natural: NaturalClip,
+                obj: Objective, budget: ContrastBudget, envelope: np.ndarray | None,
+                ) -> list[tuple[str, np.ndarray | None, np.ndarray | None]]:
+        """`(name, start clip or None for grey, anchor or None)` of each start the design runs from."""
+        s = self.settings
+        if given is not None:
+            return [("file", given, None)]
+        names = [s.start] if s.start != "auto" else [*(["sta"] if cell_id in self.stas else []),
+                                                     "attribution", "natural", "grey"]
+        out = []
+        for name in names:
+            if name == "sta":
+                if cell_id not in self.stas:
+                    raise InsilicoError(f"{self.data}: cell {cell_id} has no STA to start from (design setting "
+                                        "start = \"sta\")")
+                out.append(("sta", sta_start(self.stas[cell_id], s.n_frames, self.window.bounds(s.n_frames)), None))
+            elif name == "attribution":
+                out.append(("attribution", attribution_start(prior, self.response, obj, budget), None))
+            elif name == "natural":
+                clip = natural.frames.astype(np.float32) / 255.0
+                if envelope is not None:
+                    clip = GREY + (clip - GREY) * envelope
+                anchor = budget(torch.from_numpy(clip[None]))[0].numpy()
+                out.append(("natural", anchor, anchor))
+            else:
+                out.append(("grey", None, None))
+        return out
+
+    def _screen(self, i: int, located: bool, place: np.ndarray) -> Screen:
         s, meta = self.settings, self.meta
-        centre, sigma = rf_centre_and_size(meta.rf[i])
+        centre, sigma = rf_centre_and_size(place)
         # A map that does not locate the cell (`envelope.MIN_RF_PEAK_SNR`) leaves the search the whole screen.
-        focus = (*centre, sigma) if located else None
-        screen = Screen(s.n_frames, *meta.frame_shape, meta.frame_rate, focus=focus)
+        return Screen(s.n_frames, *meta.frame_shape, meta.frame_rate, focus=(*centre, sigma) if located else None)
+
+    def _search(self, cell_id: int, i: int, obj: Objective, located: bool, place: np.ndarray,
+                fit: ParametricFit | None) -> ParametricResult:
+        """The parametric search of cell position `i`, focused on the envelope's map where it `located` the
+        cell, CMA-ES started from the gradient design's `fit` where there is one."""
+        s = self.settings
+        screen = self._screen(i, located, place)
         trials, cma = s.search_trials()
         study = f"cell{cell_id}-{s.objective}-{s.n_frames}f-w{s.window_frames}-rms{self.budget.rms:.4f}-{self.key}"
+        if self.budget.frame_rms is not None:
+            study += f"-frame{self.budget.frame_rms:.4f}"
+        if fit is not None:
+            study += "-fit"
         return search_parametric(self.response, obj, self.budget, screen, study, self.storage, trials, cma,
-                                 seed=s.seeds[0])
+                                 seed=s.seeds[0], x0=fit)
+
+
+START_SEED_STRIDE = 7919  # member seeds of the k-th start: seed + k * stride (a prime, never a user's seed)
+GREY = 0.5
+
+
+def _start_record(start: str, names: list[tuple[str, int]], values: np.ndarray, chosen: str) -> dict[str, object]:
+    """Why the design starts where it does: each start's best objective after the steps."""
+    best: dict[str, float] = {}
+    for (name, _), v in zip(names, values, strict=True):
+        best[name] = max(best.get(name, -np.inf), float(v))
+    rule = ("the start whose design the twin rates highest after the gradient steps (objective, "
+            "best seed of each)" if start == "auto" else f"design setting start = \"{start}\""
+            if start != "file" else "a given clip")
+    return {"setting": start, "chosen": chosen, "rule": rule, "objective_after_steps": best}
 
 
 def starts_from_sta(start: str, meta: TwinMetadata) -> bool:
@@ -352,8 +454,13 @@ def _write(out: Path, r: DesignResult, s: DesignSettings, meta, obj: Objective,
         "cell_id": r.cell_id, "method": r.method, "seed": r.seed, "objective": obj.describe(),
         "window": {"frames": list(r.window), "unit": "frames [start, stop) of the clip",
                    "seconds": [r.window[0] / meta.frame_rate, r.window[1] / meta.frame_rate]},
-        "budget": {"rms_contrast": r.budget.rms, "mean": r.budget.mean, "source": r.budget.source,
-                   "design_achieved": {"rms": rms, "mean": mean}},
+        "budget": {**r.budget.to_json(), "design_achieved": {"rms": rms, "mean": mean}},
+        # Each clip's contrast frame by frame: a whole-clip budget says nothing about how it is spread.
+        "frame_contrast": {
+            "unit": "RMS deviation of each frame's pixels from mean grey, full range",
+            **{k: [round(float(c), 4) for c in frame_contrast(v, r.budget.mean)]
+               for k, v in (("design", r.design), ("natural", r.natural.frames),
+                            ("parametric", None if r.parametric is None else r.parametric.frames)) if v is not None}},
         "predicted_response": r.predicted,
         "predicted_response_unit": "mean expected spikes per frame bin over the window (twin)",
         "objective_value": r.objective,
@@ -361,7 +468,10 @@ def _write(out: Path, r: DesignResult, s: DesignSettings, meta, obj: Objective,
                          "candidates_confirmed": r.natural.candidates},
         "parametric": None if r.parametric is None else {
             "family": r.parametric.family, "params": r.parametric.params,
-            "trials": r.parametric.n_trials, "studies": list(r.parametric.studies)},
+            "trials": r.parametric.n_trials, "studies": list(r.parametric.studies),
+            "cmaes_start": r.parametric.cmaes_start, "gradient_design_fit": r.parametric_fit},
+        "start": r.start,
+        "attribution_prior": r.prior,
         "settings": s.to_json(),
         "started_from": None if start is None else str(start),
         "rf_envelope": r.envelope,

@@ -25,9 +25,17 @@ METHODS = ("gradient", "optuna", "both")
 OBJECTIVES = ("increase", "decrease", "discriminative")
 PRECONDITIONERS = ("blur", "fourier", "none")
 INITS = ("grey", "noise")
-# Where a gradient design starts: the cell's denoised white-noise STA, grey, or "auto": the
-# STA when the twin's training recording has a white-noise segment (`sta_start`).
-STARTS = ("auto", "sta", "grey")
+# Where a gradient design starts: the cell's denoised white-noise STA (`sta_start`), the twin's
+# attribution map over the cell's best natural clips (`prior`), the best natural clip itself
+# (feature accentuation), grey, or "auto": every one of these the recording allows, in one
+# batch (the `seeds` shared out among them, at least one each), the design keeping the one the
+# twin rates highest after the steps (recorded in the JSON).
+STARTS = ("auto", "sta", "attribution", "natural", "grey")
+ATTRIBUTION_METHODS = ("saliency", "ig")
+# Which map places the envelope and the parametric search: the recorded RF (`/cells/rf`), the
+# attribution map, or "auto": the recorded RF where it locates the cell, else the attribution map.
+ENVELOPE_SOURCES = ("auto", "rf", "attribution")
+FRAME_RMS_TRAINING = "training"
 
 
 class DesignSettingError(InsilicoError, ValueError):
@@ -113,7 +121,18 @@ class DesignSettings:
         natural_top_k: natural clips re-scored at the budget for the best natural clip.
         start: where gradient designs start (`STARTS`).
         rms_contrast: the contrast budget at mean grey 0.5; None: the training movies'.
+        frame_rms: a ceiling on every frame's contrast (RMS deviation from grey), besides the
+            whole-clip budget: a value, "training" (the training movies' per-frame RMS,
+            `budget.training_frame_rms`) or None (no per-frame ceiling).
         storage: Optuna storage URL; None: a journal file `optuna.journal` in the output folder.
+        attribution_method: "saliency" (one gradient per clip) or "ig" (Captum's integrated
+            gradients from grey, `attribution_steps` steps) for the attribution map (`prior`).
+        attribution_steps: integration steps of "ig".
+        envelope_source: the map behind the envelope and the parametric search's focus (`ENVELOPE_SOURCES`).
+        natural_distance: with the natural start, the largest RMS distance of the design from
+            its clip, in units of the budget's RMS (feature accentuation stays "this movie").
+        parametric_fit_trials: trials of the fit of a parametric stimulus to the gradient
+            design (pixel correlation, no twin), whose parameters start the CMA-ES search.
     """
 
     method: str = "gradient"
@@ -129,7 +148,13 @@ class DesignSettings:
     natural_top_k: int = 8
     start: str = "auto"
     rms_contrast: float | None = None
+    frame_rms: float | str | None = None
     storage: str | None = None
+    attribution_method: str = "saliency"
+    attribution_steps: int = 8
+    envelope_source: str = "auto"
+    natural_distance: float = 1.0
+    parametric_fit_trials: int = 32
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
@@ -150,6 +175,17 @@ class DesignSettings:
         _check(self.start in STARTS, "start", f"must be one of {', '.join(STARTS)}, got {self.start!r}")
         _check(self.rms_contrast is None or 0.0 < self.rms_contrast < 0.5, "rms_contrast",
                f"must be in (0, 0.5) at mean grey 0.5, got {self.rms_contrast}")
+        _check(self.frame_rms is None or self.frame_rms == FRAME_RMS_TRAINING
+               or (not isinstance(self.frame_rms, str) and 0.0 < self.frame_rms < 0.5), "frame_rms",
+               f"must be \"{FRAME_RMS_TRAINING}\" or in (0, 0.5) at mean grey 0.5, got {self.frame_rms!r}")
+        _check(self.attribution_method in ATTRIBUTION_METHODS, "attribution_method",
+               f"must be one of {', '.join(ATTRIBUTION_METHODS)}, got {self.attribution_method!r}")
+        _check(self.attribution_steps >= 1, "attribution_steps", f"must be >= 1, got {self.attribution_steps}")
+        _check(self.envelope_source in ENVELOPE_SOURCES, "envelope_source",
+               f"must be one of {', '.join(ENVELOPE_SOURCES)}, got {self.envelope_source!r}")
+        _check(self.natural_distance > 0, "natural_distance", f"must be > 0 budget RMS, got {self.natural_distance}")
+        _check(self.parametric_fit_trials >= 0, "parametric_fit_trials",
+               f"must be >= 0 (0: CMA-ES starts from TPE's best), got {self.parametric_fit_trials}")
 
     @property
     def cmaes(self) -> int:
@@ -182,8 +218,9 @@ DESIGN_FIELDS = tuple(f.name for f in fields(DesignSettings) if f.name != "gradi
 # Presets as overrides of the defaults above, as `vist_model.vist.VIST_PRESETS`.
 DESIGN_PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
-    # `insilico demo`: a few minutes for a whole closed loop on 2 CPU cores.
-    "demo": {"n_frames": 45, "seeds": 1, "steps": 4, "comparison_trials": 4, "natural_top_k": 4},
+    # `insilico demo`: a few minutes for a whole closed loop on 2 CPU cores. It starts from grey:
+    # "auto" runs a design from every start (four on the simulation, which records white noise).
+    "demo": {"n_frames": 45, "seeds": 1, "steps": 4, "comparison_trials": 4, "natural_top_k": 4, "start": "grey"},
 }
 
 

@@ -62,9 +62,8 @@ class DemoConfig:
     extra_cells: int = 1
     objectives: tuple[str, ...] = ("increase", "discriminative")
     rounds: int = 2
-    # The demo preset of the design settings; round 1 starts from grey as the demo always has
-    # (`start = "auto"`, the default, would start from the STA: the sim records white noise).
-    design: DesignSettings = design_settings(**DESIGN_PRESETS["demo"], start="grey")
+    # The demo preset of the design settings (`DESIGN_PRESETS["demo"]`, round 1 from grey).
+    design: DesignSettings = design_settings(**DESIGN_PRESETS["demo"])
     refine: bool = True  # see DesignPlan.refine (protocols/mei_closed_loop.toml)
     presentation: Presentation = Presentation(repeats=5, isi_grey_frames=30)
     finetune: FinetunePlan = FinetunePlan(mode="readout", epochs=2, batch_size=16, window=40, lr=1e-3,

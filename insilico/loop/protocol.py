@@ -309,7 +309,7 @@ def _stimulus(t: _Table, default_repeats: int) -> CharacterizeStimulus:
 
 # The TOML type of the design settings whose default (None) does not say it.
 _SETTING_KINDS: dict[str, type | tuple[type, ...]] = {"rms_contrast": float, "storage": str, "cmaes_trials": int,
-                                                       "seeds": int}
+                                                       "seeds": int, "frame_rms": (float, str)}
 
 
 def _setting_kind(name: str) -> type | tuple[type, ...]:

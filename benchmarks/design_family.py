@@ -1,0 +1,199 @@
+"""Design starts against the truth on a member of the simulated family, with and without white noise.
+
+For one member of `insilico.simulate.retina_family` (generated, not hand-picked), a twin is
+trained twice on the training movie `mov1`: on the member's recording, and on a copy without
+its white-noise segment and without `/cells/rf` (a lab that records natural movies only: no
+STA, no recorded RF). For the reliable cells (split-half r of the repeated movie above
+`--reliability`), up to `--per-type` per cell type, a gradient design is made from each start
+(`sta` where white noise exists, `attribution`, `natural`, `grey`, `auto`) under the whole-clip
+budget and under the per-frame budget as well (`frame_rms = "training"`), and every design is
+played to the simulated retina. Reported per start and cell type: the median of the design's
+true response over the truly best natural clip of the recording at the same budget (found by
+playing every clip, not the one the twin reports), the share of cells at >= 1.5x, and for
+linear cells the median fraction of the true optimum (whole-clip budget only: the optimum
+under a per-frame ceiling is not computed).
+
+    python benchmarks/design_family.py --work W [--member 0] [--model ln] [--per-type 1]
+
+The twin is the LN (`--model ln`, a closed-form fit in seconds) or the CNN; the Vi-ST figures
+are measured elsewhere (`benchmarks/mei.py`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from insilico.simulate import retina_family, retina_of_recording, simulate_recording  # noqa: E402
+from rig_bridge.simulated_retina import split_half_reliability, true_optimal_stimulus  # noqa: E402
+
+from insilico.design.budget import resolve_budget  # noqa: E402
+from insilico.design.postprocess import ContrastBudget  # noqa: E402
+from insilico.design.run import optimize_cells  # noqa: E402
+from insilico.design.settings import design_settings  # noqa: E402
+from insilico.design.verify import true_response  # noqa: E402
+from stimuli.recording import RecordingWriter, open_recording  # noqa: E402
+from vist_model.features import FeatureCache  # noqa: E402
+from vist_model.fit_twin import TwinSpec, train_twin  # noqa: E402
+from vist_model.twin import Twin  # noqa: E402
+
+STARTS = ("sta", "attribution", "natural", "grey", "auto")
+GOAL = 1.5
+
+
+def without_noise(src: Path, dst: Path) -> Path:
+    """A copy of a recording without its white-noise segment and without `/cells/rf`."""
+    if dst.exists():
+        return dst
+    with open_recording(src) as rec:
+        attrs = {k: v for k, v in rec.attrs.items() if k not in ("format", "version", "frame_rate", "pixel_size_um")}
+        _, h, w = rec.shape
+        repeats = max(rec.counts(s.name).shape[0] for s in rec.segments)
+        with RecordingWriter(dst, frame_rate=rec.frame_rate, height=h, width=w, cell_ids=rec.cell_ids,
+                             n_repeats=repeats, pixel_size_um=rec.pixel_size_um, attrs=attrs) as out:
+            for seg in rec.segments:
+                if seg.name != "noise":
+                    counts = rec.counts(seg.name)
+                    shown = ~np.isnan(counts).any(axis=(1, 2))  # repeats not shown are NaN in the file
+                    out.append_segment(seg.name, rec.frames(seg.name), counts[shown])
+            if rec.cell_types:
+                out.set_cell_types(rec.cell_types)
+    return dst
+
+
+def truly_best_natural(data: Path, retina, n_frames: int, budget: ContrastBudget, window: tuple[int, int],
+                       stride: int) -> np.ndarray:
+    """`[N]` each cell's highest true response to any `n_frames` clip of `mov1` at `budget`."""
+    with open_recording(data) as rec:
+        movie = rec.frames("mov1")
+    best = np.zeros(retina.n_cells)
+    for start in range(0, len(movie) - n_frames + 1, stride):
+        clip = budget.apply(movie[start:start + n_frames])
+        best = np.maximum(best, retina.rate(clip)[window[0]:window[1]].mean(axis=0))
+    return best
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--work", type=Path, default=Path("bench_design_family"))
+    p.add_argument("--members", type=int, default=6, help="family size (the family is fixed by it and --seed)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--member", type=int, default=0)
+    p.add_argument("--model", default="ln", choices=("ln", "cnn"))
+    p.add_argument("--reliability", type=float, default=0.5)
+    p.add_argument("--per-type", type=int, default=1, help="reliable cells per cell type (most reliable first)")
+    p.add_argument("--frames", type=int, default=40)
+    p.add_argument("--window", type=int, default=3)
+    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--seeds", type=int, default=2)
+    p.add_argument("--trials", type=int, default=8, help="comparison trials of the parametric search")
+    p.add_argument("--stride", type=int, default=2, help="frames between the natural clips played to the retina")
+    p.add_argument("--starts", default=",".join(STARTS))
+    args = p.parse_args()
+
+    config = retina_family(args.members, args.seed)[args.member]
+    work = args.work / f"member{args.member}"
+    work.mkdir(parents=True, exist_ok=True)
+    data = work / "data.h5"
+    if not data.exists():
+        simulate_recording(data, config)
+    recordings = {"with white noise": data, "natural movies only": without_noise(data, work / "no_noise.h5")}
+    with open_recording(data) as rec:
+        reliability = split_half_reliability(rec.counts("mov2"))
+        retina = retina_of_recording(rec.attrs)
+        ids = [int(c) for c in rec.cell_ids]
+    by_type: dict[str, list[tuple[float, int]]] = defaultdict(list)
+    for c, r in zip(ids, reliability, strict=True):
+        if r > args.reliability:
+            by_type[retina.cell_types[retina.index_of(c)]].append((float(r), c))
+    cells = sorted(c for kind in by_type.values() for _, c in sorted(kind, reverse=True)[:args.per_type])
+    print(f"member {args.member}: {config.size} px, {config.n_cells} cells, {config.train_seconds:g} s of training "
+          f"movie; {sum(map(len, by_type.values()))} reliable; designing {len(cells)}: {cells}")
+    window = (args.frames - args.window, args.frames)
+    results = []
+    for label, path in recordings.items():
+        cache = FeatureCache(work / "features")
+        run_dir = work / f"{args.model}_{'noise' if path == data else 'no_noise'}"
+        t = time.perf_counter()
+        if not (run_dir / "model.pt").exists():
+            train_twin(path, ["mov1"], run_dir, spec=TwinSpec(kind=args.model), device="cpu", cache=cache)
+        twin = Twin.load(run_dir, device="cpu")
+        print(f"[{label}] {args.model} twin ready in {time.perf_counter() - t:.0f} s (rf: {twin.metadata.rf_source})")
+        for frame_budget in (None, "training"):
+            budget_info = resolve_budget(twin.metadata, None, frame_rms=frame_budget)
+            budget = ContrastBudget(budget_info.rms, frame_rms=budget_info.frame_rms)
+            best_natural = truly_best_natural(data, retina, args.frames, budget, window, args.stride)
+            for start in args.starts.split(","):
+                if start == "sta" and path != data:
+                    continue
+                s = design_settings(n_frames=args.frames, window_frames=args.window, seeds=args.seeds,
+                                    steps=args.steps, comparison_trials=args.trials, start=start,
+                                    frame_rms=frame_budget)
+                out = work / "designs" / f"{run_dir.name}-{frame_budget or 'clip'}-{start}"
+                t = time.perf_counter()
+                designed = optimize_cells([twin], cells, out, s, cache=cache)
+                seconds = (time.perf_counter() - t) / len(cells)
+                for r in designed:
+                    i = retina.index_of(r.cell_id)
+                    true = true_response(retina, i, r.design, window)
+                    optimum = None
+                    if retina.is_linear(i) and frame_budget is None:
+                        optimum = true_response(retina, i, true_optimal_stimulus(retina, i, args.frames,
+                                                                                 budget_info.rms), window)
+                    results.append({"recording": label, "frame_budget": frame_budget or "whole clip",
+                                    "start": start, "chosen": r.chosen_start, "cell": r.cell_id,
+                                    "type": retina.cell_types[i], "linear": bool(retina.is_linear(i)),
+                                    "true": true, "best_natural": float(best_natural[i]),
+                                    "optimum": optimum, "seconds": seconds})
+                print(f"  [{label}, {frame_budget or 'whole-clip'} budget] start {start}: {seconds:.1f} s/cell")
+    (work / f"results_{args.model}.json").write_text(json.dumps(results, indent=1))
+    report(results)
+
+
+def report(results: list[dict]) -> None:
+    groups: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
+    for row in results:
+        groups[row["recording"], row["frame_budget"], row["start"]].append(row)
+    print("\n| recording | budget | start | cells | design / truly best natural (median) | >= 1.5x | "
+          "linear: / optimum (median, min) | auto chose |")
+    print("|---|---|---|---|---|---|---|---|")
+    for (rec, fb, start), rows in groups.items():
+        ratios = [r["true"] / r["best_natural"] for r in rows if r["best_natural"] > 0]
+        opt = [r["true"] / r["optimum"] for r in rows if r["optimum"]]
+        chose = ", ".join(f"{k} {v}" for k, v in sorted(_count(r["chosen"] for r in rows).items())) \
+            if start == "auto" else ""
+        opt_text = f"{statistics.median(opt):.2f}, {min(opt):.2f}" if opt else "-"
+        print(f"| {rec} | {fb} | {start} | {len(rows)} | {statistics.median(ratios):.2f} | "
+              f"{sum(x >= GOAL for x in ratios)}/{len(ratios)} | {opt_text} | {chose} |")
+    print("\nper cell type (design / truly best natural; whole-clip budget):")
+    types = sorted({r["type"] for r in results})
+    keys = sorted({(r["recording"], r["start"]) for r in results if r["frame_budget"] == "whole clip"})
+    print("| recording | start | " + " | ".join(types) + " |")
+    print("|---|---|" + "---|" * len(types))
+    for rec, start in keys:
+        cells = []
+        for kind in types:
+            rows = [r for r in results if r["recording"] == rec and r["start"] == start and r["type"] == kind
+                    and r["frame_budget"] == "whole clip" and r["best_natural"] > 0]
+            cells.append(" ".join(f"{r['true'] / r['best_natural']:.2f}" for r in rows) or "-")
+        print(f"| {rec} | {start} | " + " | ".join(cells) + " |")
+
+
+def _count(items) -> dict[str, int]:  # noqa: ANN001
+    out: dict[str, int] = defaultdict(int)
+    for x in items:
+        out[str(x)] += 1
+    return dict(out)
+
+
+if __name__ == "__main__":
+    main()
