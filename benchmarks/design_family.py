@@ -1,6 +1,6 @@
 """Design starts against the truth on a member of the simulated family, with and without white noise.
 
-For one member of `insilico.simulate.retina_family` (generated, not hand-picked), a twin is
+For one member of `rig_bridge.retina.recording.retina_family` (generated, not hand-picked), a twin is
 trained twice on the training movie `mov1`: on the member's recording, and on a copy without
 its white-noise segment and without `/cells/rf` (a lab that records natural movies only: no
 STA, no recorded RF). For the reliable cells (split-half r of the repeated movie above
@@ -33,15 +33,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from insilico.simulate import retina_family, retina_of_recording, simulate_recording  # noqa: E402
-from rig_bridge.simulated_retina import split_half_reliability, true_optimal_stimulus  # noqa: E402
-
 from insilico.design.budget import resolve_budget  # noqa: E402
 from insilico.design.postprocess import ContrastBudget  # noqa: E402
 from insilico.design.run import optimize_cells  # noqa: E402
 from insilico.design.settings import design_settings  # noqa: E402
 from insilico.design.verify import true_response  # noqa: E402
+from rig_bridge.retina import true_optimal_stimulus  # noqa: E402
+from rig_bridge.retina.recording import retina_family, retina_of_recording, simulate_recording  # noqa: E402
 from stimuli.recording import RecordingWriter, open_recording  # noqa: E402
+from stimuli.recording.reliability import split_half_reliability  # noqa: E402
 from vist_model.features import FeatureCache  # noqa: E402
 from vist_model.fit_twin import TwinSpec, train_twin  # noqa: E402
 from vist_model.twin import Twin  # noqa: E402
