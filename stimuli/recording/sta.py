@@ -174,6 +174,11 @@ class StaAccumulator:
         self._history = joined[len(joined) - keep:] if keep else joined[:0]
         self.n_frames = b
 
+    @property
+    def mean_frame(self) -> np.ndarray:
+        """`[H, W]` the average of the frames added so far."""
+        return (self._frame_sum / max(self.n_frames, 1)).reshape(self.shape)
+
     def result(self) -> StaEstimate:
         if self.n_frames == 0 or self.lags.max() >= self.n_frames:
             raise InputError(f"lags must lie in [0, T-1] = [0, {self.n_frames - 1}], got {self.lags.tolist()}")
@@ -268,7 +273,7 @@ class ReceptiveFieldAccumulator:
 
     def result(self) -> ReceptiveFieldMaps:
         linear = self._linear.result()
-        mean_frame = (self._linear._frame_sum / self._linear.n_frames).reshape(linear.by_lag.shape[2:])
+        mean_frame = self._linear.mean_frame
         candidates = [("linear", linear.spatial)]
         for sigma, acc in zip(self.sigmas, self._energy, strict=True):
             raw = acc.result()
