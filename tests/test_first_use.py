@@ -202,8 +202,11 @@ def test_ctrl_c_in_train_says_how_to_resume(tiny_recording: Path, tmp_path: Path
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     run = tmp_path / "run"
     args = ["train", "--data", str(tiny_recording), "--model", "cnn", "--out", str(run), "--epochs", "500"]
+    # A shell's background job ignores SIGINT, and so would this child (Python keeps an inherited
+    # SIG_IGN): restore the default, as a terminal's Ctrl-C meets it.
     proc = subprocess.Popen([sys.executable, "-m", "insilico.cli", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     # The state file appears (renamed into place whole) once the first epoch is done: then interrupt.
     deadline = time.monotonic() + 120
     while not (run / "train_state.pt").exists():
