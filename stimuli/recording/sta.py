@@ -199,6 +199,11 @@ class StaAccumulator:
 ENERGY_SIGMAS_PX: tuple[float, ...] = (1.0, 2.0, 4.0)
 """Spatial scales (Gaussian sigma, pixels) at which the contrast-energy STA is measured."""
 Z_SMOOTH_PX = 1.0
+ENERGY_MARGIN = 1.25
+"""How much more significant an energy map must be than the linear STA to replace it: the most
+significant of several noisy maps is biased upwards, and a linear cell's energy map can come close
+to its STA's significance while pointing elsewhere (docs/benchmarks.md, "ON-OFF cells' receptive
+fields")."""
 
 
 def map_significance(rf: np.ndarray) -> float:
@@ -251,7 +256,8 @@ class ReceptiveFieldAccumulator:
     contrast is strong inside its RF in either direction, so the STA of the squared, smoothed
     contrast `(G_sigma * (s - mean))**2` peaks there. Binary checkerboards make plain squared
     contrast constant, hence the smoothing, at a few scales since RF sizes differ between retinas;
-    the map whose peak is most significant wins (`map_significance`).
+    the energy map whose peak is most significant (`map_significance`) wins where it beats the
+    linear STA's by `ENERGY_MARGIN`.
 
     The centred energy STA needs the segment's mean frame, known only at the end; by linearity of
     the smoothing it is ``STA[(G s)^2] - 2 (G m) * (G STA[s])`` with both terms accumulated in one
@@ -285,7 +291,9 @@ class ReceptiveFieldAccumulator:
             candidates.append((f"energy {sigma:g} px", by_lag[np.arange(len(peak)), peak]))
         n_cells = linear.spatial.shape[0]
         z = np.array([[map_significance(maps[i]) for _, maps in candidates] for i in range(n_cells)])
-        best = np.argmax(z, axis=1)
+        energy_best = 1 + np.argmax(z[:, 1:], axis=1)
+        energy_wins = z[np.arange(n_cells), energy_best] > ENERGY_MARGIN * z[:, 0]
+        best = np.where(energy_wins, energy_best, 0)
         maps = np.stack([candidates[b][1][i] for i, b in enumerate(best)]).astype(np.float32)
         return ReceptiveFieldMaps(maps=maps, kinds=tuple(candidates[b][0] for b in best),
                                   significance=z[np.arange(n_cells), best])
