@@ -8,6 +8,10 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -55,3 +59,29 @@ def tiny_twin_dir(tiny_recording: Path, feature_cache_dir: Path, tmp_path_factor
                config=TrainConfig(epochs=2, warmup_epochs=1), device="cpu",
                cache=FeatureCache(feature_cache_dir))
     return out
+
+
+@pytest.fixture()
+def serve_sim_rig(tmp_path: Path) -> Iterator[Callable[..., str]]:
+    """Start simulated rigs (`rig_bridge.cli serve --backend sim`, 32 x 32 px) for one test.
+
+    `serve_sim_rig(cells=12, seed=0)` starts one and returns its address; each is stopped after the test.
+    """
+    from rig_bridge.transport import free_port
+
+    procs: list[subprocess.Popen] = []
+
+    def start(cells: int, seed: int) -> str:
+        port = free_port()
+        cmd = [sys.executable, "-m", "rig_bridge.cli", "serve", "--backend", "sim", "--insecure", "--port",
+               str(port), "--store", str(tmp_path / f"store{len(procs)}"), "--sim-cells", str(cells),
+               "--sim-size", "32", "--sim-seed", str(seed)]
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        return f"tcp://127.0.0.1:{port}"
+
+    try:
+        yield start
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(10)

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +13,6 @@ from insilico.loop.characterize import render
 from insilico.loop.protocol import load_protocol
 from insilico.loop.runner import run_protocol
 from rig_bridge.journal import SessionJournal
-from rig_bridge.transport import free_port
 from stimuli.recording import open_recording
 
 CHARACTERIZE = """
@@ -55,16 +51,8 @@ segment = "mov2"
 
 
 @pytest.fixture()
-def sim_rig(tmp_path: Path) -> Iterator[str]:
-    port = free_port()
-    cmd = [sys.executable, "-m", "rig_bridge.cli", "serve", "--backend", "sim", "--insecure", "--port", str(port),
-           "--store", str(tmp_path / "store"), "--sim-cells", "12", "--sim-size", "32", "--sim-seed", "0"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        yield f"tcp://127.0.0.1:{port}"
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(10)
+def sim_rig(serve_sim_rig: Callable[..., str]) -> str:
+    return serve_sim_rig(cells=12, seed=0)
 
 
 def _characterize(tmp_path: Path, rig: str) -> Path:

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
 from insilico.loop.runner import run_protocol
-from rig_bridge.transport import free_port
 from vist_model.multi import CORE_MODULES
 from vist_model.twin import Twin
 
@@ -57,17 +53,9 @@ device = "cpu"
 
 
 @pytest.fixture()
-def unseen_retina_rig(tmp_path: Path) -> Iterator[str]:
+def unseen_retina_rig(serve_sim_rig: Callable[..., str]) -> str:
     # Seed 7: not the seed of the recording the core (the tiny twin) was trained on.
-    port = free_port()
-    cmd = [sys.executable, "-m", "rig_bridge.cli", "serve", "--backend", "sim", "--insecure", "--port", str(port),
-           "--store", str(tmp_path / "store"), "--sim-cells", "8", "--sim-size", "32", "--sim-seed", "7"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        yield f"tcp://127.0.0.1:{port}"
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(10)
+    return serve_sim_rig(cells=8, seed=7)
 
 
 def test_a_new_retina_is_characterised_fitted_and_designed_for(tmp_path: Path, unseen_retina_rig: str,
