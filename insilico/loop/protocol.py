@@ -31,6 +31,7 @@ from insilico.design.settings import (
     design_settings,
 )
 from stimuli.errors import InputError
+from stimuli.shipped import resolve_shipped, shipped_names
 
 KINDS = ("characterize", "mei_closed_loop", "finetune", "new_retina")
 FAMILIES = ("white_noise", "chirp", "moving_bars", "natural_movie")
@@ -379,7 +380,7 @@ SHIPPED_PROTOCOLS = Path(__file__).with_name("protocols")
 
 def shipped_protocols() -> list[str]:
     """Names of the protocols shipped with the package (`characterize`, `finetune`, `mei_closed_loop`, `new_retina`)."""
-    return sorted(p.stem for p in SHIPPED_PROTOCOLS.glob("*.toml"))
+    return shipped_names(SHIPPED_PROTOCOLS)
 
 
 def resolve_protocol(name_or_path: str | Path) -> Path:
@@ -389,15 +390,7 @@ def resolve_protocol(name_or_path: str | Path) -> Path:
     repository's layout before the protocols became package data) name the shipped one from
     any folder where no such file is.
     """
-    path = Path(name_or_path)
-    if path.is_file():
-        return path
-    name = path.stem if path.suffix == ".toml" else path.name
-    shipped = SHIPPED_PROTOCOLS / f"{name}.toml"
-    if path.parent in (Path("."), Path("protocols")) and shipped.is_file():
-        return shipped
-    raise FileNotFoundError(f"{path}: no such protocol file (a TOML file, or a shipped protocol: "
-                            f"{', '.join(shipped_protocols())})")
+    return resolve_shipped(name_or_path, SHIPPED_PROTOCOLS, "protocols", "protocol", missing="protocol file")
 
 
 def load_protocol(path: str | Path) -> Protocol:

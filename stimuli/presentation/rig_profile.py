@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from stimuli.errors import InputError
+from stimuli.shipped import resolve_shipped, shipped_names
 
 CORNERS = ("top_left", "top_right", "bottom_left", "bottom_right")
 
@@ -183,7 +184,7 @@ SHIPPED_PROFILES = Path(__file__).with_name("rigs")
 
 def shipped_profiles() -> list[str]:
     """Names of the profiles shipped with the package (`default`, `projector_example`)."""
-    return sorted(p.stem for p in SHIPPED_PROFILES.glob("*.toml"))
+    return shipped_names(SHIPPED_PROFILES)
 
 
 def resolve_profile(name_or_path: str | os.PathLike[str]) -> Path:
@@ -192,15 +193,7 @@ def resolve_profile(name_or_path: str | os.PathLike[str]) -> Path:
     `default`, `default.toml` and `rigs/default.toml` (the repository's layout before the
     profiles became package data) all name the shipped default when no such file is here.
     """
-    path = Path(name_or_path)
-    if path.is_file():
-        return path
-    name = path.stem if path.suffix == ".toml" else path.name
-    shipped = SHIPPED_PROFILES / f"{name}.toml"
-    if path.parent in (Path("."), Path("rigs")) and shipped.is_file():
-        return shipped
-    raise FileNotFoundError(f"{path}: no such rig profile (a TOML file, or a shipped profile: "
-                            f"{', '.join(shipped_profiles())})")
+    return resolve_shipped(name_or_path, SHIPPED_PROFILES, "rigs", "profile", missing="rig profile")
 
 
 def load_profile(path: str | os.PathLike[str]) -> RigProfile:
