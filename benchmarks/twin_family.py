@@ -14,10 +14,15 @@ oracle (the simulator's own expected rate: the ceiling any model can reach).
 Design fidelity (`--design-cells K`): for the K most reliable cells, each model's gradient design
 (`insilico optimize`'s defaults) is predicted by the model and played to the simulated retina;
 the table gives the median factor between the two (predicted / true, 1 is perfect), before and
-after one round of fine-tuning on the retina's recorded response to the designs.
+after one round of fine-tuning on the retina's recorded response to the designs (5 repeats), as
+the closed loop fine-tunes (`protocols/mei_closed_loop.toml`'s `[finetune]`: the training data
+and the designs half and half, each design's cell over its window weighted 20 times).
 
     python benchmarks/twin_family.py --work W [--members 6] [--tune 2] [--only 2,3]
-        [--models vist,ln,cnn,oracle] [--epochs 8] [--design-cells 4]
+        [--models vist,ln,cnn,oracle] [--epochs 8] [--design-cells 4] [--movie-only]
+
+Every model trains on what `insilico train` trains on by default (the movie and the white noise);
+`--movie-only` trains them on `mov1` alone.
 """
 
 from __future__ import annotations
@@ -37,29 +42,37 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from insilico.design.run import optimize_cells  # noqa: E402
 from insilico.design.settings import design_settings  # noqa: E402
 from insilico.design.verify import true_response  # noqa: E402
+from insilico.loop.evaluation import finetune_config, val_fraction_for  # noqa: E402
+from insilico.loop.protocol import load_protocol  # noqa: E402
 from rig_bridge.retina.recording import (  # noqa: E402
     SimulationConfig,
     retina_family,
     retina_of_recording,
     simulate_recording,
 )
+from stimuli.files import write_json  # noqa: E402
 from stimuli.recording import RecordingWriter, open_recording  # noqa: E402
 from stimuli.recording.reliability import split_half_reliability  # noqa: E402
+from vist_model.data import LossFocus, default_train_segments  # noqa: E402
 from vist_model.features import FeatureCache  # noqa: E402
 from vist_model.fit_twin import TwinSpec, finetune_twin, train_twin  # noqa: E402
 from vist_model.metrics import evaluate  # noqa: E402
-from vist_model.train import TrainConfig, training_for  # noqa: E402
+from vist_model.train import training_for  # noqa: E402
 from vist_model.twin import Twin  # noqa: E402
 
 MODELS = {
     "vist": TwinSpec(kind="vist"),  # the shipped defaults
+    "vist_tiny": TwinSpec(kind="vist", backbone="tiny"),
+    "vist_pixels": TwinSpec(kind="vist", backbone="pixels"),
+    "vist_maps32": TwinSpec(kind="vist", map_channels=32),
     "vist_published": TwinSpec(kind="vist", preset="vist", output="linear", loss="vist", readout="dense",
                                cmst_padding="valid"),
     "ln": TwinSpec(kind="ln"),
     "cnn": TwinSpec(kind="cnn"),
 }
 RELIABLE = 0.5
-FINETUNE = TrainConfig(epochs=4, batch_size=4, warmup_epochs=1, lr=3e-4, final_lr=1e-4, patience=4, coverage=2.0)
+FINETUNE_PROTOCOL = "mei_closed_loop"
+"""The shipped protocol whose `[finetune]` is the round of fine-tuning that design fidelity is read after."""
 
 
 def member_data(work: Path, k: int, config: SimulationConfig) -> Path:
@@ -70,13 +83,21 @@ def member_data(work: Path, k: int, config: SimulationConfig) -> Path:
     return path
 
 
-def train(data: Path, name: str, epochs: int, cache: FeatureCache) -> Twin:
-    run_dir = data.parent / name
+def training_segments(data: Path, movie_only: bool) -> list[str]:
+    """What every model of a run trains (and fine-tunes) on: `insilico train`'s default, or the movie."""
+    if movie_only:
+        return ["mov1"]
+    with open_recording(data) as rec:
+        return default_train_segments(rec)
+
+
+def train(data: Path, name: str, key: str, segments: list[str], epochs: int, cache: FeatureCache) -> Twin:
+    run_dir = data.parent / key
     if (run_dir / "model.pt").exists() and not (run_dir / "train_state.pt").exists():
         return Twin.load(run_dir)
     spec = MODELS[name]
     config = replace(training_for(spec.preset), epochs=epochs) if spec.kind != "ln" else None
-    return train_twin(data, ["mov1"], run_dir, spec=spec, config=config, cache=cache).twin
+    return train_twin(data, segments, run_dir, spec=spec, config=config, cache=cache).twin
 
 
 def scores(prediction: np.ndarray, counts: np.ndarray, types: np.ndarray, reliable: np.ndarray) -> dict:
@@ -89,7 +110,8 @@ def scores(prediction: np.ndarray, counts: np.ndarray, types: np.ndarray, reliab
             "worst_type": min(per_type.values()) if per_type else float("nan")}
 
 
-def design_fidelity(twin: Twin, data: Path, retina, cells: list[int], work: Path, cache: FeatureCache) -> dict:
+def design_fidelity(twin: Twin, data: Path, segments: list[str], retina, cells: list[int], work: Path,
+                    cache: FeatureCache) -> dict:
     """Predicted / true response of each cell's gradient design, before and after one fine-tuning round."""
     designs = optimize_cells(twin, cells, work / "designs", design_settings(seeds=2, start="sta"), cache=cache)
     true, clips = [], []
@@ -98,8 +120,13 @@ def design_fidelity(twin: Twin, data: Path, retina, cells: list[int], work: Path
         clips.append((r.cell_id, r.design, r.window))
     before = _predicted(twin, clips, cache)
     session = _record_designs(data, retina, clips, work / "session.h5")
-    tuned = finetune_twin(twin, [(data, ["mov1"]), (session, [f"design{c}" for c, _, _ in clips])], work / "tuned",
-                          config=FINETUNE, cache=cache, shares=[0.5, 0.5])
+    # One round's fine-tuning as the closed loop does it (the shipped protocol's [finetune]).
+    f = load_protocol(FINETUNE_PROTOCOL).finetune
+    recordings = [(data, segments), (session, [f"design{c}" for c, _, _ in clips])]
+    focus = [[], [LossFocus(f"design{c}", twin.metadata.cell_index(c), a, b) for c, _, (a, b) in clips]]
+    tuned = finetune_twin(twin, recordings, work / "tuned", config=finetune_config(f), cache=cache,
+                          val_fraction=val_fraction_for(recordings, f.window), shares=[1.0 - f.session_share, None],
+                          focus=focus, focus_weight=f.focus_weight)
     after = _predicted(tuned.twin, clips, cache)
     factor = lambda p, t: float(np.exp(np.median(np.abs(np.log(np.maximum(p, 1e-6) / np.maximum(t, 1e-6))))))  # noqa: E731
     return {"cells": cells, "predicted_before": before, "predicted_after": after, "true": true,
@@ -137,6 +164,10 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--design-cells", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--redo-design", action="store_true",
+                    help="measure design fidelity again for models already in the results (their twins reload)")
+    ap.add_argument("--movie-only", action="store_true",
+                    help="train on mov1 alone (results keyed NAME@mov1), not on insilico train's default segments")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -162,22 +193,29 @@ def main() -> None:
               f"{int(reliable.sum())} reliable cells", flush=True)
         member = results.setdefault(str(k), {"role": role, "config": asdict(cfg), "models": {}})
         top = [ids[i] for i in np.argsort(-np.nan_to_num(reliability))[: args.design_cells]]
+        segments = training_segments(data, args.movie_only)
         for name in args.models.split(","):
-            if name in member["models"]:
+            key = f"{name}@mov1" if args.movie_only and name != "oracle" else name
+            if key in member["models"] and not (args.redo_design and name != "oracle"):
                 continue
             t0 = time.perf_counter()
             if name == "oracle":
                 prediction = retina.rate(frames.astype(np.float64) / 255.0)
                 row = scores(prediction, counts, types, reliable)
             else:
-                twin = train(data, name, args.epochs, cache)
+                twin = train(data, name, key, segments, args.epochs, cache)
                 row = scores(twin.predict(frames, cache), counts, types, reliable)
-                row["train_s"] = time.perf_counter() - t0
+                row["train_s"] = member["models"].get(key, {}).get("train_s", time.perf_counter() - t0)
                 if args.design_cells:
-                    row["design"] = design_fidelity(twin, data, retina, top, data.parent / f"{name}_design", cache)
-            member["models"][name] = row
-            results_path.write_text(json.dumps(results, indent=1))
-            _print_row(name, row)
+                    row["design"] = design_fidelity(twin, data, segments, retina, top,
+                                                    data.parent / f"{key}_design", cache)
+                row["segments"] = segments
+            member["models"][key] = row
+            # Re-read first: runs of other models on the same work folder may have written since.
+            results = json.loads(results_path.read_text()) if results_path.exists() else results
+            results.setdefault(str(k), {"role": role, "config": asdict(cfg), "models": {}})["models"][key] = row
+            write_json(results_path, results)
+            _print_row(key, row)
     _summary(results)
 
 

@@ -63,7 +63,9 @@ def cell_list(spec: str | None, flag: str = "--cells") -> None:
     """The syntax of `--cells` (all, or comma-separated ids) before the twin is loaded to check the ids."""
     if spec is None or spec.strip().lower() == "all":
         return
-    parts = [s.strip() for s in spec.split(",") if s.strip()]
-    bad = [s for s in parts if not s.lstrip("-").isdigit()]
+    # A cell of a shared core is recording:id (insilico.cells.on_recording), "A:all" every cell of A.
+    parts = [s.strip().rpartition(":")[2] for s in spec.split(",") if s.strip()]
+    bad = [s for s in parts if not s.lstrip("-").isdigit() and not (s.lower() == "all" and ":" in spec)]
     if bad or not parts:
-        raise InsilicoError(f"{flag} must be 'all' or comma-separated cell ids like 3,42, got {spec!r}")
+        raise InsilicoError(f"{flag} must be 'all' or comma-separated cell ids like 3,42 (A:42 on a shared "
+                            f"core), got {spec!r}")

@@ -102,7 +102,8 @@ def train(
                                       "(default: mov1 and the white-noise segment, where the file has one)."),
     model: str = typer.Option("vist", "--model", help="vist, ln or cnn."),
     out: Path = typer.Option(..., "--out", help="Run folder: model.pt, train.json, loss_curve.png."),
-    backbone: str = typer.Option("tiny", help="Backbone: tiny, pixels, dinov2-small/base/large/giant, or a local folder."),
+    backbone: str = typer.Option(None, help="Backbone: pixels (the default without pretrained weights), tiny (a "
+                                 "random DINOv2), dinov2-small/base/large/giant, or a local folder."),
     preset: str = typer.Option("cpu", help="Vi-ST preset: vist (published) or cpu."),
     rf_conditioning: str = typer.Option("sum", help="AdaLN conditioning: sum (published) or per_cell."),
     readout: str = typer.Option(None, help="Vi-ST readout: dense (published) or factorized (a spatial mask "
@@ -182,9 +183,9 @@ def train(
                 return default_train_segments(rec)
 
         segments = segments_of(data[0])
-        spec = TwinSpec(kind=model, preset=preset, backbone=backbone, rf_conditioning=rf_conditioning,
+        spec = TwinSpec(kind=model, preset=preset, rf_conditioning=rf_conditioning,
                         readout=readout, cmst_padding=cmst_padding, spatial_kernel=spatial_kernel,
-                        output=output, loss=loss)
+                        output=output, loss=loss, **({"backbone": backbone} if backbone else {}))
         if core is not None:
             _fit_on_core(core, data[0], segments, out, finetune_core, epochs, batch_size, seed, device, noise_segment)
             return

@@ -86,6 +86,31 @@ def test_ln_fit_recovers_on_and_off_filters_and_the_output_scale() -> None:
         assert predicted[:, k].mean() == pytest.approx(test_rates[:, k].mean(), rel=0.15)
 
 
+def test_ln_fit_crops_the_filter_to_the_recorded_rf_when_that_predicts_better() -> None:
+    # Little data for a 16 x 16 screen: a whole-screen filter fits noise, one cropped to the RF does not.
+    def upsampled(t: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        frames, counts, rates, space = _toy_ln(t, seed)
+        return np.kron(frames, np.ones((1, 2, 2), np.float32)), counts, rates
+
+    frames, counts, _ = upsampled(1200, 0)
+    test_frames, _, test_rates = upsampled(1500, 1)
+    rf = np.zeros((2, 16, 16), np.float32)
+    rf[:, 6:10, 6:10] = [[1.0]], [[-1.0]]  # the recorded maps of the ON and the OFF cell
+    train, val = [Block(frames[:1000], counts[:1000])], [Block(frames[1000:], counts[1000:])]
+    cc = {}
+    for name, maps in (("screen", None), ("cropped", rf)):
+        model = LNModel(LNConfig(n_cells=2, resolution=16, n_lags=4))
+        chosen = fit_ln(model, train, val, maps)
+        with torch.no_grad():
+            predicted = model(torch.from_numpy(test_frames)[None])[0].numpy()
+        cc[name] = [np.corrcoef(predicted[3:, k], test_rates[3:, k])[0, 1] for k in range(2)]
+        if maps is not None:
+            assert all(w != "screen" for w in chosen["window"]), chosen
+            far = model.filters.weight.detach().numpy()[:, 0, :, :3, :]  # rows 0-2: far outside every window
+            assert np.abs(far).max() == 0.0
+    assert all(c > s + 0.05 for c, s in zip(cc["cropped"], cc["screen"], strict=True)), cc
+
+
 def test_cell_accuracy_says_when_the_twin_does_not_know_a_cell() -> None:
     good, poor = CellAccuracy(3, 0.6, 0.8), CellAccuracy(42, KNOWS_CELL_CC - 0.01, 0.8)
     assert good.known and good.warning() is None

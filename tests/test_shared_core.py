@@ -116,6 +116,34 @@ def test_the_core_folder_names_the_twin_to_load(core_dir: Path) -> None:
     assert twin.predict(np.zeros((10, 40, 40), np.uint8)).shape == (10, 9)
 
 
+def test_design_and_attribute_name_a_cell_of_the_core_by_recording(core_dir: Path, retinas: dict[str, Path],
+                                                                    tmp_path: Path) -> None:
+    runner = CliRunner()
+    a, b = (Twin.load(core_dir / n).metadata.cell_ids for n in ("A", "B"))
+    only_b = next(i for i in b if i not in a)
+    design = ["optimize", "--model", str(core_dir), "--method", "gradient", "--frames", "6", "--window", "2",
+              "--seeds", "1", "--steps", "1", "--start-from", "grey", "--out", str(tmp_path / "d")]
+    result = runner.invoke(app, [*design, "--cell", f"B:{only_b}"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "d" / f"cell{only_b}.h5").is_file()  # B's twin designed it: A has no such cell
+    refusals = [
+        (["--cell", str(only_b)], "is a shared core of recordings A, B"),
+        (["--cells", f"A:{a[0]},B:{only_b}"], "shown to one retina"),
+        (["--cell", f"C:{a[0]}"], "no recording 'C'"),
+        (["--cell", f"A:{only_b}"], f"no cells with ids [{only_b}]"),
+    ]
+    for args, message in refusals:
+        result = runner.invoke(app, [*design, *args])
+        assert result.exit_code != 0 and message in " ".join(result.output.split()), result.output
+    result = runner.invoke(app, [*design[:2], str(core_dir / "A"), *design[3:], "--cell", f"A:{a[0]}"])
+    assert result.exit_code != 0 and "twin of one recording" in " ".join(result.output.split()), result.output
+    result = runner.invoke(app, ["attribute", "--model", str(core_dir), "--data", str(retinas["B"]),
+                                 "--cell", f"B:{only_b}", "--clips", "1", "--method", "saliency",
+                                 "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "r" / f"cell{only_b}.html").is_file()
+
+
 def test_sampling_balances_recordings() -> None:
     def blocks(frames: int) -> list[Block]:
         return [Block(np.zeros((frames, 1), np.float32), np.zeros((frames, 2), np.float32))]

@@ -58,6 +58,10 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 TINY_SEED = 0
 TINY_LAYER_NORM_EPS = 1.0
+# Without pretrained DINOv2 weights on the machine, the backbone that kept the most of the cells'
+# drive, linearly at their RFs, on the family's tuning members, and trained the better Vi-ST on
+# a report member (docs/benchmarks.md, "What the backbone keeps").
+DEFAULT_BACKBONE = "pixels"
 
 
 class BackboneUnavailableError(InsilicoError, FileNotFoundError):

@@ -18,7 +18,7 @@ from stimuli.errors import InputError
 from stimuli.files import write_json
 from stimuli.recording import Recording, open_recording
 from vist_model.accuracy import HeldOutAccuracy, held_out_segment
-from vist_model.backbone import load_backbone
+from vist_model.backbone import DEFAULT_BACKBONE, load_backbone
 from vist_model.data import (
     Block,
     DataSplit,
@@ -67,19 +67,21 @@ class TwinSpec:
 
     `readout` ("dense" or "factorized", `vist_model.readout`), `cmst_padding` ("valid" or
     "same"), `spatial_kernel` (odd) and `output` ("linear" or "softplus",
-    `vist_model.vist.ViSTConfig`) override the preset's when given. `loss` ("vist", the paper's
+    `vist_model.vist.ViSTConfig`) and `map_channels` (the maps the core carries to the readout)
+    override the preset's when given. `loss` ("vist", the paper's
     composite loss, or "poisson") overrides the default that `loss_for` picks.
     """
 
     kind: str = "vist"
     preset: str = "cpu"
-    backbone: str = "tiny"
+    backbone: str = DEFAULT_BACKBONE
     rf_conditioning: str = "sum"
     readout: str | None = None
     cmst_padding: str | None = None
     spatial_kernel: int | None = None
     output: str | None = None
     loss: str | None = None
+    map_channels: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in MODEL_KINDS:
@@ -176,7 +178,8 @@ def new_twin(rec: Recording, spec: TwinSpec, rf_maps: np.ndarray, rf_source: str
     n = rec.n_cells
     if spec.kind == "vist":
         overrides = {k: v for k, v in (("readout", spec.readout), ("cmst_padding", spec.cmst_padding),
-                                       ("spatial_kernel", spec.spatial_kernel), ("output", spec.output))
+                                       ("spatial_kernel", spec.spatial_kernel), ("output", spec.output),
+                                       ("map_channels", spec.map_channels))
                      if v}
         network = vist_config(spec.preset, n, backbone.spec.hidden_size, grid=backbone.spec.grid,
                               rf_conditioning=spec.rf_conditioning, **overrides).to_dict()
@@ -229,7 +232,7 @@ def train_twin(
     loss = loss_for(spec.kind, twin.metadata.network, spec.loss)
     try:
         if spec.kind == "ln":
-            result = _fit_ln_run(twin.network, loss, train_blocks, val_blocks, dev)
+            result = _fit_ln_run(twin.network, loss, train_blocks, val_blocks, dev, rfs.maps)
         else:
             result = fit(twin.network, loss, train_blocks, val_blocks, config, device=dev,
                          state_path=out / "train_state.pt", progress=progress)
@@ -281,10 +284,10 @@ def _remeasure(twin: Twin, recordings: Sequence[tuple[str | Path, list[str]]], v
 
 
 def _fit_ln_run(model: nn.Module, loss: nn.Module, train: list[Block], val: list[Block],
-                device: torch.device) -> TrainResult:
+                device: torch.device, rf_maps: np.ndarray | None = None) -> TrainResult:
     """The LN baseline's closed-form fit (`vist_model.ln_fit`), reported like a training run."""
     t0 = time.perf_counter()
-    fit_ln(model.cpu(), train, val)
+    fit_ln(model.cpu(), train, val, rf_maps)
     model.to(device)
     train_loss = evaluate_loss(model, loss, train, device)
     val_loss = evaluate_loss(model, loss, val, device) if val else train_loss

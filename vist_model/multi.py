@@ -13,7 +13,8 @@ A run folder of a shared core holds one normal twin per recording (`OUT/<name>/m
 core and that recording's readout, its cells under their own ids) and `OUT/core.json` naming
 them. Cells are namespaced by recording as `name:id` (`SharedCoreTwin.cell_labels`,
 `SharedCoreTwin.locate("A:42")`); a stimulus is shown to one retina, so designing and
-attributing work on one recording's twin: `insilico optimize --model OUT/A --cell 42`.
+attributing work on one recording's twin: `insilico optimize --model OUT --cell A:42` (or
+`--model OUT/A --cell 42`).
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ from vist_model.twin import Twin, build_network
 from vist_model.vist import ViST, ViSTConfig
 
 __all__ = ["CORE_INDEX", "CORE_MODULES", "SharedCoreRun", "SharedCoreTwin", "balanced_windows", "batch_order",
-           "check_shareable", "copy_core", "fit_shared", "recording_name", "tie_cores", "train_shared_core"]
+           "check_shareable", "copy_core", "core_recordings", "fit_shared", "is_shared_core", "recording_name",
+           "tie_cores", "train_shared_core"]
 
 CORE_MODULES = ("tcn", "adaln", "cmst")
 """The submodules of `ViST` that make up the core; `readout` and the `rf_maps` buffer are per recording."""
@@ -175,17 +177,27 @@ class SharedCoreTwin:
     def load(cls, run_dir: str | Path, device: str | torch.device = "cpu") -> SharedCoreTwin:
         """The twins a shared-core run folder names, with their cores tied again."""
         run = Path(run_dir)
-        index_path = run / CORE_INDEX
-        if not index_path.is_file():
-            raise FileNotFoundError(f"{run}: no shared core here ({CORE_INDEX} is missing)")
-        try:
-            index = json.loads(index_path.read_text(encoding="utf-8"))
-            entries = [(str(r["name"]), str(r["twin"])) for r in index["recordings"]]
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise InputError(f"{index_path}: not a shared-core index ({type(err).__name__}: {err})") from None
-        twins = {name: Twin.load(run / rel, device=device) for name, rel in entries}
+        twins = {name: Twin.load(path, device=device) for name, path in core_recordings(run).items()}
         _check_same_core([t.network for t in twins.values()], run)
         return cls(twins)
+
+
+def is_shared_core(path: str | Path) -> bool:
+    """Whether `path` is a shared-core run folder (it holds `core.json`)."""
+    return (Path(path) / CORE_INDEX).is_file()
+
+
+def core_recordings(run_dir: str | Path) -> dict[str, Path]:
+    """The recordings a shared-core run folder names -> each one's twin (`OUT/<name>/model.pt`)."""
+    run = Path(run_dir)
+    index_path = run / CORE_INDEX
+    if not index_path.is_file():
+        raise FileNotFoundError(f"{run}: no shared core here ({CORE_INDEX} is missing)")
+    try:
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+        return {str(r["name"]): run / str(r["twin"]) for r in index["recordings"]}
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise InputError(f"{index_path}: not a shared-core index ({type(err).__name__}: {err})") from None
 
 
 def _check_same_core(networks: Sequence[ViST], where: Path) -> None:

@@ -13,10 +13,10 @@ from stimuli.errors import InputError
 
 
 def attribute_command(
-    model: Path = typer.Option(..., "--model", help="Run folder or model.pt of the twin."),
+    model: Path = typer.Option(..., "--model", help="Run folder or model.pt of the twin, or a shared core's folder."),
     data: Path = typer.Option(..., "--data", help="Recording-v1 file with the test movie."),
-    cell: int = typer.Option(None, "--cell", help="One cell id."),
-    cells: str = typer.Option(None, "--cells", help="'all' or comma-separated ids (3,42)."),
+    cell: str = typer.Option(None, "--cell", help="One cell id (A:42 on a shared core's folder)."),
+    cells: str = typer.Option(None, "--cells", help="'all' or comma-separated ids (3,42; A:3,A:42 on a shared core)."),
     out: Path = typer.Option(Path("reports"), "--out", help="Folder for cell<ID>.h5/.html (and index.html)."),
     clips: int = typer.Option(6, "--clips", help="Clips per cell: top-firing clips plus 2 random ones."),
     method: str = typer.Option("ig", "--method", help="ig, saliency or occlusion."),
@@ -33,14 +33,19 @@ def attribute_command(
 
         if (cell is None) == (cells is None):
             raise InputError("give exactly one of --cell ID or --cells all|3,42")
-        selection = str(cell) if cell is not None else cells
+        selection = cell if cell is not None else cells
+        if cell is not None and ("," in cell or cell.strip().lower().endswith("all")):
+            raise InputError(f"--cell names one cell (42, or A:42 on a shared core), got {cell!r}; use --cells")
         # Arguments first: loading the twin and its test movie takes seconds.
-        checks.cell_list(cells)
+        checks.cell_list(selection, "--cell" if cell is not None else "--cells")
         checks.one_of(method, METHODS, "--method")
         checks.at_least(clips, 1, "--clips")
         checks.at_least(ig_steps, 1, "--ig-steps")
         if not model.exists():
             raise FileNotFoundError(f"--model {model}: no such run folder or model.pt")
+        from insilico.cells import on_recording
+
+        (model,), selection = on_recording([model], selection, "--cell" if cell is not None else "--cells")
         checks.input_file(data, "--data", "recording")
         checks.output_folder(out, "--out")
         steps = {} if ig_steps is None else {"ig_steps": ig_steps}

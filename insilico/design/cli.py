@@ -27,7 +27,8 @@ FLAGS = {"method": ("method", "--method"), "n_frames": ("frames", "--frames"), "
 
 def optimize_command(
     model: list[Path] = typer.Option(..., "--model", help="Run folder or model.pt; repeat for an ensemble."),
-    cells: str = typer.Option(None, "--cells", "--cell", help="Cell id(s): 42, 3,42,77 or all."),
+    cells: str = typer.Option(None, "--cells", "--cell",
+                              help="Cell id(s): 42, 3,42,77 or all; A:42 on a shared core's folder."),
     out: Path = typer.Option(Path("designs"), "--out", help="Folder for cell<ID>.h5/.json/.png/.gif."),
     method: str = typer.Option(default("method"), "--method", help="gradient, optuna or both."),
     frames: int = typer.Option(default("n_frames"), "--frames", help="Clip length in frames."),
@@ -66,7 +67,7 @@ def optimize_command(
 ) -> None:
     """Design the stimulus that drives a cell hardest (or silences it, or singles it out)."""
     with friendly_errors():
-        from insilico.cells import describe_cell_accuracy, parse_cells
+        from insilico.cells import describe_cell_accuracy, on_recording, parse_cells
         from insilico.console import progress
         from insilico.design.run import load_twins, optimize_cells
 
@@ -77,6 +78,7 @@ def optimize_command(
                                          rf_envelope=rf_envelope, start_from=start_from, frame_rms=frame_rms,
                                          envelope_source=envelope_source))
         _check_design_arguments(model, cells, out, start)
+        model, cells = on_recording(model, cells)
         twins = load_twins(model, device)
         ids = parse_cells(cells, twins[0].metadata.cell_ids)  # the ids, once the twin says which it has
         starts = {}
