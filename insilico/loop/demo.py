@@ -1,6 +1,6 @@
 """`insilico demo`: the whole closed loop on built-in data, on one machine, no GPU.
 
-Simulate a small retina recording -> train a twin (cpu preset, tiny backbone) -> pick target
+Simulate a small retina recording -> train a twin (cpu preset, default backbone) -> pick target
 cells (42 and the two the twin predicts best) -> start a simulated rig server (a subprocess,
 the same retina as the recording) -> two closed-loop rounds through the bridge -> report.
 
@@ -51,9 +51,10 @@ class DemoConfig:
 
     simulation: SimulationConfig = SimulationConfig(
         n_cells=20, size=32, seed=0, train_seconds=45.0, test_seconds=10.0, noise_seconds=30.0)
-    # The `tiny` backbone's features are smaller since its LayerNorm eps is 1, and 3 epochs
-    # left the demo's twin visibly less accurate than 4 (docs/benchmarks.md, "The demo's settings").
+    # 3 epochs left the demo's twin visibly less accurate than 4 (measured with the `tiny`
+    # backbone, docs/benchmarks.md, "The demo's settings"; with `pixels` 4 epochs take 2.6 min).
     train_epochs: int = 4
+    backbone: str | None = None  # None: the twin's default (`vist_model.fit_twin.TwinSpec`)
     # The published dense readout on the trimmed grid learns faster than the cpu preset's
     # factorized one, which wins on full recordings: a few epochs on 45 s of movie is the demo.
     readout: str = "dense"
@@ -156,8 +157,8 @@ def run_demo(out_dir: str | Path = "demo", config: DemoConfig | None = None, *, 
     t0 = time.perf_counter()
     if not (model / "model.pt").is_file():
         with progress() as bar:
-            spec = TwinSpec(kind="vist", preset="cpu", backbone="tiny", readout=c.readout,
-                            cmst_padding=c.cmst_padding)
+            spec = TwinSpec(kind="vist", preset="cpu", readout=c.readout, cmst_padding=c.cmst_padding,
+                            **({"backbone": c.backbone} if c.backbone else {}))
             with open_recording(data) as rec:
                 segments = default_train_segments(rec)
             train_twin(data, segments, model, spec=spec,
