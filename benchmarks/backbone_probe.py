@@ -13,8 +13,8 @@ at all) are the references.
 
     python benchmarks/backbone_probe.py DATA.h5 [--backbones tiny,pixels,raw] [--cache DIR]
 
-The probe reads each segment's features a neighbourhood at a time: memory is cells x frames x
-(9 x channels), whatever the screen.
+The probe reads each cell's feature neighbourhood from the cache file, and `raw` pools each
+segment once, in blocks: memory is frames x (9 x channels + grid x grid), whatever the screen.
 """
 
 from __future__ import annotations
@@ -41,29 +41,46 @@ LAG_BINS = ((0, 2), (2, 4), (4, 8), (8, 16), (16, 30))
 RIDGE = (1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3)
 RELIABLE = 0.5
 QUANTILES = 20
+BLOCK_FRAMES = 1024
+
+
+def neighbourhood(grid_yx: tuple[int, int], g: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and columns of the 3 x 3 grid positions around `grid_yx` on a `g x g` grid (edges repeat)."""
+    ys = np.clip(np.arange(grid_yx[0] - 1, grid_yx[0] + 2), 0, g - 1)
+    xs = np.clip(np.arange(grid_yx[1] - 1, grid_yx[1] + 2), 0, g - 1)
+    return ys, xs
 
 
 def grid_features(path: Path, grid_yx: tuple[int, int]) -> np.ndarray:
-    """Features `[T, 9 * C]` of the 3 x 3 grid neighbourhood of `grid_yx` (edge positions repeat)."""
+    """Features `[T, 9 * C]` of the 3 x 3 grid neighbourhood of `grid_yx` in a feature cache file."""
     with h5py.File(path, "r") as f:
         feats = f["features"]
-        g = feats.shape[-1]
-        ys = np.clip(np.arange(grid_yx[0] - 1, grid_yx[0] + 2), 0, g - 1)
-        xs = np.clip(np.arange(grid_yx[1] - 1, grid_yx[1] + 2), 0, g - 1)
+        ys, xs = neighbourhood(grid_yx, feats.shape[-1])
         block = feats[:, :, ys.min():ys.max() + 1, xs.min():xs.max() + 1].astype(np.float32)
     block = block[:, :, ys - ys.min()][:, :, :, xs - xs.min()]
     return block.reshape(len(block), -1)
 
 
-def raw_features(rec, segment: str, grid: int, grid_yx: tuple[int, int]) -> np.ndarray:
-    """The screen's luminance averaged to `grid` x `grid`, the same 3 x 3 neighbourhood `[T, 9]`."""
-    frames = rec.frames(segment).astype(np.float32) / 255.0 - 0.5
-    t, h, w = frames.shape
-    pooled = frames[:, : h // grid * grid, : w // grid * grid].reshape(t, grid, h // grid, grid, w // grid)
-    pooled = pooled.mean(axis=(2, 4))
-    ys = np.clip(np.arange(grid_yx[0] - 1, grid_yx[0] + 2), 0, grid - 1)
-    xs = np.clip(np.arange(grid_yx[1] - 1, grid_yx[1] + 2), 0, grid - 1)
-    return pooled[:, ys][:, :, xs].reshape(t, -1)
+def pooled_luminance(rec, segment: str, grid: int) -> np.ndarray:
+    """The segment's luminance, centred on grey and averaged to `grid x grid`: `[T, grid, grid]`.
+
+    Read `BLOCK_FRAMES` at a time, once per segment; each cell's probe slices its neighbourhood.
+    """
+    seg = rec.segment(segment)
+    _, h, w = rec.shape
+    out = np.empty((seg.n_frames, grid, grid), np.float32)
+    for a in range(seg.start, seg.stop, BLOCK_FRAMES):
+        b = min(seg.stop, a + BLOCK_FRAMES)
+        frames = rec.frames(start=a, stop=b).astype(np.float32) / 255.0 - 0.5
+        frames = frames[:, : h // grid * grid, : w // grid * grid].reshape(b - a, grid, h // grid, grid, w // grid)
+        out[a - seg.start:b - seg.start] = frames.mean(axis=(2, 4))
+    return out
+
+
+def raw_features(pooled: np.ndarray, grid_yx: tuple[int, int]) -> np.ndarray:
+    """The 3 x 3 neighbourhood of `grid_yx` in pooled luminance `[T, g, g]`: `[T, 9]`."""
+    ys, xs = neighbourhood(grid_yx, pooled.shape[-1])
+    return pooled[:, ys][:, :, xs].reshape(len(pooled), -1)
 
 
 def lagged(x: np.ndarray) -> np.ndarray:
@@ -132,8 +149,10 @@ def main() -> None:
         print(f"{args.data}: {rec.n_cells} cells ({int(reliable.sum())} reliable), train {train}, test {args.test}")
         for name in args.backbones.split(","):
             grid = 16
-            paths = {}
-            if name != "raw":
+            paths, pooled = {}, {}
+            if name == "raw":
+                pooled = {s: pooled_luminance(rec, s, grid) for s in [*train, args.test]}
+            else:
                 backbone = load_backbone(name)
                 grid = backbone.spec.grid
                 for s in [*train, args.test]:
@@ -142,7 +161,7 @@ def main() -> None:
             prediction = np.zeros(counts.shape[1:], np.float64)
             for i, (y, x) in enumerate(centres):
                 gyx = (min(int(y * grid / h), grid - 1), min(int(x * grid / w), grid - 1))
-                feats = {s: (raw_features(rec, s, grid, gyx) if name == "raw" else grid_features(paths[s], gyx))
+                feats = {s: (raw_features(pooled[s], gyx) if name == "raw" else grid_features(paths[s], gyx))
                          for s in [*train, args.test]}
                 x_train = np.concatenate([lagged(feats[s]) for s in train])
                 y_train = np.concatenate([targets[s][:, i] for s in train])

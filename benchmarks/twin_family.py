@@ -210,7 +210,6 @@ def main() -> None:
                     row["design"] = design_fidelity(twin, data, segments, retina, top,
                                                     data.parent / f"{key}_design", cache)
                 row["segments"] = segments
-            member["models"][key] = row
             # Re-read first: runs of other models on the same work folder may have written since.
             results = json.loads(results_path.read_text()) if results_path.exists() else results
             results.setdefault(str(k), {"role": role, "config": asdict(cfg), "models": {}})["models"][key] = row
