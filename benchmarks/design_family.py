@@ -1,9 +1,9 @@
 """Design starts against the truth on a member of the simulated family, with and without white noise.
 
 For one member of `rig_bridge.retina.recording.retina_family` (generated, not hand-picked), a twin is
-trained twice on the training movie `mov1`: on the member's recording, and on a copy without
-its white-noise segment and without `/cells/rf` (a lab that records natural movies only: no
-STA, no recorded RF). For the reliable cells (split-half r of the repeated movie above
+trained twice on what `insilico train` trains on by default: on the member's recording (the
+movie `mov1` and the white noise), and on a copy without its white-noise segment and without
+`/cells/rf` (a lab that records natural movies only: no STA, no recorded RF; `mov1` alone). For the reliable cells (split-half r of the repeated movie above
 `--reliability`), up to `--per-type` per cell type, a gradient design is made from each start
 (`sta` where white noise exists, `attribution`, `natural`, `grey`, `auto`) under the whole-clip
 budget and under the per-frame budget as well (`frame_rms = "training"`), and every design is
@@ -13,10 +13,13 @@ playing every clip, not the one the twin reports), the share of cells at >= 1.5x
 linear cells the median fraction of the true optimum (whole-clip budget only: the optimum
 under a per-frame ceiling is not computed).
 
-    python benchmarks/design_family.py --work W [--member 0] [--model ln] [--per-type 1]
+    python benchmarks/design_family.py --work W [--member 0] [--model vist] [--per-type 1]
+        [--recordings with_noise,no_noise] [--budgets clip,training] [--starts auto,sta,...]
 
-The twin is the LN (`--model ln`, a closed-form fit in seconds) or the CNN; the Vi-ST figures
-are measured elsewhere (`benchmarks/mei.py`).
+The twin is Vi-ST with the shipped defaults (`--model vist`, `insilico train`'s), the LN (`ln`,
+a closed-form fit in minutes) or the CNN. Runs of one member and model with different
+`--recordings` may share a work folder (two processes, one per recording): the results file
+keeps each recording's rows.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from insilico.console import progress  # noqa: E402
 from insilico.design.budget import resolve_budget  # noqa: E402
 from insilico.design.postprocess import ContrastBudget  # noqa: E402
 from insilico.design.run import optimize_cells  # noqa: E402
@@ -40,14 +44,18 @@ from insilico.design.settings import design_settings  # noqa: E402
 from insilico.design.verify import true_response  # noqa: E402
 from rig_bridge.retina import true_optimal_stimulus  # noqa: E402
 from rig_bridge.retina.recording import retina_family, retina_of_recording, simulate_recording  # noqa: E402
+from stimuli.files import write_json  # noqa: E402
 from stimuli.recording import RecordingWriter, open_recording  # noqa: E402
 from stimuli.recording.reliability import split_half_reliability  # noqa: E402
+from vist_model.data import default_train_segments  # noqa: E402
 from vist_model.features import FeatureCache  # noqa: E402
 from vist_model.fit_twin import TwinSpec, train_twin  # noqa: E402
 from vist_model.twin import Twin  # noqa: E402
 
 STARTS = ("sta", "attribution", "natural", "grey", "auto")
 GOAL = 1.5
+RECORDINGS = {"with_noise": "with white noise", "no_noise": "natural movies only"}
+BUDGETS = {"clip": None, "training": "training"}  # the whole-clip budget; and a per-frame ceiling too
 
 
 def without_noise(src: Path, dst: Path) -> Path:
@@ -88,7 +96,9 @@ def main() -> None:
     p.add_argument("--members", type=int, default=6, help="family size (the family is fixed by it and --seed)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--member", type=int, default=0)
-    p.add_argument("--model", default="ln", choices=("ln", "cnn"))
+    p.add_argument("--model", default="vist", choices=("vist", "ln", "cnn"))
+    p.add_argument("--recordings", default=",".join(RECORDINGS), help="with_noise, no_noise or both")
+    p.add_argument("--budgets", default=",".join(BUDGETS), help="clip, training or both")
     p.add_argument("--reliability", type=float, default=0.5)
     p.add_argument("--per-type", type=int, default=1, help="reliable cells per cell type (most reliable first)")
     p.add_argument("--frames", type=int, default=40)
@@ -106,7 +116,8 @@ def main() -> None:
     data = work / "data.h5"
     if not data.exists():
         simulate_recording(data, config)
-    recordings = {"with white noise": data, "natural movies only": without_noise(data, work / "no_noise.h5")}
+    recordings = {RECORDINGS[k]: data if k == "with_noise" else without_noise(data, work / "no_noise.h5")
+                  for k in args.recordings.split(",")}
     with open_recording(data) as rec:
         reliability = split_half_reliability(rec.counts("mov2"))
         retina = retina_of_recording(rec.attrs)
@@ -119,16 +130,22 @@ def main() -> None:
     print(f"member {args.member}: {config.size} px, {config.n_cells} cells, {config.train_seconds:g} s of training "
           f"movie; {sum(map(len, by_type.values()))} reliable; designing {len(cells)}: {cells}")
     window = (args.frames - args.window, args.frames)
-    results = []
+    results: list[dict] = []
+    merged: list[dict] = []
     for label, path in recordings.items():
         cache = FeatureCache(work / "features")
         run_dir = work / f"{args.model}_{'noise' if path == data else 'no_noise'}"
         t = time.perf_counter()
         if not (run_dir / "model.pt").exists():
-            train_twin(path, ["mov1"], run_dir, spec=TwinSpec(kind=args.model), device="cpu", cache=cache)
+            with open_recording(path) as rec:
+                segments = default_train_segments(rec)
+            with progress() as bar:
+                train_twin(path, segments, run_dir, spec=TwinSpec(kind=args.model), device="cpu", cache=cache,
+                           progress=bar)
         twin = Twin.load(run_dir, device="cpu")
-        print(f"[{label}] {args.model} twin ready in {time.perf_counter() - t:.0f} s (rf: {twin.metadata.rf_source})")
-        for frame_budget in (None, "training"):
+        print(f"[{label}] {args.model} twin ready in {time.perf_counter() - t:.0f} s (rf: {twin.metadata.rf_source}, "
+              f"trained on {', '.join(twin.metadata.training['train_segments'])})", flush=True)
+        for frame_budget in (BUDGETS[b] for b in args.budgets.split(",")):
             budget_info = resolve_budget(twin.metadata, None, frame_rms=frame_budget)
             budget = ContrastBudget(budget_info.rms, frame_rms=budget_info.frame_rms)
             best_natural = truly_best_natural(data, retina, args.frames, budget, window, args.stride)
@@ -154,9 +171,18 @@ def main() -> None:
                                     "type": retina.cell_types[i], "linear": bool(retina.is_linear(i)),
                                     "true": true, "best_natural": float(best_natural[i]),
                                     "optimum": optimum, "seconds": seconds})
-                print(f"  [{label}, {frame_budget or 'whole-clip'} budget] start {start}: {seconds:.1f} s/cell")
-    (work / f"results_{args.model}.json").write_text(json.dumps(results, indent=1))
-    report(results)
+                print(f"  [{label}, {frame_budget or 'whole-clip'} budget] start {start}: {seconds:.1f} s/cell",
+                      flush=True)
+                merged = save(work / f"results_{args.model}.json", results, recordings)
+    report(merged)
+
+
+def save(path: Path, results: list[dict], recordings: dict[str, Path]) -> list[dict]:
+    """Write this run's rows and the other recordings' rows already there (another process may have
+    measured them meanwhile); after every start, so an interrupted run keeps what it measured."""
+    kept = [r for r in (json.loads(path.read_text()) if path.exists() else []) if r["recording"] not in recordings]
+    write_json(path, kept + results)
+    return kept + results
 
 
 def report(results: list[dict]) -> None:

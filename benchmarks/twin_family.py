@@ -39,6 +39,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from insilico.console import progress  # noqa: E402
 from insilico.design.run import optimize_cells  # noqa: E402
 from insilico.design.settings import design_settings  # noqa: E402
 from insilico.design.verify import true_response  # noqa: E402
@@ -64,6 +65,7 @@ MODELS = {
     "vist": TwinSpec(kind="vist"),  # the shipped defaults
     "vist_tiny": TwinSpec(kind="vist", backbone="tiny"),
     "vist_pixels": TwinSpec(kind="vist", backbone="pixels"),
+    "vist_patches": TwinSpec(kind="vist", backbone="patches"),
     "vist_maps32": TwinSpec(kind="vist", map_channels=32),
     "vist_published": TwinSpec(kind="vist", preset="vist", output="linear", loss="vist", readout="dense",
                                cmst_padding="valid"),
@@ -97,7 +99,8 @@ def train(data: Path, name: str, key: str, segments: list[str], epochs: int, cac
         return Twin.load(run_dir)
     spec = MODELS[name]
     config = replace(training_for(spec.preset), epochs=epochs) if spec.kind != "ln" else None
-    return train_twin(data, segments, run_dir, spec=spec, config=config, cache=cache).twin
+    with progress() as bar:  # a line per epoch in a log file
+        return train_twin(data, segments, run_dir, spec=spec, config=config, cache=cache, progress=bar).twin
 
 
 def scores(prediction: np.ndarray, counts: np.ndarray, types: np.ndarray, reliable: np.ndarray) -> dict:

@@ -73,8 +73,29 @@ def test_a_new_retina_is_characterised_fitted_and_designed_for(tmp_path: Path, u
         if k.split(".")[0] in CORE_MODULES:
             assert torch.equal(v, core[k]), k
     index = json.loads((out / "characterize" / "stimuli.json").read_text())["stimuli"]
-    assert fitted.metadata.training["train_segments"] == [index["train_movie"]["segment"]]
+    assert fitted.metadata.training["train_segments"] == [index[s]["segment"] for s in ("train_movie", "white_noise")]
     assert fitted.metadata.accuracy.segment == index["test_movie"]["segment"]
     summary = json.loads((out / "loop" / "round_1" / "summary.json").read_text())
     assert summary  # the round ran on the fitted twin
     assert (out / "loop" / "round_1" / "twin" / "model.pt").is_file()
+
+
+def test_the_demo_fits_a_retina_its_twin_never_saw(tmp_path: Path, tiny_twin_dir: Path) -> None:
+    from dataclasses import replace
+
+    from insilico.design.settings import design_settings
+    from insilico.loop.demo import DemoConfig, _new_retina
+    from insilico.loop.protocol import CharacterizeStimulus, FinetunePlan
+
+    c = DemoConfig()
+    c = replace(c, simulation=replace(c.simulation, size=32), new_retina_cells=6, new_retina_seed=5, extra_cells=0,
+                new_retina_stimuli=(CharacterizeStimulus("test_movie", "natural_movie", repeats=3, seconds=3.0, seed=1),
+                                    CharacterizeStimulus("white_noise", "white_noise", repeats=1, seconds=4.0),
+                                    CharacterizeStimulus("train_movie", "natural_movie", repeats=1, seconds=6.0)),
+                design=design_settings(n_frames=40, window_frames=2, seeds=1, steps=1, natural_top_k=1,
+                                       comparison_trials=1, start="grey"),
+                objectives=("increase",), finetune=FinetunePlan(mode="readout", epochs=1, window=40))
+    outcome = _new_retina(c, tmp_path, tiny_twin_dir, live=False)
+    assert outcome.kind == "new_retina" and outcome.report is not None and outcome.report.is_file()
+    fitted = Twin.load(tmp_path / "new_retina" / "twin")
+    assert fitted.metadata.n_cells == 6 and fitted.metadata.training["core"]["path"] == str(tiny_twin_dir.resolve())

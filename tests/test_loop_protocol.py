@@ -44,7 +44,7 @@ def _write(tmp_path: Path, text: str, name: str = "p.toml") -> Path:
     return path
 
 
-def test_shipped_protocols_load() -> None:
+def test_shipped_protocols_load(tmp_path: Path) -> None:
     c = load_protocol(PROTOCOLS / "characterize.toml")
     assert isinstance(c, CharacterizeProtocol)
     assert [s.family for s in c.stimuli] == ["white_noise", "chirp", "moving_bars", "natural_movie"]
@@ -63,12 +63,19 @@ def test_shipped_protocols_load() -> None:
         ("test_movie", "natural_movie", 5), ("white_noise", "white_noise", 1), ("train_movie", "natural_movie", 1)]
     assert sum(s.seconds * s.repeats for s in stimuli) <= 7 * 60  # minutes, not an hour
     assert new.loop.design.cells == () and new.loop.rounds == 2 and new.loop.finetune.session_share == 0.5
+    assert new.core.train == ("train_movie", "white_noise")  # the readout learns from both, as `insilico train`
+    one = (PROTOCOLS / "new_retina.toml").read_text().replace('train = ["train_movie", "white_noise"]',
+                                                              'train = "train_movie"')
+    assert load_protocol(_write(tmp_path, one)).core.train == ("train_movie",)
 
 
 @pytest.mark.parametrize(("edit", "message"), [
     (("test = \"test_movie\"", "test = \"nothing\""), "core.test: must name a stimulus"),
     (("test = \"test_movie\"", "test = \"train_movie\""), "is shown 1 time(s)"),
     (("[core]\n", "[core]\ncolour = 1\n"), "core.colour: unknown key"),
+    (('"train_movie", "white_noise"]', '"train_movie", "nothing"]'), "core.train: unknown value 'nothing'"),
+    (('train = ["train_movie", "white_noise"]', 'train = "nothing"'), "core.train: must name a stimulus"),
+    (('train = ["train_movie", "white_noise"]', 'train = ["test_movie"]'), "test and train name the same"),
 ])
 def test_new_retina_refusals(tmp_path: Path, edit: tuple[str, str], message: str) -> None:
     text = (PROTOCOLS / "new_retina.toml").read_text().replace(*edit)

@@ -230,6 +230,24 @@ def test_pixels_backbone_pools_luminance_and_contrast() -> None:
     assert frames.grad.abs().sum() > 0
 
 
+def test_patches_backbone_keeps_what_lies_inside_a_grid_cell() -> None:
+    # A bright pixel at a grid cell's top-left corner and the same pixel at its bottom-right: the
+    # same mean and contrast (pixels cannot tell them apart), not the same sub-grid.
+    pixels, patches = load_backbone("pixels"), load_backbone("patches")
+    assert patches.spec.feature_shape == (17, 16, 16)
+    frames = torch.full((1, 2, 64, 64), 0.5)
+    frames[0, 0, 20, 20] = 1.0  # grid cell (5, 5) covers pixels 20..23
+    frames[0, 1, 23, 23] = 1.0
+    coarse, fine = pixels(frames)[0], patches(frames)[0]
+    torch.testing.assert_close(coarse[0], coarse[1])
+    torch.testing.assert_close(fine[0, 16], fine[1, 16])  # its contrast channel is pixels' own
+    torch.testing.assert_close(fine[:, :16].mean(dim=1), coarse[:, 0])  # the sub-grid averages to pixels' mean
+    lit = fine[:, :16, 5, 5].argmax(dim=1)  # the brightest sub-position: row-major over the 4 x 4 sub-grid
+    assert lit.tolist() == [0, 15]
+    small = patches(torch.rand(1, 1, 32, 32))  # a screen smaller than the sub-grid: repeated, same shape
+    assert small.shape == (1, 1, 17, 16, 16)
+
+
 def test_missing_pretrained_weights_give_a_clear_error(tmp_path) -> None:
     # Neither exists on any machine, so this holds with or without a filled cache.
     for missing in ("insilico-tests/dinov2-absent", str(tmp_path / "no-such-folder" / "dino")):

@@ -24,6 +24,10 @@ Backbones (`load_backbone(name_or_path)`):
   The normalised greyscale image is average-pooled onto the 16 x 16 grid giving
   C = 2 channels per cell: mean luminance, and local RMS contrast
   `sqrt(mean(x^2) - mean(x)^2)` within the cell.
+* `patches`: `pixels` without the pooling's loss: each grid cell's luminance on a 4 x 4
+  sub-grid, as 16 channels (space to depth, as a ViT's patch embedding before its
+  projection), plus the cell's RMS contrast: C = 17. A receptive field smaller than a grid
+  cell (2 px on a 64-px screen, whose grid cells are 4 px) keeps its centre and surround apart.
 
 All backbones are frozen (`requires_grad=False`, always in eval mode) but stay
 differentiable w.r.t. the input frames, so a stimulus can be optimised through
@@ -49,6 +53,7 @@ __all__ = [
     "BackboneSpec",
     "BackboneUnavailableError",
     "DinoV2Backbone",
+    "PatchBackbone",
     "PixelBackbone",
     "load_backbone",
 ]
@@ -100,6 +105,8 @@ BACKBONE_PRESETS: dict[str, BackboneSpec] = {
     "tiny": BackboneSpec("tiny", f"random Dinov2Config(hidden 32, 2 layers, layer_norm_eps "
                                  f"{TINY_LAYER_NORM_EPS:g}), seed {TINY_SEED}", False, 32, 16),
     "pixels": BackboneSpec("pixels", "average-pooled luminance and contrast", False, 2, 16),
+    "patches": BackboneSpec("patches", "luminance on a 4 x 4 sub-grid of each grid cell, and its contrast",
+                            False, 17, 16),
 }
 
 
@@ -256,6 +263,29 @@ class PixelBackbone(Backbone):
         return torch.cat((mean, contrast), dim=1)
 
 
+class PatchBackbone(PixelBackbone):
+    """`PixelBackbone` with each grid cell's luminance kept on a `SUB x SUB` sub-grid (C = SUB^2 + 1).
+
+    The sub-grid is the screen average-pooled (or, on a screen smaller than `grid x SUB`,
+    repeated) onto `grid * SUB` positions a side, then moved into channels (`pixel_unshuffle`),
+    so channel `i * SUB + j` of a grid cell is the luminance of its sub-position `(i, j)`.
+    """
+
+    SUB = 4
+
+    def __init__(self) -> None:
+        super().__init__(BACKBONE_PRESETS["patches"])
+
+    def _encode(self, images: Tensor) -> Tensor:
+        x = (images.to(self.mean.dtype) - self.mean) / self.std
+        g = self.spec.grid
+        fine = F.pixel_unshuffle(F.adaptive_avg_pool2d(x, g * self.SUB), self.SUB)
+        mean = F.adaptive_avg_pool2d(x, g)
+        mean_sq = F.adaptive_avg_pool2d(x * x, g)
+        contrast = torch.sqrt((mean_sq - mean * mean).clamp_min(0.0) + self.EPS)
+        return torch.cat((fine, contrast), dim=1)
+
+
 def _tiny_encoder(layer_norm_eps: float) -> nn.Module:
     from transformers import Dinov2Config, Dinov2Model
 
@@ -300,6 +330,8 @@ def load_backbone(name_or_path: str) -> Backbone:
     """
     if name_or_path == "pixels":
         return PixelBackbone()
+    if name_or_path == "patches":
+        return PatchBackbone()
     if name_or_path == "tiny":
         return DinoV2Backbone(BACKBONE_PRESETS["tiny"], _tiny_encoder(TINY_LAYER_NORM_EPS))
     if name_or_path in BACKBONE_PRESETS:

@@ -65,6 +65,8 @@ def run_command(
 def demo_command(
     out: Path = typer.Option(Path("demo"), "--out", help="Folder for the demo's data, twin, experiment and report."),
     live: bool = typer.Option(True, "--live/--no-live", help="Rich live view (off: one line per step)."),
+    new_retina: bool = typer.Option(False, "--new-retina", help="Then fit a retina the twin never saw onto its core "
+                                    "and design for it (the new_retina protocol at demo sizes)."),
 ) -> None:
     """The closed loop on built-in data: simulate, train, design, present to a simulated rig, report."""
     with friendly_errors():
@@ -74,7 +76,7 @@ def demo_command(
         checks.output_folder(out, "--out")
 
         try:
-            run_demo(out, live=live)
+            run_demo(out, live=live, new_retina=new_retina)
         except KeyboardInterrupt:
             console.print(f"[yellow]interrupted[/]: run `insilico demo --out {out}` again to continue")
             raise typer.Exit(code=130) from None

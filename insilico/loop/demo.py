@@ -4,6 +4,11 @@ Simulate a small retina recording -> train a twin (cpu preset, default backbone)
 cells (42 and the two the twin predicts best) -> start a simulated rig server (a subprocess,
 the same retina as the recording) -> two closed-loop rounds through the bridge -> report.
 
+With `new_retina` (`insilico demo --new-retina`), then: a second simulated rig with a retina the
+twin never saw (another seed, other cells) -> the `new_retina` protocol at demo sizes: a short
+characterisation, the new retina fitted onto the demo twin's core (its readout alone), one round
+of design on the fitted twin -> its report.
+
 Every stage is resumable: run the same command again after an interruption.
 """
 
@@ -26,10 +31,14 @@ from insilico.console import console, progress
 from insilico.design.settings import DESIGN_PRESETS, DesignSettings, design_settings
 from insilico.loop.protocol import (
     CONTROLS,
+    CharacterizeProtocol,
+    CharacterizeStimulus,
     ClosedLoopProtocol,
+    CorePlan,
     DesignPlan,
     EvaluationPlan,
     FinetunePlan,
+    NewRetinaProtocol,
     Presentation,
     protocol_digest,
 )
@@ -70,6 +79,16 @@ class DemoConfig:
     finetune: FinetunePlan = FinetunePlan(mode="readout", epochs=2, batch_size=16, window=40, lr=1e-3,
                                           warmup_epochs=0, include_training_data=True)
     evaluation: EvaluationPlan = EvaluationPlan(segment="mov2")
+    # `--new-retina`: a retina the twin never saw, on the same screen and frame rate (the rig's).
+    new_retina_seed: int = 1  # the recording's retina is `simulation.seed`
+    new_retina_cells: int = 16
+    # The shipped protocol's characterisation (protocols/new_retina.toml) cut to demo length.
+    new_retina_stimuli: tuple[CharacterizeStimulus, ...] = (
+        CharacterizeStimulus("test_movie", "natural_movie", repeats=3, seconds=10.0, seed=1),
+        CharacterizeStimulus("white_noise", "white_noise", repeats=1, seconds=30.0, seed=0),
+        CharacterizeStimulus("train_movie", "natural_movie", repeats=1, seconds=30.0, seed=2),
+    )
+    new_retina_rounds: int = 1
 
 
 def demo_protocol(c: DemoConfig, cells: list[int], where: Path) -> ClosedLoopProtocol:
@@ -85,6 +104,24 @@ def demo_protocol(c: DemoConfig, cells: list[int], where: Path) -> ClosedLoopPro
     protocol = ClosedLoopProtocol(path=where, digest="", description=description, rounds=c.rounds,
                                   presentation=c.presentation, design=design, finetune=c.finetune,
                                   evaluation=c.evaluation)
+    return replace(protocol, digest=protocol_digest(protocol))
+
+
+def new_retina_protocol(c: DemoConfig, where: Path) -> NewRetinaProtocol:
+    """The demo's `new_retina` protocol (as `protocols/new_retina.toml`, at demo sizes), as an object."""
+    description = (f"insilico demo --new-retina: a simulated retina the twin never saw ({c.new_retina_cells} cells, "
+                   f"seed {c.new_retina_seed}), {sum(s.seconds * s.repeats for s in c.new_retina_stimuli):g} s of "
+                   f"characterisation, fitted onto the demo twin's core, {c.new_retina_rounds} round(s) of design "
+                   "at the demo's reduced settings: it shows the protocol working, its numbers are not measurements "
+                   "(benchmarks/core_transfer.py for those)")
+    core = CorePlan()
+    characterize = CharacterizeProtocol(where, "", description, c.presentation, c.new_retina_stimuli)
+    design = DesignPlan(cells=(), objectives=c.objectives, controls=CONTROLS, settings=c.design, device="cpu",
+                        refine=c.refine)
+    loop = ClosedLoopProtocol(where, "", description, c.new_retina_rounds, c.presentation, design, c.finetune,
+                              EvaluationPlan(segment=core.test))
+    protocol = NewRetinaProtocol(where, "", description, characterize, replace(core, top_cells=len(c.cells) +
+                                                                                c.extra_cells), loop)
     return replace(protocol, digest=protocol_digest(protocol))
 
 
@@ -129,8 +166,10 @@ def pick_cells(cc: np.ndarray, cell_ids: tuple[int, ...], fixed: tuple[int, ...]
     return picked, dropped
 
 
-def run_demo(out_dir: str | Path = "demo", config: DemoConfig | None = None, *, live: bool = True) -> RunOutcome:
-    """Run the demo into `out_dir`; returns the closed-loop outcome (its report path)."""
+def run_demo(out_dir: str | Path = "demo", config: DemoConfig | None = None, *, live: bool = True,
+             new_retina: bool = False) -> RunOutcome:
+    """Run the demo into `out_dir`; returns the closed-loop outcome (its report path), or with
+    `new_retina` the new retina's (`out_dir/new_retina/`)."""
     from rig_bridge.retina.recording import simulate_recording
     from stimuli.recording import open_recording
     from vist_model.data import default_train_segments
@@ -192,9 +231,38 @@ def run_demo(out_dir: str | Path = "demo", config: DemoConfig | None = None, *, 
         outcome = run_protocol(protocol, model, address, out / "exp", insecure=True, timeout_s=60.0, live=live,
                                feature_cache=out / "features")
     _stage(timings, f"closed loop ({c.rounds} rounds)", t0)
+    if new_retina:
+        t0 = time.perf_counter()
+        outcome = _new_retina(c, out, model, live)
+        _stage(timings, "a new retina on the twin's core", t0)
     timings["total"] = round(time.perf_counter() - started, 1)
     write_json(out / "timings.json", timings)
     console.print(f"\n[bold]report:[/] {outcome.report}")
+    return outcome
+
+
+def _new_retina(c: DemoConfig, out: Path, core: Path, live: bool) -> RunOutcome:
+    """The `new_retina` protocol on the demo twin's core, against a rig whose retina the twin never saw."""
+    from vist_model.twin import Twin
+
+    where = out / "new_retina"
+    protocol = new_retina_protocol(c, Path("insilico demo --new-retina"))
+    state = where / STATE_FILE
+    if state.is_file() and json.loads(state.read_text()).get("protocol_digest") != protocol.digest:
+        console.print(f"[yellow]note[/]: the demo's settings changed; the new retina in {where} starts over")
+        _clear_loop(where)
+    where.mkdir(parents=True, exist_ok=True)
+    with sim_rig(where, c.new_retina_seed, c.new_retina_cells, c.simulation.size) as address:
+        console.print(f"a second simulated rig, a retina the twin never saw (seed {c.new_retina_seed}, "
+                      f"{c.new_retina_cells} cells), on {address} (log: {where / 'rig.log'})")
+        outcome = run_protocol(protocol, core, address, where, insecure=True, timeout_s=60.0, live=live,
+                               feature_cache=out / "features")
+    acc = Twin.load(where / "twin", device="cpu").metadata.accuracy
+    if acc is not None:
+        ratios = [r for r in (x.fraction_of_ceiling for x in acc.cells) if r is not None]
+        of_ceiling = f", {np.median(ratios):.2f} of the noise ceiling" if ratios else ""
+        console.print(f"the new retina fitted onto the core: held-out median CC {acc.median_cc():.2f}{of_ceiling} "
+                      f"on {acc.segment}")
     return outcome
 
 

@@ -168,13 +168,14 @@ class CorePlan:
     """How a `new_retina` protocol fits the new retina onto a trained core.
 
     `train`, `noise` and `test` name stimuli of the protocol: the readout is fitted on the
-    first's recorded segment, receptive fields come from the second's, and the fitted twin
-    (and each round's) is scored on the third's (shown with repeats). `top_cells`: when
-    `[design] cells` is empty, the rounds design for the cells the fitted twin predicts best.
+    recorded segments of the first (one or more, as `insilico train` trains on the movie and
+    the white noise), receptive fields come from the second's, and the fitted twin (and each
+    round's) is scored on the third's (shown with repeats). `top_cells`: when `[design] cells`
+    is empty, the rounds design for the cells the fitted twin predicts best.
     """
 
     path: Path | None = None  # None: given on the command line (`--model`)
-    train: str = "train_movie"
+    train: tuple[str, ...] = ("train_movie", "white_noise")
     noise: str = "white_noise"
     test: str = "test_movie"
     finetune_core: bool = False
@@ -449,7 +450,7 @@ def _new_retina(top: _Table, path: Path, digest: str, description: str) -> NewRe
     core_path = t.get("path", str, None)
     plan = CorePlan(
         path=Path(core_path) if core_path else None,
-        train=t.get("train", str, d.train, check=lambda n: n in names, rule=f"must name a stimulus ({', '.join(names)})"),
+        train=_stimulus_names(t, "train", d.train, names),
         noise=t.get("noise", str, d.noise, check=lambda n: n in names, rule=f"must name a stimulus ({', '.join(names)})"),
         test=t.get("test", str, d.test, check=lambda n: n in names, rule=f"must name a stimulus ({', '.join(names)})"),
         finetune_core=t.get("finetune_core", bool, d.finetune_core),
@@ -460,7 +461,7 @@ def _new_retina(top: _Table, path: Path, digest: str, description: str) -> NewRe
     if by_name[plan.test].repeats < 2:
         raise ProtocolError(f"{path}: [core] test = {plan.test!r} is shown {by_name[plan.test].repeats} time(s); a "
                             "held-out score needs the stimulus repeated (repeats >= 2)")
-    if plan.test == plan.train:
+    if plan.test in plan.train:
         raise ProtocolError(f"{path}: [core] test and train name the same stimulus {plan.test!r}")
     rounds = top.get("rounds", int, check=_positive, rule="must be >= 1")
     design = _design(top.table("design", required=True), cells_required=False)
@@ -471,6 +472,16 @@ def _new_retina(top: _Table, path: Path, digest: str, description: str) -> NewRe
     characterize = CharacterizeProtocol(path, digest, description, presentation, stimuli)
     loop = ClosedLoopProtocol(path, digest, description, rounds, presentation, design, finetune, EvaluationPlan())
     return NewRetinaProtocol(path, digest, description, characterize, plan, loop)
+
+
+def _stimulus_names(t: _Table, key: str, default: tuple[str, ...], names: list[str]) -> tuple[str, ...]:
+    """A key naming one stimulus of the protocol (a string) or several (a list of strings)."""
+    value = t.get(key, (str, list), list(default))
+    if not isinstance(value, str):
+        return t.str_list(key, tuple(names), default)
+    if value not in names:
+        raise t._fail(key, f"must name a stimulus ({', '.join(names)}), got {value!r}")
+    return (value,)
 
 
 def protocol_digest(protocol: Protocol) -> str:

@@ -196,11 +196,12 @@ def run_new_retina(protocol: NewRetinaProtocol, model: str | Path | None, out: P
     session, index_path = run_characterize(protocol.characterize, out, link, view, nwb=nwb)[:2]
     index = json.loads(index_path.read_text(encoding="utf-8"))["stimuli"]
     plan = protocol.core
-    segment = {name: index[name]["segment"] for name in (plan.train, plan.noise, plan.test)}
+    segment = {name: index[name]["segment"] for name in (*plan.train, plan.noise, plan.test)}
     twin_dir = out / "twin"
     if not (twin_dir / "model.pt").is_file():  # written last, by rename: there only once the fit finished
-        view.step(f"fit the new retina onto {core} (readout on {plan.train}, receptive fields from {plan.noise})")
-        fit_on_core(core, session, [segment[plan.train]], twin_dir, finetune_core=plan.finetune_core,
+        view.step(f"fit the new retina onto {core} (readout on {' and '.join(plan.train)}, receptive fields "
+                  f"from {plan.noise})")
+        fit_on_core(core, session, [segment[name] for name in plan.train], twin_dir, finetune_core=plan.finetune_core,
                     noise_segment=segment[plan.noise], cache=cache, progress=view.progress)
     from vist_model.twin import Twin
 
