@@ -41,8 +41,7 @@ from insilico.design.budget import resolve_budget  # noqa: E402
 from insilico.design.postprocess import ContrastBudget  # noqa: E402
 from insilico.design.run import optimize_cells  # noqa: E402
 from insilico.design.settings import design_settings  # noqa: E402
-from insilico.design.verify import true_response  # noqa: E402
-from rig_bridge.retina import true_optimal_stimulus  # noqa: E402
+from insilico.design.verify import true_optimum, true_response  # noqa: E402
 from rig_bridge.retina.recording import retina_family, retina_of_recording, simulate_recording  # noqa: E402
 from stimuli.files import write_json  # noqa: E402
 from stimuli.recording import RecordingWriter, open_recording  # noqa: E402
@@ -164,8 +163,7 @@ def main() -> None:
                     true = true_response(retina, i, r.design, window)
                     optimum = None
                     if retina.is_linear(i) and frame_budget is None:
-                        optimum = true_response(retina, i, true_optimal_stimulus(retina, i, args.frames,
-                                                                                 budget_info.rms), window)
+                        optimum = true_optimum(retina, i, args.frames, budget_info.rms, window)
                     results.append({"recording": label, "frame_budget": frame_budget or "whole clip",
                                     "start": start, "chosen": r.chosen_start, "cell": r.cell_id,
                                     "type": retina.cell_types[i], "linear": bool(retina.is_linear(i)),

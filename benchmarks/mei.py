@@ -28,8 +28,7 @@ from insilico.design.budget import resolve_budget  # noqa: E402
 from insilico.design.postprocess import ContrastBudget  # noqa: E402
 from insilico.design.run import optimize_cells  # noqa: E402
 from insilico.design.settings import default, design_settings  # noqa: E402
-from insilico.design.verify import true_response  # noqa: E402
-from rig_bridge.retina import true_optimal_stimulus
+from insilico.design.verify import true_optimum, true_response  # noqa: E402
 from rig_bridge.retina.recording import SimulationConfig, retina_of_recording, simulate_recording  # noqa: E402
 from stimuli.recording import open_recording  # noqa: E402
 from stimuli.recording.reliability import split_half_reliability  # noqa: E402
@@ -105,7 +104,7 @@ def main() -> None:
                  ("natural", r.natural.frames))}
         optimum = None
         if retina.is_linear(i):
-            optimum = true_response(retina, i, true_optimal_stimulus(retina, i, args.frames, r.budget.rms), window)
+            optimum = true_optimum(retina, i, args.frames, r.budget.rms, window)
         true["natural*"] = float(best_natural[i])
         rows.append((cid, retina.cell_types[i], float(reliability[ids.index(cid)]), true, optimum, r.seconds))
         _print_row(rows[-1])

@@ -19,7 +19,7 @@ the closed loop fine-tunes (`protocols/mei_closed_loop.toml`'s `[finetune]`: the
 and the designs half and half, each design's cell over its window weighted 20 times).
 
     python benchmarks/twin_family.py --work W [--members 6] [--tune 2] [--only 2,3]
-        [--models vist,ln,cnn,oracle] [--epochs 8] [--design-cells 4] [--movie-only]
+        [--models vist,ln,cnn,oracle] [--epochs N] [--design-cells 4] [--movie-only]
 
 Every model trains on what `insilico train` trains on by default (the movie and the white noise);
 `--movie-only` trains them on `mov1` alone.
@@ -66,6 +66,8 @@ MODELS = {
     "vist_tiny": TwinSpec(kind="vist", backbone="tiny"),
     "vist_pixels": TwinSpec(kind="vist", backbone="pixels"),
     "vist_patches": TwinSpec(kind="vist", backbone="patches"),
+    "vist_linear": TwinSpec(kind="vist", linear_maps=8),
+    "vist_patches_linear": TwinSpec(kind="vist", backbone="patches", linear_maps=8),
     "vist_maps32": TwinSpec(kind="vist", map_channels=32),
     "vist_published": TwinSpec(kind="vist", preset="vist", output="linear", loss="vist", readout="dense",
                                cmst_padding="valid"),
@@ -93,12 +95,13 @@ def training_segments(data: Path, movie_only: bool) -> list[str]:
         return default_train_segments(rec)
 
 
-def train(data: Path, name: str, key: str, segments: list[str], epochs: int, cache: FeatureCache) -> Twin:
+def train(data: Path, name: str, key: str, segments: list[str], epochs: int | None, cache: FeatureCache) -> Twin:
     run_dir = data.parent / key
     if (run_dir / "model.pt").exists() and not (run_dir / "train_state.pt").exists():
         return Twin.load(run_dir)
     spec = MODELS[name]
-    config = replace(training_for(spec.preset), epochs=epochs) if spec.kind != "ln" else None
+    config = replace(training_for(spec.preset), epochs=epochs or training_for(spec.preset).epochs) \
+        if spec.kind != "ln" else None
     with progress() as bar:  # a line per epoch in a log file
         return train_twin(data, segments, run_dir, spec=spec, config=config, cache=cache, progress=bar).twin
 
@@ -164,7 +167,7 @@ def main() -> None:
     ap.add_argument("--tune", type=int, default=2, help="the first TUNE members are the tuning set")
     ap.add_argument("--only", default="", help="member indices to run (default: all report members)")
     ap.add_argument("--models", default="vist,ln,cnn,oracle")
-    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--epochs", type=int, default=None, help="default: the preset's (vist_model.train.training_for)")
     ap.add_argument("--design-cells", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--redo-design", action="store_true",

@@ -109,6 +109,19 @@ def test_missing_training_data_needs_an_explicit_budget(tiny_twin_dir: Path, tmp
         optimize_cells(twin, [CELL], tmp_path / "d", design_settings(n_frames=6, seeds=1))
 
 
+def test_the_default_budget_is_the_training_movies_not_the_white_noise(tiny_twin_dir: Path) -> None:
+    from insilico.design.budget import resolve_budget
+
+    twin = Twin.load(tiny_twin_dir)
+    movie = resolve_budget(twin.metadata, frame_rms="training")
+    # The same twin had it also trained on the white noise (as `insilico train` does by default).
+    both = replace(twin.metadata, training={**twin.metadata.training, "train_segments": ["mov1", "noise"]})
+    assert resolve_budget(both, frame_rms="training") == movie
+    assert movie.source.endswith("[mov1]") and 0.1 < movie.rms < 0.3
+    noise_only = replace(twin.metadata, training={**twin.metadata.training, "train_segments": ["noise"]})
+    assert resolve_budget(noise_only).rms > 0.4  # a twin of white noise alone: its noise is the budget
+
+
 def test_cli_refuses_bad_input_clearly(app: typer.Typer, tiny_twin_dir: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     result = runner.invoke(app, ["optimize", "--model", str(tiny_twin_dir), "--cell", "999", "--out", str(tmp_path)])

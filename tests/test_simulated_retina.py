@@ -318,6 +318,22 @@ def test_true_optimum_beats_other_stimuli_at_the_same_budget(
     assert response_at_end(retina, i, best) > response_at_end(retina, i, scaled)
 
 
+def test_a_window_optimum_drives_the_window_more_than_the_last_frame_optimum(retina: SimulatedRetina) -> None:
+    from insilico.design.verify import true_optimum, true_response
+
+    i, n_frames, rms, window = retina.index_of(42), 30, 0.2, 3
+    last = true_optimal_stimulus(retina, i, n_frames, rms)
+    spread = true_optimal_stimulus(retina, i, n_frames, rms, window=window)
+    assert abs(spread.mean() - 0.5) < 1e-3 and abs(spread.std() - rms) < 1e-3
+    assert drive(retina, i, spread)[-window:].mean() > drive(retina, i, last)[-window:].mean()
+    assert drive(retina, i, spread)[-1] < drive(retina, i, last)[-1]  # each optimum wins on its own objective
+    frames = (n_frames - window, n_frames)
+    assert true_optimum(retina, i, n_frames, rms, frames) == max(
+        true_response(retina, i, last, frames), true_response(retina, i, spread, frames))
+    with pytest.raises(ValueError, match="window"):
+        true_optimal_stimulus(retina, i, n_frames, rms, window=n_frames + 1)
+
+
 def test_true_optimum_is_the_scaled_filter_when_nothing_clips(retina: SimulatedRetina) -> None:
     i, n_frames = retina.index_of(42), 15
     weights = end_filter(retina, i, n_frames)

@@ -120,7 +120,7 @@ def test_vist_forward_shape_and_predict_clamps() -> None:
                                               ("factorized", "valid")])
 def test_vist_is_causal_for_a_step_input(mode: str, maps: int | None, readout: str, padding: str) -> None:
     model = _tiny_vist(rf_conditioning=mode, map_channels=maps, readout=readout, cmst_padding=padding)
-    assert model.readout.in_channels == (N_CELLS if maps is None else maps)
+    assert model.readout.in_channels == (N_CELLS if maps is None else maps) + model.config.linear_maps
     t, step = 20, 11
     before = torch.zeros(1, t, CHANNELS, GRID, GRID)
     after = before.clone()
@@ -350,3 +350,23 @@ def test_poisson_loss_is_minimal_at_the_target_and_scale_free() -> None:
     assert loss(target * 1.2, target) > best and loss(target * 0.8, target) > best
     dup = loss(torch.cat([target, target], -1), torch.cat([target, target], -1))
     torch.testing.assert_close(dup, best)
+
+
+@pytest.mark.parametrize("padding", ["same", "valid"])
+def test_linear_maps_are_linear_in_the_features_and_causal(padding: str) -> None:
+    torch.manual_seed(0)
+    config = vist_config("cpu", 3, 2, linear_maps=2, linear_lags=5, cmst_padding=padding)
+    net = ViST(config, torch.rand(3, 16, 16)).eval()
+    assert ViSTConfig.from_dict(config.to_dict()) == config
+    assert config.readout_maps == config.maps + 2
+    a, b = torch.randn(2, 1, 12, 2, 16, 16)
+    m = config.maps
+    lin = lambda x: net.maps(x)[:, m:]  # noqa: E731
+    zero = lin(torch.zeros_like(a))  # the filters' biases
+    torch.testing.assert_close(lin(a + b) - zero, (lin(a) - zero) + (lin(b) - zero), atol=1e-5, rtol=1e-4)
+    later = a.clone()
+    later[:, 7:] += 1.0  # a change at frame 7 leaves frames 0..6 alone
+    torch.testing.assert_close(net(later)[:, :7], net(a)[:, :7])
+    # A checkpoint's config written before linear maps existed reads as none.
+    old = {k: v for k, v in vist_config("cpu", 3, 2).to_dict().items() if not k.startswith("linear")}
+    assert ViSTConfig.from_dict(old).linear_maps == 0

@@ -67,8 +67,8 @@ class TwinSpec:
 
     `readout` ("dense" or "factorized", `vist_model.readout`), `cmst_padding` ("valid" or
     "same"), `spatial_kernel` (odd) and `output` ("linear" or "softplus",
-    `vist_model.vist.ViSTConfig`) and `map_channels` (the maps the core carries to the readout)
-    override the preset's when given. `loss` ("vist", the paper's
+    `vist_model.vist.ViSTConfig`), `map_channels` (the maps the core carries to the readout) and
+    `linear_maps` (maps the readout reads linearly from the features) override the preset's when given. `loss` ("vist", the paper's
     composite loss, or "poisson") overrides the default that `loss_for` picks.
     """
 
@@ -82,6 +82,7 @@ class TwinSpec:
     output: str | None = None
     loss: str | None = None
     map_channels: int | None = None
+    linear_maps: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in MODEL_KINDS:
@@ -179,8 +180,8 @@ def new_twin(rec: Recording, spec: TwinSpec, rf_maps: np.ndarray, rf_source: str
     if spec.kind == "vist":
         overrides = {k: v for k, v in (("readout", spec.readout), ("cmst_padding", spec.cmst_padding),
                                        ("spatial_kernel", spec.spatial_kernel), ("output", spec.output),
-                                       ("map_channels", spec.map_channels))
-                     if v}
+                                       ("map_channels", spec.map_channels), ("linear_maps", spec.linear_maps))
+                     if v is not None}
         network = vist_config(spec.preset, n, backbone.spec.hidden_size, grid=backbone.spec.grid,
                               rf_conditioning=spec.rf_conditioning, **overrides).to_dict()
     else:

@@ -68,7 +68,7 @@ __all__ = ["CORE_INDEX", "CORE_MODULES", "SharedCoreRun", "SharedCoreTwin", "bal
            "check_shareable", "copy_core", "core_recordings", "fit_shared", "is_shared_core", "recording_name",
            "tie_cores", "train_shared_core"]
 
-CORE_MODULES = ("tcn", "adaln", "cmst")
+CORE_MODULES = ("tcn", "adaln", "cmst", "linear")
 """The submodules of `ViST` that make up the core; `readout` and the `rf_maps` buffer are per recording."""
 
 CORE_INDEX = "core.json"

@@ -9,6 +9,11 @@ Data flow (Wu et al., ECCV 2024, Fig. 2 and the public code's `ViST.forward`):
       -> 4 CMST blocks  16 -> 14 -> 12 -> 10 -> 8    [B, N, T, 8, 8]
       -> flatten (N, 8, 8) per time step -> Linear   [B, T, N]
 
+With `linear_maps` L > 0 (not published), the readout also reads L maps taken straight from
+the features by causal temporal filters (`linear_lags` frames, no nonlinearity), beside the
+core's M maps: a cell's readout can then be an LN model of the features at its RF, which the
+deep maps need not rebuild.
+
 Every stage is causal in time, so the rate at frame t depends on frames
 <= t only; the temporal receptive field is TCN (127) + CMST (56) = 183 frames (the current one included)
 for the published configuration. The published output is not forced to be >= 0 (the loss
@@ -28,11 +33,12 @@ from torch import Tensor, nn
 from stimuli.errors import InputError
 from vist_model.adaln import AdaLNZero3D, rf_conditioning_maps
 from vist_model.backbone import Backbone
+from vist_model.causal import CausalConv3d
 from vist_model.cmst import CMST, PUBLISHED_KERNEL_SETS
 from vist_model.readout import FactorizedReadout, Readout, grid_centres
 from vist_model.tcn import C3TCN
 
-__all__ = ["OUTPUTS", "READOUTS", "VIST_PRESETS", "TwinWithBackbone", "ViST", "ViSTConfig", "vist_config"]
+__all__ = ["OUTPUTS", "READOUTS", "VIST_PRESETS", "LinearMaps", "TwinWithBackbone", "ViST", "ViSTConfig", "vist_config"]
 
 READOUTS = ("dense", "factorized")
 OUTPUTS = ("linear", "softplus")
@@ -74,6 +80,9 @@ class ViSTConfig:
             rates) or "softplus" (rates are softplus of the readout, > 0 and expansive like a
             spiking nonlinearity, so strong stimuli can be predicted above the training range;
             trained on the Poisson likelihood, see `vist_model.fit_twin.loss_for`).
+        linear_maps: L, maps the readout reads from the features through causal linear temporal
+            filters (`LinearMaps`), beside the core's M; 0 (published) reads the core alone.
+        linear_lags: frames of history of those filters (the current one included).
     """
 
     n_cells: int
@@ -91,6 +100,8 @@ class ViSTConfig:
     cmst_padding: Literal["valid", "same"] = "valid"
     spatial_kernel: int = 3
     output: Literal["linear", "softplus"] = "linear"
+    linear_maps: int = 0
+    linear_lags: int = 30
 
     def __post_init__(self) -> None:
         if self.n_cells < 1 or self.in_channels < 1:
@@ -107,6 +118,9 @@ class ViSTConfig:
             )
         if self.map_channels is not None and self.map_channels < 1:
             raise InputError(f"map_channels must be >= 1 or None, got {self.map_channels}")
+        if self.linear_maps < 0 or self.linear_lags < 1:
+            raise InputError(f"linear_maps must be >= 0 and linear_lags >= 1, got {self.linear_maps}, "
+                             f"{self.linear_lags}")
         if not 0.0 <= self.dropout < 1.0:
             raise InputError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.rf_conditioning not in ("sum", "per_cell"):
@@ -126,6 +140,11 @@ class ViSTConfig:
         return self.n_cells if self.map_channels is None else self.map_channels
 
     @property
+    def readout_maps(self) -> int:
+        """M + L: the maps the readout reads (the core's, then the linear ones)."""
+        return self.maps + self.linear_maps
+
+    @property
     def cmst_trim(self) -> int:
         """Grid positions one side loses through the CMST blocks with valid padding (4 published)."""
         return len(self.cmst_kernel_sets) * (self.spatial_kernel // 2)
@@ -140,7 +159,7 @@ class ViSTConfig:
         """Frames of history that reach one output frame, the current frame included."""
         tcn = 1 + (self.tcn_kernel_t - 1) * (2**self.tcn_layers - 1)
         cmst = sum(max(ks) - 1 for ks in self.cmst_kernel_sets)
-        return tcn + cmst
+        return max(tcn + cmst, self.linear_lags if self.linear_maps else 0)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -159,6 +178,8 @@ class ViSTConfig:
             "cmst_padding": self.cmst_padding,
             "spatial_kernel": self.spatial_kernel,
             "output": self.output,
+            "linear_maps": self.linear_maps,
+            "linear_lags": self.linear_lags,
         }
 
     @classmethod
@@ -183,9 +204,11 @@ VIST_PRESETS: dict[str, dict[str, Any]] = {
     # receptive field, anywhere on the screen), and a softplus output trained on
     # the Poisson likelihood, so that rates are positive, calibrated in the mean
     # and free to rise above the training range for strong stimuli
-    # (docs/benchmarks.md, "The twin on a family of simulated retinas").
+    # (docs/benchmarks.md, "The twin on a family of simulated retinas"). 8 linear maps beside the
+    # core's 8: each cell's readout can be an LN model of the features at its RF, which the deep
+    # maps learnt last, and worst, for ON cells (docs/benchmarks.md, "ON cells").
     "cpu": {"tcn_width": 32, "tcn_layers": 4, "map_channels": 8, "readout": "factorized",
-            "cmst_padding": "same", "output": "softplus"},
+            "cmst_padding": "same", "output": "softplus", "linear_maps": 8},
 }
 
 
@@ -195,6 +218,22 @@ def vist_config(preset: str, n_cells: int, in_channels: int, **overrides: Any) -
         raise InputError(f"unknown Vi-ST preset {preset!r}: use one of {sorted(VIST_PRESETS)}")
     base = ViSTConfig(n_cells=n_cells, in_channels=in_channels, **VIST_PRESETS[preset])
     return replace(base, **overrides) if overrides else base
+
+
+class LinearMaps(nn.Module):
+    """L maps linear in the features: `[B, C, T, g, g] -> [B, L, T, g, g]`, a causal conv over
+    `lags` frames and the C channels at each position (no spatial extent, no nonlinearity)."""
+
+    def __init__(self, in_channels: int, maps: int, lags: int) -> None:
+        super().__init__()
+        self.conv = CausalConv3d(in_channels, maps, (lags, 1, 1))
+
+    @property
+    def receptive_field(self) -> int:
+        return self.conv.receptive_field
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(x)
 
 
 class ViST(nn.Module):
@@ -232,16 +271,20 @@ class ViST(nn.Module):
             m, config.cmst_kernel_sets, dropout=config.dropout, negative_slope=config.leaky_slope,
             kernel_s=config.spatial_kernel,
         )
+        # Part of the core (`vist_model.multi.CORE_MODULES`); Identity, with no weights, when L = 0.
+        self.linear = (LinearMaps(config.in_channels, config.linear_maps, config.linear_lags) if config.linear_maps
+                       else nn.Identity())
         side = config.readout_grid
         if config.readout == "factorized":
             centres = grid_centres(self.rf_maps, margin=(g - side) // 2)
-            self.readout = FactorizedReadout(n, side, side, m, centres)
+            self.readout = FactorizedReadout(n, side, side, config.readout_maps, centres)
         else:
-            self.readout = Readout(n, side, side, in_channels=m)
+            self.readout = Readout(n, side, side, in_channels=config.readout_maps)
 
     @property
     def receptive_field(self) -> int:
-        return self.tcn.receptive_field + self.cmst.receptive_field - 1
+        deep = self.tcn.receptive_field + self.cmst.receptive_field - 1
+        return max(deep, self.linear.receptive_field) if self.config.linear_maps else deep
 
     def stimulus_shape(self, n_frames: int) -> tuple[int, int, int, int]:
         """Input shape of one sample: `(T, C, grid, grid)`."""
@@ -259,21 +302,28 @@ class ViST(nn.Module):
         return self.rates_from_maps(self.maps(features))
 
     def maps(self, features: Tensor) -> Tensor:
-        """What the readout reads, `[B, M, T, side, side]`, from features `[B, T, C, grid, grid]`."""
+        """What the readout reads, `[B, M + L, T, side, side]`, from features `[B, T, C, grid, grid]`."""
         c, g = self.config.in_channels, self.config.grid
         if features.ndim != 5 or tuple(features.shape[2:]) != (c, g, g):
             raise InputError(
                 f"features must be [B, T, {c}, {g}, {g}], got {tuple(features.shape)}"
             )
-        x = features.permute(0, 2, 1, 3, 4)
-        x = self.tcn(x)
+        inputs = features.permute(0, 2, 1, 3, 4)
+        x = self.tcn(inputs)
         x = self.adaln(x, self.conditioning().to(x.dtype))
-        if self.config.cmst_padding == "same" and self.config.cmst_trim:
-            x = F.pad(x, (self.config.cmst_trim,) * 4)
-        return self.cmst(x)
+        trim = self.config.cmst_trim
+        if self.config.cmst_padding == "same" and trim:
+            x = F.pad(x, (trim,) * 4)
+        x = self.cmst(x)
+        if not self.config.linear_maps:
+            return x
+        linear = self.linear(inputs)
+        if self.config.cmst_padding == "valid" and trim:
+            linear = linear[..., trim:-trim, trim:-trim]
+        return torch.cat((x, linear), dim=1)
 
     def rates_from_maps(self, maps: Tensor) -> Tensor:
-        """Rates `[B, T, N]` (unclamped) from the maps `[B, M, T, side, side]` (the readout and output)."""
+        """Rates `[B, T, N]` (unclamped) from the maps `[B, M + L, T, side, side]` (the readout and output)."""
         rates = self.readout(maps)
         return F.softplus(rates) if self.config.output == "softplus" else rates
 

@@ -3,8 +3,11 @@
 Designs are compared with natural stimuli, and that comparison is only fair at equal
 contrast; the twin is also only trustworthy near the contrasts it was trained on. So unless
 the design setting `rms_contrast` is given, the budget is the pixel standard deviation (units of full
-range) pooled over every frame of the training segments, read from the recording named in
-the twin's metadata (`training["data"]`, segments `training["train_segments"]`).
+range) pooled over every frame of the training movies, read from the recording named in
+the twin's metadata (`training["data"]`, segments `training["train_segments"]`). A white-noise
+segment the twin also trained on (named as `NOISE_SEGMENT_NAMES`) is left out: its binary
+checks sit near RMS 0.5, and pooled in, they set the budget well above any natural movie's
+(0.35 against 0.21 on a family member) and the per-frame ceiling at the noise's own contrast.
 
 A per-frame ceiling (design setting `frame_rms`) may be added: a value, or "training": the
 `FRAME_RMS_PERCENTILE`th percentile of the training frames' own contrast (RMS deviation of a
@@ -21,6 +24,7 @@ import numpy as np
 
 from stimuli.errors import InputError, InsilicoError
 from stimuli.recording import open_recording
+from stimuli.recording.sta import NOISE_SEGMENT_NAMES
 from vist_model.provenance import TrainingDataMissing
 from vist_model.twin import TwinMetadata
 
@@ -44,7 +48,8 @@ class Budget:
 
 
 def training_data(meta: TwinMetadata, needed_for: str = "") -> tuple[Path, list[str]]:
-    """The recording (found where it was stored, or moved beside the current folder) and segments.
+    """The recording (found where it was stored, or moved beside the current folder) and its training
+    movies: the training segments less the white noise (natural clips and budgets come from them).
 
     `needed_for` ends the error when the recording is gone: what the user loses without it.
     """
@@ -56,7 +61,8 @@ def training_data(meta: TwinMetadata, needed_for: str = "") -> tuple[Path, list[
         raise InsilicoError(f"{err}{needed_for}") from None
     if data is None or not segments:
         raise InsilicoError("the twin's checkpoint does not name its training data; set the design setting rms_contrast")
-    return data, segments
+    movies = [name for name in segments if name.lower() not in NOISE_SEGMENT_NAMES]
+    return data, movies or segments  # a twin trained on white noise alone: its noise is all there is
 
 
 def training_rms_contrast(meta: TwinMetadata) -> float:

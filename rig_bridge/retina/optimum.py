@@ -74,14 +74,24 @@ def end_filter(retina: SimulatedRetina, i: int, n_frames: int) -> np.ndarray:
     return weights
 
 
+def window_filter(retina: SimulatedRetina, i: int, n_frames: int, window: int) -> np.ndarray:
+    """``[n_frames, H, W]`` weights of each pixel-frame in the mean drive over the last ``window`` frames."""
+    weights = np.zeros((n_frames, retina.height, retina.width))
+    for j in range(window):
+        weights[: n_frames - j] += end_filter(retina, i, n_frames - j)
+    return weights / window
+
+
 def true_optimal_stimulus(
     retina: SimulatedRetina,
     i: int,
     n_frames: int,
     rms_contrast: float,
     mean: float = 0.5,
+    window: int = 1,
 ) -> np.ndarray:
-    """The clip that maximises linear cell ``i``'s drive (and rate) at its last frame.
+    """The clip that maximises linear cell ``i``'s drive (and rate) at its last frame, or with
+    ``window`` > 1 its mean drive over the last ``window`` frames.
 
     Subject to: mean intensity ``mean`` and RMS contrast ``rms_contrast`` (std of the
     intensities over the whole clip, fraction of full range) and every value in [0, 1].
@@ -96,6 +106,9 @@ def true_optimal_stimulus(
         n_frames: clip length (>= 1).
         rms_contrast: in [0, sqrt(mean * (1 - mean))).
         mean: mean intensity in (0, 1).
+        window: frames at the clip's end whose mean drive is maximised (1: the last frame's).
+            The rate is a convex function of the drive, so for a window this maximises the
+            mean drive, not exactly the mean rate.
 
     Returns:
         ``[n_frames, H, W]`` float64 in [0, 1].
@@ -118,7 +131,9 @@ def true_optimal_stimulus(
         raise InputError(
             f"rms_contrast must be in [0, {bound:.4f}) at mean {mean}, got {rms_contrast}"
         )
-    weights = end_filter(retina, i, n_frames)
+    if not 1 <= window <= n_frames:
+        raise InputError(f"window must be 1 to n_frames ({n_frames}) frames, got {window}")
+    weights = end_filter(retina, i, n_frames) if window == 1 else window_filter(retina, i, n_frames, window)
     if rms_contrast == 0.0:
         return np.full_like(weights, mean)
     u = _maximise_linear_on_budget(weights.reshape(-1), rms_contrast, 0.0 - mean, 1.0 - mean)
