@@ -84,7 +84,7 @@ def test_the_demo_fits_a_retina_its_twin_never_saw(tmp_path: Path, tiny_twin_dir
     from dataclasses import replace
 
     from insilico.design.settings import design_settings
-    from insilico.loop.demo import DemoConfig, _new_retina
+    from insilico.loop.demo import NEW_RETINA_LABEL, DemoConfig, _new_retina, new_retina_protocol
     from insilico.loop.protocol import CharacterizeStimulus, FinetunePlan
 
     c = DemoConfig()
@@ -99,3 +99,8 @@ def test_the_demo_fits_a_retina_its_twin_never_saw(tmp_path: Path, tiny_twin_dir
     assert outcome.kind == "new_retina" and outcome.report is not None and outcome.report.is_file()
     fitted = Twin.load(tmp_path / "new_retina" / "twin")
     assert fitted.metadata.n_cells == 6 and fitted.metadata.training["core"]["path"] == str(tiny_twin_dir.resolve())
+    # Other settings: the new retina's folder is moved aside, not mixed with the old one.
+    again = replace(c, new_retina_rounds=2)
+    assert new_retina_protocol(again, NEW_RETINA_LABEL).digest != new_retina_protocol(c, NEW_RETINA_LABEL).digest
+    state = json.loads((tmp_path / "new_retina" / "state.json").read_text())
+    assert state["protocol_digest"] == new_retina_protocol(c, NEW_RETINA_LABEL).digest

@@ -107,6 +107,10 @@ def demo_protocol(c: DemoConfig, cells: list[int], where: Path) -> ClosedLoopPro
     return replace(protocol, digest=protocol_digest(protocol))
 
 
+NEW_RETINA_LABEL = Path("insilico demo --new-retina")
+"""What the demo's new-retina protocol names as its file (it has none) in messages and the report."""
+
+
 def new_retina_protocol(c: DemoConfig, where: Path) -> NewRetinaProtocol:
     """The demo's `new_retina` protocol (as `protocols/new_retina.toml`, at demo sizes), as an object."""
     description = (f"insilico demo --new-retina: a simulated retina the twin never saw ({c.new_retina_cells} cells, "
@@ -122,7 +126,9 @@ def new_retina_protocol(c: DemoConfig, where: Path) -> NewRetinaProtocol:
                               EvaluationPlan(segment=core.test))
     protocol = NewRetinaProtocol(where, "", description, characterize, replace(core, top_cells=len(c.cells) +
                                                                                 c.extra_cells), loop)
-    return replace(protocol, digest=protocol_digest(protocol))
+    digest = protocol_digest(protocol)  # each part resumes under the whole protocol's digest, as a file's
+    return replace(protocol, digest=digest, characterize=replace(characterize, digest=digest),
+                   loop=replace(loop, digest=digest))
 
 
 @contextmanager
@@ -246,7 +252,7 @@ def _new_retina(c: DemoConfig, out: Path, core: Path, live: bool) -> RunOutcome:
     from vist_model.twin import Twin
 
     where = out / "new_retina"
-    protocol = new_retina_protocol(c, Path("insilico demo --new-retina"))
+    protocol = new_retina_protocol(c, NEW_RETINA_LABEL)
     state = where / STATE_FILE
     if state.is_file() and json.loads(state.read_text()).get("protocol_digest") != protocol.digest:
         console.print(f"[yellow]note[/]: the demo's settings changed; the new retina in {where} starts over")
@@ -268,4 +274,4 @@ def _new_retina(c: DemoConfig, out: Path, core: Path, live: bool) -> RunOutcome:
 
 def _clear_loop(exp: Path) -> None:
     """Move an outdated closed-loop folder aside (never delete an experiment)."""
-    exp.rename(exp.with_name(f"exp.old-{time.strftime('%Y%m%d-%H%M%S')}"))
+    exp.rename(exp.with_name(f"{exp.name}.old-{time.strftime('%Y%m%d-%H%M%S')}"))
