@@ -3,15 +3,16 @@
 For one member of `rig_bridge.retina.recording.retina_family` (generated, not hand-picked), a twin is
 trained twice on what `insilico train` trains on by default: on the member's recording (the
 movie `mov1` and the white noise), and on a copy without its white-noise segment and without
-`/cells/rf` (a lab that records natural movies only: no STA, no recorded RF; `mov1` alone). For the reliable cells (split-half r of the repeated movie above
-`--reliability`), up to `--per-type` per cell type, a gradient design is made from each start
-(`sta` where white noise exists, `attribution`, `natural`, `grey`, `auto`) under the whole-clip
-budget and under the per-frame budget as well (`frame_rms = "training"`), and every design is
-played to the simulated retina. Reported per start and cell type: the median of the design's
+`/cells/rf` (a lab that records natural movies only: no STA, no recorded RF; `mov1` alone).
+For the reliable cells (split-half r of the repeated movie above `--reliability`), up to
+`--per-type` per cell type, a gradient design is made from each start (`sta` where white noise
+exists, `attribution`, `natural`, `grey`, `auto`) under the whole-clip budget and under the
+per-frame budget as well (`frame_rms = "training"`), and every design is played to the
+simulated retina. Reported per start and cell type: the median of the design's
 true response over the truly best natural clip of the recording at the same budget (found by
 playing every clip, not the one the twin reports), the share of cells at >= 1.5x, and for
-linear cells the median fraction of the true optimum (whole-clip budget only: the optimum
-under a per-frame ceiling is not computed).
+linear cells the median fraction of the true optimum (`insilico.design.verify.true_optimum`;
+whole-clip budget only: the optimum under a per-frame ceiling is not computed).
 
     python benchmarks/design_family.py --work W [--member 0] [--model vist] [--per-type 1]
         [--recordings with_noise,no_noise] [--budgets clip,training] [--starts auto,sta,...]
