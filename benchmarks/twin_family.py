@@ -100,8 +100,8 @@ def train(data: Path, name: str, key: str, segments: list[str], epochs: int | No
     if (run_dir / "model.pt").exists() and not (run_dir / "train_state.pt").exists():
         return Twin.load(run_dir)
     spec = MODELS[name]
-    config = replace(training_for(spec.preset), epochs=epochs or training_for(spec.preset).epochs) \
-        if spec.kind != "ln" else None
+    preset = training_for(spec.preset)
+    config = None if spec.kind == "ln" else replace(preset, epochs=epochs) if epochs else preset
     with progress() as bar:  # a line per epoch in a log file
         return train_twin(data, segments, run_dir, spec=spec, config=config, cache=cache, progress=bar).twin
 

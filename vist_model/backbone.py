@@ -255,12 +255,18 @@ class PixelBackbone(Backbone):
         self._freeze()
 
     def _encode(self, images: Tensor) -> Tensor:
-        x = (images.to(self.mean.dtype) - self.mean) / self.std
+        x = self._normalised(images)
+        return torch.cat(self._pooled(x), dim=1)
+
+    def _normalised(self, images: Tensor) -> Tensor:
+        return (images.to(self.mean.dtype) - self.mean) / self.std
+
+    def _pooled(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean luminance and RMS contrast of each grid cell of normalised images, `[n, 1, g, g]` each."""
         g = self.spec.grid
         mean = F.adaptive_avg_pool2d(x, g)
         mean_sq = F.adaptive_avg_pool2d(x * x, g)
-        contrast = torch.sqrt((mean_sq - mean * mean).clamp_min(0.0) + self.EPS)
-        return torch.cat((mean, contrast), dim=1)
+        return mean, torch.sqrt((mean_sq - mean * mean).clamp_min(0.0) + self.EPS)
 
 
 class PatchBackbone(PixelBackbone):
@@ -277,13 +283,9 @@ class PatchBackbone(PixelBackbone):
         super().__init__(BACKBONE_PRESETS["patches"])
 
     def _encode(self, images: Tensor) -> Tensor:
-        x = (images.to(self.mean.dtype) - self.mean) / self.std
-        g = self.spec.grid
-        fine = F.pixel_unshuffle(F.adaptive_avg_pool2d(x, g * self.SUB), self.SUB)
-        mean = F.adaptive_avg_pool2d(x, g)
-        mean_sq = F.adaptive_avg_pool2d(x * x, g)
-        contrast = torch.sqrt((mean_sq - mean * mean).clamp_min(0.0) + self.EPS)
-        return torch.cat((fine, contrast), dim=1)
+        x = self._normalised(images)
+        fine = F.pixel_unshuffle(F.adaptive_avg_pool2d(x, self.spec.grid * self.SUB), self.SUB)
+        return torch.cat((fine, self._pooled(x)[1]), dim=1)
 
 
 def _tiny_encoder(layer_norm_eps: float) -> nn.Module:

@@ -68,8 +68,9 @@ class TwinSpec:
     `readout` ("dense" or "factorized", `vist_model.readout`), `cmst_padding` ("valid" or
     "same"), `spatial_kernel` (odd) and `output` ("linear" or "softplus",
     `vist_model.vist.ViSTConfig`), `map_channels` (the maps the core carries to the readout) and
-    `linear_maps` (maps the readout reads linearly from the features) override the preset's when given. `loss` ("vist", the paper's
-    composite loss, or "poisson") overrides the default that `loss_for` picks.
+    `linear_maps` (maps the readout reads linearly from the features) override the preset's when
+    given. `loss` ("vist", the paper's composite loss, or "poisson") overrides the default that
+    `loss_for` picks.
     """
 
     kind: str = "vist"

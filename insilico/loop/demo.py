@@ -118,14 +118,13 @@ def new_retina_protocol(c: DemoConfig, where: Path) -> NewRetinaProtocol:
                    f"characterisation, fitted onto the demo twin's core, {c.new_retina_rounds} round(s) of design "
                    "at the demo's reduced settings: it shows the protocol working, its numbers are not measurements "
                    "(benchmarks/core_transfer.py for those)")
-    core = CorePlan()
+    core = CorePlan(top_cells=len(c.cells) + c.extra_cells)
     characterize = CharacterizeProtocol(where, "", description, c.presentation, c.new_retina_stimuli)
     design = DesignPlan(cells=(), objectives=c.objectives, controls=CONTROLS, settings=c.design, device="cpu",
                         refine=c.refine)
     loop = ClosedLoopProtocol(where, "", description, c.new_retina_rounds, c.presentation, design, c.finetune,
                               EvaluationPlan(segment=core.test))
-    protocol = NewRetinaProtocol(where, "", description, characterize, replace(core, top_cells=len(c.cells) +
-                                                                                c.extra_cells), loop)
+    protocol = NewRetinaProtocol(where, "", description, characterize, core, loop)
     digest = protocol_digest(protocol)  # each part resumes under the whole protocol's digest, as a file's
     return replace(protocol, digest=digest, characterize=replace(characterize, digest=digest),
                    loop=replace(loop, digest=digest))
@@ -222,10 +221,7 @@ def run_demo(out_dir: str | Path = "demo", config: DemoConfig | None = None, *, 
                       f"{cc[twin.metadata.cell_index(cell)]:.2f} < {KNOWS_CELL_CC}); it designs for the cells it "
                       "predicts best instead")
     protocol = demo_protocol(c, cells, Path("insilico demo"))
-    state = out / "exp" / STATE_FILE
-    if state.is_file() and json.loads(state.read_text()).get("protocol_digest") != protocol.digest:
-        console.print(f"[yellow]note[/]: the demo's settings changed; the closed loop in {out / 'exp'} starts over")
-        _clear_loop(out / "exp")
+    _start_over_if_changed(out / "exp", protocol.digest, "the closed loop")
     console.print(f"target cells: {', '.join(map(str, cells))} (the twin's held-out CC "
                   + ", ".join(f"{cc[twin.metadata.cell_index(x)]:.2f}" for x in cells) + ")")
     _stage(timings, "pick target cells", t0)
@@ -253,10 +249,7 @@ def _new_retina(c: DemoConfig, out: Path, core: Path, live: bool) -> RunOutcome:
 
     where = out / "new_retina"
     protocol = new_retina_protocol(c, NEW_RETINA_LABEL)
-    state = where / STATE_FILE
-    if state.is_file() and json.loads(state.read_text()).get("protocol_digest") != protocol.digest:
-        console.print(f"[yellow]note[/]: the demo's settings changed; the new retina in {where} starts over")
-        _clear_loop(where)
+    _start_over_if_changed(where, protocol.digest, "the new retina")
     where.mkdir(parents=True, exist_ok=True)
     with sim_rig(where, c.new_retina_seed, c.new_retina_cells, c.simulation.size) as address:
         console.print(f"a second simulated rig, a retina the twin never saw (seed {c.new_retina_seed}, "
@@ -270,6 +263,14 @@ def _new_retina(c: DemoConfig, out: Path, core: Path, live: bool) -> RunOutcome:
         console.print(f"the new retina fitted onto the core: held-out median CC {acc.median_cc():.2f}{of_ceiling} "
                       f"on {acc.segment}")
     return outcome
+
+
+def _start_over_if_changed(folder: Path, digest: str, what: str) -> None:
+    """Move `folder` aside when the run in it was started with other settings (another digest)."""
+    state = folder / STATE_FILE
+    if state.is_file() and json.loads(state.read_text()).get("protocol_digest") != digest:
+        console.print(f"[yellow]note[/]: the demo's settings changed; {what} in {folder} starts over")
+        _clear_loop(folder)
 
 
 def _clear_loop(exp: Path) -> None:
