@@ -44,7 +44,8 @@ def on_recording(models: Sequence[Path], spec: str, flag: str = "--cells") -> tu
     A shared-core run folder becomes its recording's twin (`OUT/A/model.pt` for `A:42`); a folder
     or checkpoint of one recording's twin takes plain ids only.
     """
-    from vist_model.multi import core_recordings, is_shared_core
+    from vist_model.core_index import is_shared_core
+    from vist_model.multi import core_recordings
 
     parts = [s.strip() for s in spec.split(",") if s.strip()]
     names = {s.rpartition(":")[0] for s in parts if ":" in s}

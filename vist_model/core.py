@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from stimuli.errors import InputError
 from stimuli.recording import open_recording
+from vist_model.core_index import is_shared_core
 from vist_model.data import Block, Rows, make_split, read_rows
 from vist_model.features import FeatureCache
 from vist_model.fit_twin import (
@@ -38,7 +39,7 @@ from vist_model.fit_twin import (
     resolve_device,
     twin_loss,
 )
-from vist_model.multi import CORE_INDEX, SharedCoreTwin, check_shareable, copy_core
+from vist_model.multi import SharedCoreTwin, check_shareable, copy_core
 from vist_model.provenance import data_record
 from vist_model.receptive_fields import receptive_fields
 from vist_model.train import CPU_TRAINING, TrainConfig, TrainResult, fit
@@ -66,7 +67,7 @@ class LoadedCore:
 def load_core(path: str | Path, device: str | torch.device = "cpu") -> LoadedCore:
     """The core of a shared-core run folder (`core.json`) or of a Vi-ST twin (`model.pt` or its folder)."""
     path = Path(path)
-    if path.is_dir() and (path / CORE_INDEX).is_file():
+    if path.is_dir() and is_shared_core(path):
         shared = SharedCoreTwin.load(path, device=device)
         return LoadedCore(shared.twin(shared.names[0]), path, shared.names)
     twin = Twin.load(path, device=device)

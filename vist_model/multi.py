@@ -37,6 +37,7 @@ from stimuli.errors import InputError, NotFoundError
 from stimuli.files import atomic_path, write_json
 from stimuli.recording import Recording, open_recording
 from vist_model.accuracy import HeldOutAccuracy
+from vist_model.core_index import CORE_INDEX
 from vist_model.data import Block, DataSplit, WindowDataset, make_split, window_starts
 from vist_model.features import FeatureCache
 from vist_model.fit_twin import (
@@ -64,16 +65,12 @@ from vist_model.train import (
 from vist_model.twin import Twin, build_network
 from vist_model.vist import ViST, ViSTConfig
 
-__all__ = ["CORE_INDEX", "CORE_MODULES", "SharedCoreRun", "SharedCoreTwin", "balanced_windows", "batch_order",
-           "check_shareable", "copy_core", "core_recordings", "fit_shared", "is_shared_core", "recording_name",
+__all__ = ["CORE_MODULES", "SharedCoreRun", "SharedCoreTwin", "balanced_windows", "batch_order",
+           "check_shareable", "copy_core", "core_recordings", "fit_shared", "recording_name",
            "tie_cores", "train_shared_core"]
 
 CORE_MODULES = ("tcn", "adaln", "cmst", "linear")
 """The submodules of `ViST` that make up the core; `readout` and the `rf_maps` buffer are per recording."""
-
-CORE_INDEX = "core.json"
-"""The file of a shared-core run folder that names its recordings (beside one folder per recording)."""
-
 
 def check_shareable(config: ViSTConfig, where: str) -> None:
     """Refuse a Vi-ST config whose core depends on its recording's cells."""
@@ -180,11 +177,6 @@ class SharedCoreTwin:
         twins = {name: Twin.load(path, device=device) for name, path in core_recordings(run).items()}
         _check_same_core([t.network for t in twins.values()], run)
         return cls(twins)
-
-
-def is_shared_core(path: str | Path) -> bool:
-    """Whether `path` is a shared-core run folder (it holds `core.json`)."""
-    return (Path(path) / CORE_INDEX).is_file()
 
 
 def core_recordings(run_dir: str | Path) -> dict[str, Path]:

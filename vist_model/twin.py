@@ -21,6 +21,7 @@ from stimuli.files import atomic_path
 from vist_model.accuracy import CellAccuracy, HeldOutAccuracy
 from vist_model.backbone import Backbone, BackboneSpec, load_backbone
 from vist_model.baselines import CNNConfig, LNConfig, LNModel, McIntoshCNN
+from vist_model.core_index import is_shared_core
 from vist_model.data import PixelInputs, Rows
 from vist_model.features import FeatureCache, FrameSource, backbone_fingerprint, state_fingerprint
 from vist_model.provenance import TrainingRecord
@@ -231,7 +232,7 @@ class Twin:
         if path.is_dir():
             path = path / "model.pt"
         if not path.is_file():
-            if (path.parent / "core.json").is_file():  # vist_model.multi.CORE_INDEX
+            if is_shared_core(path.parent):
                 names = sorted(p.name for p in path.parent.iterdir() if (p / "model.pt").is_file())
                 raise FileNotFoundError(f"{path.parent}: a core shared by recordings {', '.join(names)}: load one "
                                         f"recording's twin, e.g. {path.parent / (names[0] if names else 'NAME')}")
