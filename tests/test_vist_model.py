@@ -17,6 +17,7 @@ from vist_model.backbone import (
     _tiny_encoder,
     load_backbone,
 )
+from vist_model.causal import CausalConv3d
 from vist_model.cmst import CMST, CausalMultiscaleBlock
 from vist_model.loss import PoissonLoss, ViSTLoss
 from vist_model.readout import Readout
@@ -64,6 +65,23 @@ def test_cmst_branch_grouping_follows_public_code() -> None:
     full, depthwise = (branch[0].conv for branch in block.branches)
     assert full.groups == 1 and full.weight.shape == (5, 5, 1, 3, 3)
     assert depthwise.groups == 5 and depthwise.weight.shape == (5, 1, 7, 3, 3)
+
+
+@pytest.mark.parametrize("kernel_t, dilation, same", [(3, 1, True), (3, 8, True), (5, 2, False), (25, 1, False)])
+def test_depthwise_convolutions_on_cpu_match_conv3d_values_and_gradients(kernel_t: int, dilation: int,
+                                                                         same: bool) -> None:
+    conv = CausalConv3d(4, 4, (kernel_t, 3, 3), dilation=dilation, groups=4, same_spatial=same).double()
+    x = torch.randn(2, 4, 40, 9, 9, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(2, 4, 40, *(9, 9) if same else (7, 7), dtype=torch.float64)
+    grads = []
+    for forward in (conv, lambda v: conv.conv(torch.nn.functional.pad(v, conv._pad))):  # the fast path, nn.Conv3d
+        x.grad = None
+        conv.zero_grad()
+        out = forward(x)
+        (out * weight).sum().backward()
+        grads.append((out.detach(), x.grad.clone(), conv.conv.weight.grad.clone(), conv.conv.bias.grad.clone()))
+    for fast, reference in zip(*grads, strict=True):
+        torch.testing.assert_close(fast, reference)
 
 
 def test_readout_flattens_cell_row_column_per_frame() -> None:
