@@ -12,10 +12,14 @@ simulated retina. Reported per start and cell type: the median of the design's
 true response over the truly best natural clip of the recording at the same budget (found by
 playing every clip, not the one the twin reports), the share of cells at >= 1.5x, and for
 linear cells the median fraction of the true optimum (`insilico.design.verify.true_optimum`;
-whole-clip budget only: the optimum under a per-frame ceiling is not computed).
+whole-clip budget only: the optimum under a per-frame ceiling is not computed). Where a linear
+cell's design falls short of its optimum, the twin says why: if it rates the true optimum
+above its own design, the ascent stopped short; if below, the twin's model of the cell is what
+misled it ("twin rates optimum higher").
 
     python benchmarks/design_family.py --work W [--member 0] [--model vist] [--per-type 1]
         [--recordings with_noise,no_noise] [--budgets clip,training] [--starts auto,sta,...]
+    python benchmarks/design_family.py --work W --member 0 --rescore   # the twin's view, designs kept
 
 The twin is Vi-ST with the shipped defaults (`--model vist`, `insilico train`'s), the LN (`ln`,
 a closed-form fit in minutes) or the CNN. Runs of one member and model with different
@@ -40,9 +44,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from insilico.console import progress  # noqa: E402
 from insilico.design.budget import resolve_budget  # noqa: E402
 from insilico.design.postprocess import ContrastBudget  # noqa: E402
+from insilico.design.response import TwinResponse  # noqa: E402
 from insilico.design.run import optimize_cells  # noqa: E402
 from insilico.design.settings import design_settings  # noqa: E402
-from insilico.design.verify import true_optimum, true_response  # noqa: E402
+from insilico.design.verify import true_optimum_clip, true_response  # noqa: E402
 from rig_bridge.retina.recording import retina_family, retina_of_recording, simulate_recording  # noqa: E402
 from stimuli.files import write_json  # noqa: E402
 from stimuli.recording import RecordingWriter, open_recording  # noqa: E402
@@ -108,6 +113,8 @@ def main() -> None:
     p.add_argument("--trials", type=int, default=8, help="comparison trials of the parametric search")
     p.add_argument("--stride", type=int, default=2, help="frames between the natural clips played to the retina")
     p.add_argument("--starts", default=",".join(STARTS))
+    p.add_argument("--rescore", action="store_true",
+                   help="add the twin's rating of each linear cell's optimum to the results already measured")
     args = p.parse_args()
 
     config = retina_family(args.members, args.seed)[args.member]
@@ -130,6 +137,9 @@ def main() -> None:
     print(f"member {args.member}: {config.size} px, {config.n_cells} cells, {config.train_seconds:g} s of training "
           f"movie; {sum(map(len, by_type.values()))} reliable; designing {len(cells)}: {cells}")
     window = (args.frames - args.window, args.frames)
+    if args.rescore:
+        report(rescore(work, args.model, retina, args.frames, window))
+        return
     results: list[dict] = []
     merged: list[dict] = []
     for label, path in recordings.items():
@@ -143,6 +153,7 @@ def main() -> None:
                 train_twin(path, segments, run_dir, spec=TwinSpec(kind=args.model), device="cpu", cache=cache,
                            progress=bar)
         twin = Twin.load(run_dir, device="cpu")
+        response = TwinResponse(twin)
         print(f"[{label}] {args.model} twin ready in {time.perf_counter() - t:.0f} s (rf: {twin.metadata.rf_source}, "
               f"trained on {', '.join(twin.metadata.training['train_segments'])})", flush=True)
         for frame_budget in (BUDGETS[b] for b in args.budgets.split(",")):
@@ -161,19 +172,48 @@ def main() -> None:
                 seconds = (time.perf_counter() - t) / len(cells)
                 for r in designed:
                     i = retina.index_of(r.cell_id)
-                    true = true_response(retina, i, r.design, window)
-                    optimum = None
+                    row = {"recording": label, "frame_budget": frame_budget or "whole clip", "start": start,
+                           "chosen": r.chosen_start, "cell": r.cell_id, "type": retina.cell_types[i],
+                           "linear": bool(retina.is_linear(i)), "true": true_response(retina, i, r.design, window),
+                           "best_natural": float(best_natural[i]), "optimum": None, "seconds": seconds,
+                           "twin_design": r.predicted["design"], "twin_optimum": None}
                     if retina.is_linear(i) and frame_budget is None:
-                        optimum = true_optimum(retina, i, args.frames, budget_info.rms, window)
-                    results.append({"recording": label, "frame_budget": frame_budget or "whole clip",
-                                    "start": start, "chosen": r.chosen_start, "cell": r.cell_id,
-                                    "type": retina.cell_types[i], "linear": bool(retina.is_linear(i)),
-                                    "true": true, "best_natural": float(best_natural[i]),
-                                    "optimum": optimum, "seconds": seconds})
+                        row |= _optimum(retina, response, twin, r.cell_id, args.frames, budget_info.rms, window)
+                    results.append(row)
                 print(f"  [{label}, {frame_budget or 'whole-clip'} budget] start {start}: {seconds:.1f} s/cell",
                       flush=True)
                 merged = save(work / f"results_{args.model}.json", results, recordings)
     report(merged)
+
+
+def _optimum(retina, response: TwinResponse, twin: Twin, cell: int, n_frames: int, rms: float,  # noqa: ANN001
+             window: tuple[int, int]) -> dict[str, float]:
+    """A linear cell's true optimum: its true response and the twin's prediction of it."""
+    i = retina.index_of(cell)
+    clip = true_optimum_clip(retina, i, n_frames, rms, window)
+    k = list(twin.metadata.cell_ids).index(cell)
+    predicted = response.rates(clip[None])[0, window[0]:window[1], k].mean()
+    return {"optimum": true_response(retina, i, clip, window), "twin_optimum": float(predicted)}
+
+
+def rescore(work: Path, model: str, retina, n_frames: int, window: tuple[int, int]) -> list[dict]:  # noqa: ANN001
+    """The results file with `twin_design` and `twin_optimum` filled in from the designs kept."""
+    path = work / f"results_{model}.json"
+    rows = json.loads(path.read_text())
+    for run in {r["recording"] for r in rows}:
+        run_dir = work / f"{model}_{'noise' if run == RECORDINGS['with_noise'] else 'no_noise'}"
+        twin = Twin.load(run_dir, device="cpu")
+        response = TwinResponse(twin)
+        for row in rows:
+            if row["recording"] != run or row.get("twin_optimum") is not None:
+                continue
+            folder = f"{run_dir.name}-{'clip' if row['frame_budget'] == 'whole clip' else row['frame_budget']}-{row['start']}"
+            design = json.loads((work / "designs" / folder / f"cell{row['cell']}.json").read_text())
+            row["twin_design"] = design["predicted_response"]["design"]
+            if row["optimum"] is not None:
+                row |= _optimum(retina, response, twin, row["cell"], n_frames, design["budget"]["rms_contrast"], window)
+    write_json(path, rows)
+    return rows
 
 
 def save(path: Path, results: list[dict], recordings: dict[str, Path]) -> list[dict]:
@@ -189,16 +229,18 @@ def report(results: list[dict]) -> None:
     for row in results:
         groups[row["recording"], row["frame_budget"], row["start"]].append(row)
     print("\n| recording | budget | start | cells | design / truly best natural (median) | >= 1.5x | "
-          "linear: / optimum (median, min) | auto chose |")
-    print("|---|---|---|---|---|---|---|---|")
+          "linear: / optimum (median, min) | twin rates optimum higher | auto chose |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for (rec, fb, start), rows in groups.items():
         ratios = [r["true"] / r["best_natural"] for r in rows if r["best_natural"] > 0]
         opt = [r["true"] / r["optimum"] for r in rows if r["optimum"]]
         chose = ", ".join(f"{k} {v}" for k, v in sorted(_count(r["chosen"] for r in rows).items())) \
             if start == "auto" else ""
         opt_text = f"{statistics.median(opt):.2f}, {min(opt):.2f}" if opt else "-"
+        rated = [r["twin_optimum"] > r["twin_design"] for r in rows if r.get("twin_optimum") is not None]
         print(f"| {rec} | {fb} | {start} | {len(rows)} | {statistics.median(ratios):.2f} | "
-              f"{sum(x >= GOAL for x in ratios)}/{len(ratios)} | {opt_text} | {chose} |")
+              f"{sum(x >= GOAL for x in ratios)}/{len(ratios)} | {opt_text} | "
+              f"{f'{sum(rated)}/{len(rated)}' if rated else '-'} | {chose} |")
     print("\nper cell type (design / truly best natural; whole-clip budget):")
     types = sorted({r["type"] for r in results})
     keys = sorted({(r["recording"], r["start"]) for r in results if r["frame_budget"] == "whole clip"})

@@ -101,14 +101,21 @@ def retina_for(design_attrs: dict[str, object], shape: tuple[int, int, int], fra
 
 
 def true_optimum(retina: SimulatedRetina, i: int, n_frames: int, rms: float, window: tuple[int, int]) -> float:
-    """A linear cell's true optimum over `window` at budget `rms`: the higher true mean rate over
-    the window of the two exact optima, of the drive at the clip's last frame and of the mean
-    drive over the window's frames (`true_optimal_stimulus`). The first alone is beaten by
-    designs for fast transient cells, whose rate it leaves low in the window's earlier frames."""
+    """A linear cell's true optimum over `window` at budget `rms`: its true response to
+    `true_optimum_clip`."""
+    return true_response(retina, i, true_optimum_clip(retina, i, n_frames, rms, window), window)
+
+
+def true_optimum_clip(retina: SimulatedRetina, i: int, n_frames: int, rms: float,
+                      window: tuple[int, int]) -> np.ndarray:
+    """`[T, H, W]` the better, by true mean rate over `window`, of the two exact optima of linear
+    cell `i` at budget `rms`: of the drive at the clip's last frame and of the mean drive over the
+    window's frames (`true_optimal_stimulus`). The first alone is beaten by designs for fast
+    transient cells, whose rate it leaves low in the window's earlier frames."""
     frames = window[1] - window[0]
     candidates = {1, frames} if window[1] == n_frames else {1}
-    return max(true_response(retina, i, true_optimal_stimulus(retina, i, n_frames, rms_contrast=rms, mean=0.5,
-                                                              window=w), window) for w in candidates)
+    clips = [true_optimal_stimulus(retina, i, n_frames, rms_contrast=rms, mean=0.5, window=w) for w in sorted(candidates)]
+    return max(clips, key=lambda clip: true_response(retina, i, clip, window))
 
 
 def verify_design(design: str | Path, sim_seed: int | None = None, data: str | Path | None = None) -> Verification:
