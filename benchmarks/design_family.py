@@ -166,7 +166,7 @@ def main() -> None:
                 s = design_settings(n_frames=args.frames, window_frames=args.window, seeds=args.seeds,
                                     steps=args.steps, comparison_trials=args.trials, start=start,
                                     frame_rms=frame_budget)
-                out = work / "designs" / f"{run_dir.name}-{frame_budget or 'clip'}-{start}"
+                out = design_dir(work, run_dir.name, frame_budget, start)
                 t = time.perf_counter()
                 designed = optimize_cells([twin], cells, out, s, cache=cache)
                 seconds = (time.perf_counter() - t) / len(cells)
@@ -184,6 +184,11 @@ def main() -> None:
                       flush=True)
                 merged = save(work / f"results_{args.model}.json", results, recordings)
     report(merged)
+
+
+def design_dir(work: Path, twin_name: str, frame_budget: str | None, start: str) -> Path:
+    """Where the designs of one twin, budget and start are written."""
+    return work / "designs" / f"{twin_name}-{frame_budget or 'clip'}-{start}"
 
 
 def _optimum(retina, response: TwinResponse, twin: Twin, cell: int, n_frames: int, rms: float,  # noqa: ANN001
@@ -207,8 +212,9 @@ def rescore(work: Path, model: str, retina, n_frames: int, window: tuple[int, in
         for row in rows:
             if row["recording"] != run or row.get("twin_optimum") is not None:
                 continue
-            folder = f"{run_dir.name}-{'clip' if row['frame_budget'] == 'whole clip' else row['frame_budget']}-{row['start']}"
-            design = json.loads((work / "designs" / folder / f"cell{row['cell']}.json").read_text())
+            frame_budget = None if row["frame_budget"] == "whole clip" else row["frame_budget"]
+            folder = design_dir(work, run_dir.name, frame_budget, row["start"])
+            design = json.loads((folder / f"cell{row['cell']}.json").read_text())
             row["twin_design"] = design["predicted_response"]["design"]
             if row["optimum"] is not None:
                 row |= _optimum(retina, response, twin, row["cell"], n_frames, design["budget"]["rms_contrast"], window)
