@@ -43,7 +43,7 @@ NOT_DEFAULT = {"method": "both", "n_frames": 50, "window_frames": 5, "temperatur
                "cmaes_trials": 3, "comparison_trials": 5, "natural_top_k": 2, "start": "grey", "rms_contrast": 0.2,
                "storage": "sqlite:///designs.db", "steps": 2, "lr": 0.3, "jitter_px": 2, "time_shift": 0,
                "tv_weight": 0.1, "smooth_weight": 0.2, "preconditioner": "fourier", "blur_sigma": [3.0, 2.0],
-               "diversity_weight": 0.5, "init_sigma": 1.0, "init": "noise", "init_scale": 0.1, "rf_envelope": 2.0,
+               "diversity_weight": 0.5, "init_sigma": 1.0, "init": "noise", "init_scale": 0.1, "rf_envelope": 1.0,
                "frame_rms": "training", "attribution_method": "ig", "attribution_steps": 4,
                "envelope_source": "attribution", "natural_distance": 0.5, "parametric_fit_trials": 8}
 

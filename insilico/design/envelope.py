@@ -12,12 +12,12 @@ own sigmas. The cut matters: when the contrast budget cannot be spent inside the
 the post-processor raises the gain until it can, and a Gaussian's far tail, however small,
 would be scaled up to full contrast.
 
-Measured on the default simulation (cpu-preset twin, cell 42 and five reliable linear
-cells; true response as a fraction of the true optimum at the same budget, median): 0.43
-with no envelope, 0.51 with a width of 2, 0.64 with 1.5 and 0.77 with 1 (the default: the
-window then spans the centre, where most of the drive is). The twin's own predictions rank
-these the other way round (it expects the most from the unconfined designs), which is why
-this is a prior and not something the optimiser could find by itself.
+How wide depends on how well the twin knows the cell. With the twins of 2026-11-27, whose
+predictions of strong stimuli were poor, a width of 1 did best (0.77 of the true optimum
+against 0.43 unconfined). With a twin trained on the movie and white noise with today's
+defaults, 1 sigma held linear cells' designs short of the optimum that the twin itself rated
+higher, and 2 (the default) did better on family member 0: 0.88 of the optimum (median) against
+0.77, 11 of 14 cells at 1.5x the truly best natural clip against 8 (docs/benchmarks.md).
 
 A prior is only as good as the map. An ON-OFF cell's STA can cancel to noise (its ON and OFF
 halves average out), and then its "strongest part" is a noise speckle anywhere on the
