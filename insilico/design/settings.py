@@ -77,7 +77,7 @@ class GradientConfig:
             RF-centre sigmas (`insilico.design.envelope`); 0 leaves the whole screen free
             (also used where the recorded map is noise, as for some ON-OFF cells). 2, not 1:
             with a twin that predicts a linear cell's true optimum well, 1 sigma held its
-            designs short of it (docs/benchmarks.md, "Designs of a Vi-ST twin ... member 2").
+            designs short of it (docs/benchmarks.md, "The envelope's width chosen on tuning member 0").
     """
 
     steps: int = 12
