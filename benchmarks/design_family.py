@@ -144,7 +144,7 @@ def main() -> None:
     merged: list[dict] = []
     for label, path in recordings.items():
         cache = FeatureCache(work / "features")
-        run_dir = work / f"{args.model}_{'noise' if path == data else 'no_noise'}"
+        run_dir = twin_dir(work, args.model, with_noise=path == data)
         t = time.perf_counter()
         if not (run_dir / "model.pt").exists():
             with open_recording(path) as rec:
@@ -186,6 +186,11 @@ def main() -> None:
     report(merged)
 
 
+def twin_dir(work: Path, model: str, with_noise: bool) -> Path:
+    """Where the twin of one recording (as simulated, or without its white noise) is trained."""
+    return work / f"{model}_{'noise' if with_noise else 'no_noise'}"
+
+
 def design_dir(work: Path, twin_name: str, frame_budget: str | None, start: str) -> Path:
     """Where the designs of one twin, budget and start are written."""
     return work / "designs" / f"{twin_name}-{frame_budget or 'clip'}-{start}"
@@ -206,7 +211,7 @@ def rescore(work: Path, model: str, retina, n_frames: int, window: tuple[int, in
     path = work / f"results_{model}.json"
     rows = json.loads(path.read_text())
     for run in {r["recording"] for r in rows}:
-        run_dir = work / f"{model}_{'noise' if run == RECORDINGS['with_noise'] else 'no_noise'}"
+        run_dir = twin_dir(work, model, with_noise=run == RECORDINGS["with_noise"])
         twin = Twin.load(run_dir, device="cpu")
         response = TwinResponse(twin)
         for row in rows:

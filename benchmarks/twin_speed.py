@@ -2,9 +2,9 @@
 
 One forward and backward pass of a Vi-ST (`cpu` preset by default) on a batch of feature
 windows, with the depthwise convolutions of the TCN and the CMST blocks run as shipped
-(`vist_model.causal.depthwise_conv3d`: a depthwise 2D convolution per temporal tap, FFT along
-time for long undilated kernels), as PyTorch's grouped `nn.Conv3d` channels-last (shipped until
-2026-12-07), and as `nn.Conv3d` in its default layout, in the same run, the three interleaved
+(`vist_model.causal.depthwise_conv3d`: the dilated ones as a depthwise 2D convolution per
+temporal tap, the others as `nn.Conv3d` channels-last), all of them as `nn.Conv3d` channels-last
+(shipped until 2026-12-07), and as `nn.Conv3d` in its default layout, in the same run, the three interleaved
 (best of `--repeats`). Prints each time and its speed-up over the default layout, and checks
 that all three give the same rates.
 
