@@ -15,6 +15,11 @@ Done when: core+short >= 0.6 of the ceiling, >= 1.3 x scratch+short, in less tim
 within 10 % of scratch+full.
 
     python benchmarks/core_transfer.py --work W [--core-members 4] [--short 30] [--long 120] [--epochs 8]
+    python benchmarks/core_transfer.py --work W --scratch-only   # beside it: the from-scratch twins
+
+The core and each from-scratch twin resume from their last epoch after an interruption, and a
+twin already trained is read back (with the seconds its training took), so the from-scratch
+twins can train in a second process while the core trains.
 
 A reduced run for a smoke test (tiny members, few epochs; its figures prove the script runs,
 not the claim): `--smoke` (2 core members of 16 cells on 32 px, 20 s training each; the new
@@ -41,6 +46,7 @@ from vist_model.features import FeatureCache  # noqa: E402
 from vist_model.fit_twin import train_twin  # noqa: E402
 from vist_model.multi import train_shared_core  # noqa: E402
 from vist_model.train import CPU_TRAINING  # noqa: E402
+from vist_model.twin import Twin  # noqa: E402
 
 RELIABLE_CEILING = 0.5
 """Cells whose noise ceiling on mov2 is below this are left out of the median (as unreliable)."""
@@ -57,6 +63,18 @@ def simulate(path: Path, config: SimulationConfig) -> Path:
     return path if path.is_file() else simulate_recording(path, config)
 
 
+def from_scratch(data: Path, out: Path, config, cache: FeatureCache) -> tuple[Twin, int, float]:  # noqa: ANN001
+    """A twin trained from scratch on `data`'s `mov1`, its epochs and training seconds. A twin
+    already finished in `out` (by an earlier run, or by `--scratch-only` in a second process
+    beside the core's training) is read back with the seconds its training took."""
+    if not (out / "model.pt").is_file() or (out / "train_state.pt").is_file():
+        t = time.perf_counter()
+        trained = train_twin(data, ["mov1"], out, config=config, device="cpu", cache=cache)
+        return trained.twin, trained.result.epochs_run, time.perf_counter() - t
+    summary = json.loads((out / "train.json").read_text())
+    return Twin.load(out, device="cpu"), int(summary["epochs_run"]), float(summary["seconds"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, required=True)
@@ -65,6 +83,9 @@ def main() -> None:
     parser.add_argument("--long", type=float, default=120.0)
     parser.add_argument("--epochs", type=int, default=CPU_TRAINING.epochs)
     parser.add_argument("--smoke", action="store_true", help="tiny members and 2 epochs: proves the script runs")
+    parser.add_argument("--scratch-only", action="store_true",
+                        help="train only the from-scratch twins (a second process beside the core's; the full run "
+                             "then reads them back)")
     args = parser.parse_args()
     family = retina_family(6, seed=0)
     core_configs, new_config = family[:args.core_members], family[-1]
@@ -81,6 +102,11 @@ def main() -> None:
     new = {name: simulate(work / f"new_{name}.h5", replace(new_config, train_seconds=seconds))
            for name, seconds in (("short", short), ("long", long), ("full", new_config.train_seconds))}
     config = replace(CPU_TRAINING, epochs=epochs)
+    if args.scratch_only:
+        for name in ("short", "long", "full"):
+            _, epochs_run, seconds = from_scratch(new[name], work / f"scratch_{name}", config, cache)
+            print(f"scratch+{name}: {epochs_run} epochs, {seconds:.0f} s", flush=True)
+        return
     rows: dict[str, dict] = {}
 
     t0 = time.perf_counter()
@@ -90,10 +116,10 @@ def main() -> None:
     core_ratio = {n: normalised_cc(run.core.twin(n).metadata.accuracy) for n in run.core.names}
     print(f"core on {len(core_paths)} members: {core_seconds:.0f} s; CC / ceiling per member {core_ratio}", flush=True)
 
-    def record(name: str, trained, seconds: float) -> None:
-        acc = trained.twin.metadata.accuracy
+    def record(name: str, twin: Twin, epochs: int, seconds: float) -> None:
+        acc = twin.metadata.accuracy
         rows[name] = {"cc_over_ceiling": normalised_cc(acc), "median_cc": acc.median_cc(), "seconds": seconds,
-                      "epochs": trained.result.epochs_run}
+                      "epochs": epochs}
         print(f"{name:<14} CC / ceiling {rows[name]['cc_over_ceiling']:.3f}  median CC {acc.median_cc():.3f}  "
               f"{seconds:.0f} s", flush=True)
 
@@ -101,11 +127,9 @@ def main() -> None:
         t = time.perf_counter()
         fitted = fit_on_core(work / "core", new[name], ["mov1"], work / f"core_{name}",
                              config=CORE_FITTING, device="cpu", cache=cache)
-        record(f"core+{name}", fitted, time.perf_counter() - t)
+        record(f"core+{name}", fitted.twin, fitted.result.epochs_run, time.perf_counter() - t)
     for name in ("short", "long", "full"):
-        t = time.perf_counter()
-        scratch = train_twin(new[name], ["mov1"], work / f"scratch_{name}", config=config, device="cpu", cache=cache)
-        record(f"scratch+{name}", scratch, time.perf_counter() - t)
+        record(f"scratch+{name}", *from_scratch(new[name], work / f"scratch_{name}", config, cache))
 
     checks = {
         "core+short >= 0.6 of ceiling": rows["core+short"]["cc_over_ceiling"] >= 0.6,

@@ -20,6 +20,13 @@ misled it ("twin rates optimum higher").
     python benchmarks/design_family.py --work W [--member 0] [--model vist] [--per-type 1]
         [--recordings with_noise,no_noise] [--budgets clip,training] [--starts auto,sta,...]
     python benchmarks/design_family.py --work W --member 0 --rescore   # the twin's view, designs kept
+    python benchmarks/design_family.py --work W --member 2 --budgets clip --starts auto --loop-round
+
+`--loop-round` goes one round of the closed loop further, as `insilico run` would: the auto
+designs (whole-clip budget) are played to the simulated retina and recorded (5 repeats), the
+twin is fine-tuned on them as `protocols/mei_closed_loop.toml`'s `[finetune]` does, and each
+design is refined by the tuned twin from where it was (`refine`); reported as the start
+"auto, then one loop round".
 
 The twin is Vi-ST with the shipped defaults (`--model vist`, `insilico train`'s), the LN (`ln`,
 a closed-form fit in minutes) or the CNN. Runs of one member and model with different
@@ -35,11 +42,14 @@ import statistics
 import sys
 import time
 from collections import defaultdict
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from twin_family import loop_round  # noqa: E402
 
 from insilico.console import progress  # noqa: E402
 from insilico.design.budget import resolve_budget  # noqa: E402
@@ -113,6 +123,9 @@ def main() -> None:
     p.add_argument("--trials", type=int, default=8, help="comparison trials of the parametric search")
     p.add_argument("--stride", type=int, default=2, help="frames between the natural clips played to the retina")
     p.add_argument("--starts", default=",".join(STARTS))
+    p.add_argument("--loop-round", action="store_true",
+                   help="after the whole-clip auto designs: record them, fine-tune the twin as the closed loop "
+                        "does, refine the designs with the tuned twin (start \"auto, then one loop round\")")
     p.add_argument("--rescore", action="store_true",
                    help="add the twin's rating of each linear cell's optimum to the results already measured")
     args = p.parse_args()
@@ -153,7 +166,6 @@ def main() -> None:
                 train_twin(path, segments, run_dir, spec=TwinSpec(kind=args.model), device="cpu", cache=cache,
                            progress=bar)
         twin = Twin.load(run_dir, device="cpu")
-        response = TwinResponse(twin)
         print(f"[{label}] {args.model} twin ready in {time.perf_counter() - t:.0f} s (rf: {twin.metadata.rf_source}, "
               f"trained on {', '.join(twin.metadata.training['train_segments'])})", flush=True)
         for frame_budget in (BUDGETS[b] for b in args.budgets.split(",")):
@@ -170,20 +182,64 @@ def main() -> None:
                 t = time.perf_counter()
                 designed = optimize_cells([twin], cells, out, s, cache=cache)
                 seconds = (time.perf_counter() - t) / len(cells)
-                for r in designed:
-                    i = retina.index_of(r.cell_id)
-                    row = {"recording": label, "frame_budget": frame_budget or "whole clip", "start": start,
-                           "chosen": r.chosen_start, "cell": r.cell_id, "type": retina.cell_types[i],
-                           "linear": bool(retina.is_linear(i)), "true": true_response(retina, i, r.design, window),
-                           "best_natural": float(best_natural[i]), "optimum": None, "seconds": seconds,
-                           "twin_design": r.predicted["design"], "twin_optimum": None}
-                    if retina.is_linear(i) and frame_budget is None:
-                        row |= _optimum(retina, response, twin, r.cell_id, args.frames, budget_info.rms, window)
-                    results.append(row)
+                measured = Measured(label, frame_budget, start, retina, best_natural, window, args.frames,
+                                    budget_info.rms)
+                results += measured.rows(designed, twin, seconds)
                 print(f"  [{label}, {frame_budget or 'whole-clip'} budget] start {start}: {seconds:.1f} s/cell",
                       flush=True)
                 merged = save(work / f"results_{args.model}.json", results, recordings)
+                if args.loop_round and frame_budget is None and start == "auto":
+                    # The closed loop's answer to a twin that misjudges strong stimuli: the first
+                    # round's designs recorded, the twin fine-tuned on them, each design refined
+                    # by the tuned twin (as `mei_closed_loop.toml`'s `refine` does from round 2 on).
+                    with open_recording(path) as rec:
+                        segments = default_train_segments(rec)
+                    t = time.perf_counter()
+                    tuned = loop_round(twin, path, segments, retina, [(r.cell_id, r.design, r.window) for r in designed],
+                                       work / f"{run_dir.name}_round", cache)
+                    again = optimize_cells([tuned], cells, design_dir(work, f"{run_dir.name}_round", None, start), s,
+                                           cache=cache, starts={c: out / f"cell{c}.h5" for c in cells})
+                    seconds = (time.perf_counter() - t) / len(cells)
+                    results += replace(measured, start=LOOP_ROUND).rows(again, tuned, seconds)
+                    print(f"  [{label}, whole-clip budget] auto, then one loop round: {seconds:.1f} s/cell", flush=True)
+                    merged = save(work / f"results_{args.model}.json", results, recordings)
     report(merged)
+
+
+LOOP_ROUND = "auto, then one loop round"
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What one set of designs is measured against: the recording, budget and start it was made
+    with, the retina, each cell's truly best natural clip `[N]`, the window and the clip."""
+
+    label: str
+    frame_budget: str | None
+    start: str
+    retina: object
+    best_natural: np.ndarray
+    window: tuple[int, int]
+    n_frames: int
+    rms: float
+
+    def rows(self, designed, twin: Twin, seconds: float) -> list[dict]:  # noqa: ANN001
+        """One results row per design: its true response, the truly best natural clip's, and for a
+        linear cell (whole-clip budget) its true optimum and the twin's rating of it."""
+        response = TwinResponse(twin)
+        out = []
+        for r in designed:
+            i = self.retina.index_of(r.cell_id)
+            row = {"recording": self.label, "frame_budget": self.frame_budget or "whole clip", "start": self.start,
+                   "chosen": r.chosen_start, "cell": r.cell_id, "type": self.retina.cell_types[i],
+                   "linear": bool(self.retina.is_linear(i)),
+                   "true": true_response(self.retina, i, r.design, self.window),
+                   "best_natural": float(self.best_natural[i]), "optimum": None, "seconds": seconds,
+                   "twin_design": r.predicted["design"], "twin_optimum": None}
+            if self.retina.is_linear(i) and self.frame_budget is None:
+                row |= _optimum(self.retina, response, twin, r.cell_id, self.n_frames, self.rms, self.window)
+            out.append(row)
+        return out
 
 
 def twin_dir(work: Path, model: str, with_noise: bool) -> Path:

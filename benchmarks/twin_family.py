@@ -125,19 +125,26 @@ def design_fidelity(twin: Twin, data: Path, segments: list[str], retina, cells: 
         true.append(true_response(retina, retina.index_of(r.cell_id), r.design, r.window))
         clips.append((r.cell_id, r.design, r.window))
     before = _predicted(twin, clips, cache)
-    session = _record_designs(data, retina, clips, work / "session.h5")
-    # One round's fine-tuning as the closed loop does it (the shipped protocol's [finetune]).
-    f = load_protocol(FINETUNE_PROTOCOL).finetune
-    recordings = [(data, segments), (session, [f"design{c}" for c, _, _ in clips])]
-    focus = [[], [LossFocus(f"design{c}", twin.metadata.cell_index(c), a, b) for c, _, (a, b) in clips]]
-    tuned = finetune_twin(twin, recordings, work / "tuned", config=finetune_config(f), cache=cache,
-                          val_fraction=val_fraction_for(recordings, f.window), shares=[1.0 - f.session_share, None],
-                          focus=focus, focus_weight=f.focus_weight)
-    after = _predicted(tuned.twin, clips, cache)
+    tuned = loop_round(twin, data, segments, retina, clips, work, cache)
+    after = _predicted(tuned, clips, cache)
     factor = lambda p, t: float(np.exp(np.median(np.abs(np.log(np.maximum(p, 1e-6) / np.maximum(t, 1e-6))))))  # noqa: E731
     return {"cells": cells, "predicted_before": before, "predicted_after": after, "true": true,
             "factor_before": factor(np.array(before), np.array(true)),
             "factor_after": factor(np.array(after), np.array(true))}
+
+
+def loop_round(twin: Twin, data: Path, segments: list[str], retina, clips, work: Path,  # noqa: ANN001
+               cache: FeatureCache) -> Twin:
+    """The twin after one round of the closed loop on `clips` (`(cell id, design uint8 [T, H, W],
+    window)` each): the designs played to the simulated retina and recorded (`work/session.h5`),
+    then fine-tuning as the shipped protocol's `[finetune]` does it, into `work/tuned`."""
+    session = _record_designs(data, retina, clips, work / "session.h5")
+    f = load_protocol(FINETUNE_PROTOCOL).finetune
+    recordings = [(data, segments), (session, [f"design{c}" for c, _, _ in clips])]
+    focus = [[], [LossFocus(f"design{c}", twin.metadata.cell_index(c), a, b) for c, _, (a, b) in clips]]
+    return finetune_twin(twin, recordings, work / "tuned", config=finetune_config(f), cache=cache,
+                         val_fraction=val_fraction_for(recordings, f.window), shares=[1.0 - f.session_share, None],
+                         focus=focus, focus_weight=f.focus_weight).twin
 
 
 def _predicted(twin: Twin, clips, cache: FeatureCache) -> list[float]:

@@ -165,3 +165,31 @@ def test_toy_ascent_same_seed_same_clip() -> None:
     assert not np.array_equal(a.stimuli, c.stimuli)
     # A batch member is its seed's clip whatever else is in the batch.
     np.testing.assert_allclose(_toy_run((6, 5)).stimuli[1], a.stimuli[0], atol=1e-6)
+
+
+def _surround_cell(frames: torch.Tensor) -> torch.Tensor:
+    """Rates `[B, T, 1]`: a small centre and a surround five times wider (a linear toy cell)."""
+    yy, xx = torch.meshgrid(torch.arange(24.0), torch.arange(24.0), indexing="ij")
+    r2 = (yy - 11.5) ** 2 + (xx - 11.5) ** 2
+    weights = torch.exp(-r2 / (2 * 1.5**2)) - 0.04 * torch.exp(-r2 / (2 * 7.5**2))
+    return ((frames - 0.5) * weights).sum(dim=(2, 3))[..., None]
+
+
+def test_the_default_envelope_leaves_a_linear_cell_its_surround() -> None:
+    """At a whole-clip budget a linear cell's optimum is its filter's sign at full contrast over the
+    filter's whole extent, surround included: the default envelope must not cut it off."""
+    shape = (4, 24, 24)
+    yy, xx = np.indices(shape[1:])
+    rf = np.exp(-((yy - 11.5) ** 2 + (xx - 11.5) ** 2) / (2 * 1.5**2))
+    surround = np.hypot(yy - 11.5, xx - 11.5) > 3 * 1.5
+    reached, in_surround = {}, {}
+    for width in (1.0, GradientConfig().rf_envelope):
+        env = rf_envelope(rf, width)
+        config = GradientConfig(steps=12, jitter_px=0, time_shift=0, rf_envelope=width)
+        run = optimize_gradient(_surround_cell, increase(0, WINDOW), shape, ContrastBudget(0.2, support=env > 0),
+                                (0,), config, envelope=env)
+        reached[width] = float(run.objective[0])
+        energy = ((run.stimuli[0] - 0.5) ** 2).sum(axis=0)
+        in_surround[width] = float(energy[surround].sum() / energy.sum())
+    assert in_surround[1.0] == 0.0 and in_surround[GradientConfig().rf_envelope] > 0.4
+    assert reached[GradientConfig().rf_envelope] > 1.1 * reached[1.0]

@@ -13,11 +13,13 @@ the post-processor raises the gain until it can, and a Gaussian's far tail, howe
 would be scaled up to full contrast.
 
 How wide depends on how well the twin knows the cell. With the twins of 2026-11-27, whose
-predictions of strong stimuli were poor, a width of 1 did best (0.77 of the true optimum
-against 0.43 unconfined). With a twin trained on the movie and white noise with today's
-defaults, 1 sigma held linear cells' designs short of the optimum that the twin itself rated
-higher, and 2 (the default) did better on family member 0: 0.88 of the optimum (median) against
-0.77, 11 of 14 cells at 1.5x the truly best natural clip against 8 (docs/benchmarks.md).
+predictions of strong stimuli were poor, a width of 1 did best. A linear cell's true optimum
+at a whole-clip budget, though, is its filter's sign at full contrast wherever the filter is
+not negligible: a saturated centre and a saturated surround annulus many centre sigmas wide.
+An envelope of 1 or 2 sigmas cuts the surround off; with a twin trained on the movie and white
+noise (today's defaults), 3 (the default) did as well as none on the tuning member and keeps
+the design off the far screen where a poorer twin's gradient wanders (docs/benchmarks.md,
+"The envelope's width chosen on tuning member 0").
 
 A prior is only as good as the map. An ON-OFF cell's STA can cancel to noise (its ON and OFF
 halves average out), and then its "strongest part" is a noise speckle anywhere on the

@@ -75,9 +75,9 @@ class GradientConfig:
         init_scale: amplitude of the grey start's noise, relative to the budget's RMS.
         rf_envelope: sigma of the spatial envelope around the cell's receptive field, in
             RF-centre sigmas (`insilico.design.envelope`); 0 leaves the whole screen free
-            (also used where the recorded map is noise, as for some ON-OFF cells). 2, not 1:
-            with a twin that predicts a linear cell's true optimum well, 1 sigma held its
-            designs short of it (docs/benchmarks.md, "The envelope's width chosen on tuning member 0").
+            (also used where the recorded map is noise, as for some ON-OFF cells). 3: a linear
+            cell's true optimum spends much of the budget on its wide surround, which 1 or 2
+            sigmas cut off (docs/benchmarks.md, "The envelope's width chosen on tuning member 0").
     """
 
     steps: int = 12
@@ -92,7 +92,7 @@ class GradientConfig:
     init_sigma: float = 2.0
     init: str = "grey"
     init_scale: float = 0.05
-    rf_envelope: float = 2.0
+    rf_envelope: float = 3.0
 
     def __post_init__(self) -> None:
         _check(self.steps >= 0, "steps", f"must be >= 0, got {self.steps}")
