@@ -18,7 +18,7 @@ above its own design, the ascent stopped short; if below, the twin's model of th
 misled it ("twin rates optimum higher").
 
     python benchmarks/design_family.py --work W [--member 0] [--model vist] [--per-type 1]
-        [--recordings with_noise,no_noise] [--budgets clip,training] [--starts auto,sta,...]
+        [--recordings with_noise,no_noise] [--budgets clip,training] [--starts auto,sta,...] [--rf-envelope W]
     python benchmarks/design_family.py --work W --member 0 --rescore   # the twin's view, designs kept
     python benchmarks/design_family.py --work W --member 2 --budgets clip --starts auto --loop-round
 
@@ -123,6 +123,8 @@ def main() -> None:
     p.add_argument("--trials", type=int, default=8, help="comparison trials of the parametric search")
     p.add_argument("--stride", type=int, default=2, help="frames between the natural clips played to the retina")
     p.add_argument("--starts", default=",".join(STARTS))
+    p.add_argument("--rf-envelope", type=float, default=None,
+                   help="the envelope's width in RF-centre sigmas (default: the shipped default; 0: none)")
     p.add_argument("--loop-round", action="store_true",
                    help="after the whole-clip auto designs: record them, fine-tune the twin as the closed loop "
                         "does, refine the designs with the tuned twin (start \"auto, then one loop round\")")
@@ -150,6 +152,7 @@ def main() -> None:
     print(f"member {args.member}: {config.size} px, {config.n_cells} cells, {config.train_seconds:g} s of training "
           f"movie; {sum(map(len, by_type.values()))} reliable; designing {len(cells)}: {cells}")
     window = (args.frames - args.window, args.frames)
+    envelope = {} if args.rf_envelope is None else {"rf_envelope": args.rf_envelope}
     if args.rescore:
         report(rescore(work, args.model, retina, args.frames, window))
         return
@@ -177,13 +180,13 @@ def main() -> None:
                     continue
                 s = design_settings(n_frames=args.frames, window_frames=args.window, seeds=args.seeds,
                                     steps=args.steps, comparison_trials=args.trials, start=start,
-                                    frame_rms=frame_budget)
-                out = design_dir(work, run_dir.name, frame_budget, start)
+                                    frame_rms=frame_budget, **envelope)
+                out = design_dir(work, run_dir.name, frame_budget, start, args.rf_envelope)
                 t = time.perf_counter()
                 designed = optimize_cells([twin], cells, out, s, cache=cache)
                 seconds = (time.perf_counter() - t) / len(cells)
                 measured = Measured(label, frame_budget, start, retina, best_natural, window, args.frames,
-                                    budget_info.rms)
+                                    budget_info.rms, args.rf_envelope)
                 results += measured.rows(designed, twin, seconds)
                 print(f"  [{label}, {frame_budget or 'whole-clip'} budget] start {start}: {seconds:.1f} s/cell",
                       flush=True)
@@ -195,10 +198,11 @@ def main() -> None:
                     with open_recording(path) as rec:
                         segments = default_train_segments(rec)
                     t = time.perf_counter()
-                    tuned = loop_round(twin, path, segments, retina, [(r.cell_id, r.design, r.window) for r in designed],
-                                       work / f"{run_dir.name}_round", cache)
-                    again = optimize_cells([tuned], cells, design_dir(work, f"{run_dir.name}_round", None, start), s,
-                                           cache=cache, starts={c: out / f"cell{c}.h5" for c in cells})
+                    first = [(r.cell_id, r.design, r.window) for r in designed]
+                    tuned = loop_round(twin, path, segments, retina, first, work / f"{run_dir.name}_round", cache)
+                    again = optimize_cells([tuned], cells,
+                                           design_dir(work, f"{run_dir.name}_round", None, start, args.rf_envelope),
+                                           s, cache=cache, starts={c: out / f"cell{c}.h5" for c in cells})
                     seconds = (time.perf_counter() - t) / len(cells)
                     results += replace(measured, start=LOOP_ROUND).rows(again, tuned, seconds)
                     print(f"  [{label}, whole-clip budget] auto, then one loop round: {seconds:.1f} s/cell", flush=True)
@@ -212,7 +216,8 @@ LOOP_ROUND = "auto, then one loop round"
 @dataclass(frozen=True)
 class Measured:
     """What one set of designs is measured against: the recording, budget and start it was made
-    with, the retina, each cell's truly best natural clip `[N]`, the window and the clip."""
+    with, the retina, each cell's truly best natural clip `[N]`, the window, the clip and the
+    envelope width (None: the default)."""
 
     label: str
     frame_budget: str | None
@@ -222,6 +227,7 @@ class Measured:
     window: tuple[int, int]
     n_frames: int
     rms: float
+    rf_envelope: float | None
 
     def rows(self, designed, twin: Twin, seconds: float) -> list[dict]:  # noqa: ANN001
         """One results row per design: its true response, the truly best natural clip's, and for a
@@ -235,7 +241,7 @@ class Measured:
                    "linear": bool(self.retina.is_linear(i)),
                    "true": true_response(self.retina, i, r.design, self.window),
                    "best_natural": float(self.best_natural[i]), "optimum": None, "seconds": seconds,
-                   "twin_design": r.predicted["design"], "twin_optimum": None}
+                   "twin_design": r.predicted["design"], "twin_optimum": None, "rf_envelope": self.rf_envelope}
             if self.retina.is_linear(i) and self.frame_budget is None:
                 row |= _optimum(self.retina, response, twin, r.cell_id, self.n_frames, self.rms, self.window)
             out.append(row)
@@ -247,9 +253,11 @@ def twin_dir(work: Path, model: str, with_noise: bool) -> Path:
     return work / f"{model}_{'noise' if with_noise else 'no_noise'}"
 
 
-def design_dir(work: Path, twin_name: str, frame_budget: str | None, start: str) -> Path:
-    """Where the designs of one twin, budget and start are written."""
-    return work / "designs" / f"{twin_name}-{frame_budget or 'clip'}-{start}"
+def design_dir(work: Path, twin_name: str, frame_budget: str | None, start: str, rf_envelope: float | None = None,
+               ) -> Path:
+    """Where the designs of one twin, budget, start (and envelope width, if not the default) are written."""
+    width = "" if rf_envelope is None else f"-envelope{rf_envelope:g}"
+    return work / "designs" / f"{twin_name}-{frame_budget or 'clip'}-{start}{width}"
 
 
 def _optimum(retina, response: TwinResponse, twin: Twin, cell: int, n_frames: int, rms: float,  # noqa: ANN001
@@ -274,7 +282,7 @@ def rescore(work: Path, model: str, retina, n_frames: int, window: tuple[int, in
             if row["recording"] != run or row.get("twin_optimum") is not None:
                 continue
             frame_budget = None if row["frame_budget"] == "whole clip" else row["frame_budget"]
-            folder = design_dir(work, run_dir.name, frame_budget, row["start"])
+            folder = design_dir(work, run_dir.name, frame_budget, row["start"], row.get("rf_envelope"))
             design = json.loads((folder / f"cell{row['cell']}.json").read_text())
             row["twin_design"] = design["predicted_response"]["design"]
             if row["optimum"] is not None:
