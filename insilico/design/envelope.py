@@ -19,7 +19,7 @@ not negligible: a saturated centre and a saturated surround annulus many centre 
 An envelope of 1 or 2 sigmas cuts the surround off; with a twin trained on the movie and white
 noise (today's defaults), 3 (the default) did as well as none on the tuning member and keeps
 the design off the far screen where a poorer twin's gradient wanders (docs/benchmarks.md,
-"The envelope's width chosen on tuning member 0").
+"The envelope leaves the surround").
 
 A prior is only as good as the map. An ON-OFF cell's STA can cancel to noise (its ON and OFF
 halves average out), and then its "strongest part" is a noise speckle anywhere on the

@@ -77,7 +77,7 @@ class GradientConfig:
             RF-centre sigmas (`insilico.design.envelope`); 0 leaves the whole screen free
             (also used where the recorded map is noise, as for some ON-OFF cells). 3: a linear
             cell's true optimum spends much of the budget on its wide surround, which 1 or 2
-            sigmas cut off (docs/benchmarks.md, "The envelope's width chosen on tuning member 0").
+            sigmas cut off (docs/benchmarks.md, "The envelope leaves the surround").
     """
 
     steps: int = 12
