@@ -161,10 +161,10 @@ def main() -> None:
     for label, path in recordings.items():
         cache = FeatureCache(work / "features")
         run_dir = twin_dir(work, args.model, with_noise=path == data)
+        with open_recording(path) as rec:
+            segments = default_train_segments(rec)
         t = time.perf_counter()
         if not (run_dir / "model.pt").exists():
-            with open_recording(path) as rec:
-                segments = default_train_segments(rec)
             with progress() as bar:
                 train_twin(path, segments, run_dir, spec=TwinSpec(kind=args.model), device="cpu", cache=cache,
                            progress=bar)
@@ -195,8 +195,6 @@ def main() -> None:
                     # The closed loop's answer to a twin that misjudges strong stimuli: the first
                     # round's designs recorded, the twin fine-tuned on them, each design refined
                     # by the tuned twin (as `mei_closed_loop.toml`'s `refine` does from round 2 on).
-                    with open_recording(path) as rec:
-                        segments = default_train_segments(rec)
                     t = time.perf_counter()
                     first = [(r.cell_id, r.design, r.window) for r in designed]
                     tuned = loop_round(twin, path, segments, retina, first, work / f"{run_dir.name}_round", cache)
