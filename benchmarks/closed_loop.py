@@ -14,6 +14,7 @@ the cells the twin predicts best) over `--rounds` rounds, then prints, per round
     python benchmarks/closed_loop.py                          # 10 targets, 3 rounds, CPU
                                                               # (fine-tuning as protocols/mei_closed_loop.toml)
     python benchmarks/closed_loop.py --targets 3 --rounds 2 --steps 2 --work /tmp/cl
+    python benchmarks/closed_loop.py --start grey     # round 1 from grey (the demo's start before 2026-12-07)
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from insilico.design.settings import design_settings  # noqa: E402
+from insilico.design.settings import STARTS, DesignSettings, design_settings  # noqa: E402
 from insilico.loop.demo import DemoConfig, run_demo  # noqa: E402
 from insilico.loop.report import YARDSTICKS, load_rounds, objectives_of  # noqa: E402
 from rig_bridge.retina.recording import SimulationConfig  # noqa: E402
@@ -47,6 +48,8 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--trials", type=int, default=4, help="parametric comparison trials")
+    p.add_argument("--start", choices=STARTS, default=DesignSettings().start,
+                   help="where round 1's designs start (default: as `insilico optimize`, the protocol and the demo)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--finetune", choices=("readout", "full"), default="full")
     p.add_argument("--finetune-epochs", type=int, default=4)
@@ -66,7 +69,7 @@ def main() -> None:
         train_epochs=a.epochs, extra_cells=a.targets - 1,
         objectives=tuple(a.objectives.split(",")), rounds=a.rounds,
         design=design_settings(base.design, n_frames=a.frames, seeds=a.seeds, steps=a.steps,
-                               comparison_trials=a.trials),
+                               comparison_trials=a.trials, start=a.start),
         presentation=replace(base.presentation, repeats=a.repeats),
         finetune=replace(base.finetune, mode=a.finetune, epochs=a.finetune_epochs, batch_size=a.finetune_batch_size,
                          session_share=a.session_share, focus_weight=a.focus_weight),

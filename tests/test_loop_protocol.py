@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from insilico.design.settings import DesignSettings
 from insilico.loop.demo import pick_cells
 from insilico.loop.protocol import (
     SHIPPED_PROTOCOLS,
@@ -54,6 +55,8 @@ def test_shipped_protocols_load(tmp_path: Path) -> None:
     assert loop.rounds == 3 and loop.design.objectives == ("increase", "discriminative")
     assert loop.design.controls == ("natural", "parametric") and not loop.finetune.readout_only
     assert loop.finetune.session_share == 0.5 and loop.finetune.focus_weight == 20.0 and loop.design.refine
+    # Round 1 designs as `insilico optimize` does by default (issue 22: the entry points agree).
+    assert loop.design.settings_for("increase").start == DesignSettings().start == "auto"
     ft = load_protocol(PROTOCOLS / "finetune.toml")
     assert isinstance(ft, FinetuneProtocol) and ft.session is None and not ft.finetune.readout_only
     new = load_protocol(PROTOCOLS / "new_retina.toml")  # a new retina on a core (issue 19)

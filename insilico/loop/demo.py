@@ -72,7 +72,7 @@ class DemoConfig:
     extra_cells: int = 1
     objectives: tuple[str, ...] = ("increase", "discriminative")
     rounds: int = 2
-    # The demo preset of the design settings (`DESIGN_PRESETS["demo"]`, round 1 from grey).
+    # The demo preset of the design settings (`DESIGN_PRESETS["demo"]`: smaller, the same start).
     design: DesignSettings = design_settings(**DESIGN_PRESETS["demo"])
     refine: bool = True  # see DesignPlan.refine (protocols/mei_closed_loop.toml)
     presentation: Presentation = Presentation(repeats=5, isi_grey_frames=30)
