@@ -118,7 +118,7 @@ def train(
                              "penalty + Soft-DTW; needs --output linear). Default: poisson for positive "
                              "outputs, vist for a linear one."),
     epochs: int = typer.Option(None, help="Maximum epochs, early stopping on validation "
-                               "(default: 8 for the cpu preset, 60 for vist)."),
+                               "(default: 16 for the cpu preset, 60 for vist)."),
     batch_size: int = typer.Option(None, help="Windows per batch (default: 4 for cpu, 16 for vist)."),
     swa: bool = typer.Option(False, help="Stochastic weight averaging over the last quarter."),
     seed: int = typer.Option(0, help="Seed of the initial weights and of the training windows."),

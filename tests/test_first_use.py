@@ -295,3 +295,12 @@ def test_every_option_has_help_and_no_flag_reads_as_taking_a_value() -> None:
         text = _ok([*path, "--help"])
         assert "<bool>" not in text, f"insilico {' '.join(path)} --help"
     assert not missing, missing
+
+
+def test_train_help_states_the_training_defaults() -> None:
+    """The help text cannot import torch (`insilico --help` stays fast): its defaults are checked here."""
+    from vist_model.train import CPU_TRAINING, TrainConfig
+
+    text = " ".join(_ok(["train", "--help"]).split())
+    assert f"default: {CPU_TRAINING.epochs} for the cpu preset, {TrainConfig().epochs} for vist" in text
+    assert f"default: {CPU_TRAINING.batch_size} for cpu, {TrainConfig().batch_size} for vist" in text
