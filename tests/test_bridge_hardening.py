@@ -90,7 +90,11 @@ def test_replies_wait_for_a_controller_that_stopped_reading(backend: SimBackend,
 # --- 2. the session table is bounded --------------------------------------------------------------
 def test_a_hello_flood_is_bounded_and_the_real_controller_keeps_working(backend: SimBackend,
                                                                          tmp_path: Path) -> None:
-    srv = _serve(backend, tmp_path, max_sessions=50, dead_after_s=0.3)
+    # The client heartbeats only while it waits for a reply, so the controller is silent while the
+    # test floods: `dead_after_s` must outlast a flood on a loaded machine (at 0.3 s the controller
+    # itself was presumed dead and forgotten there), and the flood's sessions must then outlive it.
+    dead_after_s = 2.0
+    srv = _serve(backend, tmp_path, max_sessions=50, dead_after_s=dead_after_s)
     flood = _raw(srv)
     try:
         with RigClient(srv.address, insecure=True, timeout_s=5, heartbeat_s=0.2) as client:
@@ -102,7 +106,7 @@ def test_a_hello_flood_is_bounded_and_the_real_controller_keeps_working(backend:
             assert len(answers) == 400 and codes and set(codes) == {"full"}
             assert len(srv._sessions) <= 50
             assert client.status()["state"] == "idle"  # the controller already in the table is served
-            time.sleep(0.6)  # the flood's sessions are now presumed dead and hold nothing
+            time.sleep(dead_after_s + 0.3)  # the flood's sessions are now presumed dead and hold nothing
             client.status()
             for i in range(400, 440):
                 _send(flood, "hello", f"flood-{i}", f"h-{i}")
