@@ -41,6 +41,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--cells", type=int, default=20, help="cells of the simulated retina")
     p.add_argument("--size", type=int, default=32)
+    p.add_argument("--retina-seed", type=int, default=0, help="seed of the simulated retina and its stimuli")
     p.add_argument("--train-seconds", type=float, default=60.0)
     p.add_argument("--epochs", type=int, default=4, help="training epochs of the twin")
     p.add_argument("--objectives", default="increase,discriminative")
@@ -65,7 +66,7 @@ def main() -> None:
     config = replace(
         base,
         simulation=SimulationConfig(n_cells=a.cells, size=a.size, train_seconds=a.train_seconds,
-                                    test_seconds=10.0, noise_seconds=30.0),
+                                    test_seconds=10.0, noise_seconds=30.0, seed=a.retina_seed),
         train_epochs=a.epochs, extra_cells=a.targets - 1,
         objectives=tuple(a.objectives.split(",")), rounds=a.rounds,
         design=design_settings(base.design, n_frames=a.frames, seeds=a.seeds, steps=a.steps,
