@@ -221,8 +221,8 @@ DESIGN_FIELDS = tuple(f.name for f in fields(DesignSettings) if f.name != "gradi
 DESIGN_PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
     # `insilico demo`: a few minutes for a whole closed loop on 2 CPU cores. Its designs start as
-    # everywhere else ("auto"): from grey, round 1's discriminative designs came out worse
-    # (docs/benchmarks.md, "Round 1 from every start").
+    # everywhere else ("auto"): on two demo retinas round 1 did better from there than from grey,
+    # on average (docs/benchmarks.md, "Round 1 from every start").
     "demo": {"n_frames": 45, "seeds": 1, "steps": 4, "comparison_trials": 4, "natural_top_k": 4},
 }
 
