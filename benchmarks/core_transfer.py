@@ -15,7 +15,7 @@ three times with the same retina and test movie and training movies of `--short`
 Done when: core+short >= 0.6 of the ceiling, >= 1.3 x scratch+short, in less time; core+long
 within 10 % of scratch+full.
 
-    python benchmarks/core_transfer.py --work W [--core-members 4] [--short 30] [--long 120] [--epochs 8]
+    python benchmarks/core_transfer.py --work W [--core-members 4] [--short 30] [--long 120] [--epochs 16]
     python benchmarks/core_transfer.py --work W --scratch-only   # beside it: the from-scratch twins
     python benchmarks/core_transfer.py --work W --new-member 2   # another new retina on the same core
 
@@ -50,7 +50,7 @@ from vist_model.features import FeatureCache  # noqa: E402
 from vist_model.fit_twin import train_twin  # noqa: E402
 from vist_model.multi import CORE_INDEX, SharedCoreTwin, recording_name, train_shared_core  # noqa: E402
 from vist_model.train import CPU_TRAINING  # noqa: E402
-from vist_model.twin import Twin  # noqa: E402
+from vist_model.twin import Twin, training_finished  # noqa: E402
 
 RELIABLE_CEILING = 0.5
 """Cells whose noise ceiling on mov2 is below this are left out of the median (as unreliable)."""
@@ -71,7 +71,7 @@ def from_scratch(data: Path, out: Path, config, cache: FeatureCache) -> tuple[Tw
     """A twin trained from scratch on `data`'s `mov1`, its epochs and training seconds. A twin
     already finished in `out` (by an earlier run, or by `--scratch-only` in a second process
     beside the core's training) is read back with the seconds its training took."""
-    if not (out / "model.pt").is_file() or (out / "train_state.pt").is_file():
+    if not training_finished(out):
         t = time.perf_counter()
         trained = train_twin(data, ["mov1"], out, config=config, device="cpu", cache=cache)
         return trained.twin, trained.result.epochs_run, time.perf_counter() - t
@@ -82,8 +82,7 @@ def from_scratch(data: Path, out: Path, config, cache: FeatureCache) -> tuple[Tw
 def shared_core(paths: list[Path], out: Path, config, cache: FeatureCache) -> tuple[SharedCoreTwin, float]:  # noqa: ANN001
     """The core trained on `paths` and its training seconds; a core already finished in `out` is
     read back (it must have been trained on the same members)."""
-    index = out / CORE_INDEX
-    if not index.is_file() or (out / "train_state.pt").is_file():
+    if not training_finished(out, CORE_INDEX):
         t = time.perf_counter()
         run = train_shared_core([(p, ["mov1"]) for p in paths], out, config=config, device="cpu", cache=cache)
         return run.core, time.perf_counter() - t
@@ -92,7 +91,7 @@ def shared_core(paths: list[Path], out: Path, config, cache: FeatureCache) -> tu
     if core.names != wanted:
         raise SystemExit(f"{out}: the core there was trained on {list(core.names)}, not {list(wanted)}: "
                          "name another --work or the same --core-members")
-    return core, float(json.loads(index.read_text())["result"]["seconds"])
+    return core, float(json.loads((out / CORE_INDEX).read_text())["result"]["seconds"])
 
 
 def main() -> None:

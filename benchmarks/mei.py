@@ -35,7 +35,7 @@ from stimuli.recording.reliability import split_half_reliability  # noqa: E402
 from vist_model.features import FeatureCache  # noqa: E402
 from vist_model.fit_twin import TwinSpec, train_twin  # noqa: E402
 from vist_model.train import CPU_TRAINING  # noqa: E402
-from vist_model.twin import Twin  # noqa: E402
+from vist_model.twin import Twin, training_finished  # noqa: E402
 
 
 def main() -> None:
@@ -70,7 +70,7 @@ def main() -> None:
                                                   train_seconds=args.train_seconds))
     cache = FeatureCache(work / "features")
     run_dir = args.twin or work / "twin"
-    if args.twin is None and (not (run_dir / "model.pt").exists() or (run_dir / "train_state.pt").exists()):
+    if args.twin is None and not training_finished(run_dir):
         t = time.perf_counter()
         train_twin(data, args.train.split(","), run_dir,
                    spec=TwinSpec(kind="vist", preset="cpu", backbone="tiny", readout=args.readout),

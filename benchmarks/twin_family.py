@@ -59,7 +59,7 @@ from vist_model.features import FeatureCache  # noqa: E402
 from vist_model.fit_twin import TwinSpec, finetune_twin, train_twin  # noqa: E402
 from vist_model.metrics import evaluate  # noqa: E402
 from vist_model.train import training_for  # noqa: E402
-from vist_model.twin import Twin  # noqa: E402
+from vist_model.twin import Twin, training_finished  # noqa: E402
 
 MODELS = {
     "vist": TwinSpec(kind="vist"),  # the shipped defaults
@@ -97,7 +97,7 @@ def training_segments(data: Path, movie_only: bool) -> list[str]:
 
 def train(data: Path, name: str, key: str, segments: list[str], epochs: int | None, cache: FeatureCache) -> Twin:
     run_dir = data.parent / key
-    if (run_dir / "model.pt").exists() and not (run_dir / "train_state.pt").exists():
+    if training_finished(run_dir):
         return Twin.load(run_dir)
     spec = MODELS[name]
     preset = training_for(spec.preset)

@@ -220,8 +220,13 @@ def test_ctrl_c_in_train_says_how_to_resume(tiny_recording: Path, tmp_path: Path
     assert "interrupted after epoch" in stderr and "run the same command to resume" in stderr
     line = _fails(["evaluate", "--model", str(run), "--data", str(tiny_recording)])
     assert "interrupted here after epoch" in line and "resume" in line
+    from vist_model.twin import training_finished
+
+    assert not training_finished(run)
     out = _ok([*args[:-1], "1"])  # the rerun resumes (and, past 1 epoch, finishes at once)
-    assert "resuming the run" in out and (run / "model.pt").is_file()
+    assert "resuming the run" in out and (run / "model.pt").is_file() and training_finished(run)
+    (run / "train_state.pt").write_bytes(b"")  # a checkpoint beside a later run's state is not finished
+    assert not training_finished(run)
 
 
 # --- item 7: cell ids ---------------------------------------------------------------------------

@@ -52,6 +52,7 @@ from vist_model.train import (
 )
 from vist_model.twin import (
     MODEL_KINDS,
+    TRAIN_STATE,
     Twin,
     TwinMetadata,
     backbone_metadata,
@@ -237,7 +238,7 @@ def train_twin(
             result = _fit_ln_run(twin.network, loss, train_blocks, val_blocks, dev, rfs.maps)
         else:
             result = fit(twin.network, loss, train_blocks, val_blocks, config, device=dev,
-                         state_path=out / "train_state.pt", progress=progress)
+                         state_path=out / TRAIN_STATE, progress=progress)
         accuracy = measure_accuracy(twin, data, list(train_segments), val_blocks, cache)
     finally:
         _release(train_blocks + val_blocks)
@@ -340,7 +341,7 @@ def finetune_twin(
     train_blocks = shared_out(groups, shares or [None] * len(groups), config.window)
     try:
         result = fit(twin.network, twin_loss(twin), train_blocks, val_blocks, config,
-                     device=twin.device, state_path=out / "train_state.pt", progress=progress)
+                     device=twin.device, state_path=out / TRAIN_STATE, progress=progress)
         accuracy = _remeasure(twin, recordings, val_blocks, cache)
     finally:
         _release(train_blocks + val_blocks)
@@ -367,4 +368,4 @@ def _save_run(twin: Twin, result: TrainResult, out: Path) -> None:
     write_json(out / "train.json", summary)
     plot_loss_curve(result.train_loss, result.val_loss, result.best_epoch, out / "loss_curve.png",
                     title=f"{twin.metadata.kind} ({twin.metadata.describe_backbone()})")
-    (out / "train_state.pt").unlink(missing_ok=True)  # finished: a rerun starts afresh
+    (out / TRAIN_STATE).unlink(missing_ok=True)  # finished: a rerun starts afresh

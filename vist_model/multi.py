@@ -62,7 +62,7 @@ from vist_model.train import (
     seed_everything,
     training_for,
 )
-from vist_model.twin import Twin, build_network
+from vist_model.twin import TRAIN_STATE, Twin, build_network
 from vist_model.vist import ViST, ViSTConfig
 
 __all__ = ["CORE_MODULES", "SharedCoreRun", "SharedCoreTwin", "balanced_windows", "batch_order",
@@ -268,7 +268,7 @@ def train_shared_core(
         shared = SharedCoreTwin(twins)
         loss = loss_for(spec.kind, first.metadata.network, spec.loss)
         result = fit_shared({n: t.network for n, t in twins.items()}, loss, train_blocks, val_blocks, config,
-                            device=dev, state_path=out / "train_state.pt", progress=progress)
+                            device=dev, state_path=out / TRAIN_STATE, progress=progress)
         accuracy = {n: measure_accuracy(twins[n], path, list(segs), val_blocks[n], cache)
                     for n, (path, segs) in zip(names, recordings, strict=True)}
     finally:
@@ -287,7 +287,7 @@ def train_shared_core(
     shared.save(out, summary)
     plot_loss_curve(result.train_loss, result.val_loss, result.best_epoch, out / "loss_curve.png",
                     title=f"shared core of {len(names)} recordings ({first.metadata.describe_backbone()})")
-    (out / "train_state.pt").unlink(missing_ok=True)  # finished: a rerun starts afresh
+    (out / TRAIN_STATE).unlink(missing_ok=True)  # finished: a rerun starts afresh
     return SharedCoreRun(shared, result, splits, out)
 
 

@@ -278,13 +278,24 @@ class Twin:
         return cls(network, meta, backbone).to(device)
 
 
+TRAIN_STATE = "train_state.pt"
+"""The training state a run folder holds after every epoch; a finished run deletes it."""
+
+
+def training_finished(run_dir: str | Path, product: str = "model.pt") -> bool:
+    """Whether `run_dir` holds the `product` of a finished training (`model.pt`, or a shared core's
+    index), not a state file of a run that stopped part-way beside it."""
+    run = Path(run_dir)
+    return (run / product).is_file() and not (run / TRAIN_STATE).is_file()
+
+
 def interrupted_epoch(run_dir: str | Path) -> int | None:
     """The last finished epoch (1-based) of an interrupted run in `run_dir`, None if none is there.
 
     `vist_model.train.fit` saves its state after every epoch and a finished run deletes it, so
     a state file means a run stopped part-way.
     """
-    state_path = Path(run_dir) / "train_state.pt"
+    state_path = Path(run_dir) / TRAIN_STATE
     if not state_path.is_file():
         return None
     try:
