@@ -15,7 +15,8 @@ linear cells the median fraction of the true optimum (`insilico.design.verify.tr
 whole-clip budget only: the optimum under a per-frame ceiling is not computed). Where a linear
 cell's design falls short of its optimum, the twin says why: if it rates the true optimum
 above its own design, the ascent stopped short; if below, the twin's model of the cell is what
-misled it ("twin rates optimum higher").
+misled it ("twin rates optimum higher"), and the twin's map of the cell (its input gradient at
+grey) says where: the correlation of its spatial and of its temporal factor with the true filter's.
 
     python benchmarks/design_family.py --work W [--member 0] [--model vist] [--per-type 1]
         [--recordings with_noise,no_noise] [--budgets clip,training] [--starts auto,sta,...] [--rf-envelope W]
@@ -46,6 +47,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -58,6 +60,7 @@ from insilico.design.response import TwinResponse  # noqa: E402
 from insilico.design.run import optimize_cells  # noqa: E402
 from insilico.design.settings import design_settings  # noqa: E402
 from insilico.design.verify import true_optimum_clip, true_response  # noqa: E402
+from rig_bridge.retina.optimum import window_filter  # noqa: E402
 from rig_bridge.retina.recording import retina_family, retina_of_recording, simulate_recording  # noqa: E402
 from stimuli.files import write_json  # noqa: E402
 from stimuli.recording import RecordingWriter, open_recording  # noqa: E402
@@ -260,16 +263,34 @@ def design_dir(work: Path, twin_name: str, frame_budget: str | None, start: str,
 
 def _optimum(retina, response: TwinResponse, twin: Twin, cell: int, n_frames: int, rms: float,  # noqa: ANN001
              window: tuple[int, int]) -> dict[str, float]:
-    """A linear cell's true optimum: its true response and the twin's prediction of it."""
+    """A linear cell's true optimum: its true response and the twin's prediction of it; and how
+    well the twin's map of the cell matches its true filter (`twin_map_match`)."""
     i = retina.index_of(cell)
     clip = true_optimum_clip(retina, i, n_frames, rms, window)
     k = list(twin.metadata.cell_ids).index(cell)
     predicted = response.rates(clip[None])[0, window[0]:window[1], k].mean()
-    return {"optimum": true_response(retina, i, clip, window), "twin_optimum": float(predicted)}
+    space, time_ = twin_map_match(retina, response, i, k, n_frames, window)
+    return {"optimum": true_response(retina, i, clip, window), "twin_optimum": float(predicted),
+            "twin_map_space_r": space, "twin_map_time_r": time_}
+
+
+def twin_map_match(retina, response: TwinResponse, i: int, k: int, n_frames: int,  # noqa: ANN001
+                   window: tuple[int, int]) -> tuple[float, float]:
+    """`(space, time)`: |correlation| of the leading spatial and temporal factors of the twin's map
+    of cell `i` (twin index `k`), its input gradient at grey of the mean rate over `window`, with
+    those of the true filter of that mean (`window_filter`). A linear cell's design can only be as
+    good as this map: a twin whose map has the true spatial factor reaches the optimum."""
+    grey = torch.full((1, n_frames, retina.height, retina.width), 0.5, requires_grad=True)
+    response(grey)[0, window[0]:window[1], k].mean().backward()
+    twin_map = grey.grad[0].double().numpy().reshape(n_frames, -1)
+    truth = window_filter(retina, i, n_frames, window[1] - window[0]).reshape(n_frames, -1)
+    (ut, _, vt), (uf, _, vf) = (np.linalg.svd(m, full_matrices=False) for m in (twin_map, truth))
+    return float(abs(vt[0] @ vf[0])), float(abs(ut[:, 0] @ uf[:, 0]))
 
 
 def rescore(work: Path, model: str, retina, n_frames: int, window: tuple[int, int]) -> list[dict]:  # noqa: ANN001
-    """The results file with `twin_design` and `twin_optimum` filled in from the designs kept."""
+    """The results file with `twin_design`, `twin_optimum` and the twin's map match filled in from the
+    designs kept."""
     path = work / f"results_{model}.json"
     rows = json.loads(path.read_text())
     for run in {r["recording"] for r in rows}:
@@ -277,7 +298,8 @@ def rescore(work: Path, model: str, retina, n_frames: int, window: tuple[int, in
         twin = Twin.load(run_dir, device="cpu")
         response = TwinResponse(twin)
         for row in rows:
-            if row["recording"] != run or row.get("twin_optimum") is not None:
+            if row["recording"] != run or (row.get("twin_optimum") is not None
+                                           and (row["optimum"] is None or row.get("twin_map_space_r") is not None)):
                 continue
             frame_budget = None if row["frame_budget"] == "whole clip" else row["frame_budget"]
             folder = design_dir(work, run_dir.name, frame_budget, row["start"], row.get("rf_envelope"))
@@ -302,8 +324,9 @@ def report(results: list[dict]) -> None:
     for row in results:
         groups[row["recording"], row["frame_budget"], row["start"]].append(row)
     print("\n| recording | budget | start | cells | design / truly best natural (median) | >= 1.5x | "
-          "linear: / optimum (median, min) | twin rates optimum higher | auto chose |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "linear: / optimum (median, min) | twin rates optimum higher | linear: twin's map r, space, time | "
+          "auto chose |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for (rec, fb, start), rows in groups.items():
         ratios = [r["true"] / r["best_natural"] for r in rows if r["best_natural"] > 0]
         opt = [r["true"] / r["optimum"] for r in rows if r["optimum"]]
@@ -311,9 +334,12 @@ def report(results: list[dict]) -> None:
             if start == "auto" else ""
         opt_text = f"{statistics.median(opt):.2f}, {min(opt):.2f}" if opt else "-"
         rated = [r["twin_optimum"] > r["twin_design"] for r in rows if r.get("twin_optimum") is not None]
+        space = [r["twin_map_space_r"] for r in rows if r.get("twin_map_space_r") is not None]
+        time_ = [r["twin_map_time_r"] for r in rows if r.get("twin_map_time_r") is not None]
+        match = f"{statistics.median(space):.2f}, {statistics.median(time_):.2f}" if space else "-"
         print(f"| {rec} | {fb} | {start} | {len(rows)} | {statistics.median(ratios):.2f} | "
               f"{sum(x >= GOAL for x in ratios)}/{len(ratios)} | {opt_text} | "
-              f"{f'{sum(rated)}/{len(rated)}' if rated else '-'} | {chose} |")
+              f"{f'{sum(rated)}/{len(rated)}' if rated else '-'} | {match} | {chose} |")
     print("\nper cell type (design / truly best natural; whole-clip budget):")
     types = sorted({r["type"] for r in results})
     keys = sorted({(r["recording"], r["start"]) for r in results if r["frame_budget"] == "whole clip"})
