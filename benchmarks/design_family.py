@@ -278,8 +278,8 @@ def twin_map_match(retina, response: TwinResponse, i: int, k: int, n_frames: int
                    window: tuple[int, int]) -> tuple[float, float]:
     """`(space, time)`: |correlation| of the leading spatial and temporal factors of the twin's map
     of cell `i` (twin index `k`), its input gradient at grey of the mean rate over `window`, with
-    those of the true filter of that mean (`window_filter`). A linear cell's design can only be as
-    good as this map: a twin whose map has the true spatial factor reaches the optimum."""
+    those of the true filter of that mean (`window_filter`). A linear cell's design is only as good
+    as this map (docs/benchmarks.md, "The twin's map of a linear cell")."""
     grey = torch.full((1, n_frames, retina.height, retina.width), 0.5, requires_grad=True)
     response(grey)[0, window[0]:window[1], k].mean().backward()
     twin_map = grey.grad[0].double().numpy().reshape(n_frames, -1)

@@ -31,7 +31,7 @@ class LinearCell(nn.Module):
         return nn.functional.conv1d(padded, self.temporal.flip(0).view(1, 1, -1))[:, 0, :, None]
 
 
-def test_a_twin_with_the_true_filter_matches_and_a_shifted_one_does_not() -> None:
+def test_the_map_measure_tells_the_true_filter_from_a_shifted_or_a_smeared_one() -> None:
     retina = build_retina(3, 12, 24, 30.0)
     i = next(j for j in range(retina.n_cells) if retina.is_linear(j))
     spatial, temporal = retina.spatial_filter(i), retina.temporal_filter(i)
