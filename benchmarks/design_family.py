@@ -298,8 +298,9 @@ def rescore(work: Path, model: str, retina, n_frames: int, window: tuple[int, in
         twin = Twin.load(run_dir, device="cpu")
         response = TwinResponse(twin)
         for row in rows:
-            if row["recording"] != run or (row.get("twin_optimum") is not None
-                                           and (row["optimum"] is None or row.get("twin_map_space_r") is not None)):
+            scored = row.get("twin_optimum") is not None and (row["optimum"] is None
+                                                              or row.get("twin_map_space_r") is not None)
+            if row["recording"] != run or scored:
                 continue
             frame_budget = None if row["frame_budget"] == "whole clip" else row["frame_budget"]
             folder = design_dir(work, run_dir.name, frame_budget, row["start"], row.get("rf_envelope"))

@@ -20,7 +20,7 @@ import pytest
 from typer.testing import CliRunner
 
 from insilico.cli import app
-from vist_model.twin import Twin
+from vist_model.twin import Twin, training_finished
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parents[1]
@@ -220,8 +220,6 @@ def test_ctrl_c_in_train_says_how_to_resume(tiny_recording: Path, tmp_path: Path
     assert "interrupted after epoch" in stderr and "run the same command to resume" in stderr
     line = _fails(["evaluate", "--model", str(run), "--data", str(tiny_recording)])
     assert "interrupted here after epoch" in line and "resume" in line
-    from vist_model.twin import training_finished
-
     assert not training_finished(run)
     out = _ok([*args[:-1], "1"])  # the rerun resumes (and, past 1 epoch, finishes at once)
     assert "resuming the run" in out and (run / "model.pt").is_file() and training_finished(run)
