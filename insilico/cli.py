@@ -106,8 +106,9 @@ def train(
                                  "random DINOv2), dinov2-small/base/large/giant, or a local folder."),
     preset: str = typer.Option("cpu", help="Vi-ST preset: vist (published) or cpu."),
     rf_conditioning: str = typer.Option("sum", help="AdaLN conditioning: sum (published) or per_cell."),
-    readout: str = typer.Option(None, help="Vi-ST readout: dense (published) or factorized (a spatial mask "
-                                "per cell, starting at its RF). Default: the preset's."),
+    readout: str = typer.Option(None, help="Vi-ST readout: dense (published), factorized (a spatial mask "
+                                "per cell, starting at its RF) or dog (factorized, each mask a difference of "
+                                "Gaussians). Default: the preset's."),
     cmst_padding: str = typer.Option(None, help="valid (published: the readout sees the middle of the screen) "
                                      "or same (the readout grid covers the whole screen). Default: the preset's."),
     spatial_kernel: int = typer.Option(None, help="Spatial side of the TCN and CMST convolutions: 3 (published) "
@@ -156,7 +157,7 @@ def train(
         checks.one_of(model, ("vist", "ln", "cnn"), "--model")
         checks.one_of(preset, ("cpu", "vist"), "--preset")
         checks.one_of(rf_conditioning, ("sum", "per_cell"), "--rf-conditioning")
-        checks.one_of(readout, ("dense", "factorized"), "--readout")
+        checks.one_of(readout, ("dense", "factorized", "dog"), "--readout")
         checks.one_of(cmst_padding, ("valid", "same"), "--cmst-padding")
         checks.one_of(output, ("softplus", "linear"), "--output")
         checks.one_of(loss, ("poisson", "vist"), "--loss")

@@ -250,8 +250,9 @@ def test_the_readout_on_cached_maps_is_the_network(tmp_path: Path) -> None:
         on_maps = _ReadoutOnMaps(net)(torch.from_numpy(np.asarray(maps))[None])
         whole = net(torch.from_numpy(features)[None])
     assert torch.allclose(on_maps, whole, atol=1e-5)
-    assert [n for n, _ in _ReadoutOnMaps(net).named_parameters()] == ["readout.spatial", "readout.features",
-                                                                       "readout.bias"]
+    assert [n for n, _ in _ReadoutOnMaps(net).named_parameters()] == [
+        "readout.centre", "readout.log_sigma", "readout.log_ratio", "readout.surround_logit", "readout.features",
+        "readout.bias"]
 
 
 def test_shared_training_resumes_and_trains_one_core(tmp_path: Path) -> None:

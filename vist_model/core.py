@@ -3,8 +3,8 @@
 `fit_on_core` takes the core (TCN -> AdaLN -> CMST, `vist_model.multi.CORE_MODULES`) of a
 shared-core run (`vist_model.multi.train_shared_core`) or of any single-recording Vi-ST twin
 whose core does not depend on its cells (`check_shareable`), builds a network for the new
-recording's cells (its RF maps condition AdaLN, and each cell's readout mask starts as a
-Gaussian at its recorded RF centre, `vist_model.readout.FactorizedReadout`), copies the core
+recording's cells (its RF maps condition AdaLN, and each cell's readout mask starts at its
+RF centre, or without RFs where its STA of the training movie peaks, `start_readout`), copies the core
 in bit for bit and trains the readout alone with the core frozen: the core's maps are
 computed once over the recording (eval mode: BatchNorm statistics and dropout frozen too) and
 the readout is trained on them, so a step costs a readout, not a pass through the core. `finetune_core` then trains the whole network briefly at a small
@@ -37,6 +37,7 @@ from vist_model.fit_twin import (
     _save_run,
     measure_accuracy,
     resolve_device,
+    start_readout,
     twin_loss,
 )
 from vist_model.multi import SharedCoreTwin, check_shareable, copy_core
@@ -123,6 +124,7 @@ def fit_on_core(
         torch.manual_seed(config.seed)  # the readout's initial weights (its masks start at the RFs)
         twin = Twin(build_network(meta), meta, source.twin.backbone).to(dev)
         copy_core(source.twin.network, twin.network)
+        readout_start = start_readout(twin, rec, rfs, split.train)
         train_blocks = _blocks(twin, rec, split.train, cache)
         val_blocks = _blocks(twin, rec, split.val, cache)
     loss = twin_loss(source.twin)
@@ -139,6 +141,7 @@ def fit_on_core(
     training = {
         **data_record(data), "train_segments": list(train_segments), "split": asdict(split),
         "spec": dict(source.twin.metadata.training.get("spec") or {}), "config": asdict(config),
+        "readout_start": readout_start,
         "result": asdict(result), "device": str(dev), "torch": torch.__version__,
         "core": {"path": str(source.path.resolve()), "recordings": list(source.recordings),
                  "finetune_core": finetune_core, "stages": [asdict(s) for s in stages],

@@ -40,7 +40,12 @@ from vist_model.loss import PoissonLoss, ViSTLoss
 from vist_model.metrics import pearson_per_cell
 from vist_model.plots import plot_loss_curve
 from vist_model.provenance import data_record
-from vist_model.receptive_fields import receptive_fields
+from vist_model.receptive_fields import (
+    ReceptiveFields,
+    cell_locations,
+    receptive_fields,
+    rf_to_grid,
+)
 from vist_model.train import (
     TrainConfig,
     TrainResult,
@@ -59,14 +64,14 @@ from vist_model.twin import (
     baseline_config,
     build_network,
 )
-from vist_model.vist import vist_config
+from vist_model.vist import ViST, vist_config
 
 
 @dataclass(frozen=True)
 class TwinSpec:
     """What to build: model kind, Vi-ST preset and backbone, RF conditioning, readout and padding.
 
-    `readout` ("dense" or "factorized", `vist_model.readout`), `cmst_padding` ("valid" or
+    `readout` ("dense", "factorized" or "dog", `vist_model.readout`), `cmst_padding` ("valid" or
     "same"), `spatial_kernel` (odd) and `output` ("linear" or "softplus",
     `vist_model.vist.ViSTConfig`), `map_channels` (the maps the core carries to the readout) and
     `linear_maps` (maps the readout reads linearly from the features) override the preset's when
@@ -198,6 +203,15 @@ def new_twin(rec: Recording, spec: TwinSpec, rf_maps: np.ndarray, rf_source: str
     return Twin(build_network(meta), meta, backbone)
 
 
+def start_readout(twin: Twin, rec: Recording, rfs: ReceptiveFields, train: Sequence[FrameRange]) -> str:
+    """Start a Vi-ST readout's masks where the cells are (`cell_locations`: the RFs, or without
+    them the training movie's STA); returns what they were placed by."""
+    located = cell_locations(rec, rfs, train)
+    if located is not rfs and isinstance(twin.network, ViST):
+        twin.network.start_readout_at(rf_to_grid(located.maps, twin.network.config.grid))
+    return located.source
+
+
 def train_twin(
     data: str | Path,
     train_segments: list[str],
@@ -230,6 +244,7 @@ def train_twin(
         rfs = receptive_fields(rec, noise_segment)
         torch.manual_seed(config.seed)  # the network's initial weights follow the run's seed
         twin = new_twin(rec, spec, rfs.maps, rfs.source).to(dev)
+        readout_start = start_readout(twin, rec, rfs, split.train)
         train_blocks = _blocks(twin, rec, split.train, cache)
         val_blocks = _blocks(twin, rec, split.val, cache)
     loss = loss_for(spec.kind, twin.metadata.network, spec.loss)
@@ -245,7 +260,7 @@ def train_twin(
     training = {
         **data_record(data), "train_segments": list(train_segments), "split": asdict(split),
         "spec": asdict(spec), "config": asdict(config), "result": asdict(result),
-        "device": str(dev), "torch": torch.__version__,
+        "device": str(dev), "torch": torch.__version__, "readout_start": readout_start,
     }
     twin.metadata = replace(twin.metadata, training=training, accuracy=accuracy)
     if is_main_process():  # under torchrun every rank trained the same twin

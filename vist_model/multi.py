@@ -49,6 +49,7 @@ from vist_model.fit_twin import (
     measure_accuracy,
     new_twin,
     resolve_device,
+    start_readout,
 )
 from vist_model.plots import plot_loss_curve
 from vist_model.provenance import data_record
@@ -59,6 +60,7 @@ from vist_model.train import (
     TrainResult,
     evaluate_loss,
     lr_at,
+    parameter_groups,
     seed_everything,
     training_for,
 )
@@ -245,6 +247,7 @@ def train_shared_core(
     splits: dict[str, DataSplit] = {}
     train_blocks: dict[str, list[Block]] = {}
     val_blocks: dict[str, list[Block]] = {}
+    readout_start: dict[str, str] = {}
     rates: set[float] = set()
     torch.manual_seed(config.seed)  # the core's initial weights follow the run's seed
     first: Twin | None = None
@@ -262,6 +265,7 @@ def train_shared_core(
                 twin = _member_twin(rec, spec, rfs.maps, rfs.source, first)
                 check_shareable(twin.network.config, str(path))
                 twins[name] = twin.to(dev)
+                readout_start[name] = start_readout(twin, rec, rfs, splits[name].train)
                 first = first or twin
                 train_blocks[name] = _blocks(twin, rec, splits[name].train, cache)
                 val_blocks[name] = _blocks(twin, rec, splits[name].val, cache)
@@ -279,7 +283,8 @@ def train_shared_core(
         training = {
             **data_record(path), "train_segments": list(segments), "split": asdict(splits[name]),
             "spec": asdict(spec), "config": asdict(config), "result": asdict(result), "device": str(dev),
-            "torch": torch.__version__, "shared_core": {"recording": name, "recordings": members},
+            "torch": torch.__version__, "readout_start": readout_start[name],
+            "shared_core": {"recording": name, "recordings": members},
         }
         twins[name].metadata = replace(twins[name].metadata, training=training, accuracy=accuracy[name])
     summary = {"result": asdict(result), "accuracy": {n: _accuracy_summary(a) for n, a in accuracy.items()},
@@ -334,8 +339,8 @@ def fit_shared(
     names = list(networks)
     model = nn.ModuleDict(networks).to(device)  # tied modules are one set of parameters
     seed_everything(cfg.seed)
-    optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.warmup_start_lr,
-                                  weight_decay=cfg.weight_decay)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimiser = torch.optim.AdamW(parameter_groups(model, trainable, cfg.weight_decay), lr=cfg.warmup_start_lr)
     data = balanced_windows(train, cfg)
     steps_per_epoch = sum(math.ceil(len(d) / cfg.batch_size) for d in data.values())
     bf16 = cfg.bf16 and device.type == "cuda"

@@ -11,9 +11,19 @@ weights over the maps, `rate_n = sum_m f_nm sum_pq s_npq x_mpq + b_n`. It needs
 `N * (h * w + M + 1)` parameters (6,570 for N = 90, M = 8) instead of `N * (M * h * w + 1)`,
 and each mask starts as a Gaussian at the cell's recorded receptive-field centre, so the twin
 begins local and a few minutes of natural movie do not smear a cell over the screen.
+
+`DoGReadout`: the factorized readout with each mask a difference of Gaussians (Rodieck 1965),
+five numbers a cell (centre, centre width, surround width and weight) instead of `h * w`. A
+natural movie has little power at fine scales, so a free mask's width and surround are barely
+constrained by the data and weight decay leaves them too wide with too much surround; a
+parametric mask gets both from the scales the movie does carry. Each Gaussian is integrated
+over every grid position (the pixels a position pools), so a centre narrower than a position
+is still the right mass in the right place.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor, nn
@@ -21,10 +31,17 @@ from torch import Tensor, nn
 from stimuli.errors import InputError
 from stimuli.recording.rf_geometry import rf_centre_and_size
 
-__all__ = ["START_MASK_SIGMA", "FactorizedReadout", "Readout", "grid_centres"]
+__all__ = ["START_MASK_SIGMA", "DoGReadout", "FactorizedReadout", "Readout", "grid_centres"]
 
 START_MASK_SIGMA = 0.75
 """Width of each cell's starting mask, in grid positions."""
+
+START_SURROUND_RATIO = 2.5
+"""A DoG mask's starting surround width over its centre width (RGC surrounds are 2 to 3 times
+the centre, Croner & Kaplan 1995)."""
+
+START_SURROUND_WEIGHT = 0.5
+"""A DoG mask's starting surround integral relative to its centre's."""
 
 
 def _check_sizes(n_cells: int, height: int, width: int, in_channels: int) -> None:
@@ -76,15 +93,93 @@ class FactorizedReadout(nn.Module):
             raise InputError(f"sigma must be > 0, got {sigma}")
         self.n_cells, self.height, self.width = n_cells, height, width
         self.in_channels = in_channels
+        self.sigma = sigma
         self.spatial = nn.Parameter(_gaussian_masks(centres, height, width, sigma))
         # Small equal weights: every map starts with the same say, the sign is learned.
         self.features = nn.Parameter(torch.full((n_cells, in_channels), 1.0 / in_channels))
         self.bias = nn.Parameter(torch.zeros(n_cells))
 
+    @torch.no_grad()
+    def start_at(self, centres: Tensor) -> None:
+        """Restart every mask as the starting Gaussian at `centres` `[N, 2]` (grid row, column)."""
+        self.spatial.copy_(_gaussian_masks(centres, self.height, self.width, self.sigma))
+
     def forward(self, x: Tensor) -> Tensor:
         _check_input(x, self.in_channels, self.height, self.width)
         pooled = torch.einsum("bmthw,nhw->btnm", x, self.spatial)  # each cell's view of each map
         return (pooled * self.features).sum(dim=-1) + self.bias
+
+
+class DoGReadout(nn.Module):
+    """`FactorizedReadout` whose masks are differences of Gaussians. Shapes: `[B, M, T, h, w] -> [B, T, N]`.
+
+    Each cell's mask is `G(c, sigma) - a * G(c, ratio * sigma)`, with unit-integral Gaussians
+    (so `a` in (0, 1) is the surround's share of the centre) integrated over each grid position,
+    `c` free on the grid, `sigma > 0` and `ratio > 1`. The shape parameters are in
+    `SHAPE_PARAMETERS`: the optimiser leaves them out of weight decay, which would pull a log-width
+    to one grid position rather than towards a small mask.
+
+    Args:
+        centres: `[N, 2]` each cell's starting (row, column) on the readout grid (clamped to it).
+        sigma: the starting centre width, in grid positions.
+    """
+
+    SHAPE_PARAMETERS = ("centre", "log_sigma", "log_ratio", "surround_logit")
+
+    def __init__(self, n_cells: int, height: int, width: int, in_channels: int, centres: Tensor,
+                 sigma: float = START_MASK_SIGMA) -> None:
+        super().__init__()
+        _check_sizes(n_cells, height, width, in_channels)
+        if tuple(centres.shape) != (n_cells, 2):
+            raise InputError(f"centres must be [{n_cells}, 2], got {tuple(centres.shape)}")
+        if not sigma > 0:
+            raise InputError(f"sigma must be > 0, got {sigma}")
+        self.n_cells, self.height, self.width = n_cells, height, width
+        self.in_channels = in_channels
+        self.centre = nn.Parameter(torch.zeros(n_cells, 2))
+        self.start_at(centres)
+        self.log_sigma = nn.Parameter(torch.full((n_cells,), math.log(sigma)))
+        self.log_ratio = nn.Parameter(torch.full((n_cells,), math.log(START_SURROUND_RATIO - 1)))
+        self.surround_logit = nn.Parameter(torch.full((n_cells,), _logit(START_SURROUND_WEIGHT)))
+        self.features = nn.Parameter(torch.full((n_cells, in_channels), 1.0 / in_channels))
+        self.bias = nn.Parameter(torch.zeros(n_cells))
+
+    @torch.no_grad()
+    def start_at(self, centres: Tensor) -> None:
+        """Move every mask's centre to `centres` `[N, 2]` (grid row, column; clamped to the grid)."""
+        limits = torch.tensor([self.height - 1, self.width - 1], dtype=torch.float32)
+        self.centre.copy_(torch.minimum(centres.to(torch.float32).clamp(min=0), limits))
+
+    @property
+    def spatial(self) -> Tensor:
+        """`[N, h, w]` the masks (centre mass minus surround mass at each grid position)."""
+        sigma = self.log_sigma.exp()
+        surround = sigma * (1.0 + self.log_ratio.exp())
+        weight = torch.sigmoid(self.surround_logit)
+        return (self._gaussian_mass(sigma)
+                - weight[:, None, None] * self._gaussian_mass(surround))
+
+    def _gaussian_mass(self, sigma: Tensor) -> Tensor:
+        """`[N, h, w]` the mass of each cell's unit Gaussian of width `sigma` `[N]` on each grid position."""
+        rows = _interval_mass(self.centre[:, 0], sigma, self.height)
+        cols = _interval_mass(self.centre[:, 1], sigma, self.width)
+        return rows[:, :, None] * cols[:, None, :]
+
+    def forward(self, x: Tensor) -> Tensor:
+        _check_input(x, self.in_channels, self.height, self.width)
+        pooled = torch.einsum("bmthw,nhw->btnm", x, self.spatial)
+        return (pooled * self.features).sum(dim=-1) + self.bias
+
+
+def _interval_mass(centre: Tensor, sigma: Tensor, n: int) -> Tensor:
+    """`[N, n]` the mass a 1-D unit Gaussian `(centre, sigma)` `[N]` puts on `[p - 1/2, p + 1/2]`, p = 0..n-1."""
+    edges = torch.arange(n + 1, dtype=centre.dtype, device=centre.device) - 0.5
+    cdf = torch.special.ndtr((edges[None, :] - centre[:, None]) / sigma[:, None])
+    return cdf[:, 1:] - cdf[:, :-1]
+
+
+def _logit(p: float) -> float:
+    return math.log(p / (1.0 - p))
 
 
 def grid_centres(rf_maps: Tensor, margin: int) -> Tensor:

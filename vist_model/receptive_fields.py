@@ -3,10 +3,15 @@
 The recording's `/cells/rf` is used when present; otherwise spike-triggered averages from a
 white-noise segment (`stimuli.recording.sta.ReceptiveFieldAccumulator`: linear, or contrast energy
 for cells whose linear STA is flat); otherwise a flat map, and the caller is told which it was.
+
+Without either, `cell_locations` still finds where each cell is from the training movie: the
+movie's STA is its RF blurred by the movie's spatial correlations, wrong in shape (so it is not
+used as an RF) but peaked at the cell, which is where its readout should start.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,8 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from stimuli.errors import InputError
-from stimuli.recording import Recording
-from stimuli.recording.sta import NOISE_SEGMENT_NAMES, ReceptiveFieldAccumulator
+from stimuli.recording import Recording, Segment
+from stimuli.recording.sta import NOISE_SEGMENT_NAMES, ReceptiveFieldAccumulator, ReceptiveFieldMaps
 
 BLOCK_FRAMES = 1024
 """Frames of the white-noise segment read at a time (memory does not grow with its length)."""
@@ -41,18 +46,39 @@ def receptive_fields(rec: Recording, noise_segment: str | None = None) -> Recept
     for name in candidates:
         if name not in names:
             raise InputError(f"no segment named {name!r} to estimate receptive fields from")
-        seg = rec.segment(name)
-        _, h, w = rec.shape
-        acc = ReceptiveFieldAccumulator(rec.n_cells, h, w)
-        for a in range(seg.start, seg.stop, BLOCK_FRAMES):
-            b = min(a + BLOCK_FRAMES, seg.stop)
-            acc.add(rec.frames(start=a, stop=b).astype(np.float32) / 255.0,
-                    np.nanmean(rec.counts(start=a, stop=b), axis=0))
-        rf = acc.result()
+        rf = _accumulate(rec, [rec.segment(name)])
         return ReceptiveFields(rf.maps, rf.source(name))
     _, h, w = rec.shape
     flat = np.ones((rec.n_cells, h, w), dtype=np.float32)
-    return ReceptiveFields(flat, "flat maps (the file has no /cells/rf and no white-noise segment)")
+    return ReceptiveFields(flat, FLAT_SOURCE)
+
+
+FLAT_SOURCE = "flat maps (the file has no /cells/rf and no white-noise segment)"
+
+
+def cell_locations(rec: Recording, rfs: ReceptiveFields, ranges: Sequence[Segment]) -> ReceptiveFields:
+    """Maps `[N, H, W]` that peak where each cell is: `rfs` where they are real RFs, else a point at
+    the peak of the STA (linear or contrast energy, as for white noise) of the frames in `ranges`
+    (the training movie). Only the peak: the movie's STA is so wide that the centre of its
+    half-maximum region lies between the cell and the middle of the screen."""
+    if rfs.source != FLAT_SOURCE:
+        return rfs
+    maps = np.abs(_accumulate(rec, ranges).maps)
+    n, h, w = maps.shape
+    points = np.zeros((n, h * w), dtype=np.float32)
+    points[np.arange(n), maps.reshape(n, -1).argmax(axis=1)] = 1.0
+    return ReceptiveFields(points.reshape(n, h, w), "the peak of each cell's STA of the training movie")
+
+
+def _accumulate(rec: Recording, ranges: Sequence[Segment]) -> ReceptiveFieldMaps:
+    _, h, w = rec.shape
+    acc = ReceptiveFieldAccumulator(rec.n_cells, h, w)
+    for r in ranges:
+        for a in range(r.start, r.stop, BLOCK_FRAMES):
+            b = min(a + BLOCK_FRAMES, r.stop)
+            acc.add(rec.frames(start=a, stop=b).astype(np.float32) / 255.0,
+                    np.nanmean(rec.counts(start=a, stop=b), axis=0))
+    return acc.result()
 
 
 def rf_to_grid(maps: np.ndarray, grid: int = 16) -> torch.Tensor:

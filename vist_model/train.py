@@ -114,6 +114,16 @@ def trainable_parameters(model: nn.Module, readout_only: bool) -> list[nn.Parame
     return params
 
 
+def parameter_groups(model: nn.Module, params: list[nn.Parameter], weight_decay: float) -> list[dict]:
+    """AdamW groups of `params`: weight decay on all but the shape parameters a module names in
+    `SHAPE_PARAMETERS` (a DoG readout's centres, log-widths and surround weights), which decay
+    would pull towards arbitrary values rather than towards a small model."""
+    shape = {id(getattr(m, name)) for m in model.modules() for name in getattr(m, "SHAPE_PARAMETERS", ())}
+    groups = [{"params": [p for p in params if id(p) not in shape], "weight_decay": weight_decay},
+              {"params": [p for p in params if id(p) in shape], "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
 def _train_mode(model: nn.Module, readout_only: bool) -> None:
     model.train()
     if readout_only:
@@ -244,7 +254,7 @@ class _Run:
                 p.requires_grad_(False)
             for p in params:
                 p.requires_grad_(True)
-        optimiser = torch.optim.AdamW(params, lr=cfg.warmup_start_lr, weight_decay=cfg.weight_decay)
+        optimiser = torch.optim.AdamW(parameter_groups(model, params, cfg.weight_decay), lr=cfg.warmup_start_lr)
         data = WindowDataset(train, window=cfg.window, seed=cfg.seed, coverage=cfg.coverage)
         sampler = torch.utils.data.DistributedSampler(data, world, rank, shuffle=False) if world > 1 else None
         loader = torch.utils.data.DataLoader(data, batch_size=cfg.batch_size, sampler=sampler,

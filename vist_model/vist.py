@@ -35,12 +35,12 @@ from vist_model.adaln import AdaLNZero3D, rf_conditioning_maps
 from vist_model.backbone import Backbone
 from vist_model.causal import CausalConv3d
 from vist_model.cmst import CMST, PUBLISHED_KERNEL_SETS
-from vist_model.readout import FactorizedReadout, Readout, grid_centres
+from vist_model.readout import DoGReadout, FactorizedReadout, Readout, grid_centres
 from vist_model.tcn import C3TCN
 
 __all__ = ["OUTPUTS", "READOUTS", "VIST_PRESETS", "LinearMaps", "TwinWithBackbone", "ViST", "ViSTConfig", "vist_config"]
 
-READOUTS = ("dense", "factorized")
+READOUTS = ("dense", "factorized", "dog")
 OUTPUTS = ("linear", "softplus")
 
 
@@ -63,9 +63,9 @@ class ViSTConfig:
             None means one map per cell (M = N), as published; the `cpu` preset sets a small
             fixed M so that the CMST cost (grouped long temporal convolutions, slow on CPUs)
             does not grow with the number of cells.
-        readout: "dense" (published: one Linear over every map and position) or "factorized"
-            (a spatial mask and map weights per cell, masks starting at the cells' RF centres;
-            see `vist_model.readout`).
+        readout: "dense" (published: one Linear over every map and position), "factorized"
+            (a spatial mask and map weights per cell, masks starting at the cells' RF centres) or
+            "dog" (factorized, each mask a difference of Gaussians); see `vist_model.readout`.
         cmst_padding: "valid" (published: each CMST block trims a position per side, 16 -> 8) or
             "same" (the maps are zero-padded by one position per block first, so the readout grid
             is the feature grid and covers the whole screen). With "valid" the readout's centres
@@ -96,7 +96,7 @@ class ViSTConfig:
     cmst_kernel_sets: tuple[tuple[int, ...], ...] = PUBLISHED_KERNEL_SETS
     leaky_slope: float = 0.1
     map_channels: int | None = None
-    readout: Literal["dense", "factorized"] = "dense"
+    readout: Literal["dense", "factorized", "dog"] = "dense"
     cmst_padding: Literal["valid", "same"] = "valid"
     spatial_kernel: int = 3
     output: Literal["linear", "softplus"] = "linear"
@@ -200,14 +200,16 @@ VIST_PRESETS: dict[str, dict[str, Any]] = {
     # receptive field, 87 frames = 2.9 s at 30 Hz overall, ample for retinal
     # filters of ~0.5 s) and 8 maps through AdaLN and CMST instead of one per
     # cell, so the cost no longer grows with N. Published CMST kernels. A
-    # factorized readout on a "same"-padded grid (each cell reads near its
-    # receptive field, anywhere on the screen), and a softplus output trained on
+    # factorized readout with difference-of-Gaussians masks on a "same"-padded
+    # grid (each cell reads near its receptive field, anywhere on the screen; a
+    # free mask's width and surround are what a movie constrains least,
+    # docs/benchmarks.md, "The twin's map of a linear cell"), and a softplus output trained on
     # the Poisson likelihood, so that rates are positive, calibrated in the mean
     # and free to rise above the training range for strong stimuli
     # (docs/benchmarks.md, "The twin on a family of simulated retinas"). 8 linear maps beside the
     # core's 8: each cell's readout can be an LN model of the features at its RF, which the deep
     # maps learnt last, and worst, for ON cells (docs/benchmarks.md, "ON cells").
-    "cpu": {"tcn_width": 32, "tcn_layers": 4, "map_channels": 8, "readout": "factorized",
+    "cpu": {"tcn_width": 32, "tcn_layers": 4, "map_channels": 8, "readout": "dog",
             "cmst_padding": "same", "output": "softplus", "linear_maps": 8},
 }
 
@@ -275,11 +277,22 @@ class ViST(nn.Module):
         self.linear = (LinearMaps(config.in_channels, config.linear_maps, config.linear_lags) if config.linear_maps
                        else nn.Identity())
         side = config.readout_grid
-        if config.readout == "factorized":
+        if config.readout in ("factorized", "dog"):
             centres = grid_centres(self.rf_maps, margin=(g - side) // 2)
-            self.readout = FactorizedReadout(n, side, side, config.readout_maps, centres)
+            kind = FactorizedReadout if config.readout == "factorized" else DoGReadout
+            self.readout = kind(n, side, side, config.readout_maps, centres)
         else:
             self.readout = Readout(n, side, side, in_channels=config.readout_maps)
+
+    def start_readout_at(self, maps: Tensor) -> None:
+        """Restart a factorized or DoG readout's masks at the peaks of `maps` `[N, grid, grid]`
+        (magnitudes on the feature grid, as `rf_to_grid` makes them): where the cells are when
+        `rf_maps` cannot say (`vist_model.receptive_fields.cell_locations`). A dense readout has
+        no masks to place."""
+        if self.config.readout not in ("factorized", "dog"):
+            return
+        g, side = self.config.grid, self.config.readout_grid
+        self.readout.start_at(grid_centres(maps, margin=(g - side) // 2))
 
     @property
     def receptive_field(self) -> int:

@@ -171,7 +171,7 @@ def start_mask(twin: Twin, i: int) -> np.ndarray | None:
     """`[H, W]` the readout mask cell i's twin started from, in pixels (None: no such mask)."""
     meta = twin.metadata
     config = meta.network_config
-    if not isinstance(config, ViSTConfig) or config.readout != "factorized":
+    if not isinstance(config, ViSTConfig) or config.readout not in ("factorized", "dog"):
         return None
     h, w = meta.frame_shape
     (cy, cx), _ = rf_centre_and_size(meta.rf[i])

@@ -2,7 +2,8 @@
 
 A map that survives re-initialising every trained weight explains the input, not the model.
 The backbone is left as it is: the twin never trained it. A factorized readout's masks start at
-the recorded receptive fields, so they carry the data too: they are redrawn as noise.
+the recorded receptive fields, so they carry the data too: they are redrawn as noise (a DoG
+readout's centres, anywhere on the grid).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vist_model.readout import FactorizedReadout
+from vist_model.readout import DoGReadout, FactorizedReadout
 from vist_model.twin import Twin, build_network
 
 
@@ -22,4 +23,7 @@ def randomised_network(twin: Twin, seed: int = 0) -> nn.Module:
         for module in network.modules():
             if isinstance(module, FactorizedReadout):
                 nn.init.normal_(module.spatial, 0.0, 1.0 / module.spatial[0].numel())
+            elif isinstance(module, DoGReadout):
+                with torch.no_grad():
+                    module.centre.uniform_(0.0, 1.0).mul_(torch.tensor([module.height - 1, module.width - 1]))
     return network.to(twin.device).eval()
