@@ -52,6 +52,14 @@ def _check_sizes(n_cells: int, height: int, width: int, in_channels: int) -> Non
         )
 
 
+def _check_masks(n_cells: int, height: int, width: int, in_channels: int, centres: Tensor, sigma: float) -> None:
+    _check_sizes(n_cells, height, width, in_channels)
+    if tuple(centres.shape) != (n_cells, 2):
+        raise InputError(f"centres must be [{n_cells}, 2], got {tuple(centres.shape)}")
+    if not sigma > 0:
+        raise InputError(f"sigma must be > 0, got {sigma}")
+
+
 class Readout(nn.Module):
     """Linear `M * h * w -> N` per time step. Shapes: `[B, M, T, h, w] -> [B, T, N]`.
 
@@ -86,11 +94,7 @@ class FactorizedReadout(nn.Module):
     def __init__(self, n_cells: int, height: int, width: int, in_channels: int, centres: Tensor,
                  sigma: float = START_MASK_SIGMA) -> None:
         super().__init__()
-        _check_sizes(n_cells, height, width, in_channels)
-        if tuple(centres.shape) != (n_cells, 2):
-            raise InputError(f"centres must be [{n_cells}, 2], got {tuple(centres.shape)}")
-        if not sigma > 0:
-            raise InputError(f"sigma must be > 0, got {sigma}")
+        _check_masks(n_cells, height, width, in_channels, centres, sigma)
         self.n_cells, self.height, self.width = n_cells, height, width
         self.in_channels = in_channels
         self.sigma = sigma
@@ -105,9 +109,7 @@ class FactorizedReadout(nn.Module):
         self.spatial.copy_(_gaussian_masks(centres, self.height, self.width, self.sigma))
 
     def forward(self, x: Tensor) -> Tensor:
-        _check_input(x, self.in_channels, self.height, self.width)
-        pooled = torch.einsum("bmthw,nhw->btnm", x, self.spatial)  # each cell's view of each map
-        return (pooled * self.features).sum(dim=-1) + self.bias
+        return _masked_readout(self, x)
 
 
 class DoGReadout(nn.Module):
@@ -129,11 +131,7 @@ class DoGReadout(nn.Module):
     def __init__(self, n_cells: int, height: int, width: int, in_channels: int, centres: Tensor,
                  sigma: float = START_MASK_SIGMA) -> None:
         super().__init__()
-        _check_sizes(n_cells, height, width, in_channels)
-        if tuple(centres.shape) != (n_cells, 2):
-            raise InputError(f"centres must be [{n_cells}, 2], got {tuple(centres.shape)}")
-        if not sigma > 0:
-            raise InputError(f"sigma must be > 0, got {sigma}")
+        _check_masks(n_cells, height, width, in_channels, centres, sigma)
         self.n_cells, self.height, self.width = n_cells, height, width
         self.in_channels = in_channels
         self.centre = nn.Parameter(torch.zeros(n_cells, 2))
@@ -166,9 +164,14 @@ class DoGReadout(nn.Module):
         return rows[:, :, None] * cols[:, None, :]
 
     def forward(self, x: Tensor) -> Tensor:
-        _check_input(x, self.in_channels, self.height, self.width)
-        pooled = torch.einsum("bmthw,nhw->btnm", x, self.spatial)
-        return (pooled * self.features).sum(dim=-1) + self.bias
+        return _masked_readout(self, x)
+
+
+def _masked_readout(readout: FactorizedReadout | DoGReadout, x: Tensor) -> Tensor:
+    """`[B, T, N]` from maps `x` `[B, M, T, h, w]`: each cell's mask over each map, then its map weights."""
+    _check_input(x, readout.in_channels, readout.height, readout.width)
+    pooled = torch.einsum("bmthw,nhw->btnm", x, readout.spatial)  # each cell's view of each map
+    return (pooled * readout.features).sum(dim=-1) + readout.bias
 
 
 def _interval_mass(centre: Tensor, sigma: Tensor, n: int) -> Tensor:

@@ -203,7 +203,7 @@ VIST_PRESETS: dict[str, dict[str, Any]] = {
     # factorized readout with difference-of-Gaussians masks on a "same"-padded
     # grid (each cell reads near its receptive field, anywhere on the screen; a
     # free mask's width and surround are what a movie constrains least,
-    # docs/benchmarks.md, "The twin's map of a linear cell"), and a softplus output trained on
+    # docs/benchmarks.md, "A difference-of-Gaussians readout"), and a softplus output trained on
     # the Poisson likelihood, so that rates are positive, calibrated in the mean
     # and free to rise above the training range for strong stimuli
     # (docs/benchmarks.md, "The twin on a family of simulated retinas"). 8 linear maps beside the
