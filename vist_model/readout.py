@@ -52,12 +52,15 @@ def _check_sizes(n_cells: int, height: int, width: int, in_channels: int) -> Non
         )
 
 
-def _check_masks(n_cells: int, height: int, width: int, in_channels: int, centres: Tensor, sigma: float) -> None:
+def _checked_masks(n_cells: int, height: int, width: int, in_channels: int, centres: Tensor,
+                   sigma: float) -> tuple[int, int, int, int]:
+    """The sizes of a masked readout, `(N, h, w, M)`, once its arguments are checked."""
     _check_sizes(n_cells, height, width, in_channels)
     if tuple(centres.shape) != (n_cells, 2):
         raise InputError(f"centres must be [{n_cells}, 2], got {tuple(centres.shape)}")
     if not sigma > 0:
         raise InputError(f"sigma must be > 0, got {sigma}")
+    return n_cells, height, width, in_channels
 
 
 class Readout(nn.Module):
@@ -94,9 +97,8 @@ class FactorizedReadout(nn.Module):
     def __init__(self, n_cells: int, height: int, width: int, in_channels: int, centres: Tensor,
                  sigma: float = START_MASK_SIGMA) -> None:
         super().__init__()
-        _check_masks(n_cells, height, width, in_channels, centres, sigma)
-        self.n_cells, self.height, self.width = n_cells, height, width
-        self.in_channels = in_channels
+        self.n_cells, self.height, self.width, self.in_channels = _checked_masks(
+            n_cells, height, width, in_channels, centres, sigma)
         self.sigma = sigma
         self.spatial = nn.Parameter(_gaussian_masks(centres, height, width, sigma))
         # Small equal weights: every map starts with the same say, the sign is learned.
@@ -131,9 +133,8 @@ class DoGReadout(nn.Module):
     def __init__(self, n_cells: int, height: int, width: int, in_channels: int, centres: Tensor,
                  sigma: float = START_MASK_SIGMA) -> None:
         super().__init__()
-        _check_masks(n_cells, height, width, in_channels, centres, sigma)
-        self.n_cells, self.height, self.width = n_cells, height, width
-        self.in_channels = in_channels
+        self.n_cells, self.height, self.width, self.in_channels = _checked_masks(
+            n_cells, height, width, in_channels, centres, sigma)
         self.centre = nn.Parameter(torch.zeros(n_cells, 2))
         self.start_at(centres)
         self.log_sigma = nn.Parameter(torch.full((n_cells,), math.log(sigma)))
