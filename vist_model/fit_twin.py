@@ -64,7 +64,7 @@ from vist_model.twin import (
     baseline_config,
     build_network,
 )
-from vist_model.vist import ViST, vist_config
+from vist_model.vist import MASKED_READOUTS, ViST, vist_config
 
 
 @dataclass(frozen=True)
@@ -205,10 +205,14 @@ def new_twin(rec: Recording, spec: TwinSpec, rf_maps: np.ndarray, rf_source: str
 
 def start_readout(twin: Twin, rec: Recording, rfs: ReceptiveFields, train: Sequence[FrameRange]) -> str:
     """Start a Vi-ST readout's masks where the cells are (`cell_locations`: the RFs, or without
-    them the training movie's STA); returns what they were placed by."""
+    them the training movie's STA); returns what they were placed by. A network without
+    readout masks is left alone, and the movie is not read for it."""
+    network = twin.network
+    if not (isinstance(network, ViST) and network.config.readout in MASKED_READOUTS):
+        return "no readout masks to place"
     located = cell_locations(rec, rfs, train)
-    if located is not rfs and isinstance(twin.network, ViST):
-        twin.network.start_readout_at(rf_to_grid(located.maps, twin.network.config.grid))
+    if located is not rfs:
+        network.start_readout_at(rf_to_grid(located.maps, network.config.grid))
     return located.source
 
 

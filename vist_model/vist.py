@@ -38,9 +38,11 @@ from vist_model.cmst import CMST, PUBLISHED_KERNEL_SETS
 from vist_model.readout import DoGReadout, FactorizedReadout, Readout, grid_centres
 from vist_model.tcn import C3TCN
 
-__all__ = ["OUTPUTS", "READOUTS", "VIST_PRESETS", "LinearMaps", "TwinWithBackbone", "ViST", "ViSTConfig", "vist_config"]
+__all__ = ["MASKED_READOUTS", "OUTPUTS", "READOUTS", "VIST_PRESETS", "LinearMaps", "TwinWithBackbone", "ViST", "ViSTConfig", "vist_config"]
 
 READOUTS = ("dense", "factorized", "dog")
+MASKED_READOUTS = ("factorized", "dog")
+"""The readouts with a spatial mask per cell, placed where the cell is."""
 OUTPUTS = ("linear", "softplus")
 
 
@@ -277,10 +279,9 @@ class ViST(nn.Module):
         self.linear = (LinearMaps(config.in_channels, config.linear_maps, config.linear_lags) if config.linear_maps
                        else nn.Identity())
         side = config.readout_grid
-        if config.readout in ("factorized", "dog"):
-            centres = grid_centres(self.rf_maps, margin=(g - side) // 2)
+        if config.readout in MASKED_READOUTS:
             kind = FactorizedReadout if config.readout == "factorized" else DoGReadout
-            self.readout = kind(n, side, side, config.readout_maps, centres)
+            self.readout = kind(n, side, side, config.readout_maps, self._readout_centres(self.rf_maps))
         else:
             self.readout = Readout(n, side, side, in_channels=config.readout_maps)
 
@@ -289,10 +290,12 @@ class ViST(nn.Module):
         (magnitudes on the feature grid, as `rf_to_grid` makes them): where the cells are when
         `rf_maps` cannot say (`vist_model.receptive_fields.cell_locations`). A dense readout has
         no masks to place."""
-        if self.config.readout not in ("factorized", "dog"):
-            return
-        g, side = self.config.grid, self.config.readout_grid
-        self.readout.start_at(grid_centres(maps, margin=(g - side) // 2))
+        if self.config.readout in MASKED_READOUTS:
+            self.readout.start_at(self._readout_centres(maps))
+
+    def _readout_centres(self, maps: Tensor) -> Tensor:
+        """`[N, 2]` the readout-grid positions of the centres of `maps` `[N, grid, grid]`."""
+        return grid_centres(maps, margin=(self.config.grid - self.config.readout_grid) // 2)
 
     @property
     def receptive_field(self) -> int:

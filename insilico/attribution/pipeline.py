@@ -37,7 +37,7 @@ from vist_model.metrics import pearson_per_cell
 from vist_model.readout import START_MASK_SIGMA
 from vist_model.streaming import frozen
 from vist_model.twin import Twin
-from vist_model.vist import ViSTConfig
+from vist_model.vist import MASKED_READOUTS, ViSTConfig
 
 
 @dataclass(frozen=True, eq=False)
@@ -171,7 +171,7 @@ def start_mask(twin: Twin, i: int) -> np.ndarray | None:
     """`[H, W]` the readout mask cell i's twin started from, in pixels (None: no such mask)."""
     meta = twin.metadata
     config = meta.network_config
-    if not isinstance(config, ViSTConfig) or config.readout not in ("factorized", "dog"):
+    if not isinstance(config, ViSTConfig) or config.readout not in MASKED_READOUTS:
         return None
     h, w = meta.frame_shape
     (cy, cx), _ = rf_centre_and_size(meta.rf[i])
